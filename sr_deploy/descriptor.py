@@ -1,0 +1,46 @@
+"""The model descriptor that travels with a model through every stage.
+
+ONNX metadata, engine sidecars and checkpoints all carry it, so tiling,
+profiles and the runtime derive what they need from one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+METADATA_KEY = "srdeploy"
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """What a deployment stage needs to know about a super-resolution model."""
+
+    name: str
+    scale: int
+    in_channels: int = 3
+    out_channels: int = 3
+    value_range: tuple[float, float] = (0.0, 1.0)
+    size_multiple: int = 1
+    half_safe: bool = True
+    precision: str = "fp32"
+    arch: dict = field(default_factory=dict)
+    source_sha256: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelDescriptor":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if "value_range" in data:
+            data["value_range"] = tuple(data["value_range"])
+        return cls(**data)
+
+    def with_(self, **changes) -> "ModelDescriptor":
+        data = asdict(self)
+        data.update(changes)
+        data["value_range"] = tuple(data["value_range"])
+        return ModelDescriptor(**data)

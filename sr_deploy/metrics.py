@@ -1,0 +1,76 @@
+"""Quality metrics as the SR literature computes them.
+
+Y channel of ITU-R BT.601 in MATLAB's ``rgb2ycbcr`` convention (studio range
+16-235), a border of ``scale`` pixels cropped, PSNR on 8-bit values, and SSIM
+as defined by Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, K1=0.01,
+K2=0.03, population statistics). That SSIM definition gives about 0.810 for
+bicubic on Set5 x4, the value other SR toolboxes report; the SRGAN paper's
+0.8211 came from a different computation and is not what this reproduces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """RGB uint8 (or float in [0, 255]) HxWx3 → Y in [16, 235] as float64 (MATLAB rgb2ycbcr)."""
+    x = img.astype(np.float64)
+    if x.ndim == 2:
+        x = np.stack([x] * 3, axis=-1)
+    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+
+
+def shave(img: np.ndarray, border: int) -> np.ndarray:
+    return img[border:-border, border:-border] if border > 0 else img
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    if mse == 0:
+        return float("inf")
+    return 10.0 * np.log10(data_range**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Wang et al. 2004 SSIM on a single-channel image (scikit-image's implementation)."""
+    from skimage.metrics import structural_similarity
+
+    return float(
+        structural_similarity(
+            a.astype(np.float64),
+            b.astype(np.float64),
+            data_range=data_range,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
+
+
+def y_psnr_ssim(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
+    """Y-channel PSNR and SSIM of two RGB uint8 images, ``scale`` border pixels shaved."""
+    ys, yh = shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale)
+    return psnr(ys, yh), ssim(ys, yh)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        return np.stack([img] * 3, axis=-1)
+    return img[..., :3]
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def bicubic_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize RGB uint8 to (width, height) with PIL's antialiased bicubic (a=-0.5), close to MATLAB imresize."""
+    return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    h, w = hr.shape[:2]
+    return bicubic_resize(hr, (w // scale, h // scale))

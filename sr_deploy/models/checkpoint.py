@@ -1,0 +1,98 @@
+"""Checkpoints that rebuild their own model: hyperparameters saved beside weights.
+
+``.pt`` files are dicts loaded with ``weights_only=True``; ``.safetensors``
+files keep the hyperparameters in their string metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sr_deploy.errors import InputError, ModelError
+from sr_deploy.fsutil import atomic_path
+from sr_deploy.models.srresnet import SRResNet, SRResNetConfig
+
+FORMAT = "srdeploy-checkpoint"
+FORMAT_VERSION = 1
+
+
+def build_generator(arch: dict) -> nn.Module:
+    """Rebuild a generator from the ``arch`` dict stored in a checkpoint."""
+    arch = dict(arch)
+    kind = arch.get("arch", "srresnet")
+    if kind == "srresnet":
+        return SRResNet(SRResNetConfig(**arch))
+    if kind == "light":
+        from sr_deploy.models.light import LightSR, LightSRConfig
+
+        return LightSR(LightSRConfig(**arch))
+    raise ModelError(f"unknown architecture {kind!r} in checkpoint")
+
+
+def arch_of(model: nn.Module) -> dict:
+    return model.config.to_dict()  # type: ignore[attr-defined]
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write model weights + hyperparameters (+ optional training state) atomically."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    arch = arch_of(_unwrap(model))
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch)})
+        else:
+            payload = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "state_dict": state}
+            payload.update(extra or {})
+            torch.save(payload, tmp)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint into a dict with at least ``arch`` and ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from exc
+        if "arch" not in meta:
+            raise ModelError(f"{path}: safetensors file has no srdeploy 'arch' metadata")
+        return {"format": FORMAT, "arch": json.loads(meta["arch"]), "state_dict": state}
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ModelError(f"{path}: not a srdeploy checkpoint (cannot be loaded: {exc.__class__.__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload:
+        raise ModelError(f"{path}: not a srdeploy checkpoint (no '{FORMAT}' header with the model's hyperparameters)")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the generator stored in ``path``; return it (eval mode) and the raw payload."""
+    payload = read_checkpoint(path)
+    try:
+        model = build_generator(payload["arch"])
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from exc
+    model.eval()
+    return model, payload

@@ -1,0 +1,74 @@
+"""The SR evaluation protocol shared by validation and benchmarks.
+
+HR cropped to a multiple of the scale, LR by antialiased bicubic
+downscaling, Y-channel PSNR/SSIM with a border of ``scale`` pixels shaved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sr_deploy.errors import InputError
+from sr_deploy.metrics import bicubic_resize, make_lr, mod_crop, y_psnr_ssim
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    name: str
+    hr: np.ndarray  # RGB uint8, mod-cropped
+    lr: np.ndarray  # RGB uint8
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    psnr_y: float
+    ssim_y: float
+    images: int
+
+
+def load_eval_set(folder: str | Path, scale: int) -> list[EvalPair]:
+    """Read every image of ``folder`` as an (HR, LR) pair; images smaller than the scale are skipped."""
+    from sr_deploy.train.data import list_images, read_rgb
+
+    pairs = []
+    for f in list_images([folder]):
+        hr = mod_crop(read_rgb(f), scale)
+        if min(hr.shape[:2]) < 2 * scale + 7:  # SSIM's 7px+ window must fit after shaving
+            continue
+        pairs.append(EvalPair(f.stem, hr, make_lr(hr, scale)))
+    if not pairs:
+        raise InputError(f"{folder}: no images large enough to evaluate at x{scale}")
+    return pairs
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    return bicubic_resize(lr, (lr.shape[1] * scale, lr.shape[0] * scale))
+
+
+def evaluate(pairs: list[EvalPair], scale: int, upscale: Callable[[np.ndarray], np.ndarray]) -> QualityResult:
+    """Mean Y-PSNR/SSIM of ``upscale(lr)`` against HR over ``pairs``."""
+    scores = [y_psnr_ssim(upscale(p.lr), p.hr, scale) for p in pairs]
+    return QualityResult(
+        psnr_y=float(np.mean([s[0] for s in scores])),
+        ssim_y=float(np.mean([s[1] for s in scores])),
+        images=len(scores),
+    )
+
+
+def torch_upscaler(model, *, channels_last: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a torch generator as uint8 RGB → uint8 RGB, rounding like an 8-bit image writer."""
+    import torch
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(lr.transpose(2, 0, 1).copy()).float().div(255.0).unsqueeze(0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = model(x)[0].clamp(0, 1).mul(255.0).round().byte()
+        return y.permute(1, 2, 0).contiguous().numpy()
+
+    return run

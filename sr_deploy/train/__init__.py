@@ -1,0 +1,1 @@
+"""Training: SRResNet pretraining and SRGAN adversarial fine-tuning."""

@@ -1,0 +1,107 @@
+"""Training configuration: a recipe file (TOML, in the repo's train/) plus command-line overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from sr_deploy.errors import InputError
+
+RECIPES = ("srresnet", "srgan")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; saved in its checkpoints."""
+
+    recipe: str = "srresnet"
+    data: tuple[str, ...] = ()
+    val: str | None = None
+    out: str = "runs/srresnet"
+    # generator
+    arch: str = "srresnet"
+    scale: int = 4
+    num_blocks: int = 16
+    channels: int = 64
+    upsampler: str = "pixelshuffle"
+    # data
+    hr_patch: int = 96
+    batch_size: int = 16
+    num_workers: int = 2
+    seed: int = 0
+    # optimisation
+    steps: int = 100_000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"  # cosine | step | constant
+    lr_min: float = 1e-6
+    step_every: int = 50_000  # "step" schedule: halve every N steps
+    warmup_steps: int = 0
+    pixel_loss: str = "mse"  # mse | l1
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0  # weight averaging; 0 disables
+    # srgan
+    init: str | None = None  # SRResNet checkpoint the GAN starts from
+    content_loss: str = "vgg54"  # vgg54 | vgg22 | mse
+    vgg_weights: str | None = None
+    w_content: float = 1.0
+    w_adv: float = 1e-3
+    w_pixel: float = 0.0
+    d_lr: float = 1e-4
+    # bookkeeping
+    val_every: int = 1000
+    ckpt_every: int = 500
+    log_every: int = 50
+    patience: int = 0  # validations without improvement before stopping; 0 disables
+    time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 disables
+    channels_last: bool = True
+    bf16: bool = False
+    resume: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise InputError(f"unknown recipe {self.recipe!r}; pick one of {', '.join(RECIPES)}")
+        if self.pixel_loss not in ("mse", "l1"):
+            raise InputError(f"pixel_loss must be mse or l1, got {self.pixel_loss!r}")
+        if self.content_loss not in ("vgg54", "vgg22", "mse"):
+            raise InputError(f"content_loss must be vgg54, vgg22 or mse, got {self.content_loss!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise InputError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
+
+    def arch_dict(self) -> dict:
+        if self.arch == "light":
+            return {"arch": "light", "scale": self.scale}
+        return {"arch": self.arch, "scale": self.scale, "num_blocks": self.num_blocks,
+                "channels": self.channels, "in_channels": 3, "upsampler": self.upsampler}
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **overrides) -> TrainConfig:
+    """Build a TrainConfig from a recipe (a TOML path or a name in ``search_dir``) and overrides (None = keep)."""
+    path = Path(path_or_name)
+    if not path.suffix and search_dir is not None:
+        path = search_dir / f"{path_or_name}.toml"
+    values: dict = {}
+    if path.is_file():
+        with open(path, "rb") as f:
+            try:
+                values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise InputError(f"{path}: not a valid TOML recipe ({exc})") from exc
+    elif str(path_or_name) in RECIPES:
+        values = {"recipe": str(path_or_name)}
+    else:
+        raise InputError(f"recipe {path_or_name!r} not found (a TOML file or one of {', '.join(RECIPES)})")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown recipe keys {', '.join(unknown)}")
+    for key in ("data", "betas"):
+        if key in values:
+            values[key] = tuple(values[key])
+    cfg = TrainConfig(**values)
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

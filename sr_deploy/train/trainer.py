@@ -1,0 +1,367 @@
+"""The training loop for both recipes, readable top to bottom.
+
+srresnet: the generator alone, pixel loss (MSE or L1), Adam, LR schedule.
+srgan: starts from an SRResNet checkpoint; alternating discriminator and
+generator steps; generator loss = w_content * content + w_adv * BCE(D(G(x)), 1)
++ w_pixel * pixel, the content loss on VGG19 φ5,4 / φ2,2 features (rescaled
+by 1/12.75 as in Ledig et al.) or plain MSE (the paper's SRGAN-MSE variant).
+
+Runs as one process or under ``torchrun`` (DDP: gloo on CPU, nccl on GPUs).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sr_deploy.errors import InputError, ModelError
+from sr_deploy.models.checkpoint import build_generator, read_checkpoint, save_checkpoint
+from sr_deploy.models.discriminator import Discriminator
+from sr_deploy.progress import Progress
+from sr_deploy.quality import bicubic_upscale, evaluate, load_eval_set, torch_upscaler
+from sr_deploy.train.config import TrainConfig
+from sr_deploy.train.data import CropDataset, StepSampler
+
+log = logging.getLogger(__name__)
+VGG_RESCALE = 1.0 / 12.75
+CSV_FIELDS = ["step", "elapsed_s", "lr", "loss_g", "loss_pixel", "loss_content", "loss_adv", "loss_d",
+              "val_psnr", "val_ssim", "bicubic_psnr", "steps_per_s"]
+
+
+# --------------------------------------------------------------------------- setup
+def _distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _any(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _schedule(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "step":
+            return 0.5 ** (step // cfg.step_every)
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        floor = cfg.lr_min / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+class ContentLoss(nn.Module):
+    """MSE on VGG19 features (rescaled as in the paper) or on pixels."""
+
+    def __init__(self, kind: str, vgg_weights: str | None) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "mse":
+            self.vgg = None
+            return
+        from sr_deploy.models.vgg import VGGFeatures, find_vgg_weights
+
+        path = find_vgg_weights(vgg_weights)
+        if path is None:
+            raise InputError(
+                "the VGG content loss needs VGG19 ImageNet weights (torchvision layout, vgg19-dcbb9e9d.pth): "
+                "pass --vgg-weights FILE, or choose content_loss = \"mse\" (SRGAN-MSE)"
+            )
+        self.vgg = VGGFeatures(kind).load_torchvision(path)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        if self.vgg is None:
+            return F.mse_loss(sr, hr)
+        return F.mse_loss(self.vgg(sr) * VGG_RESCALE, self.vgg(hr) * VGG_RESCALE)
+
+
+def _check_resume(cfg: TrainConfig, payload: dict, path: str) -> None:
+    arch = payload.get("arch", {})
+    if arch != cfg.arch_dict():
+        diff = sorted(k for k in set(arch) | set(cfg.arch_dict()) if arch.get(k) != cfg.arch_dict().get(k))
+        raise ModelError(
+            f"{path}: resume checkpoint is another model ({', '.join(f'{k}={arch.get(k)} vs {cfg.arch_dict().get(k)}' for k in diff)})"
+        )
+    if "step" not in payload or "optimizer" not in payload:
+        raise ModelError(f"{path}: not a resumable training checkpoint (no optimizer state); use it as --init")
+    if payload.get("recipe", "srresnet") != cfg.recipe:
+        raise ModelError(f"{path}: checkpoint is from the {payload.get('recipe')} recipe, not {cfg.recipe}")
+
+
+# --------------------------------------------------------------------------- main entry
+def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
+    """Run a training recipe; returns the path of the best (or last) checkpoint."""
+    # All input checks happen before any work starts.
+    if not cfg.data:
+        raise InputError("no training data: pass --data DIR")
+    resume_payload = None
+    if cfg.resume:
+        resume_payload = read_checkpoint(cfg.resume)
+        _check_resume(cfg, resume_payload, cfg.resume)
+    content = ContentLoss(cfg.content_loss, cfg.vgg_weights) if cfg.recipe == "srgan" else None
+    init_payload = None
+    if cfg.recipe == "srgan" and not resume_payload:
+        if not cfg.init:
+            raise InputError("the srgan recipe starts from an SRResNet checkpoint: pass --init CKPT")
+        init_payload = read_checkpoint(cfg.init)
+        if init_payload["arch"] != cfg.arch_dict():
+            raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
+    dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed)
+    val_pairs = load_eval_set(cfg.val, cfg.scale) if cfg.val else None
+
+    rank, world, device = _distributed()
+    main = rank == 0
+    out = Path(cfg.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("%d training images (%d skipped: smaller than %dpx or unreadable)",
+                 len(dataset.images), dataset.skipped, cfg.hr_patch)
+    torch.manual_seed(cfg.seed + rank)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    G = build_generator(cfg.arch_dict()).to(device, memory_format=fmt)
+    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+    g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, _schedule(cfg))
+    D = d_opt = None
+    if cfg.recipe == "srgan":
+        D = Discriminator().to(device, memory_format=fmt)
+        d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
+        content = content.to(device)
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+    start, best = 0, -math.inf
+    bad_vals = 0
+    if resume_payload:
+        G.load_state_dict(resume_payload["state_dict"])
+        g_opt.load_state_dict(resume_payload["optimizer"])
+        g_sched.load_state_dict(resume_payload["scheduler"])
+        if D is not None:
+            D.load_state_dict(resume_payload["d_state_dict"])
+            d_opt.load_state_dict(resume_payload["d_optimizer"])
+        if ema is not None and "ema_state_dict" in resume_payload:
+            ema.load_state_dict(resume_payload["ema_state_dict"])
+        torch.set_rng_state(resume_payload["rng_cpu"])
+        start, best, bad_vals = resume_payload["step"], resume_payload.get("best", -math.inf), resume_payload.get("bad_vals", 0)
+        if main:
+            log.info("resumed from %s at step %d", cfg.resume, start)
+    elif init_payload:
+        G.load_state_dict(init_payload["state_dict"])
+        if ema is not None:
+            ema.module.load_state_dict(init_payload["state_dict"])
+
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        G = DDP(G, device_ids=ids)
+        if D is not None:
+            D = DDP(D, device_ids=ids)
+
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepSampler(batch_size=cfg.batch_size, start_step=start, total_steps=cfg.steps, rank=rank, world=world),
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
+    pixel_fn = F.l1_loss if cfg.pixel_loss == "l1" else F.mse_loss
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    bicubic_psnr = None
+    if main and val_pairs:
+        bicubic_psnr = evaluate(val_pairs, cfg.scale, lambda lr: bicubic_upscale(lr, cfg.scale)).psnr_y
+        log.info("validation: %d images, bicubic Y-PSNR %.3f dB", len(val_pairs), bicubic_psnr)
+
+    csv_path = out / "log.csv"
+    if main and not (resume_payload and csv_path.exists()):
+        with open(csv_path, "w", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS).writeheader()
+
+    def save(step: int, name: str) -> None:
+        extra = {"recipe": cfg.recipe, "step": step, "best": best, "bad_vals": bad_vals,
+                 "optimizer": g_opt.state_dict(), "scheduler": g_sched.state_dict(),
+                 "rng_cpu": torch.get_rng_state(), "config": _plain(cfg.to_dict())}
+        if D is not None:
+            extra["d_state_dict"] = _unwrap(D).state_dict()
+            extra["d_optimizer"] = d_opt.state_dict()
+        if ema is not None:
+            extra["ema_state_dict"] = ema.state_dict()
+        save_checkpoint(out / name, G, extra=extra)
+
+    def validate(step: int) -> tuple[float, float]:
+        net = ema.module if ema is not None else _unwrap(G)
+        net.eval()
+        res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
+        net.train()
+        return res.psnr_y, res.ssim_y
+
+    progress = Progress(cfg.steps, desc=cfg.recipe, unit="step", quiet=quiet or not main, initial=start)
+    t0, t_window, window_start = time.perf_counter(), time.perf_counter(), start
+    running: dict[str, float] = {}
+    step = start
+    stop = False
+    G.train()
+    try:
+        for lr_b, hr_b in loader:
+            lr_b = lr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            hr_b = hr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            losses: dict[str, float] = {}
+            if D is not None:
+                # discriminator step: real → 1, fake → 0
+                with torch.no_grad(), autocast:
+                    fake = G(lr_b)
+                with autocast:
+                    real_logits, fake_logits = D(hr_b), D(fake.detach())
+                    loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+                d_opt.zero_grad(set_to_none=True)
+                loss_d.backward()
+                d_opt.step()
+                losses["loss_d"] = loss_d.item()
+            with autocast:
+                sr = G(lr_b)
+                if D is None:
+                    loss_g = loss_pixel = pixel_fn(sr.float(), hr_b)
+                else:
+                    logits = D(sr)
+                    loss_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+                    loss_content = content(sr.float(), hr_b)
+                    loss_pixel = pixel_fn(sr.float(), hr_b)
+                    loss_g = cfg.w_content * loss_content + cfg.w_adv * loss_adv + cfg.w_pixel * loss_pixel
+                    losses.update(loss_adv=loss_adv.item(), loss_content=loss_content.item())
+            g_opt.zero_grad(set_to_none=True)
+            loss_g.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip)
+            g_opt.step()
+            g_sched.step()
+            if ema is not None:
+                ema.update_parameters(_unwrap(G))
+            losses.update(loss_g=loss_g.item(), loss_pixel=loss_pixel.item())
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise ModelError(f"training diverged at step {step + 1}: losses {losses}; lower the learning rate")
+            step += 1
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + v
+            running["n"] = running.get("n", 0) + 1
+            progress.update(1, postfix=f"loss {losses['loss_g']:.4f}" + (f" best {best:.2f} dB" if best > -math.inf else ""))
+
+            row: dict = {}
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                row = {k: running[k] / running["n"] for k in running if k != "n"}
+                row["steps_per_s"] = (step - window_start) / max(1e-9, now - t_window)
+                t_window, window_start, running = now, step, {}
+            if val_pairs and main and (step % cfg.val_every == 0 or step == cfg.steps):
+                psnr, ssim = validate(step)
+                row.update(val_psnr=psnr, val_ssim=ssim, bicubic_psnr=bicubic_psnr)
+                progress.write(f"step {step}: val Y-PSNR {psnr:.3f} dB, SSIM {ssim:.4f} (bicubic {bicubic_psnr:.3f} dB)")
+                if psnr > best:
+                    best, bad_vals = psnr, 0
+                    _save_best(out / "best.pt", ema.module if ema is not None else _unwrap(G), cfg, step, psnr, ssim)
+                else:
+                    bad_vals += 1
+            if row and main:
+                row.update(step=step, elapsed_s=round(time.perf_counter() - t0, 1), lr=g_sched.get_last_lr()[0])
+                with open(csv_path, "a", newline="") as f:
+                    csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            if main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                save(step, "last.pt")
+            wants_stop = bool(cfg.patience and bad_vals >= cfg.patience)
+            wants_stop |= bool(cfg.time_limit_min and time.perf_counter() - t0 > 60 * cfg.time_limit_min)
+            if _any(wants_stop, world, device):
+                if main:
+                    progress.write(f"stopping at step {step} (patience or time limit reached)")
+                    save(step, "last.pt")
+                stop = True
+                break
+    except KeyboardInterrupt:
+        if main:
+            progress.write(f"interrupted: saving step {step} to {out / 'last.pt'}")
+            save(step, "last.pt")
+        raise
+    finally:
+        progress.close()
+    if main:
+        if not stop and step % cfg.ckpt_every:
+            save(step, "last.pt")
+        plot_curves(csv_path, out / "curves.png")
+    if world > 1:
+        dist.barrier()
+    return out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return getattr(m, "module", m)
+
+
+def _plain(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _save_best(path: Path, model: nn.Module, cfg: TrainConfig, step: int, psnr: float, ssim: float) -> None:
+    save_checkpoint(path, model, extra={"recipe": cfg.recipe, "step": step,
+                                        "metrics": {"val_psnr_y": psnr, "val_ssim_y": ssim, "val": cfg.val}})
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Loss and validation PSNR against step, from the run's CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    pts = [(int(r["step"]), float(r["loss_g"])) for r in rows if r["loss_g"]]
+    if pts:
+        a.plot(*zip(*pts))
+        a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_ylabel("generator loss")
+    vals = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
+    if vals:
+        b.plot(*zip(*vals), marker=".", label="model")
+        bic = [float(r["bicubic_psnr"]) for r in rows if r["bicubic_psnr"]]
+        if bic:
+            b.axhline(bic[0], color="gray", linestyle="--", label="bicubic")
+        b.legend()
+    b.set_xlabel("step")
+    b.set_ylabel("validation Y-PSNR (dB)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
