@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import InputError, SRDeployError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy super-resolution models.")
@@ -68,7 +68,145 @@ def train(
     typer.echo(str(best))
 
 
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A .pt or .safetensors checkpoint."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default: beside the checkpoint)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Fold BatchNorm and export a dynamic-shape ONNX, checked against torch."""
+    from sr_deploy.export.onnx_export import export_checkpoint
+
+    try:
+        rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite)
+    except SRDeployError as exc:
+        _fail(exc)
+    typer.echo(f"{rep.path}: x{rep.descriptor.scale}, opset {opset}, dynamic batch/height/width, "
+               f"BN folded, max |onnx - torch| = {rep.max_abs_diff:.2e} on {', '.join(f'{h}x{w}' for h, w in rep.sizes)}")
+
+
+@app.command()
+def run(
+    input: Path = typer.Argument(..., help="An image, a folder of images, or a video."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output"),
+    model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, checkpoint, ONNX or engine."),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 | int8 (default: backend's choice)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Folders: leave outputs that exist (resume)."),
+    tile: int = typer.Option(0, "--tile", help="Tile size in input pixels (0: whole frames)."),
+    alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model."),
+    codec: str = typer.Option("libx264", "--codec", help="Video codec (libx264, libx265, h264_nvenc, hevc_nvenc...)."),
+    crf: int = typer.Option(18, "--crf"),
+    preset: str = typer.Option("medium", "--preset"),
+    pix_fmt: str = typer.Option("yuv420p", "--pix-fmt"),
+    bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
+    batch: int = typer.Option(1, "--batch", help="Video frames per inference call."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Video: stop after N frames."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Upscale an image, a folder or a video."""
+    from sr_deploy.media.images import default_output, is_image, upscale_folder, upscale_image
+    from sr_deploy.media.video import VideoOptions, is_video, upscale_video
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    try:
+        if not input.exists():
+            raise InputError(f"{input}: not found")
+        if not (input.is_dir() or is_image(input) or is_video(input)):
+            raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
+        if alpha not in ("bicubic", "model"):
+            raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
+        source = resolve_model(model)
+        runner, why = make_runner(source, backend, precision)
+        out = output or default_output(input, runner.scale)
+        with runner:
+            if not quiet:
+                typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)
+            if input.is_dir():
+                summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
+                                         tile=tile, alpha=alpha, quiet=quiet)
+                typer.echo(f"{out}: {summary.line()}")
+                if summary.failed:
+                    raise typer.Exit(1)
+            elif is_image(input):
+                upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha)
+                typer.echo(str(out))
+            else:
+                opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
+                                    tile=tile, batch=batch, max_frames=frames)
+                res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet)
+                typer.echo(f"{out}: {res.frames} frames at {res.width}x{res.height}, {res.copied_streams} streams copied, "
+                           f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s")
+    except SRDeployError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: no partial output left", err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def models() -> None:
+    """List the shipped models."""
+    from sr_deploy.runtime.select import DEFAULT_MODEL, shipped_models
+
+    shipped = shipped_models()
+    if not shipped:
+        typer.echo("no shipped models in this install")
+    for name, path in shipped.items():
+        card = path.with_suffix(".json")
+        extra = ""
+        if card.exists():
+            import json
+
+            meta = json.loads(card.read_text())
+            extra = f"  Set5 {meta.get('set5', {}).get('psnr_y', float('nan')):.2f} dB"
+        typer.echo(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}  {path}{extra}")
+
+
+@app.command()
+def info() -> None:
+    """Versions, available backends, GPU or not."""
+    import importlib.metadata as md
+    import platform
+
+    from sr_deploy import __version__
+
+    typer.echo(f"srdeploy {__version__} on Python {platform.python_version()}, {platform.machine()}")
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "av", "tensorrt", "cuda-python"):
+        try:
+            typer.echo(f"  {pkg:16s} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            typer.echo(f"  {pkg:16s} not installed")
+    from sr_deploy.runtime.select import available_backends, gpu_available
+
+    typer.echo(f"GPU: {_gpu_name() if gpu_available() else 'none'}")
+    typer.echo(f"backends: {', '.join(available_backends())}")
+    try:
+        from sr_deploy.runtime.select import make_runner, resolve_model
+
+        runner, why = make_runner(resolve_model(None), "auto")
+        typer.echo(f"auto: {runner.describe()} ({why})")
+    except SRDeployError as exc:
+        typer.echo(f"auto: unavailable ({exc})")
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def _sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    # SIGTERM stops like Ctrl-C: temporary outputs are removed, finished files stay.
+    signal.signal(signal.SIGTERM, _sigterm)
     app()
 
 

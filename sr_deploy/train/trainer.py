@@ -156,9 +156,15 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         content = content.to(device)
     ema = None
     if cfg.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        def ema_avg(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            # decay warms up as (1 + n) / (10 + n) so that the average is not dominated
+            # by the random initialisation in the first thousands of steps
+            d = min(cfg.ema_decay, (1.0 + float(n)) / (10.0 + float(n)))
+            return d * avg + (1.0 - d) * new
+
+        ema = AveragedModel(G, avg_fn=ema_avg, use_buffers=True)
 
     start, best = 0, -math.inf
     bad_vals = 0

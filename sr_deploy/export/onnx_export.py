@@ -1,0 +1,121 @@
+"""Export a generator to a BN-folded, dynamic-shape ONNX with the srdeploy descriptor in its metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sr_deploy.descriptor import METADATA_KEY, ModelDescriptor
+from sr_deploy.errors import ModelError
+from sr_deploy.export.fold import fold_batchnorm
+from sr_deploy.fsutil import atomic_path, sha256_file
+
+DEFAULT_OPSET = 18
+PARITY_SIZES = ((17, 23), (31, 45))  # deliberately not multiples of 8
+PARITY_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    descriptor: ModelDescriptor
+    max_abs_diff: float
+    sizes: tuple[tuple[int, int], ...]
+
+
+def descriptor_for(model: nn.Module, *, name: str, source_sha256: str = "") -> ModelDescriptor:
+    cfg = model.config  # type: ignore[attr-defined]
+    return ModelDescriptor(name=name, scale=cfg.scale, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
+                           size_multiple=getattr(cfg, "size_multiple", 1), arch=cfg.to_dict(),
+                           source_sha256=source_sha256)
+
+
+def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_sha256: str = "",
+                opset: int = DEFAULT_OPSET, overwrite: bool = True, check_parity: bool = True) -> ExportReport:
+    """Fold BN, export with dynamic batch/height/width, write metadata, check the graph and parity."""
+    import onnx
+
+    if opset < 17:
+        raise ModelError(f"opset {opset} is too old: srdeploy exports opset 17 or newer")
+    model = model.eval()
+    folded = fold_batchnorm(model)
+    if hasattr(folded, "export_ready"):
+        folded = folded.export_ready()
+    desc = descriptor_for(model, name=name, source_sha256=source_sha256)
+    example = torch.rand(1, desc.in_channels, 24, 24)
+    dims = {0: torch.export.Dim("batch", min=1, max=256),
+            2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        program = torch.onnx.export(folded, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=["input"], output_names=["output"],
+                                    dynamic_shapes=({**dims},), optimize=True)
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, desc.to_json()
+    onnx.checker.check_model(proto, full_check=True)
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        raise ModelError("exported graph still holds BatchNormalization nodes")
+    out = Path(out)
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        onnx.save(proto, str(tmp))
+        diff = parity(model, tmp) if check_parity else float("nan")
+        if check_parity and not diff <= PARITY_TOL:
+            raise ModelError(f"ONNX output differs from torch by {diff:.2e} (max abs), more than {PARITY_TOL:g}")
+    return ExportReport(out, desc, diff, PARITY_SIZES)
+
+
+def parity(model: nn.Module, onnx_path: str | os.PathLike, sizes=PARITY_SIZES, batch: int = 2) -> float:
+    """Max abs difference between the (unfolded) torch model and ONNX Runtime over ``sizes``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in sizes:
+        x = torch.rand(batch, model.config.in_channels, h, w, generator=gen)
+        with torch.inference_mode():
+            ref = model.eval()(x).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise ModelError(f"ONNX output shape {got.shape} != torch {ref.shape} for input {h}x{w}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
+    """The srdeploy descriptor stored in an ONNX file; a clear error when it has none."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: ONNX file not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ModelError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from exc
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ModelDescriptor.from_json(entry.value)
+    raise ModelError(f"{path}: ONNX model has no srdeploy metadata; export it with `srdeploy export CHECKPOINT`")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                      opset: int = DEFAULT_OPSET, overwrite: bool = False) -> ExportReport:
+    """Load a checkpoint and export it beside itself (or to ``out``)."""
+    from sr_deploy.models.checkpoint import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
+    out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    return export_onnx(model, out, name=checkpoint.stem, source_sha256=sha256_file(checkpoint),
+                       opset=opset, overwrite=overwrite)

@@ -1,0 +1,268 @@
+"""Video upscaling with PyAV: decode → infer → encode as threads with bounded queues.
+
+Timestamps are carried frame by frame from input to output (variable frame
+rate keeps its timing); audio and subtitle streams are remuxed, not
+re-encoded. The output is written under a temporary name and renamed only
+when complete: an error or an interrupt leaves nothing under the final name.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from sr_deploy.errors import InputError, OutputError, SRDeployError
+from sr_deploy.fsutil import atomic_path
+from sr_deploy.media.tiling import upscale_frame
+from sr_deploy.progress import Progress
+from sr_deploy.runtime.base import Runner
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
+_END = object()
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str = "yuv420p"
+    bitrate: str | None = None
+    tile: int = 0
+    batch: int = 1
+    max_frames: int | None = None
+    copy_streams: bool = True
+    queue_size: int = 8
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    frames: int
+    width: int
+    height: int
+    copied_streams: int
+    seconds: float
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def open_input(path: Path):
+    import av
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise InputError(f"{path}: not a readable video ({exc.__class__.__name__})") from exc
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: no video stream in this file")
+    return container
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that forwards any exception to the consumer through its output queue."""
+
+    def __init__(self, fn, out: queue.Queue, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.out, self.stop = fn, out, stop
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            self.put(exc)
+        else:
+            self.put(_END)
+
+    def put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                raise KeyboardInterrupt from None
+
+
+def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions = VideoOptions(),
+                  overwrite: bool = False, quiet: bool = False) -> VideoSummary:
+    """Upscale every frame of ``src`` into ``dst``; keeps frame count, timestamps and other streams."""
+    import time
+
+    import av
+
+    if Path(dst).resolve() == Path(src).resolve():
+        raise OutputError(f"{dst}: output path is the input; choose another")
+    if dst.exists() and not overwrite:
+        raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
+    inp = open_input(src)
+    t0 = time.perf_counter()
+    try:
+        vin = inp.streams.video[0]
+        vin.thread_type = "AUTO"
+        s = runner.scale
+        width, height = vin.codec_context.width * s, vin.codec_context.height * s
+        total = vin.frames or None
+        if options.max_frames:
+            total = min(total or options.max_frames, options.max_frames)
+        copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
+        stop = threading.Event()
+        q_dec: queue.Queue = queue.Queue(options.queue_size)
+        q_inf: queue.Queue = queue.Queue(options.queue_size)
+        frame_limit = options.max_frames
+        last_video_time = [None]
+
+        def decode() -> None:
+            n = 0
+            for packet in inp.demux(vin, *copied):
+                if stop.is_set():
+                    return
+                if packet.stream.type != "video":
+                    if packet.dts is not None:
+                        dec.put(("packet", packet))
+                    continue
+                try:
+                    frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
+                except EOFError:
+                    return
+                except av.error.FFmpegError as exc:
+                    raise InputError(f"{src}: video cannot be decoded at frame {n} ({exc.__class__.__name__})") from exc
+                for frame in frames:
+                    if frame_limit is not None and n >= frame_limit:
+                        return
+                    dec.put(("frame", n, frame.pts, frame.time_base, frame.to_ndarray(format="rgb24")))
+                    n += 1
+
+        def infer() -> None:
+            pending: list[tuple] = []
+
+            def flush() -> None:
+                if not pending:
+                    return
+                arrs = [p[4].astype(np.float32) / 255.0 for p in pending]
+                if options.tile or options.batch == 1:
+                    outs = [upscale_frame(runner, a, tile=options.tile) for a in arrs]
+                else:
+                    res = runner.infer(np.stack([a.transpose(2, 0, 1) for a in arrs]))
+                    outs = [r.transpose(1, 2, 0) for r in res]
+                for p, o in zip(pending, outs):
+                    inf.put(("frame", p[1], p[2], p[3], np.clip(np.rint(o * 255.0), 0, 255).astype(np.uint8)))
+                pending.clear()
+
+            while True:
+                item = _get(q_dec, stop)
+                if item is _END:
+                    flush()
+                    return
+                if isinstance(item, BaseException):
+                    flush()
+                    raise item
+                if item[0] == "packet":
+                    flush()
+                    inf.put(item)
+                    continue
+                pending.append(item)
+                if len(pending) >= max(1, options.batch):
+                    flush()
+
+        dec = _Stage(decode, q_dec, stop)
+        inf = _Stage(infer, q_inf, stop)
+        try:
+            with atomic_path(dst, overwrite=overwrite) as tmp:
+                try:
+                    out = av.open(str(tmp), "w")
+                except (av.error.FFmpegError, OSError) as exc:
+                    raise OutputError(f"{dst}: cannot open for writing ({exc})") from exc
+                try:
+                    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+                    try:
+                        vout = out.add_stream(options.codec, rate=rate)
+                    except (av.error.FFmpegError, ValueError) as exc:
+                        raise InputError(f"video codec {options.codec!r} is not available in this FFmpeg build") from exc
+                    vout.width, vout.height, vout.pix_fmt = width, height, options.pix_fmt
+                    vout.time_base = vin.time_base
+                    vout.codec_context.time_base = vin.time_base
+                    if options.bitrate:
+                        vout.bit_rate = _parse_bitrate(options.bitrate)
+                    elif options.codec in ("libx264", "libx265"):
+                        vout.options = {"crf": str(options.crf), "preset": options.preset}
+                    elif options.codec.endswith("_nvenc"):
+                        vout.options = {"cq": str(options.crf), "preset": "p5"}
+                    mapping = {}
+                    for st in copied:
+                        try:
+                            mapping[st.index] = out.add_stream_from_template(st)
+                        except (av.error.FFmpegError, ValueError):
+                            pass  # this container cannot hold that stream type; it is dropped
+                    dec.start()
+                    inf.start()
+                    n = 0
+                    with Progress(total, desc="frames", unit="frame", quiet=quiet) as bar:
+                        while True:
+                            item = _get(q_inf, stop)
+                            if item is _END:
+                                break
+                            if isinstance(item, BaseException):
+                                raise item
+                            if item[0] == "packet":
+                                pkt = item[1]
+                                if pkt.stream.index in mapping:
+                                    if last_video_time[0] is not None and frame_limit is not None and pkt.pts is not None \
+                                            and float(pkt.pts * pkt.time_base) > last_video_time[0]:
+                                        continue
+                                    pkt.stream = mapping[pkt.stream.index]
+                                    out.mux(pkt)
+                                continue
+                            _, idx, pts, tb, arr = item
+                            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                            frame.pts = pts if pts is not None else idx
+                            frame.time_base = tb or vin.time_base
+                            if pts is not None and tb is not None:
+                                last_video_time[0] = float(pts * tb)
+                            for pkt in vout.encode(frame):
+                                out.mux(pkt)
+                            n += 1
+                            bar.update(1)
+                        for pkt in vout.encode(None):
+                            out.mux(pkt)
+                except OSError as exc:
+                    raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
+                except av.error.FFmpegError as exc:
+                    raise OutputError(f"{dst}: encoding failed ({exc})") from exc
+                finally:
+                    out.close()
+                if n == 0:
+                    raise InputError(f"{src}: no decodable video frames")
+        finally:
+            stop.set()
+            dec.join(timeout=5) if dec.is_alive() else None
+            inf.join(timeout=5) if inf.is_alive() else None
+    finally:
+        inp.close()
+    return VideoSummary(n, width, height, len(mapping), time.perf_counter() - t0)
+
+
+def _parse_bitrate(text: str) -> int:
+    t = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        return int(float(t.rstrip("km")) * mult)
+    except ValueError:
+        raise SRDeployError(f"bitrate {text!r} is not a number like 8M or 2500k") from None

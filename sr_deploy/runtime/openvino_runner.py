@@ -1,0 +1,77 @@
+"""Runner on OpenVINO's CPU plugin: fp32, bf16 (precision hint) and Q/DQ INT8 ONNX."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.errors import BackendUnavailable
+from sr_deploy.runtime.base import Runner
+
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy")) / "openvino"
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in caps
+    except Exception:  # noqa: BLE001 - any failure means: do not pick bf16
+        return False
+
+
+class OpenVINORunner(Runner):
+    """``precision`` is the compute precision: for an fp32 ONNX, fp32 or bf16 (the hint);
+    an fp16 or int8 ONNX runs as stored, its non-quantized parts in f32.
+    OpenVINO may default to bf16 on capable CPUs, so the hint is always set explicitly."""
+
+    backend = "openvino"
+
+    def __init__(self, onnx_path: str | os.PathLike, descriptor: ModelDescriptor, *, precision: str | None = None,
+                 threads: int = 0) -> None:
+        precision = precision or descriptor.precision
+        if precision not in HINTS:
+            raise ValueError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision}")
+        super().__init__(descriptor, precision)
+        self.path, self.threads = Path(onnx_path), threads
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _activate(self) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailable("openvino is not installed: pip install 'srdeploy[openvino]'") from exc
+        if self.precision == "bf16" and not cpu_supports_bf16():
+            raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX): use fp32 or int8")
+        core = ov.Core()
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(cache)})
+        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        self.compiled = core.compile_model(str(self.path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def _deactivate(self) -> None:
+        del self.request, self.compiled
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: batch})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)

@@ -1,0 +1,202 @@
+"""Resolve `--model` and `--backend` into a Runner, and say why it was chosen."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.errors import BackendUnavailable, InputError, ModelError
+from sr_deploy.runtime.base import Runner
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL = "srresnet_x4"
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".safetensors"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # checkpoint | onnx | engine
+    path: Path
+    name: str
+
+
+def shipped_models() -> dict[str, Path]:
+    return {p.name.split(".")[0]: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
+    """A shipped model's name, a checkpoint, an ONNX file or an engine → ModelSource."""
+    if spec is None:
+        spec = DEFAULT_MODEL
+    shipped = shipped_models()
+    if str(spec) in shipped:
+        return ModelSource("checkpoint", shipped[str(spec)], str(spec))
+    path = Path(spec)
+    if not path.exists():
+        if path.suffix or os.sep in str(spec):
+            raise InputError(f"{path}: model file not found")
+        names = ", ".join(shipped) or "none"
+        raise InputError(f"no shipped model named {spec!r} (shipped: {names}); pass a checkpoint or ONNX path")
+    suffix = path.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return ModelSource("checkpoint", path, path.stem)
+    if suffix == ".onnx":
+        return ModelSource("onnx", path, path.name.split(".")[0])
+    if suffix in (".engine", ".plan", ".trt"):
+        return ModelSource("engine", path, path.name.split(".")[0])
+    raise InputError(f"{path}: not a model file (expected .pt, .safetensors, .onnx or .engine)")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy"))
+
+
+def onnx_for(source: ModelSource) -> Path:
+    """The fp32 ONNX of a source: the file itself, or the checkpoint exported once into the cache."""
+    if source.kind == "onnx":
+        return source.path
+    if source.kind != "checkpoint":
+        raise ModelError(f"{source.path}: an engine has no ONNX to run on another backend")
+    from sr_deploy.export.onnx_export import export_checkpoint
+    from sr_deploy.fsutil import sha256_file
+
+    target = cache_root() / "onnx" / f"{source.name}-{sha256_file(source.path)[:16]}.onnx"
+    if not target.exists():
+        export_checkpoint(source.path, target, overwrite=True)
+    return target
+
+
+def precision_sibling(onnx_path: Path, precision: str) -> Path | None:
+    """``NAME.<precision>.onnx`` beside an fp32 ONNX, if one exists and its quality report passed."""
+    stem = onnx_path.name[: -len(".onnx")]
+    cand = onnx_path.with_name(f"{stem}.{precision}.onnx")
+    report = cand.with_suffix(".quality.json")
+    if cand.exists() and report.exists():
+        try:
+            if json.loads(report.read_text()).get("passed"):
+                return cand
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _descriptor(source: ModelSource) -> ModelDescriptor:
+    if source.kind == "onnx":
+        from sr_deploy.export.onnx_export import read_descriptor
+
+        return read_descriptor(source.path)
+    from sr_deploy.export.onnx_export import descriptor_for
+    from sr_deploy.models.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(source.path)
+    return descriptor_for(model, name=source.name)
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None) -> tuple[Runner, str]:
+    """Build the runner for ``source`` on ``backend``; returns it and a one-line reason."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; pick one of {', '.join(BACKENDS)}")
+    if source.kind == "engine":
+        if backend not in ("auto", "tensorrt"):
+            raise InputError(f"{source.path}: a TensorRT engine runs only on the tensorrt backend")
+        from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(source.path), "a TensorRT engine was given"
+    if backend == "auto":
+        return _auto(source, precision)
+    if backend == "torch":
+        if source.kind != "checkpoint":
+            raise InputError(f"{source.path}: the torch backend needs a checkpoint (.pt/.safetensors), not ONNX")
+        from sr_deploy.export.onnx_export import descriptor_for
+        from sr_deploy.models.checkpoint import load_checkpoint
+        from sr_deploy.runtime.torch_runner import TorchRunner
+
+        model, _ = load_checkpoint(source.path)
+        return TorchRunner(model, descriptor_for(model, name=source.name), precision=precision or "fp32"), "asked for"
+    if backend == "tensorrt":
+        raise InputError("the tensorrt backend runs an engine: build one with `srdeploy build-engine` and pass it as --model")
+    onnx_path = _onnx_at_precision(source, precision, backend)
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    desc = read_descriptor(onnx_path)
+    if backend == "onnxruntime":
+        from sr_deploy.runtime.ort_runner import OrtRunner
+
+        if precision not in (None, desc.precision):
+            raise InputError(f"onnxruntime runs the ONNX's own precision ({desc.precision}), not {precision}")
+        return OrtRunner(onnx_path, desc), "asked for"
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    if not OpenVINORunner.available():
+        raise BackendUnavailable("openvino is not installed: pip install 'srdeploy[openvino]'")
+    return OpenVINORunner(onnx_path, desc, precision=precision if precision == "bf16" else None), "asked for"
+
+
+def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str) -> Path:
+    base = onnx_for(source)
+    if precision in ("fp16", "int8"):
+        from sr_deploy.export.onnx_export import read_descriptor
+
+        if read_descriptor(base).precision == precision:
+            return base
+        sib = base.with_name(f"{base.name[:-5]}.{precision}.onnx")
+        if not sib.exists():
+            raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")
+        return sib
+    if precision == "bf16" and backend != "openvino":
+        raise InputError(f"bf16 runs on the openvino (or torch) backend, not {backend}")
+    return base
+
+
+def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
+    """TensorRT engine > ONNX Runtime CUDA > fastest CPU runner installed, at a precision that passed its gate."""
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+    from sr_deploy.runtime.ort_runner import OrtRunner
+
+    if gpu_available():
+        try:
+            if "CUDAExecutionProvider" in OrtRunner.providers("auto"):
+                runner, _ = make_runner(source, "onnxruntime", precision)
+                return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
+        except BackendUnavailable:
+            pass
+    base = onnx_for(source) if source.kind == "checkpoint" else source.path
+    if precision is None:
+        int8 = precision_sibling(base, "int8")
+        if int8 is not None and OpenVINORunner.available():
+            from sr_deploy.export.onnx_export import read_descriptor
+
+            return (OpenVINORunner(int8, read_descriptor(int8)),
+                    "CPU only; OpenVINO runs the INT8 Q/DQ ONNX, which passed its quality gate, fastest")
+    if OpenVINORunner.available():
+        runner, _ = make_runner(source, "openvino", precision)
+        return runner, "CPU only; OpenVINO is the fastest CPU runner installed"
+    runner, _ = make_runner(source, "onnxruntime", precision)
+    return runner, "CPU only; OpenVINO is not installed, so ONNX Runtime"
+
+
+def available_backends() -> list[str]:
+    """Backends whose libraries import here (and, for tensorrt, with a GPU)."""
+    import importlib.util
+
+    have = ["torch"]
+    if importlib.util.find_spec("onnxruntime"):
+        have.append("onnxruntime")
+    if importlib.util.find_spec("openvino"):
+        have.append("openvino")
+    if importlib.util.find_spec("tensorrt") and gpu_available():
+        have.append("tensorrt")
+    return have

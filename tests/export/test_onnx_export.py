@@ -1,0 +1,64 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.errors import ModelError
+from sr_deploy.export import read_descriptor
+from sr_deploy.models import SRResNet, save_checkpoint
+from tests.conftest import randomize_bn
+
+
+def _check(onnx_path, model):
+    proto = onnx.load(str(onnx_path))
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[2].dim_param and dims[3].dim_param, "batch, height, width symbolic"
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for h, w in [(19, 27), (33, 14)]:
+        x = torch.rand(1, 3, h, w)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"input": x.numpy()})[0]
+        assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("blocks", [2, 16])
+def test_cli_export(tmp_path, blocks):
+    torch.manual_seed(1)
+    m = randomize_bn(SRResNet(scale=4, num_blocks=blocks, channels=16 if blocks == 16 else 8))
+    ckpt = save_checkpoint(tmp_path / f"b{blocks}.pt", m)
+    res = CliRunner().invoke(app, ["export", str(ckpt)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / f"b{blocks}.onnx"
+    _check(out, m)
+    desc = read_descriptor(out)
+    assert desc.scale == 4 and desc.in_channels == 3 and len(desc.source_sha256) == 64
+    assert desc.value_range == (0.0, 1.0) and desc.name == f"b{blocks}"
+
+
+def test_export_refuses_existing_output(tiny_ckpt, tmp_path):
+    out = tmp_path / "x.onnx"
+    out.write_bytes(b"keep")
+    res = CliRunner().invoke(app, ["export", str(tiny_ckpt), "-o", str(out)])
+    assert res.exit_code != 0 and "exists" in res.output
+    assert out.read_bytes() == b"keep"
+
+
+def test_onnx_without_metadata(tmp_path):
+    m = torch.nn.Conv2d(3, 3, 1)
+    p = tmp_path / "plain.onnx"
+    torch.onnx.export(m, (torch.rand(1, 3, 8, 8),), str(p), dynamo=True)
+    with pytest.raises(ModelError, match="no srdeploy metadata"):
+        read_descriptor(p)
+
+
+def test_not_a_checkpoint_cli(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"nope")
+    res = CliRunner().invoke(app, ["export", str(bad)])
+    assert res.exit_code != 0
+    assert "bad.pt" in res.output and len(res.output.strip().splitlines()) == 1

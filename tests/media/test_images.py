@@ -1,0 +1,59 @@
+import cv2
+import numpy as np
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from tests.conftest import pattern_image
+
+
+def _tree(root):
+    (root / "sub" / "deeper").mkdir(parents=True)
+    cv2.imwrite(str(root / "rgb.png"), pattern_image(20, 26, 3))
+    cv2.imwrite(str(root / "sub" / "rgba.png"), pattern_image(18, 22, 4))
+    cv2.imwrite(str(root / "sub" / "deep16.png"), pattern_image(16, 20, 3, np.uint16))
+    cv2.imwrite(str(root / "sub" / "deeper" / "gray.jpg"), pattern_image(21, 17, 1))
+    (root / "sub" / "corrupt.png").write_bytes(b"\x89PNG broken")
+
+
+def test_folder_run_keeps_layout_depth_alpha_gray(tmp_path, tiny_ckpt):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    _tree(src)
+    res = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert res.exit_code == 1, res.output  # one file failed, the others were processed
+    assert "corrupt.png" in res.output
+    for rel in ["rgb.png", "sub/rgba.png", "sub/deep16.png", "sub/deeper/gray.jpg"]:
+        a = cv2.imread(str(src / rel), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(dst / rel), cv2.IMREAD_UNCHANGED)
+        assert b.shape[:2] == (a.shape[0] * 2, a.shape[1] * 2), rel
+        assert b.ndim == a.ndim and (a.ndim == 2 or a.shape[2] == b.shape[2]), rel
+        assert b.dtype == a.dtype, rel
+    assert not (dst / "sub" / "corrupt.png").exists()
+    assert not list(dst.rglob("*.part*")), "no temporary files left"
+    # alpha upscaled, not dropped or flattened
+    alpha = cv2.imread(str(dst / "sub/rgba.png"), cv2.IMREAD_UNCHANGED)[..., 3]
+    assert alpha.std() > 0
+    # a second run without --overwrite fails on existing outputs; --skip-existing resumes
+    again = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--skip-existing", "--backend", "onnxruntime"])
+    assert "4 skipped" in again.output
+
+
+def test_single_image_and_refusals(tmp_path, tiny_ckpt):
+    src = tmp_path / "a.png"
+    cv2.imwrite(str(src), pattern_image(12, 14, 3))
+    before = src.read_bytes()
+    r = CliRunner().invoke(app, ["run", str(src), "--model", str(tiny_ckpt), "--backend", "torch"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "a_x2.png"
+    assert cv2.imread(str(out)).shape == (24, 28, 3)
+    r = CliRunner().invoke(app, ["run", str(src), "--model", str(tiny_ckpt), "--backend", "torch"])
+    assert r.exit_code != 0 and "exists" in r.output
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(src), "--model", str(tiny_ckpt), "--overwrite"])
+    assert r.exit_code != 0 and "input" in r.output
+    assert src.read_bytes() == before
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "missing.png"), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "missing.png" in r.output
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"xx")
+    r = CliRunner().invoke(app, ["run", str(bad), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "not a readable image" in r.output
+    assert not (tmp_path / "bad_x2.png").exists()

@@ -1,0 +1,87 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from tests.conftest import make_clip
+
+
+def _streams(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        pts = [f.pts for f in c.decode(v)]
+        info = {"types": sorted(s.type for s in c.streams), "rate": v.average_rate, "tb": v.time_base,
+                "size": (v.codec_context.width, v.codec_context.height)}
+    with av.open(str(path)) as c:
+        a = c.streams.audio
+        audio = sum(f.samples for f in c.decode(a[0])) if a else 0
+    return pts, info, audio
+
+
+def test_clip_keeps_frames_rate_audio(tmp_path, tiny_ckpt):
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=10, fps=10)
+    dst = tmp_path / "up.mp4"
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    p0, i0, a0 = _streams(src)
+    p1, i1, a1 = _streams(dst)
+    assert len(p1) == len(p0) == 10
+    assert i1["rate"] == i0["rate"] and i1["types"] == ["audio", "video"]
+    assert i1["size"] == (i0["size"][0] * 2, i0["size"][1] * 2)
+    assert abs(a1 - a0) <= 1024  # the same AAC packets, remuxed
+
+
+def test_vfr_timestamps_and_subtitles(tmp_path, tiny_ckpt):
+    src = tmp_path / "vfr.mkv"
+    pts = make_clip(src, frames=9, vfr=True, subtitles=True)
+    dst = tmp_path / "vfr_up.mkv"
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime", "--batch", "4"])
+    assert r.exit_code == 0, r.output
+    p1, i1, _ = _streams(dst)
+    in_tb = _streams(src)[1]["tb"]
+    got = [float(p * i1["tb"]) for p in p1]
+    want = [float(p * in_tb) for p in pts]
+    assert np.allclose(got, want, atol=float(i1["tb"]) + 1e-9)
+    assert i1["types"] == ["audio", "subtitle", "video"]
+
+
+def test_no_video_stream_and_corrupt(tmp_path, tiny_ckpt):
+    audio_only = tmp_path / "a.mp4"
+    with av.open(str(audio_only), "w") as c:
+        s = c.add_stream("aac", rate=44100)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        f.sample_rate, f.pts = 44100, 0
+        for p in list(s.encode(f)) + list(s.encode(None)):
+            c.mux(p)
+    r = CliRunner().invoke(app, ["run", str(audio_only), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "no video stream" in r.output
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(2000))
+    r = CliRunner().invoke(app, ["run", str(junk), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "junk.mp4" in r.output
+    assert not (tmp_path / "junk_x2.mp4").exists() and not (tmp_path / "a_x2.mp4").exists()
+
+
+def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
+    src = tmp_path / "long.mp4"
+    make_clip(src, frames=300, size=(96, 64), fps=25)
+    dst = tmp_path / "long_up.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst), "--model",
+                             str(tiny_ckpt), "--backend", "torch", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".long_up.*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not dst.exists()
+    assert not list(tmp_path.glob(".long_up.*")), "temporary output removed"

@@ -1,0 +1,62 @@
+import pytest
+import torch
+from torch import nn
+
+from sr_deploy.errors import InputError, ModelError
+from sr_deploy.models import Discriminator, SRResNet, SRResNetConfig, load_checkpoint, save_checkpoint
+from tests.conftest import tiny_model
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "deconv", "nearest_conv"])
+def test_output_is_scale_times_input(scale, upsampler):
+    m = SRResNet(scale=scale, num_blocks=1, channels=8, upsampler=upsampler).eval()
+    assert m(torch.rand(2, 3, 11, 13)).shape == (2, 3, 11 * scale, 13 * scale)
+
+
+def test_paper_layout():
+    m = SRResNet()
+    assert m.head[0].kernel_size == (9, 9) and m.tail.kernel_size == (9, 9)
+    assert len(m.trunk) == 16
+    block = m.trunk[0].body
+    assert [type(l) for l in block] == [nn.Conv2d, nn.BatchNorm2d, nn.PReLU, nn.Conv2d, nn.BatchNorm2d]
+    shuffles = [l for l in m.upsample if isinstance(l, nn.PixelShuffle)]
+    assert [s.upscale_factor for s in shuffles] == [2, 2]
+    assert [l.upscale_factor for l in SRResNet(scale=3).upsample if isinstance(l, nn.PixelShuffle)] == [3]
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        SRResNetConfig(scale=5)
+
+
+def test_discriminator_shape():
+    d = Discriminator()
+    convs = [m for m in d.features.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8 and convs[-1].out_channels == 512
+    assert [c.stride[0] for c in convs] == [1, 2] * 4
+    assert d(torch.rand(2, 3, 96, 96)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_roundtrip(tmp_path, suffix):
+    m = tiny_model(3)
+    p = save_checkpoint(tmp_path / f"m{suffix}", m)
+    m2, payload = load_checkpoint(p)
+    assert payload["arch"] == m.config.to_dict()
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(ModelError, match="not a srdeploy checkpoint"):
+        load_checkpoint(bad)
+    junk = tmp_path / "y.pt"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(ModelError):
+        load_checkpoint(junk)
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
