@@ -34,11 +34,13 @@ def train(
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 ImageNet weights (torchvision layout)."),
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="srgan: vgg54 | vgg22 | mse."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    patch: Optional[int] = typer.Option(None, "--patch", help="HR crop size in pixels (a multiple of the scale)."),
     num_blocks: Optional[int] = typer.Option(None, "--blocks"),
     channels: Optional[int] = typer.Option(None, "--channels"),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
     val_every: Optional[int] = typer.Option(None, "--val-every"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the schedule still spans --steps)."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX)."),
     workers: Optional[int] = typer.Option(None, "--workers"),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -53,8 +55,8 @@ def train(
                           scale=scale, steps=steps, out=str(out) if out else None,
                           resume=str(resume) if resume else None, init=str(init) if init else None,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
-                          batch_size=batch_size, num_blocks=num_blocks, channels=channels, upsampler=upsampler,
-                          val_every=val_every, time_limit_min=time_limit, bf16=bf16, num_workers=workers)
+                          batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler,
+                          val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers)
         if out is None and cfg.out == "runs/srresnet":
             from dataclasses import replace
 

@@ -54,6 +54,7 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 50
     patience: int = 0  # validations without improvement before stopping; 0 disables
+    stop_at: int = 0  # stop (with a checkpoint) at this step, the schedule still following `steps`; 0 disables
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 disables
     channels_last: bool = True
     bf16: bool = False

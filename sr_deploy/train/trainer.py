@@ -305,10 +305,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             if main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
                 save(step, "last.pt")
             wants_stop = bool(cfg.patience and bad_vals >= cfg.patience)
+            wants_stop |= bool(cfg.stop_at and step >= cfg.stop_at)
             wants_stop |= bool(cfg.time_limit_min and time.perf_counter() - t0 > 60 * cfg.time_limit_min)
             if _any(wants_stop, world, device):
                 if main:
-                    progress.write(f"stopping at step {step} (patience or time limit reached)")
+                    progress.write(f"stopping at step {step} (patience, stop step or time limit reached)")
                     save(step, "last.pt")
                 stop = True
                 break

@@ -1,0 +1,156 @@
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sr_deploy.errors import InputError, ModelError
+from sr_deploy.models.checkpoint import read_checkpoint, save_checkpoint
+from sr_deploy.models.vgg import VGGFeatures
+from sr_deploy.train.config import TrainConfig, load_recipe
+from sr_deploy.train.data import CropDataset, StepSampler
+from sr_deploy.train.trainer import train
+from tests.conftest import pattern_image, tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def hr_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hr")
+    (d / "nested").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(d / ("nested" if i % 2 else ".") / f"img{i}.png"), pattern_image(48, 56, 3, seed=i))
+    cv2.imwrite(str(d / "tiny.png"), pattern_image(10, 10, 3))  # smaller than a crop: skipped
+    return d
+
+
+def _cfg(hr_dir, out, **kw):
+    base = dict(data=(str(hr_dir),), val=str(hr_dir), out=str(out), scale=2, num_blocks=2, channels=8,
+                hr_patch=24, batch_size=2, steps=2, lr=1e-3, val_every=2, ckpt_every=2, log_every=1,
+                num_workers=0, channels_last=False, bf16=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path):
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_srresnet_step_changes_weights(hr_dir, tmp_path):
+    cfg = _cfg(hr_dir, tmp_path / "r")
+    train(cfg, quiet=True)
+    init = tiny_model(2).state_dict()
+    after = _weights(tmp_path / "r" / "last.pt")
+    torch.manual_seed(cfg.seed)
+    changed = [k for k in after if after[k].dtype.is_floating_point and not torch.equal(after[k], init.get(k, after[k]))]
+    assert changed, "training changed no weight"
+    rows = (tmp_path / "r" / "log.csv").read_text().splitlines()
+    last = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert np.isfinite(float(last["loss_g"])) and np.isfinite(float(last["val_psnr"]))
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+
+
+def _vgg_file(path, *, wrong=False):
+    feats = VGGFeatures("vgg54").features if not wrong else torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # torchvision files carry the classifier too
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("content", ["mse", "vgg22"])
+def test_srgan_step(hr_dir, tmp_path, content):
+    init = save_checkpoint(tmp_path / "init.pt", tiny_model(2))
+    vgg = _vgg_file(tmp_path / "vgg19.pth") if content != "mse" else None
+    cfg = _cfg(hr_dir, tmp_path / "g", recipe="srgan", init=str(init), content_loss=content,
+               vgg_weights=str(vgg) if vgg else None, steps=1, val_every=1, ckpt_every=1)
+    train(cfg, quiet=True)
+    payload = read_checkpoint(tmp_path / "g" / "last.pt")
+    before = _weights(init)
+    assert any(not torch.equal(payload["state_dict"][k], before[k]) for k in before if before[k].dtype.is_floating_point)
+    assert "d_state_dict" in payload
+    rows = (tmp_path / "g" / "log.csv").read_text().splitlines()
+    last = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    for key in ("loss_g", "loss_d", "loss_adv", "loss_content"):
+        assert np.isfinite(float(last[key])), key
+
+
+def test_vgg_loader(tmp_path):
+    good = _vgg_file(tmp_path / "good.pth")
+    v = VGGFeatures("vgg54").load_torchvision(good)
+    assert v(torch.rand(1, 3, 32, 32)).shape == (1, 512, 2, 2)
+    with pytest.raises(ModelError, match="not a torchvision VGG19"):
+        VGGFeatures("vgg54").load_torchvision(_vgg_file(tmp_path / "wrong.pth", wrong=True))
+
+
+def test_missing_vgg_names_the_flag(hr_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    init = save_checkpoint(tmp_path / "init.pt", tiny_model(2))
+    with pytest.raises(InputError, match="--vgg-weights"):
+        train(_cfg(hr_dir, tmp_path / "x", recipe="srgan", init=str(init), content_loss="vgg54"), quiet=True)
+    with pytest.raises(InputError, match="not found"):
+        train(_cfg(hr_dir, tmp_path / "x", recipe="srgan", init=str(init), vgg_weights=str(tmp_path / "no.pth")), quiet=True)
+    assert not (tmp_path / "x").exists(), "no work started"
+
+
+def test_resume_same_step_same_batch(hr_dir, tmp_path):
+    full = _cfg(hr_dir, tmp_path / "full", steps=4, ckpt_every=2, val_every=100)
+    train(full, quiet=True)
+    half = replace(full, out=str(tmp_path / "half"), stop_at=2)  # as if interrupted after step 2
+    train(half, quiet=True)
+    resumed = replace(full, out=str(tmp_path / "half"), resume=str(tmp_path / "half" / "last.pt"))
+    train(resumed, quiet=True)
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(tmp_path / "half" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+
+
+def test_batches_depend_only_on_step(hr_dir):
+    ds = CropDataset([hr_dir], scale=2, hr_patch=24, seed=3)
+    assert ds.skipped == 1
+    idx = list(StepSampler(batch_size=2, start_step=5, total_steps=6))[0]
+    assert idx == list(StepSampler(batch_size=2, start_step=0, total_steps=6))[5]
+    lr, hr = ds[idx[0]]
+    lr2, hr2 = CropDataset([hr_dir], scale=2, hr_patch=24, seed=3)[idx[0]]
+    assert lr.shape == (3, 12, 12) and hr.shape == (3, 24, 24)
+    assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
+
+
+def test_bad_inputs(hr_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no images"):
+        train(_cfg(empty, tmp_path / "o"), quiet=True)
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "a.png"), pattern_image(8, 8, 3))
+    with pytest.raises(InputError, match="smaller than"):
+        train(_cfg(small, tmp_path / "o"), quiet=True)
+    other = save_checkpoint(tmp_path / "x4.pt", tiny_model(4))
+    with pytest.raises(ModelError, match="another model"):
+        train(_cfg(hr_dir, tmp_path / "o", resume=str(other)), quiet=True)
+
+
+def test_shipped_recipes_parse():
+    for name in ("srresnet_x4", "srgan_x4"):
+        cfg = load_recipe(name, REPO / "train")
+        assert cfg.scale == 4 and cfg.num_blocks == 16
+
+
+def test_ddp_two_cpu_processes(hr_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "sr_deploy.cli", "train", "--data", str(hr_dir), "--val", str(hr_dir), "--scale", "2",
+           "--steps", "2", "--patch", "24", "--blocks", "1", "--channels", "8", "--batch-size", "2", "--workers", "0",
+           "--no-bf16", "--out", str(out), "--quiet", "--val-every", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_checkpoint(out / "last.pt")["step"] == 2
