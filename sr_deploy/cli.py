@@ -148,6 +148,59 @@ def run(
         raise typer.Exit(130)
 
 
+@app.command("build-engine")
+def build_engine_cmd(
+    onnx: Optional[Path] = typer.Argument(None, help="fp32 ONNX exported by srdeploy (default: the default model's)."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute, I/O fp32."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 Q/DQ, calibrated on --calib images."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real images for INT8 calibration."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Engine path (default: keyed name beside the ONNX)."),
+    min_hw: Optional[str] = typer.Option(None, "--min", help="Smallest input HxW of the profile."),
+    opt_hw: Optional[str] = typer.Option(None, "--opt", help="Input HxW the engine is tuned for."),
+    max_hw: Optional[str] = typer.Option(None, "--max", help="Largest input HxW of the profile."),
+    max_batch: int = typer.Option(4, "--max-batch"),
+    onnx_only: bool = typer.Option(False, "--onnx-only", help="Write the precision ONNX and its report only."),
+    max_delta_db: Optional[float] = typer.Option(None, "--max-delta-db", help="Quality budget (default 0.05 fp16, 0.3 int8)."),
+    gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out HR images for the quality gate."),
+    calib_count: int = typer.Option(256, "--calib-count", help="Number of LR calibration crops."),
+    calib_size: int = typer.Option(64, "--calib-size", help="LR calibration crop size in pixels."),
+    quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize the first and last conv too."),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb"),
+) -> None:
+    """Make an FP16 or INT8 ONNX (with a quality gate), then a TensorRT engine where TensorRT and a GPU exist."""
+    from sr_deploy.engine.build import build_engine, tensorrt_available
+    from sr_deploy.engine.profile import make_profile, parse_hw
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.precision.convert import make_precision_onnx
+    from sr_deploy.runtime.select import gpu_available, onnx_for, resolve_model
+
+    try:
+        if fp16 == int8:
+            raise InputError("choose one precision: --fp16, or --int8 --calib DIR")
+        src = onnx or onnx_for(resolve_model(None))
+        desc = read_descriptor(src)
+        profile = make_profile(desc, min_hw=parse_hw(min_hw) if min_hw else None,
+                               opt_hw=parse_hw(opt_hw) if opt_hw else None,
+                               max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch)
+        report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
+                                     budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
+                                     quantize_ends=quantize_ends)
+        typer.echo(report.line())
+        typer.echo(f"wrote {report.path}")
+        if onnx_only:
+            return
+        if not (tensorrt_available() and gpu_available()):
+            typer.echo("error: TensorRT and a CUDA GPU are needed to build the engine and are not both present here; "
+                       f"the {report.precision} ONNX is ready (pass --onnx-only to stop there)", err=True)
+            raise typer.Exit(3)
+        engine = build_engine(Path(report.path), read_descriptor(report.path), profile, out=output,
+                              workspace_gb=workspace_gb)
+        typer.echo(f"engine {engine} (profile min {profile.fmt(profile.min)}, opt {profile.fmt(profile.opt)}, "
+                   f"max {profile.fmt(profile.max)})")
+    except SRDeployError as exc:
+        _fail(exc)
+
+
 @app.command()
 def models() -> None:
     """List the shipped models."""

@@ -1,0 +1,1 @@
+"""TensorRT engines: optimization profiles, engine keys and sidecars, the builder."""

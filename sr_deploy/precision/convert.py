@@ -1,0 +1,143 @@
+"""Make an fp16 or int8 ONNX beside the fp32 one, and refuse it if it damages the picture."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sr_deploy.errors import InputError, QualityGateError
+from sr_deploy.fsutil import atomic_path
+
+BUDGETS_DB = {"fp16": 0.05, "int8": 0.3}
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    precision: str
+    path: str
+    source: str
+    psnr_fp32: float
+    psnr_new: float
+    delta_psnr_db: float
+    max_abs_diff: float
+    budget_db: float
+    passed: bool
+    images: int
+    gate_data: str
+    excluded_nodes: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        verdict = "passed" if self.passed else "REFUSED"
+        return (f"{self.precision}: ΔPSNR(Y) {self.delta_psnr_db:+.4f} dB (fp32 {self.psnr_fp32:.3f}, "
+                f"{self.precision} {self.psnr_new:.3f}) on {self.images} held-out images [{self.gate_data}], "
+                f"max |Δ| {self.max_abs_diff:.4f}; budget {self.budget_db} dB: {verdict}")
+
+
+def precision_path(src: Path, precision: str) -> Path:
+    name = src.name[:-len(".onnx")] if src.name.endswith(".onnx") else src.stem
+    return src.with_name(f"{name}.{precision}.onnx")
+
+
+def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int = 8, skip_every: int = 0):
+    """(HR, LR) pairs for the gate: center crops of real images, or the built-in generated set."""
+    from sr_deploy.metrics import make_lr, mod_crop
+    from sr_deploy.quality import EvalPair
+
+    if folder is None:
+        from sr_deploy.bench.synthetic import synthetic_images
+
+        imgs, label = synthetic_images(count=4), "generated images"
+    else:
+        from sr_deploy.train.data import list_images, read_rgb
+
+        files = list_images([folder])
+        if skip_every:  # held out from calibration: calibration uses the other files
+            files = files[::skip_every]
+        imgs = [read_rgb(f) for f in files[:count]]
+        label = str(folder)
+    pairs = []
+    for i, img in enumerate(imgs):
+        h, w = img.shape[:2]
+        c = min(crop, h, w)
+        y, x = (h - c) // 2, (w - c) // 2
+        hr = mod_crop(img[y:y + c, x:x + c], scale)
+        pairs.append(EvalPair(f"{i}", hr, make_lr(hr, scale)))
+    if not pairs:
+        raise InputError(f"{folder}: no images for the quality gate")
+    return pairs, label
+
+
+def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float, float, float]:
+    """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    from sr_deploy.metrics import y_psnr_ssim
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, candidate)]
+    ps = [[], []]
+    worst = 0.0
+    for pair in pairs:
+        x = (pair.lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        outs = [np.clip(s.run(None, {"input": x})[0][0], 0, 1) for s in sessions]
+        worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
+        for k, o in enumerate(outs):
+            sr = np.rint(o.transpose(1, 2, 0) * 255).astype(np.uint8)
+            ps[k].append(y_psnr_ssim(sr, pair.hr, scale)[0])
+    return float(np.mean(ps[0])), float(np.mean(ps[1])), worst
+
+
+def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, calib: Path | None = None,
+                        gate_data: Path | None = None, budget_db: float | None = None, calib_count: int = 256,
+                        calib_size: int = 64, quantize_ends: bool = False, overwrite: bool = True) -> PrecisionReport:
+    """Convert, gate, and write ``NAME.<precision>.onnx`` plus ``NAME.<precision>.quality.json``.
+
+    Raises QualityGateError (nothing written under the model's final name) when
+    ΔPSNR exceeds the budget; the report is written either way.
+    """
+    import onnx
+
+    from sr_deploy.descriptor import METADATA_KEY
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    if precision not in BUDGETS_DB:
+        raise InputError(f"precision must be fp16 or int8, got {precision!r}")
+    desc = read_descriptor(src)
+    if desc.precision != "fp32":
+        raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")
+    budget = BUDGETS_DB[precision] if budget_db is None else budget_db
+    out = out or precision_path(src, precision)
+    batches = None
+    if precision == "int8":
+        if calib is None:
+            raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of real images)")
+        from sr_deploy.precision.int8 import calibration_batches
+
+        batches = calibration_batches(calib, count=calib_count, lr_size=calib_size, scale=desc.scale)
+    pairs, label = gate_pairs(gate_data or calib, desc.scale, skip_every=5 if (gate_data is None and calib) else 0)
+    excluded: list[str] = []
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        if precision == "fp16":
+            from sr_deploy.precision.fp16 import convert_fp16
+
+            convert_fp16(src, tmp)
+        else:
+            from sr_deploy.precision.int8 import convert_int8
+
+            excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends)
+        proto = onnx.load(str(tmp))
+        for entry in proto.metadata_props:
+            if entry.key == METADATA_KEY:
+                entry.value = desc.with_(precision=precision).to_json()
+        onnx.save(proto, str(tmp))
+        p32, pnew, worst = quality_gate(src, tmp, pairs, desc.scale)
+        delta = p32 - pnew
+        report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, delta <= budget,
+                                 len(pairs), label, tuple(excluded))
+        with atomic_path(out.with_suffix(".quality.json")) as rtmp:
+            rtmp.write_text(json.dumps(asdict(report), indent=2))
+        if not report.passed:
+            raise QualityGateError(f"{report.line()}; nothing written to {out} (raise the budget with --max-delta-db)")
+    return report

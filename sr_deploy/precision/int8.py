@@ -1,0 +1,87 @@
+"""INT8 ONNX with explicit Q/DQ nodes, calibrated on real images.
+
+ONNX Runtime's static quantizer writes the QDQ format that TensorRT's
+explicit quantization consumes: int8, symmetric (zero point 0), weights per
+output channel, biases left in float. The first and last convolutions stay
+in higher precision by default, because the 3-channel input and output
+layers carry most of the visible error when quantized.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sr_deploy.errors import InputError
+from sr_deploy.train.data import list_images, read_rgb
+
+
+def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 64, scale: int = 4,
+                        seed: int = 0) -> list[np.ndarray]:
+    """Random LR crops (bicubic-downscaled HR crops) from a folder of real images."""
+    from sr_deploy.metrics import make_lr
+
+    files = list_images([folder])
+    if not files:
+        raise InputError(f"{folder}: no calibration images found (png/jpg/bmp/webp)")
+    hr_size = lr_size * scale
+    images = []
+    for f in files:
+        try:
+            img = read_rgb(f)
+        except Exception:  # noqa: BLE001 - unreadable files are skipped
+            continue
+        if min(img.shape[:2]) >= hr_size:
+            images.append(img)
+    if not images:
+        raise InputError(f"{folder}: every calibration image is smaller than {hr_size}px "
+                         f"({lr_size}px LR crops at x{scale}); give larger images or a smaller --calib-size")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        img = images[i % len(images)]
+        y = int(rng.integers(0, img.shape[0] - hr_size + 1))
+        x = int(rng.integers(0, img.shape[1] - hr_size + 1))
+        lr = make_lr(img[y:y + hr_size, x:x + hr_size], scale)
+        out.append((lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
+    return out
+
+
+def conv_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "Conv"]
+
+
+def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_ends: bool = False) -> list[str]:
+    """Quantize ``src`` to a Q/DQ ONNX at ``dst``; returns the names of convolutions left unquantized."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"input": b}
+
+    import logging
+
+    # the quantizer logs advice to the root logger on every call; it is not actionable here
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    convs = conv_names(src)
+    excluded = [] if quantize_ends else [convs[0], convs[-1]]
+    quantize_static(
+        str(src), str(dst), Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=excluded,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    return excluded

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.engine.key import check_key, engine_path, make_key, read_sidecar, write_sidecar
+from sr_deploy.engine.profile import Profile, make_profile, parse_hw
+from sr_deploy.errors import EngineMismatch, InputError, ModelError
+from sr_deploy.runtime.buffers import BufferPlan, BufferPool
+
+DESC = ModelDescriptor(name="m", scale=4, size_multiple=1)
+
+
+def test_parse_hw():
+    assert parse_hw("270x480") == (270, 480)
+    assert parse_hw(" 16X32 ") == (16, 32)
+    for bad in ("270", "0x5", "axb", ""):
+        with pytest.raises(InputError):
+            parse_hw(bad)
+
+
+def test_default_profile_from_descriptor():
+    p = make_profile(DESC)
+    assert p.opt == (1, 3, 270, 480)  # 1080p output at x4
+    assert p.min == (1, 3, 16, 16) and p.max == (4, 3, 540, 960)
+    p8 = make_profile(ModelDescriptor(name="m", scale=2, size_multiple=8), target_hw=(1080, 1920))
+    assert p8.opt[2] % 8 == 0 and p8.opt[3] % 8 == 0 and p8.opt[2] >= 540
+    with pytest.raises(InputError, match="multiple"):
+        make_profile(ModelDescriptor(name="m", scale=2, size_multiple=8), min_hw=(15, 16))
+
+
+def test_profile_order_and_bounds():
+    with pytest.raises(InputError, match="min <= opt <= max"):
+        make_profile(DESC, min_hw=(64, 64), opt_hw=(32, 32))
+    p = make_profile(DESC, min_hw=(16, 16), opt_hw=(64, 64), max_hw=(128, 128), max_batch=2)
+    p.check((2, 3, 100, 17))
+    with pytest.raises(InputError, match="outside the engine's profile"):
+        p.check((1, 3, 129, 64))
+    with pytest.raises(InputError, match="outside"):
+        p.check((3, 3, 64, 64))
+    assert Profile.from_dict(p.to_dict()) == p
+
+
+def _key(**kw):
+    base = dict(tensorrt="10.9.0", gpu="NVIDIA H100", compute_capability="9.0")
+    base.update(kw)
+    return make_key("ab" * 32, "fp16", make_profile(DESC), **base)
+
+
+def test_engine_name_depends_on_every_key_part(tmp_path):
+    onnx = tmp_path / "m.fp16.onnx"
+    names = {engine_path(onnx, k).name for k in
+             [_key(), _key(tensorrt="11.0.0"), _key(gpu="NVIDIA L4", compute_capability="8.9"),
+              make_key("cd" * 32, "fp16", make_profile(DESC), tensorrt="10.9.0", gpu="NVIDIA H100", compute_capability="9.0"),
+              make_key("ab" * 32, "fp16", make_profile(DESC, max_batch=1), tensorrt="10.9.0", gpu="NVIDIA H100",
+                       compute_capability="9.0")]}
+    assert len(names) == 5
+    assert engine_path(onnx, _key()).name.startswith("m.fp16.sm90.")
+
+
+def test_sidecar_roundtrip_and_mismatch(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    key = _key()
+    write_sidecar(engine, key, DESC.with_(precision="fp16"))
+    k2, d2 = read_sidecar(engine)
+    assert k2 == key and d2.precision == "fp16" and d2.scale == 4
+    check_key(k2, tensorrt="10.9.0", gpu="NVIDIA H100", compute_capability="9.0", engine=engine)
+    with pytest.raises(EngineMismatch, match=r"TensorRT 10\.9\.0 \(built\) vs 11\.0\.0.*build-engine .* --fp16"):
+        check_key(k2, tensorrt="11.0.0", gpu="NVIDIA H100", compute_capability="9.0", engine=engine)
+    with pytest.raises(EngineMismatch, match="GPU NVIDIA H100 sm9.0 .*NVIDIA L4 sm8.9"):
+        check_key(k2, tensorrt="10.9.0", gpu="NVIDIA L4", compute_capability="8.9", engine=engine)
+    (tmp_path / "m.json").write_text(json.dumps({"key": {"nope": 1}}))
+    with pytest.raises(ModelError, match="sidecar"):
+        read_sidecar(engine)
+    with pytest.raises(ModelError, match="no sidecar"):
+        read_sidecar(tmp_path / "other.engine")
+
+
+def test_buffer_plan_and_reuse():
+    plan = BufferPlan.for_input((2, 3, 10, 20), 4, 3)
+    assert plan.output_shape == (2, 3, 40, 80)
+    assert plan.input_bytes == 2 * 3 * 10 * 20 * 4 and plan.output_bytes == plan.input_bytes * 16
+    freed = []
+    pool = BufferPool(lambda n: bytearray(n), freed.append)
+    a = pool.ensure("in", 100)
+    assert pool.ensure("in", 80) is a and pool.allocations == 1  # reused, no reallocation
+    b = pool.ensure("in", 200)
+    assert b is not a and pool.allocations == 2 and freed == [a]
+    pool.release()
+    assert len(freed) == 2 and not pool.handles
+
+
+@pytest.mark.needs_tensorrt
+@pytest.mark.needs_gpu
+def test_build_and_run_engine_matches_onnxruntime(tiny_onnx, tmp_path):
+    from sr_deploy.engine.build import build_engine
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.runtime.ort_runner import OrtRunner
+    from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
+
+    desc = read_descriptor(tiny_onnx)
+    prof = make_profile(desc, min_hw=(8, 8), opt_hw=(32, 32), max_hw=(64, 64), max_batch=2)
+    engine = build_engine(tiny_onnx, desc, prof, out=tmp_path / "t.engine")
+    x = np.random.default_rng(0).random((2, 3, 21, 30), dtype=np.float32)
+    with OrtRunner(tiny_onnx, desc) as ref, TensorRTRunner(engine) as trt_runner:
+        assert np.abs(trt_runner.infer(x) - ref.infer(x)).max() < 1e-3
+        with pytest.raises(InputError, match="outside"):
+            trt_runner.infer(np.zeros((1, 3, 65, 8), np.float32))
+
+
+@pytest.mark.needs_gpu
+def test_cuda_buffers_roundtrip():
+    from sr_deploy.runtime.tensorrt_runner import _check, _cudart
+
+    cudart = _cudart()
+    pool = BufferPool(lambda n: _check(cudart.cudaMalloc(n)), lambda p: cudart.cudaFree(p))
+    x = np.arange(1024, dtype=np.float32)
+    d = pool.ensure("in", x.nbytes)
+    _check(cudart.cudaMemcpy(d, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+    y = np.empty_like(x)
+    _check(cudart.cudaMemcpy(y.ctypes.data, d, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+    pool.release()
+    assert np.array_equal(x, y)

@@ -1,0 +1,127 @@
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.errors import InputError, QualityGateError
+from sr_deploy.export import read_descriptor
+from sr_deploy.precision.convert import make_precision_onnx, precision_path
+from sr_deploy.precision.int8 import conv_names
+from tests.conftest import pattern_image
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("calib")
+    for i in range(6):
+        cv2.imwrite(str(d / f"c{i}.png"), pattern_image(64, 80, 3, seed=10 + i))
+    return d
+
+
+def _copy(tiny_onnx, tmp_path):
+    dst = tmp_path / "m.onnx"
+    dst.write_bytes(tiny_onnx.read_bytes())
+    return dst
+
+
+def test_fp16_keeps_fp32_io_and_passes(tiny_onnx, tmp_path):
+    src = _copy(tiny_onnx, tmp_path)
+    rep = make_precision_onnx(src, "fp16")
+    assert rep.passed and abs(rep.delta_psnr_db) < 0.05
+    m = onnx.load(rep.path)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    assert read_descriptor(rep.path).precision == "fp16"
+    assert json.loads((tmp_path / "m.fp16.quality.json").read_text())["passed"] is True
+
+
+def test_int8_qdq_around_convs_except_ends(tiny_onnx, tmp_path, calib_dir):
+    src = _copy(tiny_onnx, tmp_path)
+    rep = make_precision_onnx(src, "int8", calib=calib_dir, calib_count=8, calib_size=16, budget_db=5.0)
+    g = onnx.load(rep.path).graph
+    producers = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    first, last = conv_names(src)[0], conv_names(src)[-1]
+    assert set(rep.excluded_nodes) == {first, last}
+    for n in convs:
+        feeds = [producers.get(i) for i in n.input[:2]]
+        dq = all(f is not None and f.op_type == "DequantizeLinear" for f in feeds)
+        if n.name in (first, last):
+            assert not dq, n.name
+        else:
+            assert dq, n.name
+    assert any(n.op_type == "QuantizeLinear" for n in g.node)
+    # symmetric: every activation zero point is 0
+    inits = {i.name: i for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            assert not onnx.numpy_helper.to_array(inits[n.input[2]]).any()
+    assert read_descriptor(rep.path).precision == "int8"
+
+
+def test_gate_refuses_broken_model(tiny_onnx, tmp_path):
+    src = _copy(tiny_onnx, tmp_path)
+    with pytest.raises(QualityGateError, match="REFUSED"):
+        make_precision_onnx(src, "fp16", budget_db=-1.0)  # nothing can pass a negative budget
+    assert not precision_path(src, "fp16").exists()
+    report = json.loads((tmp_path / "m.fp16.quality.json").read_text())
+    assert report["passed"] is False
+
+
+def test_gate_catches_damage(tiny_onnx, tmp_path, calib_dir):
+    """Quantizing with a single calibration crop of a flat image damages the model: the gate must see it."""
+    src = _copy(tiny_onnx, tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(QualityGateError):
+        make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
+                            quantize_ends=True, budget_db=0.01)
+    assert not precision_path(src, "int8").exists()
+
+
+def test_bad_calibration_inputs(tiny_onnx, tmp_path):
+    src = _copy(tiny_onnx, tmp_path)
+    with pytest.raises(InputError, match="--calib"):
+        make_precision_onnx(src, "int8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no calibration images"):
+        make_precision_onnx(src, "int8", calib=empty)
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "s.png"), pattern_image(20, 20, 3))
+    with pytest.raises(InputError, match="smaller than"):
+        make_precision_onnx(src, "int8", calib=small)
+
+
+def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
+    src = _copy(tiny_onnx, tmp_path)
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--onnx-only"])
+    assert r.exit_code == 0, r.output
+    assert precision_path(src, "fp16").exists()
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16"])
+    assert r.exit_code != 0 and "TensorRT" in r.output
+    r = CliRunner().invoke(app, ["build-engine", str(src)])
+    assert r.exit_code != 0 and "choose one precision" in r.output
+    plain = tmp_path / "plain.onnx"
+    m = onnx.load(str(src))
+    del m.metadata_props[:]
+    onnx.save(m, str(plain))
+    r = CliRunner().invoke(app, ["build-engine", str(plain), "--fp16", "--onnx-only"])
+    assert r.exit_code != 0 and "no srdeploy metadata" in r.output
+
+
+def test_run_int8_onnx_on_cpu(tiny_onnx, tmp_path, calib_dir):
+    src = _copy(tiny_onnx, tmp_path)
+    rep = make_precision_onnx(src, "int8", calib=calib_dir, calib_count=8, calib_size=16, budget_db=5.0)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), pattern_image(12, 12, 3))
+    r = CliRunner().invoke(app, ["run", str(img), "--model", rep.path, "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    assert cv2.imread(str(tmp_path / "a_x2.png")).shape == (24, 24, 3)
