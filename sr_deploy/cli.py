@@ -202,6 +202,48 @@ def build_engine_cmd(
 
 
 @app.command()
+def bench(
+    model: List[str] = typer.Option([], "--model", help="Model name or path (repeatable; default: the default model)."),
+    data: List[Path] = typer.Option([], "--data", help="Folder of HR images for quality (repeatable)."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Comma list (default: the CPU backends found)."),
+    precisions: Optional[str] = typer.Option(None, "--precisions", help="Comma list (default: all each backend runs)."),
+    size: List[str] = typer.Option([], "--size", help="LR input HxW for speed (repeatable; default 128x128 and 270x480)."),
+    batch: List[int] = typer.Option([], "--batch", help="Batch sizes for speed (repeatable; default 1)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Clip for decode/model/end-to-end frames/s."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for int8 variants made on the fly."),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown"),
+    plot: Optional[Path] = typer.Option(None, "--plot"),
+    montage: Optional[Path] = typer.Option(None, "--montage"),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Quality only."),
+    min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
+) -> None:
+    """Latency, throughput and quality (Y-PSNR/SSIM vs bicubic) for every backend and precision."""
+    from sr_deploy.bench.run import BenchConfig, markdown, run_bench, write_json, write_markdown, write_montage, write_plot
+    from sr_deploy.engine.profile import parse_hw
+
+    try:
+        cfg = BenchConfig(models=tuple(model), data=tuple(str(d) for d in data),
+                          backends=tuple(b.strip() for b in backends.split(",")) if backends else (),
+                          precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),
+                          sizes=tuple(parse_hw(s) for s in size) or ((128, 128), (270, 480)),
+                          batches=tuple(batch) or (1,), video=str(video) if video else None,
+                          calib=str(calib) if calib else None, speed=not no_speed, min_time_s=min_time)
+        res = run_bench(cfg, say=lambda line: typer.echo(line, err=True))
+        typer.echo(markdown(res))
+        if json_out:
+            write_json(res, json_out)
+        if markdown_out:
+            write_markdown(res, markdown_out)
+        if plot:
+            write_plot(res, plot)
+        if montage:
+            write_montage(list(model), str(data[0]) if data else None, montage)
+    except SRDeployError as exc:
+        _fail(exc)
+
+
+@app.command()
 def models() -> None:
     """List the shipped models."""
     from sr_deploy.runtime.select import DEFAULT_MODEL, shipped_models

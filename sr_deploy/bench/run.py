@@ -1,0 +1,405 @@
+"""`srdeploy bench`: quality against bicubic and speed, every backend × precision side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sr_deploy.bench.machine import cpu_has_bf16, machine_info, peak_rss_mb, reset_peak_rss
+from sr_deploy.errors import SRDeployError
+from sr_deploy.fsutil import atomic_path
+
+CPU_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16", "int8"),
+                  "openvino": ("fp32", "bf16", "int8")}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    sizes: tuple[tuple[int, int], ...] = ((128, 128), (270, 480))
+    batches: tuple[int, ...] = (1,)
+    video: str | None = None
+    calib: str | None = None
+    min_time_s: float = 3.0
+    min_runs: int = 5
+    warmup: int = 2
+    quality: bool = True
+    speed: bool = True
+
+
+@dataclass
+class BenchResult:
+    machine: dict
+    quality: list[dict] = field(default_factory=list)
+    speed: list[dict] = field(default_factory=list)
+    video: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"machine": self.machine, "quality": self.quality, "speed": self.speed, "video": self.video,
+                "notes": self.notes}
+
+
+def _combos(cfg: BenchConfig, say: Callable[[str], None]) -> list[tuple[str, str]]:
+    from sr_deploy.runtime.select import available_backends
+
+    have = available_backends()
+    backends = list(cfg.backends) or [b for b in ("torch", "onnxruntime", "openvino") if b in have]
+    out = []
+    for b in backends:
+        if b not in CPU_PRECISIONS and b != "tensorrt":
+            say(f"skipped backend {b}: unknown (pick from torch, onnxruntime, openvino, tensorrt)")
+            continue
+        if b not in have:
+            say(f"skipped backend {b}: not installed or no GPU here")
+            continue
+        if b == "tensorrt":
+            say("skipped backend tensorrt: pass an engine as --model to benchmark it")
+            continue
+        for p in cfg.precisions or CPU_PRECISIONS[b]:
+            if p not in CPU_PRECISIONS[b]:
+                say(f"skipped {b} {p}: {b} cannot run {p} on this machine")
+                continue
+            if p == "bf16" and not cpu_has_bf16():
+                say(f"skipped {b} bf16: this CPU has no native bf16 (AVX512-BF16/AMX)")
+                continue
+            out.append((b, p))
+    return out
+
+
+def _ensure_variants(onnx_path: Path, precisions: set[str], calib: Path | None, say) -> None:
+    """Make the fp16/int8 ONNX beside the fp32 one if missing (gate budget unlimited: the bench reports ΔPSNR)."""
+    from sr_deploy.precision.convert import make_precision_onnx, precision_path
+
+    for p in sorted(precisions & {"fp16", "int8"}):
+        if precision_path(onnx_path, p).exists():
+            continue
+        tmpdir = None
+        c = calib
+        if p == "int8" and c is None:
+            import cv2
+
+            from sr_deploy.bench.synthetic import synthetic_images
+
+            tmpdir = tempfile.TemporaryDirectory()
+            for i, img in enumerate(synthetic_images(count=6, size=(320, 320), seed=7)):
+                cv2.imwrite(f"{tmpdir.name}/{i}.png", img[..., ::-1])
+            c = Path(tmpdir.name)
+            say("int8 calibrated on generated images (pass --calib DIR for real ones)")
+        try:
+            make_precision_onnx(onnx_path, p, calib=c, budget_db=math.inf)
+        finally:
+            if tmpdir:
+                tmpdir.cleanup()
+
+
+def _runner(source, backend: str, precision: str):
+    from sr_deploy.runtime.select import make_runner
+
+    return make_runner(source, backend, precision)[0]
+
+
+def _uint8_upscaler(runner) -> Callable[[np.ndarray], np.ndarray]:
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = (lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        y = runner.infer(x)[0].transpose(1, 2, 0)
+        return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+    return run
+
+
+def _datasets(cfg: BenchConfig, scale: int, say) -> list[tuple[str, list]]:
+    from sr_deploy.quality import load_eval_set
+
+    out = []
+    if not cfg.data:
+        from sr_deploy.bench.synthetic import synthetic_images
+        from sr_deploy.metrics import make_lr, mod_crop
+        from sr_deploy.quality import EvalPair
+
+        pairs = [EvalPair(f"gen{i}", mod_crop(im, scale), make_lr(mod_crop(im, scale), scale))
+                 for i, im in enumerate(synthetic_images())]
+        say("quality on built-in generated images; published-comparable numbers need --data (e.g. Set5)")
+        return [("generated", pairs)]
+    for d in cfg.data:
+        try:
+            out.append((Path(d).name, load_eval_set(d, scale)))
+        except SRDeployError as exc:
+            say(f"skipped dataset {d}: {exc}")
+    return out
+
+
+def _time(runner, x: np.ndarray, cfg: BenchConfig) -> list[float]:
+    for _ in range(cfg.warmup):
+        runner.infer(x)
+    times: list[float] = []
+    t_end = time.perf_counter() + cfg.min_time_s
+    while len(times) < cfg.min_runs or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        runner.infer(x)
+        times.append(time.perf_counter() - t)
+        if len(times) >= 200:
+            break
+    return times
+
+
+def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchResult:
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.quality import bicubic_upscale, evaluate
+    from sr_deploy.runtime.select import ModelSource, onnx_for, resolve_model
+
+    res = BenchResult(machine=machine_info())
+
+    def note(line: str) -> None:
+        res.notes.append(line)
+        say(line)
+
+    combos = _combos(cfg, note)
+    sources = []
+    for spec in cfg.models or (None,):
+        try:
+            sources.append(resolve_model(spec))
+        except SRDeployError as exc:
+            note(f"skipped model {spec}: {exc}")
+    rng = np.random.default_rng(0)
+    bicubic_done: set[tuple[str, int]] = set()
+    for source in sources:
+        try:
+            base = onnx_for(source)
+            desc = read_descriptor(base)
+            _ensure_variants(base, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
+        except SRDeployError as exc:
+            note(f"skipped model {source.name}: {exc}")
+            continue
+        scale = desc.scale
+        datasets = _datasets(cfg, scale, note) if cfg.quality else []
+        for name, pairs in datasets:
+            if (name, scale) not in bicubic_done:
+                q = evaluate(pairs, scale, lambda lr: bicubic_upscale(lr, scale))
+                res.quality.append({"dataset": name, "method": "bicubic", "model": None, "backend": None,
+                                    "precision": None, "scale": scale, "psnr_y": q.psnr_y, "ssim_y": q.ssim_y,
+                                    "images": q.images})
+                bicubic_done.add((name, scale))
+                say(f"{name} x{scale} bicubic: {q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
+        for backend, precision in combos:
+            try:
+                src = source if backend == "torch" else ModelSource("onnx", base, source.name)
+                runner = _runner(src, backend, precision)
+                runner.activate()
+            except SRDeployError as exc:
+                note(f"skipped {source.name} {backend} {precision}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot load this model is reported, not fatal
+                note(f"skipped {source.name} {backend} {precision}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+                continue
+            try:
+                for name, pairs in datasets:
+                    q = evaluate(pairs, scale, _uint8_upscaler(runner))
+                    res.quality.append({"dataset": name, "method": "model", "model": source.name, "backend": backend,
+                                        "precision": precision, "scale": scale, "psnr_y": q.psnr_y,
+                                        "ssim_y": q.ssim_y, "images": q.images})
+                    say(f"{name} x{scale} {source.name} {backend} {precision}: {q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
+                if cfg.speed:
+                    for (h, w) in cfg.sizes:
+                        for b in cfg.batches:
+                            x = rng.random((b, desc.in_channels, h, w), dtype=np.float32)
+                            reset_peak_rss()
+                            times = _time(runner, x, cfg)
+                            p50 = float(np.percentile(times, 50))
+                            fps = b / p50
+                            row = {"model": source.name, "backend": backend, "precision": precision,
+                                   "input": f"{h}x{w}", "batch": b, "latency_ms_p50": 1000 * p50,
+                                   "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
+                                   "mpix_per_s": fps * h * w * scale * scale / 1e6, "peak_mem_mb": peak_rss_mb(),
+                                   "runs": len(times)}
+                            res.speed.append(row)
+                            say(f"speed {source.name} {backend} {precision} {h}x{w} b{b}: p50 {row['latency_ms_p50']:.1f} ms, "
+                                f"{fps:.2f} fps, {row['mpix_per_s']:.2f} Mpix/s")
+            except Exception as exc:  # noqa: BLE001 - one failing backend must not end the benchmark
+                note(f"{source.name} {backend} {precision} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+            finally:
+                runner.deactivate()
+    if cfg.video and sources and combos:
+        try:
+            res.video = video_ratios(Path(cfg.video), sources[0], combos, say)
+        except SRDeployError as exc:
+            note(f"skipped video: {exc}")
+    return res
+
+
+def video_ratios(path: Path, source, combos, say, max_frames: int = 48) -> dict:
+    """Decode-only, model-only and end-to-end frames/s on the same frames, with the first (fastest-listed) runner."""
+    from sr_deploy.media.video import VideoOptions, open_input, upscale_video
+    from sr_deploy.runtime.select import ModelSource, onnx_for
+
+    backend, precision = _pick_fast(combos)
+    src = source if backend == "torch" else ModelSource("onnx", onnx_for(source), source.name)
+    inp = open_input(path)
+    t = time.perf_counter()
+    frames = []
+    for f in inp.decode(video=0):
+        frames.append(f.to_ndarray(format="rgb24"))
+        if len(frames) >= max_frames:
+            break
+    decode_fps = len(frames) / (time.perf_counter() - t)
+    inp.close()
+    runner = _runner(src, backend, precision)
+    with runner:
+        runner.infer(frames[0].astype(np.float32).transpose(2, 0, 1)[None] / 255.0)  # warm-up
+        t = time.perf_counter()
+        for fr in frames:
+            y = runner.infer((fr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
+            np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+        model_fps = len(frames) / (time.perf_counter() - t)
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            upscale_video(runner, path, Path(d) / f"out{path.suffix}", options=VideoOptions(max_frames=len(frames)),
+                          quiet=True)
+            e2e_fps = len(frames) / (time.perf_counter() - t)
+    out = {"file": str(path), "frames": len(frames), "backend": backend, "precision": precision,
+           "decode_fps": decode_fps, "model_fps": model_fps, "end_to_end_fps": e2e_fps,
+           "end_to_end_over_model": e2e_fps / model_fps, "decode_over_model": decode_fps / model_fps}
+    say(f"video {path.name} ({backend} {precision}): decode {decode_fps:.1f} fps, model {model_fps:.2f} fps, "
+        f"end-to-end {e2e_fps:.2f} fps, end-to-end/model {out['end_to_end_over_model']:.3f}")
+    return out
+
+
+def _pick_fast(combos):
+    order = [("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"), ("onnxruntime", "fp32"), ("torch", "fp32")]
+    for c in order:
+        if c in combos:
+            return c
+    return combos[0]
+
+
+# ------------------------------------------------------------------ outputs
+def write_json(res: BenchResult, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(res.to_json(), indent=2, default=str))
+
+
+def markdown(res: BenchResult) -> str:
+    m = res.machine
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('memory_gb')} GiB), GPU: {m.get('gpu') or 'none'}, "
+             f"ISA: {', '.join(m.get('isa', []))}", ""]
+    if res.quality:
+        lines += ["| dataset | method | backend | precision | scale | PSNR-Y (dB) | SSIM-Y | images |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for q in res.quality:
+            method = q["model"] or q["method"]
+            lines.append(f"| {q['dataset']} | {method} | {q['backend'] or '-'} | {q['precision'] or '-'} | x{q['scale']} "
+                         f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q['images']} |")
+        lines.append("")
+    if res.speed:
+        lines += ["| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for s in res.speed:
+            lines.append(f"| {s['model']} | {s['backend']} | {s['precision']} | {s['input']} | {s['batch']} | "
+                         f"{s['latency_ms_p50']:.1f} | {s['latency_ms_p95']:.1f} | {s['fps']:.2f} | {s['mpix_per_s']:.2f} | "
+                         f"{s['peak_mem_mb']:.0f} |")
+        lines.append("")
+    if res.video:
+        v = res.video
+        lines += [f"Video {Path(v['file']).name} ({v['frames']} frames, {v['backend']} {v['precision']}): decode "
+                  f"{v['decode_fps']:.1f} fps, model {v['model_fps']:.2f} fps, end-to-end {v['end_to_end_fps']:.2f} fps, "
+                  f"end-to-end/model **{v['end_to_end_over_model']:.3f}**", ""]
+    if res.notes:
+        lines += ["Notes:", *[f"- {n}" for n in res.notes], ""]
+    return "\n".join(lines)
+
+
+def write_markdown(res: BenchResult, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(markdown(res))
+
+
+def write_plot(res: BenchResult, path: Path) -> None:
+    """Quality (first dataset) against speed (first input size), one point per backend × precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not res.quality or not res.speed:
+        raise SRDeployError("a plot needs both quality and speed rows")
+    ds = res.quality[0]["dataset"]
+    size = res.speed[0]["input"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for s in res.speed:
+        if s["input"] != size or s["batch"] != res.speed[0]["batch"]:
+            continue
+        q = next((q for q in res.quality if q["dataset"] == ds and q["backend"] == s["backend"]
+                  and q["precision"] == s["precision"] and q["model"] == s["model"]), None)
+        if q:
+            ax.scatter(s["fps"], q["psnr_y"])
+            ax.annotate(f"{s['model']} {s['backend']} {s['precision']}", (s["fps"], q["psnr_y"]), fontsize=7)
+    bic = next((q for q in res.quality if q["dataset"] == ds and q["method"] == "bicubic"), None)
+    if bic:
+        ax.axhline(bic["psnr_y"], color="gray", linestyle="--", label=f"bicubic {bic['psnr_y']:.2f} dB")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"frames/s at {size} input")
+    ax.set_ylabel(f"Y-PSNR on {ds} (dB)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64, zoom: int = 4) -> None:
+    """bicubic | each model | HR, zoomed (nearest) on the most detailed crop of the first image."""
+    import cv2
+
+    from sr_deploy.quality import bicubic_upscale, load_eval_set
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    sources = [resolve_model(m) for m in (models or [None])]
+    runners = [make_runner(s, "auto")[0] for s in sources]
+    scale = runners[0].scale
+    if data:
+        pair = load_eval_set(data, scale)[0]
+    else:
+        from sr_deploy.bench.synthetic import synthetic_images
+        from sr_deploy.metrics import make_lr, mod_crop
+        from sr_deploy.quality import EvalPair
+
+        hr = mod_crop(synthetic_images(1)[0], scale)
+        pair = EvalPair("gen", hr, make_lr(hr, scale))
+    gray = cv2.cvtColor(pair.hr, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    energy = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
+    integral = cv2.integral(energy)
+    h, w = gray.shape
+    c = min(crop, h, w)
+    best, by, bx = -1.0, 0, 0
+    for y in range(0, h - c + 1, max(1, c // 4)):
+        for x in range(0, w - c + 1, max(1, c // 4)):
+            e = integral[y + c, x + c] - integral[y, x + c] - integral[y + c, x] + integral[y, x]
+            if e > best:
+                best, by, bx = e, y, x
+    panels = [("bicubic", bicubic_upscale(pair.lr, scale))]
+    for s, r in zip(sources, runners):
+        with r:
+            panels.append((s.name, _uint8_upscaler(r)(pair.lr)))
+    panels.append(("HR", pair.hr))
+    tiles = []
+    for label, img in panels:
+        t = cv2.resize(img[by:by + c, bx:bx + c], (c * zoom, c * zoom), interpolation=cv2.INTER_NEAREST)
+        t = np.ascontiguousarray(t[..., ::-1])
+        cv2.rectangle(t, (0, 0), (c * zoom, 22), (0, 0, 0), -1)
+        cv2.putText(t, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(t)
+    sep = np.full((c * zoom, 4, 3), 255, np.uint8)
+    row = np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1)
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", row)
+        buf.tofile(tmp)

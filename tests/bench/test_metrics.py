@@ -1,0 +1,107 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.metrics import psnr, rgb_to_y, shave, ssim, y_psnr_ssim
+
+
+def test_y_conversion_matches_matlab_rgb2ycbcr():
+    # MATLAB: rgb2ycbcr(uint8([0 0 0])) → Y 16; white → 235; pure red → 81.481
+    px = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
+    assert np.allclose(rgb_to_y(px)[0], [16.0, 235.0, 16 + 65.481, 16 + 128.553, 16 + 24.966])
+    gray = np.full((2, 2), 100, np.uint8)
+    assert np.allclose(rgb_to_y(gray), 16 + 100 * (65.481 + 128.553 + 24.966) / 255)
+
+
+def test_psnr_hand_computed():
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
+    b[0, 0] = 16  # MSE = 256 / 16 = 16 → PSNR = 10 log10(255² / 16)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 16))
+    assert psnr(a, a) == math.inf
+
+
+def test_shave_border():
+    img = np.arange(100).reshape(10, 10)
+    s = shave(img, 2)
+    assert s.shape == (6, 6) and s[0, 0] == 22
+    assert shave(img, 0).shape == (10, 10)
+
+
+def test_ssim_hand_computed_constant_images():
+    # constant images: σ = 0, so SSIM = (2 μa μb + C1) / (μa² + μb² + C1)
+    a, b = np.full((16, 16), 100.0), np.full((16, 16), 110.0)
+    c1 = (0.01 * 255) ** 2
+    want = (2 * 100 * 110 + c1) / (100**2 + 110**2 + c1)
+    assert ssim(a, b) == pytest.approx(want, rel=1e-9)
+    assert ssim(a, a) == pytest.approx(1.0)
+
+
+def test_ssim_gaussian_window_definition():
+    """SSIM on a random pair equals a direct Wang et al. computation with an 11x11 σ=1.5 Gaussian."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 40)).astype(np.float64)
+    b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255)
+    f = lambda x: gaussian_filter(x, 1.5, truncate=3.5)  # radius 5 → 11x11 window
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ma, mb = f(a), f(b)
+    va, vb, cov = f(a * a) - ma**2, f(b * b) - mb**2, f(a * b) - ma * mb
+    m = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+    want = m[5:-5, 5:-5].mean()  # valid region, as scikit-image crops
+    assert ssim(a, b) == pytest.approx(want, rel=1e-6)
+
+
+def test_y_psnr_shaves_scale_border():
+    hr = np.full((20, 20, 3), 120, np.uint8)
+    sr = hr.copy()
+    sr[:3, :] = 0  # damage only inside a 3-pixel border
+    p, s = y_psnr_ssim(sr, hr, scale=3)
+    assert p == math.inf and s == pytest.approx(1.0)
+    assert y_psnr_ssim(sr, hr, scale=2)[0] < 100
+
+
+def test_bench_json_shape(tmp_path, tiny_ckpt):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backends", "onnxruntime,notabackend",
+                                 "--precisions", "fp32", "--size", "16x16", "--min-time", "0.05", "--json", str(out),
+                                 "--markdown", str(tmp_path / "b.md"),
+                                 "--data", str(tmp_path / "nothing_here")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert {"machine", "quality", "speed", "video"} <= set(data)
+    assert any("notabackend" in n for n in data["notes"]), "an unknown backend is reported, the rest still runs"
+    assert any("nothing_here" in n for n in data["notes"])
+    for row in data["speed"]:
+        assert {"backend", "precision", "input", "batch", "latency_ms_p50", "latency_ms_p95", "fps", "mpix_per_s",
+                "peak_mem_mb"} <= set(row)
+    assert data["speed"] and data["speed"][0]["backend"] == "onnxruntime"
+    assert (tmp_path / "b.md").read_text().count("|") > 10
+
+
+def test_bench_quality_rows(tmp_path, tiny_ckpt):
+    import cv2
+
+    from tests.conftest import pattern_image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), pattern_image(40, 48, 3))
+    cv2.imwrite(str(d / "tiny.png"), pattern_image(3, 3, 3))  # smaller than the scale allows: skipped
+    out = tmp_path / "q.json"
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(d), "--backends", "onnxruntime",
+                                 "--precisions", "fp32", "--size", "16x16", "--min-time", "0.05", "--json", str(out),
+                                 "--montage", str(tmp_path / "m.png"), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    q = json.loads(out.read_text())["quality"]
+    assert [row["method"] for row in q] == ["bicubic", "model"]
+    for row in q:
+        assert {"dataset", "method", "model", "backend", "precision", "scale", "psnr_y", "ssim_y", "images"} <= set(row)
+        assert row["dataset"] == "imgs" and row["images"] == 1
+    assert cv2.imread(str(tmp_path / "m.png")).shape[1] > 3 * 64
+    assert cv2.imread(str(tmp_path / "p.png")) is not None
