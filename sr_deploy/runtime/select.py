@@ -70,10 +70,9 @@ def onnx_for(source: ModelSource) -> Path:
     return target
 
 
-def precision_sibling(onnx_path: Path, precision: str) -> Path | None:
-    """``NAME.<precision>.onnx`` beside an fp32 ONNX, if one exists and its quality report passed."""
-    stem = onnx_path.name[: -len(".onnx")]
-    cand = onnx_path.with_name(f"{stem}.{precision}.onnx")
+def precision_sibling(path: Path, precision: str) -> Path | None:
+    """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its quality report passed."""
+    cand = path.with_name(f"{path.name.split('.')[0]}.{precision}.onnx")
     report = cand.with_suffix(".quality.json")
     if cand.exists() and report.exists():
         try:
@@ -173,9 +172,10 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
                 return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
         except BackendUnavailable:
             pass
-    base = onnx_for(source) if source.kind == "checkpoint" else source.path
     if precision is None:
-        int8 = precision_sibling(base, "int8")
+        int8 = precision_sibling(source.path, "int8")
+        if int8 is None and source.kind == "checkpoint":
+            int8 = precision_sibling(onnx_for(source), "int8")
         if int8 is not None and OpenVINORunner.available():
             from sr_deploy.export.onnx_export import read_descriptor
 

@@ -1,0 +1,46 @@
+import numpy as np
+
+from sr_deploy.export.onnx_export import read_descriptor
+from sr_deploy.media.tiling import _ramp, _starts, upscale_frame
+from sr_deploy.metrics import psnr
+from sr_deploy.runtime.ort_runner import OrtRunner
+from tests.conftest import pattern_image
+
+
+class CountingRunner(OrtRunner):
+    """Records the largest input it was given: only tiles may reach the backend."""
+
+    largest = (0, 0)
+
+    def _infer(self, batch):
+        self.largest = max(self.largest, batch.shape[2:])
+        return super()._infer(batch)
+
+
+def test_ramps_sum_to_one_in_overlaps():
+    r = _ramp(10, 4, True, False)
+    assert np.allclose(r[:4] + r[:4][::-1], 1.0) and np.all(r[4:] == 1)
+    assert _starts(100, 40, 8) == [0, 32, 60]
+    assert _starts(30, 40, 8) == [0]
+
+
+def test_tiled_4k_frame_matches_untiled(tiny_onnx):
+    frame = pattern_image(2160, 3840, 3).astype(np.float32) / 255.0
+    runner = CountingRunner(tiny_onnx, read_descriptor(tiny_onnx))
+    with runner:
+        whole = upscale_frame(runner, frame)
+        runner.largest = (0, 0)
+        tiled = upscale_frame(runner, frame, tile=512, overlap=32, batch=2)
+    assert runner.largest == (512, 512), "only tiles reach the backend"
+    assert tiled.shape == whole.shape == (4320, 7680, 3)
+    ref = np.clip(np.repeat(np.repeat(frame, 2, 0), 2, 1), 0, 1)  # any fixed reference works for ΔPSNR
+    d = abs(psnr(np.clip(tiled, 0, 1), ref, 1.0) - psnr(np.clip(whole, 0, 1), ref, 1.0))
+    assert d <= 0.05
+    assert psnr(np.clip(tiled, 0, 1), np.clip(whole, 0, 1), 1.0) > 50  # no visible seams
+
+
+def test_small_frame_runs_untiled(tiny_onnx):
+    runner = CountingRunner(tiny_onnx, read_descriptor(tiny_onnx))
+    with runner:
+        upscale_frame(runner, np.zeros((40, 50, 3), np.float32), tile=64)
+    assert runner.largest == (40, 50)
