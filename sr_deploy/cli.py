@@ -38,6 +38,8 @@ def train(
     num_blocks: Optional[int] = typer.Option(None, "--blocks"),
     channels: Optional[int] = typer.Option(None, "--channels"),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="srresnet | light."),
+    degradation: Optional[str] = typer.Option(None, "--degradation", help="bicubic (clean) | degraded (blur, noise, JPEG)."),
     val_every: Optional[int] = typer.Option(None, "--val-every"),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),
     stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the schedule still spans --steps)."),
@@ -55,7 +57,7 @@ def train(
                           scale=scale, steps=steps, out=str(out) if out else None,
                           resume=str(resume) if resume else None, init=str(init) if init else None,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
-                          batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler,
+                          batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation,
                           val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers)
         if out is None and cfg.out == "runs/srresnet":
             from dataclasses import replace

@@ -19,15 +19,22 @@ class Discriminator(nn.Module):
     dense 1024, LeakyReLU, dense 1. Returns logits (BCE-with-logits is applied
     by the loss, which is the numerically stable form of -log D)."""
 
-    def __init__(self, in_channels: int = 3, base: int = 64, pool: int = 6) -> None:
+    def __init__(self, in_channels: int = 3, base: int = 64, pool: int = 6, blocks: int = 8) -> None:
         super().__init__()
+        if blocks not in (8, 10):
+            raise ValueError(f"the discriminator has 8 blocks (paper) or 10 (with a skip), got {blocks}")
         widths = [base, base, base * 2, base * 2, base * 4, base * 4, base * 8, base * 8]
-        blocks = []
+        if blocks == 10:
+            # two more stride-1 blocks at the deepest width; block 7's output skips to block 10's
+            widths += [base * 8, base * 8]
+        layers = []
         cin = in_channels
         for i, w in enumerate(widths):
-            blocks.append(_block(cin, w, stride=1 + i % 2, bn=i > 0))
+            stride = 1 + i % 2 if i < 8 else 1
+            layers.append(_block(cin, w, stride=stride, bn=i > 0))
             cin = w
-        self.features = nn.Sequential(*blocks)
+        self.features = nn.Sequential(*layers)
+        self.skip = blocks == 10
         # The paper's 96x96 crops end at 6x6; pooling to 6x6 keeps the dense
         # layer's size fixed for any crop size.
         self.pool = nn.AdaptiveAvgPool2d(pool)
@@ -39,4 +46,12 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        if not self.skip:
+            return self.classifier(self.pool(self.features(x)))
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i == 6:  # output of block 7 (1-based)
+                skip = x
+        # block 7 is stride 1 and block 8 stride 2: bring the skip to block 10's resolution
+        skip = nn.functional.adaptive_avg_pool2d(skip, x.shape[-2:])
+        return self.classifier(self.pool(x + skip))

@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 16
     num_workers: int = 2
     seed: int = 0
+    degradation: str = "bicubic"  # bicubic (clean) | degraded (blur, noise, JPEG; see data.Degradation)
     # optimisation
     steps: int = 100_000
     lr: float = 1e-4
@@ -49,6 +50,7 @@ class TrainConfig:
     w_adv: float = 1e-3
     w_pixel: float = 0.0
     d_lr: float = 1e-4
+    d_blocks: int = 8  # 8 (paper) or 10 (skip from block 7 to 10)
     # bookkeeping
     val_every: int = 1000
     ckpt_every: int = 500
@@ -68,6 +70,8 @@ class TrainConfig:
             raise InputError(f"pixel_loss must be mse or l1, got {self.pixel_loss!r}")
         if self.content_loss not in ("vgg54", "vgg22", "mse"):
             raise InputError(f"content_loss must be vgg54, vgg22 or mse, got {self.content_loss!r}")
+        if self.degradation not in ("bicubic", "degraded"):
+            raise InputError(f"degradation must be bicubic or degraded, got {self.degradation!r}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise InputError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
 

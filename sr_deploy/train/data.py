@@ -8,6 +8,7 @@ number of workers or processes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,39 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+@dataclass(frozen=True)
+class Degradation:
+    """Real-world degradations (DIV2K "unknown" style): blur → downscale → noise → JPEG, each with a probability."""
+
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.2, 2.0)
+    noise_prob: float = 0.5
+    noise_sigma: tuple[float, float] = (1.0, 8.0)  # in 8-bit levels
+    jpeg_prob: float = 0.5
+    jpeg_quality: tuple[int, int] = (60, 95)
+
+    def apply(self, hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+        import cv2
+
+        img = hr
+        if rng.random() < self.blur_prob:
+            img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*self.blur_sigma)), borderType=cv2.BORDER_REFLECT)
+        lr = make_lr(np.ascontiguousarray(img), scale)
+        if rng.random() < self.noise_prob:
+            noisy = lr.astype(np.float32) + rng.normal(0.0, rng.uniform(*self.noise_sigma), lr.shape)
+            lr = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+        if rng.random() < self.jpeg_prob:
+            q = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(lr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, q])
+            lr = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        return np.ascontiguousarray(lr)
+
+
 class CropDataset(Dataset):
     """Random (LR, HR) crop pairs from a folder of HR images, held in memory."""
 
-    def __init__(self, folders: list[Path] | list[str], *, scale: int, hr_patch: int, seed: int = 0) -> None:
+    def __init__(self, folders: list[Path] | list[str], *, scale: int, hr_patch: int, seed: int = 0,
+                 degradation: Degradation | None = None) -> None:
         if hr_patch % scale:
             raise InputError(f"HR patch {hr_patch} is not a multiple of the scale {scale}")
         files = list_images(folders)
@@ -66,7 +96,7 @@ class CropDataset(Dataset):
                 f"all {len(files)} images under {', '.join(map(str, folders))} are smaller than the {hr_patch}px crop"
             )
         self.skipped = skipped
-        self.scale, self.hr_patch, self.seed = scale, hr_patch, seed
+        self.scale, self.hr_patch, self.seed, self.degradation = scale, hr_patch, seed, degradation
         # Sample images in proportion to their area so that large images are not under-used.
         areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
         self.cdf = np.cumsum(areas / areas.sum())
@@ -84,7 +114,7 @@ class CropDataset(Dataset):
         if rng.random() < 0.5:
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(np.rot90(hr, int(rng.integers(0, 4))))
-        lr = make_lr(hr, self.scale)
+        lr = self.degradation.apply(hr, self.scale, rng) if self.degradation else make_lr(hr, self.scale)
         return _to_tensor(lr), _to_tensor(hr)
 
 

@@ -31,7 +31,7 @@ from sr_deploy.models.discriminator import Discriminator
 from sr_deploy.progress import Progress
 from sr_deploy.quality import bicubic_upscale, evaluate, load_eval_set, torch_upscaler
 from sr_deploy.train.config import TrainConfig
-from sr_deploy.train.data import CropDataset, StepSampler
+from sr_deploy.train.data import CropDataset, Degradation, StepSampler
 
 log = logging.getLogger(__name__)
 VGG_RESCALE = 1.0 / 12.75
@@ -133,7 +133,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         init_payload = read_checkpoint(cfg.init)
         if init_payload["arch"] != cfg.arch_dict():
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
-    dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed)
+    dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed,
+                          degradation=Degradation() if cfg.degradation == "degraded" else None)
     val_pairs = load_eval_set(cfg.val, cfg.scale) if cfg.val else None
 
     rank, world, device = _distributed()
@@ -151,7 +152,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, _schedule(cfg))
     D = d_opt = None
     if cfg.recipe == "srgan":
-        D = Discriminator().to(device, memory_format=fmt)
+        D = Discriminator(blocks=cfg.d_blocks).to(device, memory_format=fmt)
         d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
         content = content.to(device)
     ema = None
@@ -225,12 +226,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             extra["ema_state_dict"] = ema.state_dict()
         save_checkpoint(out / name, G, extra=extra)
 
-    def validate(step: int) -> tuple[float, float]:
-        net = ema.module if ema is not None else _unwrap(G)
-        net.eval()
-        res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
-        net.train()
-        return res.psnr_y, res.ssim_y
+    def validate(step: int) -> tuple[float, float, nn.Module]:
+        """Validate the raw weights and, with EMA, the average too; return the better one."""
+        best_res, best_net = None, None
+        for net in ([_unwrap(G)] + ([ema.module] if ema is not None else [])):
+            net.eval()
+            res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
+            net.train()
+            if best_res is None or res.psnr_y > best_res.psnr_y:
+                best_res, best_net = res, net
+        return best_res.psnr_y, best_res.ssim_y, best_net
 
     progress = Progress(cfg.steps, desc=cfg.recipe, unit="step", quiet=quiet or not main, initial=start)
     t0, t_window, window_start = time.perf_counter(), time.perf_counter(), start
@@ -290,12 +295,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                 row["steps_per_s"] = (step - window_start) / max(1e-9, now - t_window)
                 t_window, window_start, running = now, step, {}
             if val_pairs and main and (step % cfg.val_every == 0 or step == cfg.steps):
-                psnr, ssim = validate(step)
+                psnr, ssim, val_net = validate(step)
                 row.update(val_psnr=psnr, val_ssim=ssim, bicubic_psnr=bicubic_psnr)
                 progress.write(f"step {step}: val Y-PSNR {psnr:.3f} dB, SSIM {ssim:.4f} (bicubic {bicubic_psnr:.3f} dB)")
                 if psnr > best:
                     best, bad_vals = psnr, 0
-                    _save_best(out / "best.pt", ema.module if ema is not None else _unwrap(G), cfg, step, psnr, ssim)
+                    _save_best(out / "best.pt", val_net, cfg, step, psnr, ssim)
                 else:
                     bad_vals += 1
             if row and main:

@@ -43,7 +43,7 @@ def _weights(path):
 
 
 def test_srresnet_step_changes_weights(hr_dir, tmp_path):
-    cfg = _cfg(hr_dir, tmp_path / "r")
+    cfg = _cfg(hr_dir, tmp_path / "r", ema_decay=0.9)
     train(cfg, quiet=True)
     init = tiny_model(2).state_dict()
     after = _weights(tmp_path / "r" / "last.pt")
