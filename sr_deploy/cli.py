@@ -108,6 +108,8 @@ def run(
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
     batch: int = typer.Option(1, "--batch", help="Video frames per inference call."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video: stop after N frames."),
+    start: Optional[float] = typer.Option(None, "--start", help="Video: start at this time (seconds)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Video: this many seconds from --start."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Upscale an image, a folder or a video."""
@@ -139,7 +141,7 @@ def run(
                 typer.echo(str(out))
             else:
                 opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
-                                    tile=tile, batch=batch, max_frames=frames)
+                                    tile=tile, batch=batch, max_frames=frames, start=start, duration=duration)
                 res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet)
                 typer.echo(f"{out}: {res.frames} frames at {res.width}x{res.height}, {res.copied_streams} streams copied, "
                            f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s")
@@ -306,7 +308,11 @@ def main() -> None:
 
     # SIGTERM stops like Ctrl-C: temporary outputs are removed, finished files stay.
     signal.signal(signal.SIGTERM, _sigterm)
-    app()
+    try:
+        app()
+    except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Upscale a frame whole or in overlapping tiles blended with a smooth window.
 
-Only tiles travel to the backend. Overlapping tiles are blended with a
-raised-cosine ramp (not pasted), so seams vanish and the result stays
-within a small PSNR difference of an untiled run.
+Only tiles travel to the backend, never the whole frame. Overlapping tiles
+are blended with a raised-cosine ramp (not pasted), so seams vanish and the
+result stays within a small PSNR difference of an untiled run. Tiles are
+processed one row at a time and blended in a strip buffer whose rows are
+written out as soon as no later tile touches them: besides the output
+itself, memory is bounded by the tile size, not the frame size.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
+    """Weights 1 inside, raised-cosine over ``overlap`` samples at a leading/trailing edge that has a neighbour."""
     w = np.ones(n, dtype=np.float32)
     if overlap > 0:
         r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap, dtype=np.float32) + 0.5) / overlap)
@@ -32,34 +36,61 @@ def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
     return w
 
 
-def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: int = 16, batch: int = 4) -> np.ndarray:
-    """``frame``: HxWxC float32 in [0, 1] → (sH)x(sW)xC float32. ``tile`` 0 or ≥ the frame: one call."""
+def _window(starts: list[int], i: int, length: int, s: int) -> np.ndarray:
+    """1-D blend weights (output pixels) for tile ``i`` of a row or column of tiles."""
+    lead = (starts[i - 1] + length - starts[i]) * s if i > 0 else 0
+    trail = (starts[i] + length - starts[i + 1]) * s if i + 1 < len(starts) else 0
+    w = _ramp(length * s, lead, lead > 0, False)
+    if trail:
+        w *= _ramp(length * s, trail, False, True)
+    return w
+
+
+def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:
+    if out_max is None:
+        return x
+    return np.clip(np.rint(x * out_max), 0, out_max).astype(dtype)
+
+
+def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: int = 16, batch: int = 4,
+                  out_max: float | None = None, out_dtype=np.uint8) -> np.ndarray:
+    """``frame``: HxWxC float32 in [0, 1] → (sH)x(sW)xC.
+
+    Float32 in [0, 1] by default; with ``out_max`` (255 or 65535) the result is
+    rounded into ``out_dtype`` row by row, so no full-size float buffer exists.
+    ``tile`` 0, or a frame no larger than the tile, runs in one call.
+    """
     h, w, c = frame.shape
     s = runner.scale
     if tile <= 0 or (h <= tile and w <= tile):
-        return runner.infer(frame.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+        y = runner.infer(frame.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+        return _finish(y, out_max, out_dtype)
     overlap = min(overlap, tile // 2)
     ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
-    out = np.zeros((h * s, w * s, c), dtype=np.float32)
-    weight = np.zeros((h * s, w * s, 1), dtype=np.float32)
-    boxes = [(y, x) for y in ys for x in xs]
-    for i in range(0, len(boxes), batch):
-        chunk = boxes[i:i + batch]
-        inp = np.stack([frame[y:y + th, x:x + tw].transpose(2, 0, 1) for y, x in chunk])
-        res = runner.infer(inp)
-        for (y, x), r in zip(chunk, res):
-            # the ramp's overlap is measured where this tile meets its neighbour
-            wy = _ramp(th * s, (ys[ys.index(y) - 1] + th - y) * s if y > 0 else 0, y > 0, False)
-            if y + th < h:
-                nxt = ys[ys.index(y) + 1]
-                wy *= _ramp(th * s, (y + th - nxt) * s, False, True)
-            wx = _ramp(tw * s, (xs[xs.index(x) - 1] + tw - x) * s if x > 0 else 0, x > 0, False)
-            if x + tw < w:
-                nxt = xs[xs.index(x) + 1]
-                wx *= _ramp(tw * s, (x + tw - nxt) * s, False, True)
-            win = (wy[:, None] * wx[None, :])[..., None]
-            out[y * s:(y + th) * s, x * s:(x + tw) * s] += r.transpose(1, 2, 0) * win
-            weight[y * s:(y + th) * s, x * s:(x + tw) * s] += win
-    out /= weight
+    out = np.empty((h * s, w * s, c), dtype=np.float32 if out_max is None else out_dtype)
+    wxs = [_window(xs, j, tw, s) for j in range(len(xs))]
+    # strip buffer: rows [base, base + th*s) of the output, still receiving contributions
+    strip = np.zeros((th * s, w * s, c), dtype=np.float32)
+    weight = np.zeros((th * s, w * s, 1), dtype=np.float32)
+    base = 0
+    for i, y0 in enumerate(ys):
+        shift = y0 * s - base  # move the strip down to start at this tile row
+        if shift:
+            done = min(shift, strip.shape[0])
+            out[base:base + done] = _finish(strip[:done] / weight[:done], out_max, out_dtype)
+            strip[:-shift], weight[:-shift] = strip[shift:].copy(), weight[shift:].copy()
+            strip[-shift:], weight[-shift:] = 0.0, 0.0
+            base = y0 * s
+        wy = _window(ys, i, th, s)
+        for j0 in range(0, len(xs), batch):
+            cols = list(range(j0, min(j0 + batch, len(xs))))
+            inp = np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols])
+            res = runner.infer(inp)
+            for j, r in zip(cols, res):
+                win = (wy[:, None] * wxs[j][None, :])[..., None]
+                x0 = xs[j] * s
+                strip[:, x0:x0 + tw * s] += r.transpose(1, 2, 0) * win
+                weight[:, x0:x0 + tw * s] += win
+    out[base:base + th * s] = _finish(strip / weight, out_max, out_dtype)
     return out

@@ -36,6 +36,8 @@ class VideoOptions:
     tile: int = 0
     batch: int = 1
     max_frames: int | None = None
+    start: float | None = None  # seconds
+    duration: float | None = None  # seconds
     copy_streams: bool = True
     queue_size: int = 8
 
@@ -127,28 +129,49 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         q_dec: queue.Queue = queue.Queue(options.queue_size)
         q_inf: queue.Queue = queue.Queue(options.queue_size)
         frame_limit = options.max_frames
-        last_video_time = [None]
+        start_s = float(options.start or 0.0)
+        end_s = start_s + options.duration if options.duration else float("inf")
+        windowed = bool(options.start or options.duration or options.max_frames)
+
+        def shift(ts, tb):
+            return None if ts is None else ts - int(round(start_s / tb))
 
         def decode() -> None:
-            n = 0
+            n, last_t = 0, None
             for packet in inp.demux(vin, *copied):
                 if stop.is_set():
                     return
                 if packet.stream.type != "video":
-                    if packet.dts is not None:
-                        dec.put(("packet", packet))
+                    if packet.dts is None:
+                        continue
+                    t = float(packet.pts * packet.time_base) if packet.pts is not None else None
+                    if t is not None and not start_s <= t < end_s:
+                        continue
+                    if start_s:
+                        packet.pts, packet.dts = shift(packet.pts, packet.time_base), shift(packet.dts, packet.time_base)
+                    dec.put(("packet", packet))
                     continue
                 try:
                     frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
                 except EOFError:
-                    return
+                    break
                 except av.error.FFmpegError as exc:
                     raise InputError(f"{src}: video cannot be decoded at frame {n} ({exc.__class__.__name__})") from exc
                 for frame in frames:
-                    if frame_limit is not None and n >= frame_limit:
+                    t = frame.time
+                    if t is not None and t < start_s - 1e-6:
+                        continue
+                    if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
                         return
-                    dec.put(("frame", n, frame.pts, frame.time_base, frame.to_ndarray(format="rgb24")))
-                    n += 1
+                    pts = shift(frame.pts, frame.time_base) if start_s and frame.pts is not None else frame.pts
+                    dec.put(("frame", n, pts, frame.time_base, frame.to_ndarray(format="rgb24")))
+                    n, last_t = n + 1, t
+            expected = _stream_seconds(vin)
+            if not windowed and expected and last_t is not None:
+                interval = float(1 / (vin.average_rate or 25))
+                if last_t + interval < expected - max(0.5, 0.05 * expected):
+                    raise InputError(f"{src}: video stream ends at frame {n} ({last_t:.2f}s of {expected:.2f}s): "
+                                     "the file is truncated or damaged")
 
         def infer() -> None:
             pending: list[tuple] = []
@@ -158,12 +181,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     return
                 arrs = [p[4].astype(np.float32) / 255.0 for p in pending]
                 if options.tile or options.batch == 1:
-                    outs = [upscale_frame(runner, a, tile=options.tile) for a in arrs]
+                    outs = [upscale_frame(runner, a, tile=options.tile, out_max=255.0) for a in arrs]
                 else:
                     res = runner.infer(np.stack([a.transpose(2, 0, 1) for a in arrs]))
-                    outs = [r.transpose(1, 2, 0) for r in res]
+                    outs = [np.clip(np.rint(r.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8) for r in res]
                 for p, o in zip(pending, outs):
-                    inf.put(("frame", p[1], p[2], p[3], np.clip(np.rint(o * 255.0), 0, 255).astype(np.uint8)))
+                    inf.put(("frame", p[1], p[2], p[3], o))
                 pending.clear()
 
             while True:
@@ -224,9 +247,6 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                             if item[0] == "packet":
                                 pkt = item[1]
                                 if pkt.stream.index in mapping:
-                                    if last_video_time[0] is not None and frame_limit is not None and pkt.pts is not None \
-                                            and float(pkt.pts * pkt.time_base) > last_video_time[0]:
-                                        continue
                                     pkt.stream = mapping[pkt.stream.index]
                                     out.mux(pkt)
                                 continue
@@ -234,20 +254,22 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
                             frame.pts = pts if pts is not None else idx
                             frame.time_base = tb or vin.time_base
-                            if pts is not None and tb is not None:
-                                last_video_time[0] = float(pts * tb)
                             for pkt in vout.encode(frame):
                                 out.mux(pkt)
                             n += 1
                             bar.update(1)
                         for pkt in vout.encode(None):
                             out.mux(pkt)
+                    out.close()  # writes the trailer: can fail on a full disk too
                 except OSError as exc:
                     raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
                 except av.error.FFmpegError as exc:
                     raise OutputError(f"{dst}: encoding failed ({exc})") from exc
                 finally:
-                    out.close()
+                    try:
+                        out.close()
+                    except (OSError, av.error.FFmpegError):
+                        pass  # already reported; the temporary file is removed next
                 if n == 0:
                     raise InputError(f"{src}: no decodable video frames")
         finally:
@@ -257,6 +279,20 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     finally:
         inp.close()
     return VideoSummary(n, width, height, len(mapping), time.perf_counter() - t0)
+
+
+def _stream_seconds(stream) -> float | None:
+    """The video stream's declared duration (container header or MKV DURATION tag), if any."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
 
 
 def _parse_bitrate(text: str) -> int:

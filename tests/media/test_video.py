@@ -85,3 +85,59 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
     assert proc.returncode != 0
     assert not dst.exists()
     assert not list(tmp_path.glob(".long_up.*")), "temporary output removed"
+
+
+def test_window_start_duration(tmp_path, tiny_ckpt):
+    src = tmp_path / "w.mp4"
+    make_clip(src, frames=20, fps=10)
+    dst = tmp_path / "w_up.mp4"
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime",
+                                 "--start", "0.5", "--duration", "1.0"])
+    assert r.exit_code == 0, r.output
+    pts, info, _ = _streams(dst)
+    assert len(pts) == 10
+    assert float(pts[0] * info["tb"]) < 0.05, "output starts at zero"
+
+
+def test_truncated_video_stops_with_frame_number(tmp_path, tiny_ckpt):
+    src = tmp_path / "t.mkv"
+    make_clip(src, frames=60, fps=10, size=(64, 48))
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    dst = tmp_path / "cut_up.mkv"
+    r = CliRunner().invoke(app, ["run", str(cut), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert r.exit_code != 0
+    assert "frame" in r.output and "cut.mkv" in r.output
+    assert not dst.exists() and not list(tmp_path.glob(".cut_up*"))
+
+
+def test_unwritable_output(tmp_path, tiny_ckpt):
+    src = tmp_path / "c.mp4"
+    make_clip(src, frames=3)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(blocker / "out.mp4"), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "cannot write" in r.output
+    assert len(r.output.strip().splitlines()) <= 2
+
+
+def test_disk_full_during_encode(tmp_path, tiny_ckpt):
+    """A file-size limit makes writes fail part way, as a full disk does: one line, nothing left behind."""
+    import resource
+
+    src = tmp_path / "big.mp4"
+    make_clip(src, frames=40, size=(96, 64), fps=25)
+    dst = tmp_path / "big_up.mp4"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst), "--model",
+                           str(tiny_ckpt), "--backend", "torch", "--quiet", "--crf", "0"],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert proc.returncode != 0
+    assert "error:" in proc.stderr and "big_up.mp4" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not dst.exists() and not list(tmp_path.glob(".big_up*"))
