@@ -1,0 +1,116 @@
+"""Ship a trained run: package weights, fp32 ONNX and model card, gated INT8 ONNX, training record.
+
+    python -m sr_deploy.train.release runs/srresnet_x4 --name srresnet_x4 \\
+        --val ../shared/datasets/set5 --calib ../shared/datasets/bsd200
+
+Writes sr_deploy/weights/NAME.safetensors (+ NAME.json card, NAME.int8.onnx and its
+quality report, so that `--backend auto` can pick it), export/NAME.onnx + NAME.json,
+and train/records/NAME/ (log.csv, curves.png, record.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from sr_deploy.export.onnx_export import export_onnx
+from sr_deploy.fsutil import atomic_path, sha256_file
+from sr_deploy.models.checkpoint import load_checkpoint, save_checkpoint, read_checkpoint
+from sr_deploy.quality import bicubic_upscale, evaluate, load_eval_set, torch_upscaler
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def training_hours(log_csv: Path) -> tuple[int, float]:
+    """(last step, wall-clock hours) summed over the log's windows, so that resumed runs add up."""
+    steps, hours, prev = 0, 0.0, 0
+    with open(log_csv) as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            if row.get("steps_per_s"):
+                hours += (step - prev) / float(row["steps_per_s"]) / 3600 if step > prev else 0.0
+                prev = step
+            steps = max(steps, step)
+    return steps, hours
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
+            notes: str = "") -> dict:
+    ckpt = run / checkpoint
+    model, payload = load_checkpoint(ckpt)
+    weights_dir = REPO / "sr_deploy" / "weights"
+    weights = save_checkpoint(weights_dir / f"{name}.safetensors", model)
+    onnx_path = REPO / "export" / f"{name}.onnx"
+    rep = export_onnx(model, onnx_path, name=name, source_sha256=sha256_file(weights))
+    pairs = load_eval_set(val, model.scale)
+    q = evaluate(pairs, model.scale, torch_upscaler(model))
+    bic = evaluate(pairs, model.scale, lambda lr: bicubic_upscale(lr, model.scale))
+    last = read_checkpoint(run / "last.pt") if (run / "last.pt").exists() else payload
+    steps, hours = training_hours(run / "log.csv")
+    card = {
+        "name": name,
+        "architecture": payload["arch"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "scale": model.scale,
+        "recipe": last.get("recipe"),
+        "config": last.get("config", {}),
+        "checkpoint_step": payload.get("step"),
+        "trained_steps": steps,
+        "train_hours_cpu_wall": round(hours, 2),
+        "machine": "2-core AMD EPYC (AVX512-BF16), no GPU",
+        "data": "291 images (yang91 + bsd200), validation Set5",
+        f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4),
+                        "bicubic_psnr_y": round(bic.psnr_y, 3), "bicubic_ssim_y": round(bic.ssim_y, 4),
+                        "images": q.images, "protocol": "Y (BT.601), border = scale, PIL bicubic LR"},
+        "weights_sha256": sha256_file(weights),
+        "onnx": f"export/{name}.onnx",
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_parity_max_abs": rep.max_abs_diff,
+        "notes": notes,
+    }
+    if calib is not None:
+        from sr_deploy.precision.convert import make_precision_onnx
+
+        for precision in ("fp16", "int8"):
+            r = make_precision_onnx(onnx_path, precision, calib=calib if precision == "int8" else None,
+                                    gate_data=val)
+            card[f"{precision}_gate"] = {"delta_psnr_db": round(r.delta_psnr_db, 4), "max_abs_diff": round(r.max_abs_diff, 4),
+                                         "passed": r.passed, "gate_data": r.gate_data}
+        for suffix in (".int8.onnx", ".int8.quality.json"):
+            shutil.copyfile(REPO / "export" / f"{name}{suffix}", weights_dir / f"{name}{suffix}")
+        (REPO / "export" / f"{name}.int8.onnx").unlink()  # one copy: the packaged one
+        (REPO / "export" / f"{name}.fp16.onnx").unlink()  # made on demand by build-engine; its report stays
+    _write_json(weights_dir / f"{name}.json", card)
+    _write_json(REPO / "export" / f"{name}.json", card)
+    record = REPO / "train" / "records" / name
+    record.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "log.csv", record / "log.csv")
+    from sr_deploy.train.trainer import plot_curves
+
+    plot_curves(record / "log.csv", record / "curves.png")
+    return card
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--val", type=Path, required=True)
+    ap.add_argument("--calib", type=Path)
+    ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument("--notes", default="")
+    args = ap.parse_args()
+    card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes)
+    print(json.dumps({k: card[k] for k in card if k not in ("config",)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
