@@ -30,7 +30,8 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, log.csv, curves.png)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint."),
-    init: Optional[Path] = typer.Option(None, "--init", help="srgan: the SRResNet checkpoint to start from."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Weights to start from (srgan: the SRResNet; or shipped weights to continue)."),
+    start_step: Optional[int] = typer.Option(None, "--start-step", help="With --init: continue the schedule from this step."),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 ImageNet weights (torchvision layout)."),
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="srgan: vgg54 | vgg22 | mse."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -55,7 +56,7 @@ def train(
     try:
         cfg = load_recipe(recipe, REPO_RECIPES, data=tuple(str(d) for d in data), val=str(val) if val else None,
                           scale=scale, steps=steps, out=str(out) if out else None,
-                          resume=str(resume) if resume else None, init=str(init) if init else None,
+                          resume=str(resume) if resume else None, init=str(init) if init else None, start_step=start_step,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
                           batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation,
                           val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers)

@@ -28,6 +28,9 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     except OSError as exc:
         raise OutputError(f"{target}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -77,12 +77,24 @@ def _combos(cfg: BenchConfig, say: Callable[[str], None]) -> list[tuple[str, str
     return out
 
 
-def _ensure_variants(onnx_path: Path, precisions: set[str], calib: Path | None, say) -> None:
-    """Make the fp16/int8 ONNX beside the fp32 one if missing (gate budget unlimited: the bench reports ΔPSNR)."""
+def _ensure_variants(onnx_path: Path, source_path: Path, precisions: set[str], calib: Path | None, say) -> None:
+    """Make the fp16/int8 ONNX beside the fp32 one if missing (gate budget unlimited: the bench reports ΔPSNR).
+
+    A variant that ships beside the model (a packaged NAME.int8.onnx) is used as is: it is what
+    `--backend auto` runs.
+    """
+    import shutil
+
     from sr_deploy.precision.convert import make_precision_onnx, precision_path
+    from sr_deploy.runtime.select import precision_sibling
 
     for p in sorted(precisions & {"fp16", "int8"}):
-        if precision_path(onnx_path, p).exists():
+        target = precision_path(onnx_path, p)
+        if target.exists():
+            continue
+        shipped = precision_sibling(source_path, p) if source_path != onnx_path else None
+        if shipped is not None:
+            shutil.copyfile(shipped, target)
             continue
         tmpdir = None
         c = calib
@@ -177,7 +189,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         try:
             base = onnx_for(source)
             desc = read_descriptor(base)
-            _ensure_variants(base, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
+            _ensure_variants(base, source.path, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
         except SRDeployError as exc:
             note(f"skipped model {source.name}: {exc}")
             continue

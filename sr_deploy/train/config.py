@@ -43,7 +43,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     ema_decay: float = 0.0  # weight averaging; 0 disables
     # srgan
-    init: str | None = None  # SRResNet checkpoint the GAN starts from
+    init: str | None = None  # weights to start from: srgan's SRResNet, or shipped weights to continue training
+    start_step: int = 0  # with init: continue the schedule and data sequence from this step (re-warmed up)
     content_loss: str = "vgg54"  # vgg54 | vgg22 | mse
     vgg_weights: str | None = None
     w_content: float = 1.0

@@ -64,6 +64,15 @@ def _any(flag: bool, world: int, device: torch.device) -> bool:
 
 def _schedule(cfg: TrainConfig):
     def factor(step: int) -> float:
+        return _base_factor(step) * _rewarm(step)
+
+    def _rewarm(step: int) -> float:
+        # a warm start (shipped weights, fresh Adam moments) ramps up again over 200 steps
+        if cfg.init and cfg.start_step and step >= cfg.start_step:
+            return min(1.0, (step - cfg.start_step + 1) / 200)
+        return 1.0
+
+    def _base_factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
@@ -127,9 +136,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         _check_resume(cfg, resume_payload, cfg.resume)
     content = ContentLoss(cfg.content_loss, cfg.vgg_weights) if cfg.recipe == "srgan" else None
     init_payload = None
-    if cfg.recipe == "srgan" and not resume_payload:
-        if not cfg.init:
-            raise InputError("the srgan recipe starts from an SRResNet checkpoint: pass --init CKPT")
+    if cfg.recipe == "srgan" and not resume_payload and not cfg.init:
+        raise InputError("the srgan recipe starts from an SRResNet checkpoint: pass --init CKPT")
+    if cfg.init and not resume_payload:
         init_payload = read_checkpoint(cfg.init)
         if init_payload["arch"] != cfg.arch_dict():
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
@@ -186,6 +195,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         G.load_state_dict(init_payload["state_dict"])
         if ema is not None:
             ema.module.load_state_dict(init_payload["state_dict"])
+        if cfg.start_step:
+            start = cfg.start_step
+            g_sched.last_epoch = start - 1
+            g_sched.step()
 
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP

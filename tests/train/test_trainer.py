@@ -154,3 +154,21 @@ def test_ddp_two_cpu_processes(hr_dir, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert read_checkpoint(out / "last.pt")["step"] == 2
+
+
+def test_warm_start_from_weights_continues_step(hr_dir, tmp_path):
+    first = _cfg(hr_dir, tmp_path / "a", steps=6, stop_at=2, val_every=100)
+    train(first, quiet=True)
+    weights = save_checkpoint(tmp_path / "shipped.safetensors", read_and_build(tmp_path / "a" / "last.pt"))
+    cont = replace(first, out=str(tmp_path / "b"), init=str(weights), start_step=2, stop_at=0)
+    train(cont, quiet=True)
+    payload = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert payload["step"] == 6
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]
+    assert int(rows[0].split(",")[0]) == 3, "the log continues at step 3"
+
+
+def read_and_build(path):
+    from sr_deploy.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)[0]
