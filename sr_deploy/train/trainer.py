@@ -197,8 +197,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             ema.module.load_state_dict(init_payload["state_dict"])
         if cfg.start_step:
             start = cfg.start_step
-            g_sched.last_epoch = start - 1
-            g_sched.step()
+            g_sched.last_epoch = start
+            for group, base in zip(g_opt.param_groups, g_sched.base_lrs):
+                group["lr"] = base * g_sched.lr_lambdas[0](start)
 
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
