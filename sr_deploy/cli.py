@@ -168,7 +168,8 @@ def build_engine_cmd(
     max_delta_db: Optional[float] = typer.Option(None, "--max-delta-db", help="Quality budget (default 0.05 fp16, 0.3 int8)."),
     gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out HR images for the quality gate."),
     calib_count: int = typer.Option(256, "--calib-count", help="Number of LR calibration crops."),
-    calib_size: int = typer.Option(64, "--calib-size", help="LR calibration crop size in pixels."),
+    calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
     quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize the first and last conv too."),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb"),
 ) -> None:
@@ -189,7 +190,7 @@ def build_engine_cmd(
                                max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch)
         report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
                                      budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
-                                     quantize_ends=quantize_ends)
+                                     quantize_ends=quantize_ends, calib_method=calib_method)
         typer.echo(report.line())
         typer.echo(f"wrote {report.path}")
         if onnx_only:

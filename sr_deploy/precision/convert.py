@@ -91,7 +91,8 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
 
 def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, calib: Path | None = None,
                         gate_data: Path | None = None, budget_db: float | None = None, calib_count: int = 256,
-                        calib_size: int = 64, quantize_ends: bool = False, overwrite: bool = True) -> PrecisionReport:
+                        calib_size: int = 48, quantize_ends: bool = False, calib_method: str = "percentile",
+                        overwrite: bool = True) -> PrecisionReport:
     """Convert, gate, and write ``NAME.<precision>.onnx`` plus ``NAME.<precision>.quality.json``.
 
     Raises QualityGateError (nothing written under the model's final name) when
@@ -104,6 +105,10 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
 
     if precision not in BUDGETS_DB:
         raise InputError(f"precision must be fp16 or int8, got {precision!r}")
+    from sr_deploy.precision.int8 import CALIB_METHODS
+
+    if calib_method not in CALIB_METHODS:
+        raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
     desc = read_descriptor(src)
     if desc.precision != "fp32":
         raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")
@@ -126,7 +131,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
         else:
             from sr_deploy.precision.int8 import convert_int8
 
-            excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends)
+            excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=calib_method)
         proto = onnx.load(str(tmp))
         for entry in proto.metadata_props:
             if entry.key == METADATA_KEY:
