@@ -145,7 +145,8 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     if packet.dts is None:
                         continue
                     t = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                    if t is not None and not start_s <= t < end_s:
+                    # only a requested window drops packets (AAC priming has negative timestamps)
+                    if (options.start or options.duration) and t is not None and not start_s <= t < end_s:
                         continue
                     if start_s:
                         packet.pts, packet.dts = shift(packet.pts, packet.time_base), shift(packet.dts, packet.time_base)

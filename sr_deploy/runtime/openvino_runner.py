@@ -59,11 +59,17 @@ class OpenVINORunner(Runner):
             raise BackendUnavailable("openvino is not installed: pip install 'srdeploy[openvino]'") from exc
         if self.precision == "bf16" and not cpu_supports_bf16():
             raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX): use fp32 or int8")
+        hint = HINTS[self.precision]
+        if self.precision == "int8" and cpu_supports_bf16():
+            # the layers left in float (first/last conv, PReLU, pixel shuffle) run in bf16 where the CPU
+            # has it natively: measured 199 vs 291 ms per 128x128 frame, +0.006 dB ΔPSNR on Set5
+            hint = "bf16"
+        self.hint = hint
         core = ov.Core()
         cache = cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         core.set_property({"CACHE_DIR": str(cache)})
-        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self.compiled = core.compile_model(str(self.path), "CPU", config)
@@ -71,6 +77,10 @@ class OpenVINORunner(Runner):
 
     def _deactivate(self) -> None:
         del self.request, self.compiled
+
+    def describe(self) -> str:
+        extra = " (float layers bf16)" if self.precision == "int8" and getattr(self, "hint", "") == "bf16" else ""
+        return f"openvino {self.precision}{extra}"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: batch})

@@ -70,16 +70,21 @@ def onnx_for(source: ModelSource) -> Path:
     return target
 
 
-def precision_sibling(path: Path, precision: str) -> Path | None:
-    """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its quality report passed."""
+AUTO_MAX_DELTA_DB = 0.1  # `auto` never picks a variant that lost more than this on its gate images
+
+
+def precision_sibling(path: Path, precision: str, max_delta_db: float | None = None) -> Path | None:
+    """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its quality
+    report passed (and, with ``max_delta_db``, lost no more than that)."""
     cand = path.with_name(f"{path.name.split('.')[0]}.{precision}.onnx")
     report = cand.with_suffix(".quality.json")
     if cand.exists() and report.exists():
         try:
-            if json.loads(report.read_text()).get("passed"):
-                return cand
+            data = json.loads(report.read_text())
         except (OSError, ValueError):
             return None
+        if data.get("passed") and (max_delta_db is None or data.get("delta_psnr_db", 1e9) <= max_delta_db):
+            return cand
     return None
 
 
@@ -172,15 +177,20 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
                 return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
         except BackendUnavailable:
             pass
-    if precision is None:
-        int8 = precision_sibling(source.path, "int8")
+    if precision is None and OpenVINORunner.available():
+        from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
+
+        int8 = precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
         if int8 is None and source.kind == "checkpoint":
-            int8 = precision_sibling(onnx_for(source), "int8")
-        if int8 is not None and OpenVINORunner.available():
+            int8 = precision_sibling(onnx_for(source), "int8", AUTO_MAX_DELTA_DB)
+        if int8 is not None:
             from sr_deploy.export.onnx_export import read_descriptor
 
             return (OpenVINORunner(int8, read_descriptor(int8)),
-                    "CPU only; OpenVINO runs the INT8 Q/DQ ONNX, which passed its quality gate, fastest")
+                    f"CPU only; OpenVINO on the INT8 Q/DQ ONNX (its gate: ΔPSNR ≤ {AUTO_MAX_DELTA_DB} dB) is fastest")
+        if cpu_supports_bf16():
+            runner, _ = make_runner(source, "openvino", "bf16")
+            return runner, "CPU only; OpenVINO bf16 (this CPU has native bf16; no INT8 ONNX within 0.1 dB ships beside the model)"
     if OpenVINORunner.available():
         runner, _ = make_runner(source, "openvino", precision)
         return runner, "CPU only; OpenVINO is the fastest CPU runner installed"

@@ -41,3 +41,35 @@ def test_checkpoint_runs_on_onnxruntime_via_cached_export(tiny_ckpt):
     r, _ = make_runner(resolve_model(str(tiny_ckpt)), "onnxruntime")
     with r:
         assert r.infer(np.zeros((1, 3, 9, 9), np.float32)).shape == (1, 3, 18, 18)
+
+
+@pytest.mark.parametrize("precision,tol", [("int8", 0.02), ("bf16", 0.03)])
+def test_openvino_matches_onnxruntime_within_precision_tolerance(tiny_onnx, tmp_path, precision, tol):
+    """OpenVINO runs the same Q/DQ ONNX as ONNX Runtime; bf16 is compared with the fp32 model."""
+    import cv2
+
+    from sr_deploy.bench.machine import cpu_has_bf16
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.precision.convert import make_precision_onnx
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+    from sr_deploy.runtime.ort_runner import OrtRunner
+    from tests.conftest import pattern_image
+
+    if not OpenVINORunner.available():
+        pytest.skip("openvino not installed")
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("no native bf16 on this CPU")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    if precision == "int8":
+        calib = tmp_path / "calib"
+        calib.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(calib / f"{i}.png"), pattern_image(64, 64, 3, seed=i))
+        model = __import__("pathlib").Path(make_precision_onnx(model, "int8", calib=calib, calib_count=6,
+                                                               calib_size=16, budget_db=5.0).path)
+    desc = read_descriptor(model)
+    x = np.random.default_rng(1).random((1, 3, 20, 24), dtype=np.float32)
+    with OrtRunner(model, desc) as ref, OpenVINORunner(model, desc, precision=precision) as ov:
+        diff = np.abs(ov.infer(x) - ref.infer(x)).max()
+    assert diff < tol

@@ -20,20 +20,27 @@ def model_dir(tiny_onnx, tmp_path):
 def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path):
     if not OpenVINORunner.available():
         pytest.skip("openvino not installed")
+    from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
+
     calib = tmp_path / "calib"
     calib.mkdir()
     for i in range(3):
         cv2.imwrite(str(calib / f"{i}.png"), pattern_image(64, 64, 3, seed=i))
+    no_int8 = "bf16" if cpu_supports_bf16() else "fp32"
     runner, why = make_runner(resolve_model(str(model_dir)), "auto")
-    assert (runner.backend, runner.precision) == ("openvino", "fp32") and "OpenVINO" in why
+    assert (runner.backend, runner.precision) == ("openvino", no_int8) and "OpenVINO" in why
     make_precision_onnx(model_dir, "int8", calib=calib, calib_count=4, calib_size=16, budget_db=5.0)
-    runner, why = make_runner(resolve_model(str(model_dir)), "auto")
-    assert (runner.backend, runner.precision) == ("openvino", "int8") and "quality gate" in why
-    # a report that failed its gate is never picked
     report = model_dir.with_name("m.int8.quality.json")
-    report.write_text(json.dumps({**json.loads(report.read_text()), "passed": False}))
-    runner, _ = make_runner(resolve_model(str(model_dir)), "auto")
-    assert runner.precision == "fp32"
+    data = json.loads(report.read_text())
+    # the policy, with the measured ΔPSNR set on each side of auto's 0.1 dB limit
+    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.05}))
+    runner, why = make_runner(resolve_model(str(model_dir)), "auto")
+    assert (runner.backend, runner.precision) == ("openvino", "int8") and "INT8" in why
+    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.2}))
+    assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
+    # a report that failed its gate is never picked
+    report.write_text(json.dumps({**data, "passed": False, "delta_psnr_db": 0.0}))
+    assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
 
 
 def test_auto_without_openvino_falls_back(model_dir, monkeypatch):
