@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,11 @@ def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int = 0, alpha
 
     maxval = 65535.0 if img.dtype == np.uint16 else 255.0
     gray = img.ndim == 2 or img.shape[2] == 1
+    if not gray and img.shape[2] == 3:
+        # plain colour: tiles are rounded straight into the output dtype, no full-size float copies
+        rgb = np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / maxval
+        up = upscale_frame(runner, rgb, tile=tile, out_max=maxval, out_dtype=img.dtype)
+        return np.ascontiguousarray(up[..., ::-1])
     x = img.astype(np.float32) / maxval
     if gray:
         x2 = x.reshape(x.shape[0], x.shape[1])
@@ -137,8 +141,3 @@ def default_output(src: Path, scale: int) -> Path:
     if src.is_dir():
         return src.with_name(f"{src.name}_x{scale}")
     return src.with_name(f"{src.stem}_x{scale}{src.suffix}")
-
-
-def ensure_not_same(src: Path, dst: Path) -> None:
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise OutputError(f"{dst}: output path is the input; choose another")

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import BackendUnavailable, InputError, ModelError
 from sr_deploy.runtime.base import Runner
 
@@ -86,18 +85,6 @@ def precision_sibling(path: Path, precision: str, max_delta_db: float | None = N
         if data.get("passed") and (max_delta_db is None or data.get("delta_psnr_db", 1e9) <= max_delta_db):
             return cand
     return None
-
-
-def _descriptor(source: ModelSource) -> ModelDescriptor:
-    if source.kind == "onnx":
-        from sr_deploy.export.onnx_export import read_descriptor
-
-        return read_descriptor(source.path)
-    from sr_deploy.export.onnx_export import descriptor_for
-    from sr_deploy.models.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(source.path)
-    return descriptor_for(model, name=source.name)
 
 
 def gpu_available() -> bool:
