@@ -167,7 +167,7 @@ def build_engine_cmd(
     onnx_only: bool = typer.Option(False, "--onnx-only", help="Write the precision ONNX and its report only."),
     max_delta_db: Optional[float] = typer.Option(None, "--max-delta-db", help="Quality budget (default 0.05 fp16, 0.3 int8)."),
     gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out HR images for the quality gate."),
-    calib_count: int = typer.Option(256, "--calib-count", help="Number of LR calibration crops."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="LR calibration crops (default 64 percentile/entropy, 256 minmax)."),
     calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
     quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize the first and last conv too."),

@@ -92,8 +92,6 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
         calibrate_method={"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
                           "entropy": CalibrationMethod.Entropy}[method],
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "CalibPercentile": percentile,
-                       # histogram calibrators keep every intermediate output: collect in chunks to bound memory
-                       "CalibMaxIntermediateOutputs": 16},
+                       "CalibPercentile": percentile},
     )
     return excluded
