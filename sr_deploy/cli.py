@@ -222,6 +222,7 @@ def bench(
     plot: Optional[Path] = typer.Option(None, "--plot"),
     montage: Optional[Path] = typer.Option(None, "--montage"),
     no_speed: bool = typer.Option(False, "--no-speed", help="Quality only."),
+    no_quality: bool = typer.Option(False, "--no-quality", help="Speed only (e.g. for untrained weights)."),
     min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
 ) -> None:
     """Latency, throughput and quality (Y-PSNR/SSIM vs bicubic) for every backend and precision."""
@@ -234,7 +235,8 @@ def bench(
                           precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),
                           sizes=tuple(parse_hw(s) for s in size) or ((128, 128), (270, 480)),
                           batches=tuple(batch) or (1,), video=str(video) if video else None,
-                          calib=str(calib) if calib else None, speed=not no_speed, min_time_s=min_time)
+                          calib=str(calib) if calib else None, speed=not no_speed, quality=not no_quality,
+                          min_time_s=min_time)
         res = run_bench(cfg, say=lambda line: typer.echo(line, err=True))
         typer.echo(markdown(res))
         if json_out:
