@@ -15,6 +15,7 @@ import numpy as np
 from sr_deploy.bench.machine import cpu_has_bf16, machine_info, peak_rss_mb, reset_peak_rss
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fsutil import atomic_path
+from sr_deploy.media.tiling import quantize
 
 CPU_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16", "int8"),
                   "openvino": ("fp32", "bf16", "int8")}
@@ -125,7 +126,7 @@ def _uint8_upscaler(runner) -> Callable[[np.ndarray], np.ndarray]:
     def run(lr: np.ndarray) -> np.ndarray:
         x = (lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         y = runner.infer(x)[0].transpose(1, 2, 0)
-        return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+        return quantize(y)
 
     return run
 
@@ -271,7 +272,7 @@ def video_ratios(path: Path, source, combos, say, max_frames: int = 48) -> dict:
         t = time.perf_counter()
         for fr in frames:
             y = runner.infer((fr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
-            np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+            quantize(y)
         model_fps = len(frames) / (time.perf_counter() - t)
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()

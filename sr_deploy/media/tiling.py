@@ -46,10 +46,13 @@ def _window(starts: list[int], i: int, length: int, s: int) -> np.ndarray:
     return w
 
 
-def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:
-    if out_max is None:
-        return x
+def quantize(x: np.ndarray, out_max: float = 255.0, dtype=np.uint8) -> np.ndarray:
+    """Float in [0, 1] → integer pixels, rounded and clipped like an image writer."""
     return np.clip(np.rint(x * out_max), 0, out_max).astype(dtype)
+
+
+def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:
+    return x if out_max is None else quantize(x, out_max, dtype)
 
 
 def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: int = 16, batch: int = 4,

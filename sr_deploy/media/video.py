@@ -18,7 +18,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.media.tiling import upscale_frame
+from sr_deploy.media.tiling import quantize, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
 
@@ -185,7 +185,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     outs = [upscale_frame(runner, a, tile=options.tile, out_max=255.0) for a in arrs]
                 else:
                     res = runner.infer(np.stack([a.transpose(2, 0, 1) for a in arrs]))
-                    outs = [np.clip(np.rint(r.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8) for r in res]
+                    outs = [quantize(r.transpose(1, 2, 0)) for r in res]
                 for p, o in zip(pending, outs):
                     inf.put(("frame", p[1], p[2], p[3], o))
                 pending.clear()

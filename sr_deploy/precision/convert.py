@@ -74,6 +74,7 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
     """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
+    from sr_deploy.media.tiling import quantize
     from sr_deploy.metrics import y_psnr_ssim
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, candidate)]
@@ -84,7 +85,7 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
         outs = [np.clip(s.run(None, {"input": x})[0][0], 0, 1) for s in sessions]
         worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
         for k, o in enumerate(outs):
-            sr = np.rint(o.transpose(1, 2, 0) * 255).astype(np.uint8)
+            sr = quantize(o.transpose(1, 2, 0))
             ps[k].append(y_psnr_ssim(sr, pair.hr, scale)[0])
     return float(np.mean(ps[0])), float(np.mean(ps[1])), worst
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sr_deploy.errors import InputError
+from sr_deploy.media.images import IMAGE_SUFFIXES
 from sr_deploy.metrics import make_lr
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def list_images(folders: list[Path] | list[str]) -> list[Path]:
