@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -103,3 +104,71 @@ class SRResNet(nn.Module):
         head = self.head(x)
         body = self.trunk_tail(self.trunk(head))
         return self.tail(self.upsample(head + body))
+
+    def export_ready(self) -> nn.Module:
+        """A copy whose last upsampling step and tail run at the pre-shuffle resolution.
+
+        ``conv → PixelShuffle(r) → PReLU → tail(9x9, C→3)`` becomes
+        ``conv → PReLU(slopes repeated r²) → conv(K'xK', C·r²→3·r²) → PixelShuffle(r)``:
+        the polyphase form of the same convolution, exact including zero padding at the
+        borders. The 3-channel 9x9 tail on the full-resolution map is the slowest layer of
+        the model on CPUs and GPUs alike (3 output channels waste most of a SIMD/tensor-core
+        tile): measured on the 2-core CPU, OpenVINO bf16, 128x128 input, it took half of
+        the frame time. Written by hand because no library rewrites a conv through a
+        pixel shuffle.
+        """
+        m = copy.deepcopy(self).eval()
+        if self.config.upsampler != "pixelshuffle":
+            return m
+        *rest, up_conv, shuffle, act = list(m.upsample)
+        r, tail = shuffle.upscale_factor, m.tail
+        m.upsample = nn.Sequential(*rest, up_conv, _repeat_prelu(act, r * r))
+        m.tail = nn.Sequential(_polyphase_conv(tail, r), nn.PixelShuffle(r))
+        return m
+
+
+def _repeat_prelu(act: nn.PReLU, times: int) -> nn.PReLU:
+    """PReLU before a pixel shuffle: shuffle channel c comes from channels c·r²…c·r²+r²-1."""
+    if act.num_parameters == 1:
+        return copy.deepcopy(act)
+    out = nn.PReLU(act.num_parameters * times)
+    with torch.no_grad():
+        out.weight.copy_(act.weight.repeat_interleave(times))
+    return out
+
+
+def _polyphase_conv(conv: nn.Conv2d, r: int) -> nn.Conv2d:
+    """The stride-1 'same' conv ``conv`` applied after PixelShuffle(r), rewritten to act before it.
+
+    Output phase (ay, ax) at low-res (i, j) needs high-res input offsets d = r·m + b - a for
+    low-res offset m and input phase b; weight W[o, c, d+p] where |d| ≤ p, zero elsewhere.
+    """
+    k = conv.kernel_size[0]
+    if conv.kernel_size != (k, k) or conv.padding != (k // 2, k // 2) or conv.stride != (1, 1) or k % 2 == 0:
+        raise ValueError("polyphase rewrite needs an odd square stride-1 'same' convolution")
+    p = k // 2
+    q = (p + r - 1) // r  # low-res reach: the largest m with r·m - (r - 1) ≤ p
+    kk = 2 * q + 1
+    cout, cin = conv.out_channels, conv.in_channels
+    w = conv.weight.detach()
+    new_w = torch.zeros(cout * r * r, cin * r * r, kk, kk, dtype=w.dtype)
+    for ay in range(r):
+        for ax in range(r):
+            for by in range(r):
+                for bx in range(r):
+                    for my in range(-q, q + 1):
+                        dy = r * my + by - ay
+                        if abs(dy) > p:
+                            continue
+                        for mx in range(-q, q + 1):
+                            dx = r * mx + bx - ax
+                            if abs(dx) > p:
+                                continue
+                            # PixelShuffle (ONNX DepthToSpace CRD): channel c·r² + phase_y·r + phase_x
+                            new_w[ay * r + ax::r * r, by * r + bx::r * r, my + q, mx + q] = w[:, :, dy + p, dx + p]
+    out = nn.Conv2d(cin * r * r, cout * r * r, kk, padding=q, bias=conv.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(new_w)
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias.detach().repeat_interleave(r * r))
+    return out

@@ -60,3 +60,38 @@ def test_not_a_checkpoint(tmp_path):
         load_checkpoint(junk)
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_export_ready_moves_tail_before_the_last_shuffle(scale):
+    """The polyphase tail is the same function, borders included, with negative PReLU slopes."""
+    torch.manual_seed(scale)
+    m = SRResNet(scale=scale, num_blocks=1, channels=8).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.PReLU):
+            nn.init.uniform_(mod.weight, -0.7, 0.7)
+    fast = m.export_ready()
+    last_conv = fast.tail[0]
+    r = 3 if scale == 3 else 2
+    assert isinstance(fast.tail[1], nn.PixelShuffle) and fast.tail[1].upscale_factor == r
+    assert last_conv.out_channels == 3 * r * r and last_conv.in_channels == 8 * r * r
+    assert last_conv.kernel_size == (5, 5)  # a 9x9 kernel reaches 2 low-res pixels at r = 2 or 3
+    x = torch.rand(2, 3, 7, 10)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), m(x), atol=1e-5)
+
+
+def test_polyphase_single_slope_prelu_and_bad_kernel():
+    from sr_deploy.models.srresnet import _polyphase_conv, _repeat_prelu
+
+    torch.manual_seed(0)
+    act = nn.PReLU()
+    nn.init.constant_(act.weight, -0.3)
+    conv = nn.Conv2d(4, 3, 7, padding=3)
+    x = torch.randn(1, 16, 5, 6)
+    with torch.no_grad():
+        ref = conv(act(nn.functional.pixel_shuffle(x, 2)))
+        got = nn.functional.pixel_shuffle(_polyphase_conv(conv, 2)(_repeat_prelu(act, 4)(x)), 2)
+    assert torch.allclose(got, ref, atol=1e-5)
+    with pytest.raises(ValueError):
+        _polyphase_conv(nn.Conv2d(4, 3, 4, padding=2), 2)
