@@ -244,19 +244,19 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                 runner.deactivate()
     if cfg.video and sources and combos:
         try:
-            res.video = video_ratios(Path(cfg.video), sources[0], combos, say)
+            res.video = video_ratios(Path(cfg.video), sources[0], say)
         except SRDeployError as exc:
             note(f"skipped video: {exc}")
     return res
 
 
-def video_ratios(path: Path, source, combos, say, max_frames: int = 48) -> dict:
-    """Decode-only, model-only and end-to-end frames/s on the same frames, with the first (fastest-listed) runner."""
+def video_ratios(path: Path, source, say, max_frames: int = 48) -> dict:
+    """Decode-only, model-only and end-to-end frames/s on the same frames, with the runner `srdeploy run` picks."""
     from sr_deploy.media.video import VideoOptions, open_input, upscale_video
-    from sr_deploy.runtime.select import ModelSource, onnx_for
+    from sr_deploy.runtime.select import make_runner
 
-    backend, precision = _pick_fast(combos)
-    src = source if backend == "torch" else ModelSource("onnx", onnx_for(source), source.name)
+    runner, _ = make_runner(source, "auto")
+    backend, precision = runner.backend, runner.precision
     inp = open_input(path)
     t = time.perf_counter()
     frames = []
@@ -266,7 +266,6 @@ def video_ratios(path: Path, source, combos, say, max_frames: int = 48) -> dict:
             break
     decode_fps = len(frames) / (time.perf_counter() - t)
     inp.close()
-    runner = _runner(src, backend, precision)
     with runner:
         runner.infer(frames[0].astype(np.float32).transpose(2, 0, 1)[None] / 255.0)  # warm-up
         t = time.perf_counter()
@@ -285,14 +284,6 @@ def video_ratios(path: Path, source, combos, say, max_frames: int = 48) -> dict:
     say(f"video {path.name} ({backend} {precision}): decode {decode_fps:.1f} fps, model {model_fps:.2f} fps, "
         f"end-to-end {e2e_fps:.2f} fps, end-to-end/model {out['end_to_end_over_model']:.3f}")
     return out
-
-
-def _pick_fast(combos):
-    order = [("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"), ("onnxruntime", "fp32"), ("torch", "fp32")]
-    for c in order:
-        if c in combos:
-            return c
-    return combos[0]
 
 
 # ------------------------------------------------------------------ outputs
@@ -369,8 +360,10 @@ def write_plot(res: BenchResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64, zoom: int = 4) -> None:
-    """bicubic | each model | HR, zoomed (nearest) on the most detailed crop of the first image."""
+def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64, zoom: int = 4,
+                  max_images: int = 5) -> None:
+    """One row per image (up to ``max_images``): bicubic | each model | HR, zoomed (nearest) on that
+    image's most detailed crop, so that textures (hair, feathers, fabric) are compared side by side."""
     import cv2
 
     from sr_deploy.quality import bicubic_upscale, load_eval_set
@@ -380,17 +373,46 @@ def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64,
     runners = [make_runner(s, "auto")[0] for s in sources]
     scale = runners[0].scale
     if data:
-        pair = load_eval_set(data, scale)[0]
+        pairs = load_eval_set(data, scale)[:max_images]
     else:
         from sr_deploy.bench.synthetic import synthetic_images
         from sr_deploy.metrics import make_lr, mod_crop
         from sr_deploy.quality import EvalPair
 
         hr = mod_crop(synthetic_images(1)[0], scale)
-        pair = EvalPair("gen", hr, make_lr(hr, scale))
-    gray = cv2.cvtColor(pair.hr, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    energy = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
-    integral = cv2.integral(energy)
+        pairs = [EvalPair("gen", hr, make_lr(hr, scale))]
+    outputs = [[bicubic_upscale(p.lr, scale) for p in pairs]]
+    for r in runners:
+        with r:
+            up = _uint8_upscaler(r)
+            outputs.append([up(p.lr) for p in pairs])
+    labels = ["bicubic", *[s.name for s in sources], "HR"]
+    rows = []
+    for i, pair in enumerate(pairs):
+        by, bx, c = _most_detailed_crop(pair.hr, crop)
+        tiles = []
+        for label, img in zip(labels, [o[i] for o in outputs] + [pair.hr]):
+            t = cv2.resize(img[by:by + c, bx:bx + c], (c * zoom, c * zoom), interpolation=cv2.INTER_NEAREST)
+            t = np.ascontiguousarray(t[..., ::-1])
+            cv2.rectangle(t, (0, 0), (c * zoom, 22), (0, 0, 0), -1)
+            cv2.putText(t, f"{label} ({pair.name})" if label == "HR" else label, (4, 16),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(t)
+        sep = np.full((c * zoom, 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", np.concatenate(rows, axis=0)[:-4])
+        buf.tofile(tmp)
+
+
+def _most_detailed_crop(hr: np.ndarray, crop: int) -> tuple[int, int, int]:
+    """(y, x, size) of the square crop with the most Laplacian energy."""
+    import cv2
+
+    gray = cv2.cvtColor(hr, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    integral = cv2.integral(np.abs(cv2.Laplacian(gray, cv2.CV_32F)))
     h, w = gray.shape
     c = min(crop, h, w)
     best, by, bx = -1.0, 0, 0
@@ -399,20 +421,4 @@ def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64,
             e = integral[y + c, x + c] - integral[y, x + c] - integral[y + c, x] + integral[y, x]
             if e > best:
                 best, by, bx = e, y, x
-    panels = [("bicubic", bicubic_upscale(pair.lr, scale))]
-    for s, r in zip(sources, runners):
-        with r:
-            panels.append((s.name, _uint8_upscaler(r)(pair.lr)))
-    panels.append(("HR", pair.hr))
-    tiles = []
-    for label, img in panels:
-        t = cv2.resize(img[by:by + c, bx:bx + c], (c * zoom, c * zoom), interpolation=cv2.INTER_NEAREST)
-        t = np.ascontiguousarray(t[..., ::-1])
-        cv2.rectangle(t, (0, 0), (c * zoom, 22), (0, 0, 0), -1)
-        cv2.putText(t, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-        tiles.append(t)
-    sep = np.full((c * zoom, 4, 3), 255, np.uint8)
-    row = np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1)
-    with atomic_path(path) as tmp:
-        ok, buf = cv2.imencode(".png", row)
-        buf.tofile(tmp)
+    return by, bx, c

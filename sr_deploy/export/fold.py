@@ -34,3 +34,12 @@ def _fold(module: nn.Module) -> None:
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 module._modules[a] = fuse_conv_bn_eval(conv, bn)
                 module._modules[b] = nn.Identity()
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """BN folded plus the model's own exact rewrites for inference (``export_ready``), in eval mode.
+
+    What the ONNX exporter and the torch runner both run.
+    """
+    folded = fold_batchnorm(model)
+    return folded.export_ready() if hasattr(folded, "export_ready") else folded

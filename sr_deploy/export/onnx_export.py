@@ -14,7 +14,7 @@ from torch import nn
 
 from sr_deploy.descriptor import METADATA_KEY, ModelDescriptor
 from sr_deploy.errors import ModelError
-from sr_deploy.export.fold import fold_batchnorm
+from sr_deploy.export.fold import inference_form
 from sr_deploy.fsutil import atomic_path, sha256_file
 
 DEFAULT_OPSET = 18
@@ -45,9 +45,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
     if opset < 17:
         raise ModelError(f"opset {opset} is too old: srdeploy exports opset 17 or newer")
     model = model.eval()
-    folded = fold_batchnorm(model)
-    if hasattr(folded, "export_ready"):
-        folded = folded.export_ready()
+    folded = inference_form(model)
     desc = descriptor_for(model, name=name, source_sha256=source_sha256)
     example = torch.rand(1, desc.in_channels, 24, 24)
     dims = {0: torch.export.Dim("batch", min=1, max=256),

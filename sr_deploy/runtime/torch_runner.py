@@ -1,4 +1,4 @@
-"""Runner on PyTorch eager (BN folded, channels-last, optional bf16 on CPU)."""
+"""Runner on PyTorch eager (BN folded, tail before the last shuffle, channels-last, optional bf16 on CPU)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ class TorchRunner(Runner):
             raise ValueError("torch fp16 needs a CUDA device; use bf16 on the CPU")
 
     def _activate(self) -> None:
-        from sr_deploy.export.fold import fold_batchnorm
+        from sr_deploy.export.fold import inference_form
 
-        self.net = fold_batchnorm(self._model).to(self.device, memory_format=torch.channels_last)
+        self.net = inference_form(self._model).to(self.device, memory_format=torch.channels_last)
 
     def _deactivate(self) -> None:
         del self.net

@@ -92,6 +92,7 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
     d = tmp_path / "imgs"
     d.mkdir()
     cv2.imwrite(str(d / "a.png"), pattern_image(40, 48, 3))
+    cv2.imwrite(str(d / "b.png"), pattern_image(56, 60, 3))
     cv2.imwrite(str(d / "tiny.png"), pattern_image(3, 3, 3))  # smaller than the scale allows: skipped
     out = tmp_path / "q.json"
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(d), "--backends", "onnxruntime",
@@ -102,6 +103,8 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
     assert [row["method"] for row in q] == ["bicubic", "model"]
     for row in q:
         assert {"dataset", "method", "model", "backend", "precision", "scale", "psnr_y", "ssim_y", "images"} <= set(row)
-        assert row["dataset"] == "imgs" and row["images"] == 1
-    assert cv2.imread(str(tmp_path / "m.png")).shape[1] > 3 * 64
+        assert row["dataset"] == "imgs" and row["images"] == 2
+    # one row per image, each zoomed 4x on its own most detailed crop (the whole image when smaller than 64)
+    montage = cv2.imread(str(tmp_path / "m.png"))
+    assert montage.shape[:2] == (40 * 4 + 4 + 56 * 4, 3 * 56 * 4 + 2 * 4)
     assert cv2.imread(str(tmp_path / "p.png")) is not None
