@@ -170,6 +170,9 @@ def build_engine_cmd(
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="LR calibration crops (default 64 percentile/entropy, 256 minmax)."),
     calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
+    percentile: Optional[list[float]] = typer.Option(
+        None, "--percentile", help="Percentile calibration clip (default 99.999); repeat it to search: each is "
+                                   "scored on held-out calibration images and the best kept."),
     quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize the first and last conv too."),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb"),
 ) -> None:
@@ -190,7 +193,12 @@ def build_engine_cmd(
                                max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch)
         report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
                                      budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
-                                     quantize_ends=quantize_ends, calib_method=calib_method)
+                                     quantize_ends=quantize_ends, calib_method=calib_method,
+                                     **({"percentiles": tuple(percentile)} if percentile else {}))
+        if report.percentile_search:
+            typer.echo("percentile search (ΔPSNR on held-out calibration images): "
+                       + ", ".join(f"{k}: {v:.3f} dB" for k, v in report.percentile_search.items())
+                       + f" → {report.calib_percentile:g}")
         typer.echo(report.line())
         typer.echo(f"wrote {report.path}")
         if onnx_only:

@@ -17,12 +17,21 @@ from sr_deploy.errors import InputError
 from sr_deploy.train.data import list_images, read_rgb
 
 
+HOLD_OUT_EVERY = 5  # every 5th file of a calibration folder is held out (gate / percentile search)
+
+
 def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, scale: int = 4,
                         seed: int = 0) -> list[np.ndarray]:
-    """Random LR crops (bicubic-downscaled HR crops) from a folder of real images."""
+    """Random LR crops (bicubic-downscaled HR crops) from a folder of real images.
+
+    Every ``HOLD_OUT_EVERY``-th file is left out (when the folder has 2·HOLD_OUT_EVERY files or
+    more), so that crops scored after calibration come from images it never saw.
+    """
     from sr_deploy.metrics import make_lr
 
     files = list_images([folder])
+    if len(files) >= 2 * HOLD_OUT_EVERY:
+        files = [f for i, f in enumerate(files) if i % HOLD_OUT_EVERY]
     if not files:
         raise InputError(f"{folder}: no calibration images found (png/jpg/bmp/webp)")
     hr_size = lr_size * scale
@@ -55,10 +64,13 @@ def conv_names(onnx_path: Path) -> list[str]:
 
 
 CALIB_METHODS = ("percentile", "minmax", "entropy")
+DEFAULT_PERCENTILE = 99.999
+# what `release` searches (make_precision_onnx(percentiles=...), `build-engine --percentile` repeated)
+PERCENTILE_CANDIDATES = (99.99, 99.995, 99.999, 99.9999)
 
 
 def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_ends: bool = False,
-                 method: str = "percentile", percentile: float = 99.999) -> list[str]:
+                 method: str = "percentile", percentile: float = DEFAULT_PERCENTILE) -> list[str]:
     """Quantize ``src`` to a Q/DQ ONNX at ``dst``; returns the names of convolutions left unquantized.
 
     Percentile calibration (99.999) is the default: on srresnet_x4 (step 7000) its Set5-crop ΔPSNR was

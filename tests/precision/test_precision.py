@@ -125,3 +125,28 @@ def test_run_int8_onnx_on_cpu(tiny_onnx, tmp_path, calib_dir):
     r = CliRunner().invoke(app, ["run", str(img), "--model", rep.path, "--backend", "onnxruntime"])
     assert r.exit_code == 0, r.output
     assert cv2.imread(str(tmp_path / "a_x2.png")).shape == (24, 24, 3)
+
+
+def test_percentile_search_keeps_the_best_on_held_out_calibration_images(tiny_onnx, tmp_path, calib_dir):
+    src = _copy(tiny_onnx, tmp_path)
+    rep = make_precision_onnx(src, "int8", calib=calib_dir, calib_count=6, calib_size=16, budget_db=5.0,
+                              percentiles=(90.0, 99.999))
+    assert set(rep.percentile_search) == {"90", "99.999"}
+    assert rep.percentile_search[f"{rep.calib_percentile:g}"] == min(rep.percentile_search.values())
+    saved = json.loads((tmp_path / "m.int8.quality.json").read_text())
+    assert saved["calib_percentile"] == rep.calib_percentile and saved["percentile_search"] == rep.percentile_search
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--calib-count", "4",
+                                 "--calib-size", "16", "--max-delta-db", "5", "--onnx-only",
+                                 "--percentile", "99.9", "--percentile", "99.99"])
+    assert r.exit_code == 0, r.output
+    assert "percentile search" in r.output
+
+
+def test_calibration_crops_never_come_from_held_out_files(tmp_path):
+    from sr_deploy.precision.int8 import HOLD_OUT_EVERY, calibration_batches
+
+    for i in range(2 * HOLD_OUT_EVERY):  # flat images: a crop's value names its file
+        cv2.imwrite(str(tmp_path / f"f{i:02d}.png"), np.full((64, 64, 3), 10 * i + 5, np.uint8))
+    crops = calibration_batches(tmp_path, count=40, lr_size=8, scale=4)
+    seen = {round(float(c.mean()) * 255 - 5) // 10 for c in crops}
+    assert seen == {i for i in range(2 * HOLD_OUT_EVERY) if i % HOLD_OUT_EVERY}
