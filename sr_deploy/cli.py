@@ -173,7 +173,7 @@ def build_engine_cmd(
     percentile: Optional[list[float]] = typer.Option(
         None, "--percentile", help="Percentile calibration clip (default 99.999); repeat it to search: each is "
                                    "scored on held-out calibration images and the best kept."),
-    quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize the first and last conv too."),
+    quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize every conv (by default the first, the last and the one feeding the first pixel shuffle stay float)."),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb"),
 ) -> None:
     """Make an FP16 or INT8 ONNX (with a quality gate), then a TensorRT engine where TensorRT and a GPU exist."""

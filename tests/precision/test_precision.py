@@ -150,3 +150,18 @@ def test_calibration_crops_never_come_from_held_out_files(tmp_path):
     crops = calibration_batches(tmp_path, count=40, lr_size=8, scale=4)
     seen = {round(float(c.mean()) * 255 - 5) // 10 for c in crops}
     assert seen == {i for i in range(2 * HOLD_OUT_EVERY) if i % HOLD_OUT_EVERY}
+
+
+def test_float_convs_at_x4_keep_the_first_upsampling_conv(tmp_path):
+    from sr_deploy.export import export_onnx
+    from sr_deploy.models import SRResNet
+    from sr_deploy.precision.int8 import float_convs
+
+    path = export_onnx(SRResNet(scale=4, num_blocks=1, channels=8), tmp_path / "x4.onnx", name="x4").path
+    names = conv_names(path)
+    # head, 2 trunk convs, trunk tail, upsampling convs 1 and 2, polyphase tail
+    assert len(names) == 7
+    assert float_convs(path) == [names[0], names[4], names[6]]
+    g = onnx.load(str(path)).graph
+    first_shuffle = next(n for n in g.node if n.op_type == "DepthToSpace")
+    assert next(n for n in g.node if n.output[0] == first_shuffle.input[0]).name == names[4]
