@@ -45,10 +45,11 @@ class BenchResult:
     speed: list[dict] = field(default_factory=list)
     video: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    auto: dict = field(default_factory=dict)  # model name → what `--backend auto` picks here, and why
 
     def to_json(self) -> dict:
         return {"machine": self.machine, "quality": self.quality, "speed": self.speed, "video": self.video,
-                "notes": self.notes}
+                "auto": self.auto, "notes": self.notes}
 
 
 def _combos(cfg: BenchConfig, say: Callable[[str], None]) -> list[tuple[str, str]]:
@@ -169,7 +170,7 @@ def _time(runner, x: np.ndarray, cfg: BenchConfig) -> list[float]:
 def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchResult:
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.quality import bicubic_upscale, evaluate
-    from sr_deploy.runtime.select import ModelSource, onnx_for, resolve_model
+    from sr_deploy.runtime.select import ModelSource, make_runner, onnx_for, resolve_model
 
     res = BenchResult(machine=machine_info())
 
@@ -194,6 +195,11 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         except SRDeployError as exc:
             note(f"skipped model {source.name}: {exc}")
             continue
+        try:
+            auto_runner, why = make_runner(source, "auto")
+            res.auto[source.name] = {"backend": auto_runner.backend, "precision": auto_runner.precision, "why": why}
+        except SRDeployError as exc:
+            note(f"{source.name}: no auto choice ({exc})")
         scale = desc.scale
         datasets = _datasets(cfg, scale, note) if cfg.quality else []
         for name, pairs in datasets:
@@ -305,13 +311,30 @@ def markdown(res: BenchResult) -> str:
                          f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q['images']} |")
         lines.append("")
     if res.speed:
-        lines += ["| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | peak MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        ds = res.quality[0]["dataset"] if res.quality else None
+        psnr = {(q["model"], q["backend"], q["precision"]): q["psnr_y"] for q in res.quality if q["dataset"] == ds}
+        ref = {(s["model"], s["input"], s["batch"]): s["latency_ms_p50"] for s in res.speed
+               if (s["backend"], s["precision"]) == ("onnxruntime", "fp32")}
+        lines += [f"Speed per backend x precision; PSNR-Y on {ds or '-'} beside each row; x ORT fp32 = speed-up over "
+                  "ONNX Runtime fp32 on the same model and input; **auto** marks what `--backend auto` runs here.", "",
+                  f"| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | peak MB | PSNR-Y {ds or ''} "
+                  "| ΔPSNR vs fp32 | x ORT fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in res.speed:
-            lines.append(f"| {s['model']} | {s['backend']} | {s['precision']} | {s['input']} | {s['batch']} | "
+            key = (s["model"], s["backend"], s["precision"])
+            p, p32 = psnr.get(key), psnr.get((s["model"], "onnxruntime", "fp32"))
+            r = ref.get((s["model"], s["input"], s["batch"]))
+            auto = res.auto.get(s["model"], {})
+            mark = " **auto**" if (auto.get("backend"), auto.get("precision")) == key[1:] else ""
+            p_cell = f"{p:.3f}" if p is not None else "-"
+            delta_cell = f"{p32 - p:.3f}" if p is not None and p32 is not None else "-"
+            ratio_cell = f"{r / s['latency_ms_p50']:.2f}" if r else "-"
+            lines.append(f"| {s['model']} | {s['backend']}{mark} | {s['precision']} | {s['input']} | {s['batch']} | "
                          f"{s['latency_ms_p50']:.1f} | {s['latency_ms_p95']:.1f} | {s['fps']:.2f} | {s['mpix_per_s']:.2f} | "
-                         f"{s['peak_mem_mb']:.0f} |")
+                         f"{s['peak_mem_mb']:.0f} | {p_cell} | {delta_cell} | {ratio_cell} |")
         lines.append("")
+        for model, a in res.auto.items():
+            lines += [f"auto for {model}: {a['backend']} {a['precision']} ({a['why']})", ""]
     if res.video:
         v = res.video
         lines += [f"Video {Path(v['file']).name} ({v['frames']} frames, {v['backend']} {v['precision']}): decode "
@@ -363,14 +386,16 @@ def write_plot(res: BenchResult, path: Path) -> None:
 def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64, zoom: int = 4,
                   max_images: int = 5) -> None:
     """One row per image (up to ``max_images``): bicubic | each model | HR, zoomed (nearest) on that
-    image's most detailed crop, so that textures (hair, feathers, fabric) are compared side by side."""
+    image's most detailed crop, so that textures (hair, feathers, fabric) are compared side by side.
+    Models run at fp32."""
     import cv2
 
     from sr_deploy.quality import bicubic_upscale, load_eval_set
     from sr_deploy.runtime.select import make_runner, resolve_model
 
     sources = [resolve_model(m) for m in (models or [None])]
-    runners = [make_runner(s, "auto")[0] for s in sources]
+    # fp32 for every model: the montage compares the models themselves, not their INT8 variants
+    runners = [make_runner(s, "auto", "fp32")[0] for s in sources]
     scale = runners[0].scale
     if data:
         pairs = load_eval_set(data, scale)[:max_images]

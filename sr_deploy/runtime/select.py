@@ -181,6 +181,13 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     if OpenVINORunner.available():
         runner, _ = make_runner(source, "openvino", precision)
         return runner, "CPU only; OpenVINO is the fastest CPU runner installed"
+    from sr_deploy.bench.machine import cpu_has_bf16
+
+    if precision is None and source.kind == "checkpoint" and cpu_has_bf16():
+        # measured on a 2-core AVX512-BF16 CPU (benchmarks/results/): torch bf16 runs a frame in about
+        # half of ONNX Runtime fp32's time at ΔPSNR ≤ 0.01 dB; ORT's CPU provider has no bf16 kernels
+        runner, _ = make_runner(source, "torch", "bf16")
+        return runner, "CPU only; OpenVINO is not installed, so PyTorch bf16 (this CPU has native bf16)"
     runner, _ = make_runner(source, "onnxruntime", precision)
     return runner, "CPU only; OpenVINO is not installed, so ONNX Runtime"
 

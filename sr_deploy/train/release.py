@@ -37,6 +37,24 @@ def training_hours(log_csv: Path) -> tuple[int, float]:
     return steps, hours
 
 
+def merge_log(run_log: Path, record_log: Path) -> None:
+    """Write the run's log into the record, keeping the record's rows from before the run's first step:
+    a run warm-started from shipped weights (``--init --start-step``) continues the shipped model's
+    history, and the record then covers every step behind the weights."""
+    with open(run_log, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    first = int(rows[0]["step"]) if rows else 0
+    earlier: list[dict] = []
+    if record_log.exists() and first > 0:
+        with open(record_log, newline="") as f:
+            earlier = [r for r in csv.DictReader(f) if int(r["step"]) < first]
+    with atomic_path(record_log) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(earlier + rows)
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -54,7 +72,10 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
     q = evaluate(pairs, model.scale, torch_upscaler(model))
     bic = evaluate(pairs, model.scale, lambda lr: bicubic_upscale(lr, model.scale))
     last = read_checkpoint(run / "last.pt") if (run / "last.pt").exists() else payload
-    steps, hours = training_hours(run / "log.csv")
+    record = REPO / "train" / "records" / name
+    record.mkdir(parents=True, exist_ok=True)
+    merge_log(run / "log.csv", record / "log.csv")
+    steps, hours = training_hours(record / "log.csv")
     card = {
         "name": name,
         "architecture": payload["arch"],
@@ -96,9 +117,6 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         (REPO / "export" / f"{name}.fp16.onnx").unlink()  # made on demand by build-engine; its report stays
     _write_json(weights_dir / f"{name}.json", card)
     _write_json(REPO / "export" / f"{name}.json", card)
-    record = REPO / "train" / "records" / name
-    record.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "log.csv", record / "log.csv")
     from sr_deploy.train.trainer import plot_curves
 
     plot_curves(record / "log.csv", record / "curves.png")

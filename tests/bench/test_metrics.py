@@ -97,9 +97,17 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
     out = tmp_path / "q.json"
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(d), "--backends", "onnxruntime",
                                  "--precisions", "fp32", "--size", "16x16", "--min-time", "0.05", "--json", str(out),
-                                 "--montage", str(tmp_path / "m.png"), "--plot", str(tmp_path / "p.png")])
+                                 "--montage", str(tmp_path / "m.png"), "--plot", str(tmp_path / "p.png"),
+                                 "--markdown", str(tmp_path / "r.md")])
     assert r.exit_code == 0, r.output
-    q = json.loads(out.read_text())["quality"]
+    res = json.loads(out.read_text())
+    q = res["quality"]
+    # the speed row carries the model's PSNR on the first dataset and its speed-up over ORT fp32 (itself: 1.00)
+    auto = res["auto"]["tiny_x2"]
+    assert auto["backend"] in ("openvino", "onnxruntime", "torch") and auto["why"]
+    row = next(l for l in (tmp_path / "r.md").read_text().splitlines() if l.startswith("| tiny_x2 | onnxruntime"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-3] == f"{q[1]['psnr_y']:.3f}" and cells[-2] == "0.000" and cells[-1] == "1.00"
     assert [row["method"] for row in q] == ["bicubic", "model"]
     for row in q:
         assert {"dataset", "method", "model", "backend", "precision", "scale", "psnr_y", "ssim_y", "images"} <= set(row)

@@ -49,6 +49,20 @@ def test_auto_without_openvino_falls_back(model_dir, monkeypatch):
     assert runner.backend == "onnxruntime" and "not installed" in why
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_without_openvino_picks_torch_bf16_on_native_bf16_cpus(tiny_ckpt, monkeypatch, native_bf16):
+    from sr_deploy.bench import machine
+
+    monkeypatch.setattr(OpenVINORunner, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: native_bf16)
+    runner, why = make_runner(resolve_model(str(tiny_ckpt)), "auto")
+    expected = ("torch", "bf16") if native_bf16 else ("onnxruntime", "fp32")
+    assert (runner.backend, runner.precision) == expected and "not installed" in why
+    with runner:  # the choice runs: same output shape either way
+        out = runner.infer(pattern_image(12, 10, 3, seed=1)[None].transpose(0, 3, 1, 2).astype("float32") / 255)
+    assert out.shape == (1, 3, 24, 20)
+
+
 def test_openvino_missing_is_a_clear_error(model_dir, monkeypatch):
     monkeypatch.setattr(OpenVINORunner, "available", staticmethod(lambda: False))
     from sr_deploy.errors import BackendUnavailable

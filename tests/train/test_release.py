@@ -1,0 +1,42 @@
+import csv
+
+from sr_deploy.train.release import merge_log, training_hours
+
+FIELDS = ["step", "elapsed_s", "loss_g", "val_psnr", "steps_per_s"]
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _rows(first, last, every, rate):
+    return [{"step": s, "elapsed_s": 0, "loss_g": 1.0 / s, "val_psnr": "", "steps_per_s": rate}
+            for s in range(first, last + 1, every)]
+
+
+def test_warm_started_run_continues_the_record(tmp_path):
+    record, run = tmp_path / "record.csv", tmp_path / "run.csv"
+    _write(record, _rows(100, 1000, 100, 2.0))  # the shipped model's history, annealed at 1000
+    _write(run, _rows(900, 1400, 100, 1.0))  # warm start from step 800's weights
+    merge_log(run, record)
+    with open(record) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(100, 801, 100)) + list(range(900, 1401, 100))
+    last, hours = training_hours(record)
+    # 800 steps at 2/s, then 600 at 1/s (the first run window counts from the record's step 800)
+    assert last == 1400 and abs(hours - (800 / 2 + 600 / 1) / 3600) < 1e-9
+    merge_log(run, record)  # releasing the same run again changes nothing
+    with open(record) as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == steps
+
+
+def test_fresh_run_replaces_the_record(tmp_path):
+    record, run = tmp_path / "record.csv", tmp_path / "run.csv"
+    _write(record, _rows(100, 1000, 100, 2.0))
+    _write(run, _rows(50, 200, 50, 1.0))
+    merge_log(run, record)
+    with open(record) as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]
