@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sr_deploy.errors import InputError
-from sr_deploy.metrics import bicubic_resize, make_lr, mod_crop, y_psnr_ssim
+from sr_deploy.metrics import bicubic_resize, detail_ratio, make_lr, mod_crop, y_psnr_ssim
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class QualityResult:
     psnr_y: float
     ssim_y: float
     images: int
+    detail: float = float("nan")  # mean metrics.detail_ratio: 1.0 = as much fine detail as HR
 
 
 def load_eval_set(folder: str | Path, scale: int) -> list[EvalPair]:
@@ -50,12 +51,16 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def evaluate(pairs: list[EvalPair], scale: int, upscale: Callable[[np.ndarray], np.ndarray]) -> QualityResult:
-    """Mean Y-PSNR/SSIM of ``upscale(lr)`` against HR over ``pairs``."""
-    scores = [y_psnr_ssim(upscale(p.lr), p.hr, scale) for p in pairs]
+    """Mean Y-PSNR/SSIM (and detail ratio) of ``upscale(lr)`` against HR over ``pairs``."""
+    scores = []
+    for p in pairs:
+        sr = upscale(p.lr)
+        scores.append((*y_psnr_ssim(sr, p.hr, scale), detail_ratio(sr, p.hr, scale)))
     return QualityResult(
         psnr_y=float(np.mean([s[0] for s in scores])),
         ssim_y=float(np.mean([s[1] for s in scores])),
         images=len(scores),
+        detail=float(np.mean([s[2] for s in scores])),
     )
 
 

@@ -207,7 +207,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                 q = evaluate(pairs, scale, lambda lr: bicubic_upscale(lr, scale))
                 res.quality.append({"dataset": name, "method": "bicubic", "model": None, "backend": None,
                                     "precision": None, "scale": scale, "psnr_y": q.psnr_y, "ssim_y": q.ssim_y,
-                                    "images": q.images})
+                                    "detail": q.detail, "images": q.images})
                 bicubic_done.add((name, scale))
                 say(f"{name} x{scale} bicubic: {q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
         for backend, precision in combos:
@@ -226,7 +226,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                     q = evaluate(pairs, scale, _uint8_upscaler(runner))
                     res.quality.append({"dataset": name, "method": "model", "model": source.name, "backend": backend,
                                         "precision": precision, "scale": scale, "psnr_y": q.psnr_y,
-                                        "ssim_y": q.ssim_y, "images": q.images})
+                                        "ssim_y": q.ssim_y, "detail": q.detail, "images": q.images})
                     say(f"{name} x{scale} {source.name} {backend} {precision}: {q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
                 if cfg.speed:
                     for (h, w) in cfg.sizes:
@@ -303,13 +303,14 @@ def markdown(res: BenchResult) -> str:
     lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores, {m.get('memory_gb')} GiB), GPU: {m.get('gpu') or 'none'}, "
              f"ISA: {', '.join(m.get('isa', []))}", ""]
     if res.quality:
-        lines += ["| dataset | method | backend | precision | scale | PSNR-Y (dB) | SSIM-Y | images |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| dataset | method | backend | precision | scale | PSNR-Y (dB) | SSIM-Y | detail vs HR | images |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for q in res.quality:
             method = q["model"] or q["method"]
             lines.append(f"| {q['dataset']} | {method} | {q['backend'] or '-'} | {q['precision'] or '-'} | x{q['scale']} "
-                         f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q['images']} |")
-        lines.append("")
+                         f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q.get('detail', float('nan')):.3f} | {q['images']} |")
+        lines += ["", "detail vs HR: mean |Laplacian| of the result's Y over the ground truth's (1.0 = as much fine "
+                  "detail as HR; a sharpness proxy, not fidelity).", ""]
     if res.speed:
         ds = res.quality[0]["dataset"] if res.quality else None
         psnr = {(q["model"], q["backend"], q["precision"]): q["psnr_y"] for q in res.quality if q["dataset"] == ds}

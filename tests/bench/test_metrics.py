@@ -110,9 +110,26 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
     assert cells[-3] == f"{q[1]['psnr_y']:.3f}" and cells[-2] == "0.000" and cells[-1] == "1.00"
     assert [row["method"] for row in q] == ["bicubic", "model"]
     for row in q:
-        assert {"dataset", "method", "model", "backend", "precision", "scale", "psnr_y", "ssim_y", "images"} <= set(row)
+        assert {"dataset", "method", "model", "backend", "precision", "scale", "psnr_y", "ssim_y", "detail", "images"} <= set(row)
+        assert 0 < row["detail"] < 5
         assert row["dataset"] == "imgs" and row["images"] == 2
     # one row per image, each zoomed 4x on its own most detailed crop (the whole image when smaller than 64)
     montage = cv2.imread(str(tmp_path / "m.png"))
     assert montage.shape[:2] == (40 * 4 + 4 + 56 * 4, 3 * 56 * 4 + 2 * 4)
     assert cv2.imread(str(tmp_path / "p.png")) is not None
+
+
+def test_detail_ratio_orders_blurred_sharp_and_identical():
+    import cv2
+
+    from sr_deploy.metrics import detail_ratio
+    from tests.conftest import pattern_image
+
+    hr = pattern_image(64, 64, 3, seed=3)
+    hr = np.clip(hr.astype(np.int16) + np.random.default_rng(0).integers(-40, 40, hr.shape), 0, 255).astype(np.uint8)
+    assert detail_ratio(hr, hr, 4) == pytest.approx(1.0)
+    blurred = cv2.GaussianBlur(hr, (0, 0), 1.5)
+    lighter = cv2.GaussianBlur(hr, (0, 0), 0.7)
+    r_blur, r_light = detail_ratio(blurred, hr, 4), detail_ratio(lighter, hr, 4)
+    assert r_blur < r_light < 1.0
+    assert detail_ratio(hr, blurred, 4) > 1.0  # more fine detail than the reference
