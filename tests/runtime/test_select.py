@@ -80,3 +80,43 @@ def test_info_reports_auto_choice():
     assert r.exit_code == 0, r.output
     assert "backends:" in r.output and "auto:" in r.output and "GPU:" in r.output
     assert select.available_backends()[0] == "torch"
+
+
+def test_shipped_models_are_packaged_with_matching_cards():
+    """Every packaged model has a model card whose hashes match the packaged weights (and the released
+    ONNX where the repo holds it), with Set5 numbers; the default is srresnet_x4."""
+    from sr_deploy.fsutil import sha256_file
+
+    shipped = select.shipped_models()
+    assert select.DEFAULT_MODEL in shipped
+    repo_export = select.WEIGHTS_DIR.parents[1] / "export"
+    for name, weights in shipped.items():
+        card = json.loads(weights.with_suffix(".json").read_text())
+        assert card["name"] == name and card["weights_sha256"] == sha256_file(weights)
+        assert card["set5"]["psnr_y"] > card["set5"]["bicubic_psnr_y"] - 3  # a trained model, not noise
+        onnx = repo_export / f"{name}.onnx"
+        if onnx.exists():  # a source checkout (the wheel carries only the package)
+            assert sha256_file(onnx) == card["onnx_sha256"]
+            assert json.loads((repo_export / f"{name}.json").read_text()) == card
+        assert resolve_model(name).path == weights
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert sorted(l.split()[0] for l in lines) == sorted(shipped)
+    assert any(l.startswith(f"{select.DEFAULT_MODEL} (default)") for l in lines)
+
+
+def test_run_with_no_model_uses_the_default_shipped_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    sample = select.WEIGHTS_DIR.parent / "assets" / "sample.mp4"
+    out = tmp_path / "x4.mp4"
+    r = CliRunner().invoke(app, ["run", str(sample), "-o", str(out), "--frames", "2"])
+    assert r.exit_code == 0, r.output
+    assert f"model {select.DEFAULT_MODEL} x4" in r.output and out.exists()
