@@ -373,18 +373,24 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
     if not rows:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    pts = [(int(r["step"]), float(r["loss_g"])) for r in rows if r["loss_g"]]
-    if pts:
-        a.plot(*zip(*pts))
-        a.set_yscale("log")
+    for key, label in (("loss_g", "generator"), ("loss_d", "discriminator")):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+        if pts:
+            a.plot(*zip(*pts), label=label)
+    a.set_yscale("log")
+    if any(r.get("loss_d") for r in rows):
+        a.legend()
     a.set_xlabel("step")
-    a.set_ylabel("generator loss")
+    a.set_ylabel("training loss")
     vals = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
     if vals:
         b.plot(*zip(*vals), marker=".", label="model")
         bic = [float(r["bicubic_psnr"]) for r in rows if r["bicubic_psnr"]]
         if bic:
             b.axhline(bic[0], color="gray", linestyle="--", label="bicubic")
+            # the first validations of a run from scratch sit far below bicubic: keep the scale on what matters
+            top = max(v for _, v in vals)
+            b.set_ylim(min(bic[0], *(v for _, v in vals[-3:])) - 1.0, max(top, bic[0]) + 0.3)
         b.legend()
     b.set_xlabel("step")
     b.set_ylabel("validation Y-PSNR (dB)")
