@@ -60,9 +60,17 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
+def default_checkpoint(run: Path) -> str:
+    """best.pt (best validation PSNR) for PSNR-oriented runs; last.pt for adversarial ones, whose
+    PSNR-best checkpoint is simply the least adversarial one."""
+    if (run / "last.pt").exists() and read_checkpoint(run / "last.pt").get("recipe") == "srgan":
+        return "last.pt"
+    return "best.pt"
+
+
+def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str | None = None,
             notes: str = "") -> dict:
-    ckpt = run / checkpoint
+    ckpt = run / (checkpoint or default_checkpoint(run))
     model, payload = load_checkpoint(ckpt)
     weights_dir = REPO / "sr_deploy" / "weights"
     weights = save_checkpoint(weights_dir / f"{name}.safetensors", model)
@@ -129,7 +137,7 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--val", type=Path, required=True)
     ap.add_argument("--calib", type=Path)
-    ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument("--checkpoint", help="file in the run folder (default: best.pt, or last.pt for srgan runs)")
     ap.add_argument("--notes", default="")
     args = ap.parse_args()
     card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes)
