@@ -29,6 +29,8 @@ def train(
     scale: Optional[int] = typer.Option(None, "--scale"),
     steps: Optional[int] = typer.Option(None, "--steps"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (the recipe's schedule scales it)."),
+    pixel_loss: Optional[str] = typer.Option(None, "--pixel-loss", help="srresnet: l1 | mse."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Weight averaging decay (0 disables)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, log.csv, curves.png)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint."),
     init: Optional[Path] = typer.Option(None, "--init", help="Weights to start from (srgan: the SRResNet; or shipped weights to continue)."),
@@ -56,7 +58,7 @@ def train(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         cfg = load_recipe(recipe, REPO_RECIPES, data=tuple(str(d) for d in data), val=str(val) if val else None,
-                          scale=scale, steps=steps, lr=lr, out=str(out) if out else None,
+                          scale=scale, steps=steps, lr=lr, pixel_loss=pixel_loss, ema_decay=ema_decay, out=str(out) if out else None,
                           resume=str(resume) if resume else None, init=str(init) if init else None, start_step=start_step,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
                           batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation,

@@ -182,7 +182,9 @@ def test_cli_flags_reach_the_config(hr_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "--data", str(hr_dir), "--scale", "2", "--blocks", "2", "--channels", "8",
                                  "--patch", "24", "--batch-size", "2", "--steps", "1", "--lr", "3e-3", "--workers", "0",
+                                 "--pixel-loss", "mse", "--ema-decay", "0.9",
                                  "--no-bf16", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     cfg = read_checkpoint(out / "last.pt")["config"]
     assert (cfg["lr"], cfg["steps"], cfg["num_blocks"], cfg["hr_patch"]) == (3e-3, 1, 2, 24)
+    assert (cfg["pixel_loss"], cfg["ema_decay"]) == ("mse", 0.9)
