@@ -60,17 +60,11 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def default_checkpoint(run: Path) -> str:
-    """best.pt (best validation PSNR) for PSNR-oriented runs; last.pt for adversarial ones, whose
-    PSNR-best checkpoint is simply the least adversarial one."""
-    if (run / "last.pt").exists() and read_checkpoint(run / "last.pt").get("recipe") == "srgan":
-        return "last.pt"
-    return "best.pt"
-
-
-def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str | None = None,
+def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
             notes: str = "") -> dict:
-    ckpt = run / (checkpoint or default_checkpoint(run))
+    """Ship ``run/checkpoint``: best.pt is the run's best validation (trainer.val_score: Y-PSNR, or for
+    srgan the detail ratio closest to HR's)."""
+    ckpt = run / checkpoint
     model, payload = load_checkpoint(ckpt)
     weights_dir = REPO / "sr_deploy" / "weights"
     weights = save_checkpoint(weights_dir / f"{name}.safetensors", model)
@@ -96,8 +90,9 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "train_hours_cpu_wall": round(hours, 2),
         "machine": "2-core AMD EPYC (AVX512-BF16), no GPU",
         "data": "291 images (yang91 + bsd200), validation Set5",
-        f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4),
+        f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4), "detail_vs_hr": round(q.detail, 3),
                         "bicubic_psnr_y": round(bic.psnr_y, 3), "bicubic_ssim_y": round(bic.ssim_y, 4),
+                        "bicubic_detail_vs_hr": round(bic.detail, 3),
                         "images": q.images, "protocol": "Y (BT.601), border = scale, PIL bicubic LR"},
         "weights_sha256": sha256_file(weights),
         "onnx": f"export/{name}.onnx",
@@ -137,7 +132,7 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--val", type=Path, required=True)
     ap.add_argument("--calib", type=Path)
-    ap.add_argument("--checkpoint", help="file in the run folder (default: best.pt, or last.pt for srgan runs)")
+    ap.add_argument("--checkpoint", default="best.pt", help="file in the run folder")
     ap.add_argument("--notes", default="")
     args = ap.parse_args()
     card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes)

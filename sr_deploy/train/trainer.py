@@ -36,7 +36,30 @@ from sr_deploy.train.data import CropDataset, Degradation, StepSampler
 log = logging.getLogger(__name__)
 VGG_RESCALE = 1.0 / 12.75
 CSV_FIELDS = ["step", "elapsed_s", "lr", "loss_g", "loss_pixel", "loss_content", "loss_adv", "loss_d",
-              "val_psnr", "val_ssim", "bicubic_psnr", "steps_per_s"]
+              "val_psnr", "val_ssim", "bicubic_psnr", "steps_per_s", "val_detail"]
+
+
+def val_score(recipe: str, res) -> float:
+    """What "best" means for a run's validations: Y-PSNR for PSNR-oriented training; for adversarial
+    fine-tuning, a detail ratio closest to HR's (metrics.detail_ratio = 1.0). Adversarial training first
+    restores texture, then keeps adding high-frequency energy beyond the ground truth's, which is noise;
+    its best-PSNR checkpoint would simply be its least adversarial one."""
+    return -abs(res.detail - 1.0) if recipe == "srgan" else res.psnr_y
+
+
+def _open_log(csv_path: Path, keep: bool) -> None:
+    """Start the run's CSV log, or (resuming) keep it, rewriting its header if it predates a column."""
+    rows = []
+    if keep and csv_path.exists():
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames == CSV_FIELDS:
+                return
+            rows = list(reader)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 # --------------------------------------------------------------------------- setup
@@ -228,9 +251,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         log.info("validation: %d images, bicubic Y-PSNR %.3f dB", len(val_pairs), bicubic_psnr)
 
     csv_path = out / "log.csv"
-    if main and not (resume_payload and csv_path.exists()):
-        with open(csv_path, "w", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writeheader()
+    if main:
+        _open_log(csv_path, keep=bool(resume_payload))
 
     def save(step: int, name: str) -> None:
         extra = {"recipe": cfg.recipe, "step": step, "best": best, "bad_vals": bad_vals,
@@ -243,16 +265,16 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             extra["ema_state_dict"] = ema.state_dict()
         save_checkpoint(out / name, G, extra=extra)
 
-    def validate(step: int) -> tuple[float, float, nn.Module]:
-        """Validate the raw weights and, with EMA, the average too; return the better one."""
+    def validate(step: int):
+        """Validate the raw weights and, with EMA, the average too; return the better one (val_score)."""
         best_res, best_net = None, None
         for net in ([_unwrap(G)] + ([ema.module] if ema is not None else [])):
             net.eval()
             res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
             net.train()
-            if best_res is None or res.psnr_y > best_res.psnr_y:
+            if best_res is None or val_score(cfg.recipe, res) > val_score(cfg.recipe, best_res):
                 best_res, best_net = res, net
-        return best_res.psnr_y, best_res.ssim_y, best_net
+        return best_res, best_net
 
     progress = Progress(cfg.steps, desc=cfg.recipe, unit="step", quiet=quiet or not main, initial=start)
     t0, t_window, window_start = time.perf_counter(), time.perf_counter(), start
@@ -303,7 +325,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + v
             running["n"] = running.get("n", 0) + 1
-            progress.update(1, postfix=f"loss {losses['loss_g']:.4f}" + (f" best {best:.2f} dB" if best > -math.inf else ""))
+            progress.update(1, postfix=f"loss {losses['loss_g']:.4f}"
+                            + (f" best {best:.2f} dB" if best > -math.inf and cfg.recipe != "srgan" else ""))
 
             row: dict = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -312,12 +335,14 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                 row["steps_per_s"] = (step - window_start) / max(1e-9, now - t_window)
                 t_window, window_start, running = now, step, {}
             if val_pairs and main and (step % cfg.val_every == 0 or step == cfg.steps):
-                psnr, ssim, val_net = validate(step)
-                row.update(val_psnr=psnr, val_ssim=ssim, bicubic_psnr=bicubic_psnr)
-                progress.write(f"step {step}: val Y-PSNR {psnr:.3f} dB, SSIM {ssim:.4f} (bicubic {bicubic_psnr:.3f} dB)")
-                if psnr > best:
-                    best, bad_vals = psnr, 0
-                    _save_best(out / "best.pt", val_net, cfg, step, psnr, ssim)
+                res, val_net = validate(step)
+                row.update(val_psnr=res.psnr_y, val_ssim=res.ssim_y, val_detail=res.detail, bicubic_psnr=bicubic_psnr)
+                progress.write(f"step {step}: val Y-PSNR {res.psnr_y:.3f} dB, SSIM {res.ssim_y:.4f}, detail vs HR "
+                               f"{res.detail:.3f} (bicubic {bicubic_psnr:.3f} dB)")
+                score = val_score(cfg.recipe, res)
+                if score > best:
+                    best, bad_vals = score, 0
+                    _save_best(out / "best.pt", val_net, cfg, step, res)
                 else:
                     bad_vals += 1
             if row and main:
@@ -359,9 +384,10 @@ def _plain(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def _save_best(path: Path, model: nn.Module, cfg: TrainConfig, step: int, psnr: float, ssim: float) -> None:
+def _save_best(path: Path, model: nn.Module, cfg: TrainConfig, step: int, res) -> None:
     save_checkpoint(path, model, extra={"recipe": cfg.recipe, "step": step,
-                                        "metrics": {"val_psnr_y": psnr, "val_ssim_y": ssim, "val": cfg.val}})
+                                        "metrics": {"val_psnr_y": res.psnr_y, "val_ssim_y": res.ssim_y,
+                                                    "val_detail": res.detail, "val": cfg.val}})
 
 
 def plot_curves(csv_path: Path, png_path: Path) -> None:

@@ -41,13 +41,3 @@ def test_fresh_run_replaces_the_record(tmp_path):
     with open(record) as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]
 
-
-def test_adversarial_runs_ship_their_last_checkpoint(tmp_path):
-    from sr_deploy.models.checkpoint import save_checkpoint
-    from sr_deploy.train.release import default_checkpoint
-    from tests.conftest import tiny_model
-
-    for recipe, expected in (("srresnet", "best.pt"), ("srgan", "last.pt")):
-        run = tmp_path / recipe
-        save_checkpoint(run / "last.pt", tiny_model(), extra={"recipe": recipe, "step": 10})
-        assert default_checkpoint(run) == expected

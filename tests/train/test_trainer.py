@@ -188,3 +188,34 @@ def test_cli_flags_reach_the_config(hr_dir, tmp_path):
     cfg = read_checkpoint(out / "last.pt")["config"]
     assert (cfg["lr"], cfg["steps"], cfg["num_blocks"], cfg["hr_patch"]) == (3e-3, 1, 2, 24)
     assert (cfg["pixel_loss"], cfg["ema_decay"]) == ("mse", 0.9)
+
+
+def test_best_means_psnr_for_srresnet_and_hr_like_detail_for_srgan():
+    from sr_deploy.quality import QualityResult
+    from sr_deploy.train.trainer import val_score
+
+    blurry = QualityResult(psnr_y=30.0, ssim_y=0.86, images=5, detail=0.45)
+    textured = QualityResult(psnr_y=29.1, ssim_y=0.81, images=5, detail=0.95)
+    noisy = QualityResult(psnr_y=28.0, ssim_y=0.79, images=5, detail=1.25)
+    assert val_score("srresnet", blurry) > val_score("srresnet", textured) > val_score("srresnet", noisy)
+    assert val_score("srgan", textured) > val_score("srgan", noisy) > val_score("srgan", blurry)
+
+
+def test_resumed_log_gains_new_columns_and_keeps_rows(tmp_path):
+    import csv
+
+    from sr_deploy.train.trainer import CSV_FIELDS, _open_log
+
+    path = tmp_path / "log.csv"
+    old = [f for f in CSV_FIELDS if f != "val_detail"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, old)
+        w.writeheader()
+        w.writerow({k: "1" for k in old})
+    _open_log(path, keep=True)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == CSV_FIELDS and len(rows) == 1 and rows[0]["step"] == "1" and rows[0]["val_detail"] == ""
+    _open_log(path, keep=False)  # a new run starts an empty log
+    assert path.read_text().strip() == ",".join(CSV_FIELDS)
