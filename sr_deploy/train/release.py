@@ -55,13 +55,20 @@ def merge_log(run_log: Path, record_log: Path) -> None:
         w.writerows(earlier + rows)
 
 
+def _machine_line() -> str:
+    from sr_deploy.bench.machine import machine_info
+
+    m = machine_info()
+    return f"{m.get('cpu')} ({m.get('cores')} cores; {', '.join(m.get('isa', []))}), GPU: {m.get('gpu') or 'none'}"
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
-            notes: str = "") -> dict:
+            notes: str = "", training_machines: str | None = None) -> dict:
     """Ship ``run/checkpoint``: best.pt is the run's best validation (trainer.val_score: Y-PSNR, or for
     srgan the detail ratio closest to HR's)."""
     ckpt = run / checkpoint
@@ -88,7 +95,8 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "checkpoint_step": payload.get("step"),
         "trained_steps": steps,
         "train_hours_cpu_wall": round(hours, 2),
-        "machine": "2-core AMD EPYC (AVX512-BF16), no GPU",
+        "training_machines": training_machines or _machine_line(),
+        "release_machine": _machine_line(),
         "data": "291 images (yang91 + bsd200), validation Set5",
         f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4), "detail_vs_hr": round(q.detail, 3),
                         "bicubic_psnr_y": round(bic.psnr_y, 3), "bicubic_ssim_y": round(bic.ssim_y, 4),
@@ -134,8 +142,10 @@ def main() -> None:
     ap.add_argument("--calib", type=Path)
     ap.add_argument("--checkpoint", default="best.pt", help="file in the run folder")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--training-machines", help="where the run trained, when not (only) this machine")
     args = ap.parse_args()
-    card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes)
+    card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes,
+                   training_machines=args.training_machines)
     print(json.dumps({k: card[k] for k in card if k not in ("config",)}, indent=2))
 
 
