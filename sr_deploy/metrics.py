@@ -49,10 +49,20 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     )
 
 
+def _y_planes(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    return shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale)
+
+
 def y_psnr_ssim(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
     """Y-channel PSNR and SSIM of two RGB uint8 images, ``scale`` border pixels shaved."""
-    ys, yh = shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale)
+    ys, yh = _y_planes(sr, hr, scale)
     return psnr(ys, yh), ssim(ys, yh)
+
+
+def _laplacian_energy(y: np.ndarray) -> float:
+    import cv2
+
+    return float(np.mean(np.abs(cv2.Laplacian(y.astype(np.float32), cv2.CV_32F))))
 
 
 def detail_ratio(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
@@ -60,11 +70,14 @@ def detail_ratio(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     HR's (border shaved). 1.0 restores as much fine detail as HR holds; bicubic and PSNR-trained models
     stay well below (they average textures away), GAN-trained ones come closer. A sharpness proxy to read
     beside PSNR and the montage, not a fidelity score: invented texture counts as detail too."""
-    import cv2
+    ys, yh = _y_planes(sr, hr, scale)
+    return _laplacian_energy(ys) / max(_laplacian_energy(yh), 1e-12)
 
-    ys, yh = (shave(rgb_to_y(x), scale).astype(np.float32) for x in (sr, hr))
-    energy = [float(np.mean(np.abs(cv2.Laplacian(y, cv2.CV_32F)))) for y in (ys, yh)]
-    return energy[0] / max(energy[1], 1e-12)
+
+def y_scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float, float]:
+    """(Y-PSNR, Y-SSIM, detail ratio) from one Y conversion of each image."""
+    ys, yh = _y_planes(sr, hr, scale)
+    return psnr(ys, yh), ssim(ys, yh), _laplacian_energy(ys) / max(_laplacian_energy(yh), 1e-12)
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sr_deploy.errors import InputError
-from sr_deploy.metrics import bicubic_resize, detail_ratio, make_lr, mod_crop, y_psnr_ssim
+from sr_deploy.metrics import bicubic_resize, make_lr, mod_crop, y_scores
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,7 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 
 def evaluate(pairs: list[EvalPair], scale: int, upscale: Callable[[np.ndarray], np.ndarray]) -> QualityResult:
     """Mean Y-PSNR/SSIM (and detail ratio) of ``upscale(lr)`` against HR over ``pairs``."""
-    scores = []
-    for p in pairs:
-        sr = upscale(p.lr)
-        scores.append((*y_psnr_ssim(sr, p.hr, scale), detail_ratio(sr, p.hr, scale)))
+    scores = [y_scores(upscale(p.lr), p.hr, scale) for p in pairs]
     return QualityResult(
         psnr_y=float(np.mean([s[0] for s in scores])),
         ssim_y=float(np.mean([s[1] for s in scores])),

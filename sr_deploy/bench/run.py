@@ -308,7 +308,7 @@ def markdown(res: BenchResult) -> str:
         for q in res.quality:
             method = q["model"] or q["method"]
             lines.append(f"| {q['dataset']} | {method} | {q['backend'] or '-'} | {q['precision'] or '-'} | x{q['scale']} "
-                         f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q.get('detail', float('nan')):.3f} | {q['images']} |")
+                         f"| {q['psnr_y']:.3f} | {q['ssim_y']:.4f} | {q['detail']:.3f} | {q['images']} |")
         lines += ["", "detail vs HR: mean |Laplacian| of the result's Y over the ground truth's (1.0 = as much fine "
                   "detail as HR; a sharpness proxy, not fidelity).", ""]
     if res.speed:

@@ -85,6 +85,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
     record.mkdir(parents=True, exist_ok=True)
     merge_log(run / "log.csv", record / "log.csv")
     steps, hours = training_hours(record / "log.csv")
+    here = _machine_line()
     card = {
         "name": name,
         "architecture": payload["arch"],
@@ -95,8 +96,8 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "checkpoint_step": payload.get("step"),
         "trained_steps": steps,
         "train_hours_cpu_wall": round(hours, 2),
-        "training_machines": training_machines or _machine_line(),
-        "release_machine": _machine_line(),
+        "training_machines": training_machines or here,
+        "release_machine": here,
         "data": "291 images (yang91 + bsd200), validation Set5",
         f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4), "detail_vs_hr": round(q.detail, 3),
                         "bicubic_psnr_y": round(bic.psnr_y, 3), "bicubic_ssim_y": round(bic.ssim_y, 4),
