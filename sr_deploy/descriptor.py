@@ -26,6 +26,12 @@ class ModelDescriptor:
     precision: str = "fp32"
     arch: dict = field(default_factory=dict)
     source_sha256: str = ""
+    io: str = "float"  # float (NCHW float32 in value_range) | uint8-nhwc | uint8-nchw (export/pixels.py)
+
+    @property
+    def pixel_io(self) -> bool:
+        """True when the graph takes and returns uint8 pixels."""
+        return self.io.startswith("uint8")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

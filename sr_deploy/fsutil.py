@@ -41,6 +41,12 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         raise
 
 
+def cache_root() -> Path:
+    """The one cache folder (exported ONNX, uint8-I/O graphs, OpenVINO blobs, TensorRT engines and timing
+    caches): ``$SRDEPLOY_CACHE`` or ``~/.cache/srdeploy``."""
+    return Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy"))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

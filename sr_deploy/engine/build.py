@@ -15,7 +15,7 @@ from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.engine.key import EngineKey, engine_path, make_key, write_sidecar
 from sr_deploy.engine.profile import Profile
 from sr_deploy.errors import BackendUnavailable, ModelError
-from sr_deploy.fsutil import atomic_path, sha256_file
+from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
 
 
 def tensorrt_available() -> bool:
@@ -62,8 +62,7 @@ def current_key(onnx_path: Path, desc: ModelDescriptor, profile: Profile) -> Eng
 
 
 def timing_cache_path() -> Path:
-    root = Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy"))
-    return root / "tensorrt" / "timing.cache"
+    return cache_root() / "tensorrt" / "timing.cache"
 
 
 def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, out: Path | None = None,

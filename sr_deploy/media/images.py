@@ -38,8 +38,12 @@ def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int = 0, alpha
 
     maxval = 65535.0 if img.dtype == np.uint16 else 255.0
     gray = img.ndim == 2 or img.shape[2] == 1
+    if not gray and img.shape[2] == 3 and img.dtype == np.uint8:
+        # 8-bit colour: bytes to the runner (pixels in the graph), bytes back
+        up = upscale_frame(runner, np.ascontiguousarray(img[..., ::-1]), tile=tile)
+        return np.ascontiguousarray(up[..., ::-1])
     if not gray and img.shape[2] == 3:
-        # plain colour: tiles are rounded straight into the output dtype, no full-size float copies
+        # 16-bit colour: tiles are rounded straight into the output dtype, no full-size float copies
         rgb = np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / maxval
         up = upscale_frame(runner, rgb, tile=tile, out_max=maxval, out_dtype=img.dtype)
         return np.ascontiguousarray(up[..., ::-1])

@@ -57,20 +57,28 @@ def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:
 
 def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: int = 16, batch: int = 4,
                   out_max: float | None = None, out_dtype=np.uint8) -> np.ndarray:
-    """``frame``: HxWxC float32 in [0, 1] → (sH)x(sW)xC.
+    """``frame``: HxWxC uint8, or float32 in [0, 1] → (sH)x(sW)xC.
 
-    Float32 in [0, 1] by default; with ``out_max`` (255 or 65535) the result is
-    rounded into ``out_dtype`` row by row, so no full-size float buffer exists.
-    ``tile`` 0, or a frame no larger than the tile, runs in one call.
+    A uint8 frame runs through ``runner.infer_u8`` (pixels in the graph, bytes to the backend)
+    and comes back uint8. A float frame gives float32 in [0, 1] by default; with ``out_max``
+    (255 or 65535) the result is rounded into ``out_dtype`` row by row, so no full-size float
+    buffer exists. ``tile`` 0, or a frame no larger than the tile, runs in one call.
     """
     h, w, c = frame.shape
     s = runner.scale
+    u8 = frame.dtype == np.uint8
+    if u8:
+        out_max, out_dtype = None, np.uint8
     if tile <= 0 or (h <= tile and w <= tile):
+        if u8:
+            return runner.infer_u8(frame[None])[0]
         y = runner.infer(frame.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
         return _finish(y, out_max, out_dtype)
     overlap = min(overlap, tile // 2)
     ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
+    if u8:  # tiles come back as bytes; the blend is done in float and rounded per strip
+        out_max = 255.0
     out = np.empty((h * s, w * s, c), dtype=np.float32 if out_max is None else out_dtype)
     wxs = [_window(xs, j, tw, s) for j in range(len(xs))]
     # strip buffer: rows [base, base + th*s) of the output, still receiving contributions
@@ -88,12 +96,16 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: 
         wy = _window(ys, i, th, s)
         for j0 in range(0, len(xs), batch):
             cols = list(range(j0, min(j0 + batch, len(xs))))
-            inp = np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols])
-            res = runner.infer(inp)
-            for j, r in zip(cols, res):
+            if u8:
+                res = runner.infer_u8(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw] for j in cols]))
+                tiles = [r.astype(np.float32) / 255.0 for r in res]
+            else:
+                res = runner.infer(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols]))
+                tiles = [r.transpose(1, 2, 0) for r in res]
+            for j, r in zip(cols, tiles):
                 win = (wy[:, None] * wxs[j][None, :])[..., None]
                 x0 = xs[j] * s
-                strip[:, x0:x0 + tw * s] += r.transpose(1, 2, 0) * win
+                strip[:, x0:x0 + tw * s] += r * win
                 weight[:, x0:x0 + tw * s] += win
     out[base:base + th * s] = _finish(strip / weight, out_max, out_dtype)
     return out

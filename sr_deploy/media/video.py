@@ -18,7 +18,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.media.tiling import quantize, upscale_frame
+from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
 
@@ -180,12 +180,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
             def flush() -> None:
                 if not pending:
                     return
-                arrs = [p[4].astype(np.float32) / 255.0 for p in pending]
+                arrs = [p[4] for p in pending]  # uint8 RGB: the runner gets bytes (pixels in the graph)
                 if options.tile or options.batch == 1:
-                    outs = [upscale_frame(runner, a, tile=options.tile, out_max=255.0) for a in arrs]
+                    outs = [upscale_frame(runner, a, tile=options.tile) for a in arrs]
                 else:
-                    res = runner.infer(np.stack([a.transpose(2, 0, 1) for a in arrs]))
-                    outs = [quantize(r.transpose(1, 2, 0)) for r in res]
+                    outs = list(runner.infer_u8(np.stack(arrs)))
                 for p, o in zip(pending, outs):
                     inf.put(("frame", p[1], p[2], p[3], o))
                 pending.clear()

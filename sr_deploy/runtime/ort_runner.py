@@ -16,10 +16,12 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike, descriptor: ModelDescriptor, *,
-                 device: str = "auto", threads: int = 0) -> None:
+                 device: str = "auto", threads: int = 0, pixels: bool = True) -> None:
         super().__init__(descriptor, descriptor.precision)
         self.path = Path(onnx_path)
         self.device, self.threads = device, threads
+        # pixels: run infer_u8 on the uint8-I/O form of the graph (export/pixels.py), made once into the cache
+        self.pixels = pixels
 
     @staticmethod
     def providers(device: str = "auto") -> list[str]:
@@ -41,15 +43,41 @@ class OrtRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers(self.device))
-        self.input_name = self.session.get_inputs()[0].name
+        self._opts, self._sessions = opts, {}
+        self.session = self._session(self.descriptor.pixel_io)
         self.active_provider = self.session.get_providers()[0]
+
+    def _session(self, u8: bool):
+        """The session on the float graph (u8=False) or on the uint8-I/O graph (u8=True), made on first use."""
+        if u8 not in self._sessions:
+            import onnxruntime as ort
+
+            path = self.path
+            if u8 and not self.descriptor.pixel_io:
+                from sr_deploy.export.pixels import uint8_onnx
+
+                path = uint8_onnx(self.path)
+            self._sessions[u8] = ort.InferenceSession(str(path), sess_options=self._opts,
+                                                      providers=self.providers(self.device))
+        return self._sessions[u8]
 
     def _deactivate(self) -> None:
         del self.session
+        self._sessions.clear()
+
+    def _run(self, u8: bool, batch: np.ndarray) -> np.ndarray:
+        sess = self._session(u8)
+        return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
+        if self.descriptor.pixel_io:
+            return self._u8_to_float(lambda b: self._run(True, b), batch)
+        return self._run(False, batch).astype(np.float32, copy=False)
+
+    def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
+        if self.pixels or self.descriptor.pixel_io:
+            return self._run(True, batch)
+        return super()._infer_u8(batch)
 
     def describe(self) -> str:
         where = "cuda" if getattr(self, "active_provider", "").startswith("CUDA") else "cpu"

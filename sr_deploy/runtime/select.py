@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sr_deploy.errors import BackendUnavailable, InputError, ModelError
+from sr_deploy.fsutil import cache_root
 from sr_deploy.runtime.base import Runner
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -50,8 +51,6 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
     raise InputError(f"{path}: not a model file (expected .pt, .safetensors, .onnx or .engine)")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy"))
 
 
 def onnx_for(source: ModelSource) -> Path:

@@ -38,3 +38,15 @@ class TorchRunner(Runner):
                                                      enabled=dtype is not None):
             y = self.net(x)
         return y.float().contiguous().cpu().numpy()
+
+    def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
+        # bytes travel to the device; scale, clamp, round and cast run there (on CUDA: never on the host)
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                     enabled=dtype is not None):
+            y = self.net(x)
+        with torch.inference_mode():
+            y = y.float().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return y.cpu().numpy()
