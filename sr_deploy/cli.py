@@ -81,17 +81,27 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A .pt or .safetensors checkpoint."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default: beside the checkpoint)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    pixels: Optional[str] = typer.Option(
+        None, "--pixels", help="Also write NAME.uint8-LAYOUT.onnx taking and returning uint8 RGB "
+                               "(scale, round and clamp in the graph): nhwc | nchw."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Fold BatchNorm and export a dynamic-shape ONNX, checked against torch."""
     from sr_deploy.export.onnx_export import export_checkpoint
+    from sr_deploy.export.pixels import LAYOUTS, io_name, uint8_onnx
 
     try:
+        if pixels is not None and pixels not in LAYOUTS:
+            raise InputError(f"--pixels must be one of {', '.join(LAYOUTS)}, got {pixels!r}")
         rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite)
+        typer.echo(f"{rep.path}: x{rep.descriptor.scale}, opset {opset}, dynamic batch/height/width, BN folded, "
+                   f"max |onnx - torch| = {rep.max_abs_diff:.2e} on {', '.join(f'{h}x{w}' for h, w in rep.sizes)}")
+        if pixels:
+            px = uint8_onnx(rep.path, layout=pixels, out=rep.path.with_name(f"{rep.path.name[:-5]}.{io_name(pixels)}.onnx"),
+                            overwrite=overwrite)
+            typer.echo(f"{px}: uint8 {pixels.upper()} in and out")
     except SRDeployError as exc:
         _fail(exc)
-    typer.echo(f"{rep.path}: x{rep.descriptor.scale}, opset {opset}, dynamic batch/height/width, "
-               f"BN folded, max |onnx - torch| = {rep.max_abs_diff:.2e} on {', '.join(f'{h}x{w}' for h, w in rep.sizes)}")
 
 
 @app.command()
@@ -235,12 +245,24 @@ def bench(
     no_speed: bool = typer.Option(False, "--no-speed", help="Quality only."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Speed only (e.g. for untrained weights)."),
     min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
+    host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
+                                                          "(default 270x480 → 1080x1920): float I/O vs pixels in the graph."),
 ) -> None:
     """Latency, throughput and quality (Y-PSNR/SSIM vs bicubic) for every backend and precision."""
     from sr_deploy.bench.run import BenchConfig, markdown, run_bench, write_json, write_markdown, write_montage, write_plot
     from sr_deploy.engine.profile import parse_hw
 
     try:
+        if host_io:
+            from sr_deploy.bench.hostio import measure_host_io
+
+            typer.echo("| LR input | output | host ms, float I/O | host ms, uint8 I/O | MB moved, float | MB moved, uint8 |")
+            typer.echo("|---|---|---|---|---|---|")
+            for hw in [parse_hw(s) for s in size] or [(270, 480)]:
+                r = measure_host_io(hw, 4)
+                typer.echo(f"| {hw[0]}x{hw[1]} | {hw[0] * 4}x{hw[1] * 4} | {r.float_ms:.1f} | {r.pixels_ms:.1f} | "
+                           f"{r.float_mb:.1f} | {r.pixels_mb:.1f} |")
+            return
         cfg = BenchConfig(models=tuple(model), data=tuple(str(d) for d in data),
                           backends=tuple(b.strip() for b in backends.split(",")) if backends else (),
                           precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),
