@@ -9,6 +9,7 @@ when complete: an error or an interrupt leaves nothing under the final name.
 from __future__ import annotations
 
 import queue
+from collections import deque
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -175,35 +176,55 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                                      "the file is truncated or damaged")
 
         def infer() -> None:
-            pending: list[tuple] = []
+            # Frames flow through runner.stream_u8, which may keep several batches in flight (the GPU
+            # pipeline); packets to copy (audio, subtitles) wait in `order` behind the frames decoded
+            # before them, so the muxer sees everything in decode order.
+            order: deque = deque()
 
-            def flush() -> None:
-                if not pending:
-                    return
-                arrs = [p[4] for p in pending]  # uint8 RGB: the runner gets bytes (pixels in the graph)
-                if options.tile or options.batch == 1:
-                    outs = [upscale_frame(runner, a, tile=options.tile) for a in arrs]
-                else:
-                    outs = list(runner.infer_u8(np.stack(arrs)))
-                for p, o in zip(pending, outs):
+            def batches():
+                pending: list[tuple] = []
+
+                def cut():
+                    if pending:
+                        order.append(("frames", list(pending)))
+                        arr = np.stack([p[4] for p in pending])  # uint8 RGB: bytes to the runner
+                        pending.clear()
+                        return arr
+                    return None
+
+                while True:
+                    item = _get(q_dec, stop)
+                    if item is _END or isinstance(item, BaseException):
+                        arr = cut()
+                        if arr is not None:
+                            yield arr
+                        if isinstance(item, BaseException):
+                            raise item
+                        return
+                    if item[0] == "packet":
+                        arr = cut()
+                        if arr is not None:
+                            yield arr
+                        order.append(("packet", item))
+                        continue
+                    pending.append(item)
+                    if len(pending) >= max(1, options.batch) or options.tile:
+                        yield cut()
+
+            def emit_packets() -> None:
+                while order and order[0][0] == "packet":
+                    inf.put(order.popleft()[1])
+
+            if options.tile:
+                outputs = (np.stack([upscale_frame(runner, f, tile=options.tile) for f in b]) for b in batches())
+            else:
+                outputs = runner.stream_u8(batches())
+            for res in outputs:
+                emit_packets()
+                _, items = order.popleft()
+                for p, o in zip(items, res):
                     inf.put(("frame", p[1], p[2], p[3], o))
-                pending.clear()
-
-            while True:
-                item = _get(q_dec, stop)
-                if item is _END:
-                    flush()
-                    return
-                if isinstance(item, BaseException):
-                    flush()
-                    raise item
-                if item[0] == "packet":
-                    flush()
-                    inf.put(item)
-                    continue
-                pending.append(item)
-                if len(pending) >= max(1, options.batch):
-                    flush()
+            emit_packets()
 
         dec = _Stage(decode, q_dec, stop)
         inf = _Stage(infer, q_inf, stop)

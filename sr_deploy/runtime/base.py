@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -79,6 +80,12 @@ class Runner(ABC):
             raise ValueError(f"expected an NHWC uint8 batch with {self.descriptor.in_channels} channels, "
                              f"got {batch.dtype} {batch.shape}")
         return self._infer_u8(np.ascontiguousarray(batch))
+
+    def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
+        several batches in flight (runtime/pipeline.py); on the CPU one at a time is all there is."""
+        for b in batches:
+            yield self.infer_u8(b)
 
     def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
         # Host fallback for runners without pixels in their graph: this float round trip is what
