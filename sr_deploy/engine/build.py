@@ -61,8 +61,10 @@ def current_key(onnx_path: Path, desc: ModelDescriptor, profile: Profile) -> Eng
                     compute_capability=cc)
 
 
-def timing_cache_path() -> Path:
-    return cache_root() / "tensorrt" / "timing.cache"
+def timing_cache_path(tensorrt: str, gpu: str, compute_capability: str) -> Path:
+    """One timing cache per TensorRT version and GPU: another's tactics are useless or refused."""
+    safe = "".join(ch if ch.isalnum() else "-" for ch in gpu).strip("-")
+    return cache_root() / "tensorrt" / f"timing-trt{tensorrt}-{safe}-sm{compute_capability.replace('.', '')}.cache"
 
 
 def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, out: Path | None = None,
@@ -93,16 +95,25 @@ def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, ou
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(opt_profile)
-    cache_file = timing_cache_path()
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the messages above)")
+    from filelock import FileLock
+
+    cache_file = timing_cache_path(key.tensorrt, key.gpu, key.compute_capability)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # builds in parallel processes share the cache: read, build and merge it back under one lock
+    with FileLock(str(cache_file) + ".lock"):
+        data = cache_file.read_bytes() if cache_file.exists() else b""
+        cache = config.create_timing_cache(data)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            # a cache TensorRT refuses (another version, corrupt) is dropped and rebuilt, never fatal
+            cache = config.create_timing_cache(b"")
+            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+                raise ModelError("TensorRT refused an empty timing cache")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the messages above)")
+        with atomic_path(cache_file) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     with atomic_path(out) as tmp:
         tmp.write_bytes(bytes(serialized))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache_file) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     write_sidecar(out, key, desc)
     return out

@@ -70,4 +70,6 @@ def make_profile(desc: ModelDescriptor, *, min_hw: tuple[int, int] | None = None
         if hw[0] % m or hw[1] % m:
             raise InputError(f"--{name} {hw[0]}x{hw[1]} is not a multiple of the model's size multiple {m}")
     c = desc.in_channels
+    if desc.io == "uint8-nhwc":  # the engine's input is the graph's: uint8 pixels, channels last
+        return Profile((1, *mn, c), (1, *opt, c), (max_batch, *mx, c))
     return Profile((1, c, *mn), (1, c, *opt), (max_batch, c, *mx))

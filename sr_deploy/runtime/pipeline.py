@@ -55,6 +55,7 @@ class Device(Protocol):
     def record(self, event, stream) -> None: ...
     def wait(self, stream, event) -> None: ...
     def synchronize(self, event) -> None: ...
+    def synchronize_stream(self, stream) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,11 @@ class FramePipeline:
 
     def close(self) -> None:
         d = self.device
+        # never free memory a queued copy or kernel still uses (also after an error mid-launch)
+        for st in (getattr(self, "copy_in", None), getattr(self, "compute_stream", None), getattr(self, "copy_out", None)):
+            if st is not None:
+                d.synchronize_stream(st)
         for s in self.slots:
-            if s.busy:  # never free memory a queued copy or kernel still uses
-                d.synchronize(s.out_done)
             d.free_host(s.host_in)
             d.free_host(s.host_out)
             d.free_device(s.dev_in)
@@ -242,3 +245,6 @@ class CudaDevice:
 
     def synchronize(self, event) -> None:
         check_cuda(self.rt.cudaEventSynchronize(event), "cudaEventSynchronize")
+
+    def synchronize_stream(self, stream) -> None:
+        check_cuda(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")

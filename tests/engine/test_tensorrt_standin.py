@@ -1,0 +1,116 @@
+"""The builder and the runner, run for real against the stand-in TensorRT 10.x and 11.x on a simulated GPU."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from sr_deploy.engine import build as build_mod
+from sr_deploy.engine.profile import make_profile
+from sr_deploy.errors import EngineMismatch, InputError, ModelError
+from sr_deploy.export.onnx_export import read_descriptor
+from sr_deploy.export.pixels import uint8_onnx
+from sr_deploy.media.tiling import quantize
+from sr_deploy.runtime import pipeline as pipeline_mod
+from sr_deploy.runtime.ort_runner import OrtRunner
+from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
+from tests.engine.standin import SimCudart, bindings_names, find_wheel, make_tensorrt
+
+
+@pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
+def trt(request, monkeypatch):
+    wheel = find_wheel(request.param)
+    if wheel is None:
+        pytest.skip(f"TensorRT {request.param}.x bindings wheel not downloaded (bash .ci/install fetches it)")
+    sim, calls = SimCudart(), []
+    mod = make_tensorrt(wheel, sim, calls)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    monkeypatch.setattr(pipeline_mod, "cudart", lambda: sim)
+    monkeypatch.setattr(build_mod, "gpu_identity", lambda: ("Sim GPU", "9.0"))
+    mod._sim, mod._calls = sim, calls
+    return mod
+
+
+def _reference(onnx_path, px):
+    r = OrtRunner(onnx_path, read_descriptor(onnx_path), pixels=False)
+    with r:
+        y = r.infer(px.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    return quantize(y.transpose(0, 2, 3, 1))
+
+
+def _build(onnx_path, **kw):
+    desc = read_descriptor(onnx_path)
+    profile = make_profile(desc, min_hw=(8, 8), opt_hw=(16, 16), max_hw=(32, 32), max_batch=2)
+    return build_mod.build_engine(onnx_path, desc, profile, **kw), profile
+
+
+def test_real_binding_names(trt):
+    version, whole, tails = bindings_names(find_wheel(int(trt.__version__.split(".")[0])))
+    for name in ("set_input_shape", "set_tensor_address", "execute_async_v3", "deserialize_cuda_engine",
+                 "build_serialized_network", "create_timing_cache", "set_timing_cache", "get_tensor_dtype",
+                 "STRONGLY_TYPED", "WORKSPACE"):
+        assert name in whole, name
+    assert hasattr(trt.BuilderFlag, "FP16") == version.startswith("10.")
+    assert hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") == version.startswith("10.")
+    with pytest.raises(AttributeError):
+        trt.Builder(trt.Logger()).build_engine  # removed in 10.0: the stand-in refuses it like the real module
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_uint8_engine_pipeline(trt, tiny_onnx, tmp_path, cuda_graph):
+    u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
+    engine, profile = _build(u8)
+    assert profile.max == (2, 32, 32, 3)  # NHWC profile for a pixels graph
+    flags = [c[1] for c in trt._calls if c[0] == "create_network"]
+    # strongly typed on 10.x (precision lives in the ONNX); 11.x has no other mode and takes no flag
+    assert flags == ([1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)] if trt.__version__.startswith("10.") else [0])
+    frames = [np.random.default_rng(i).integers(0, 256, (1, 12, 20, 3), dtype=np.uint8) for i in range(7)]
+    r = TensorRTRunner(engine, cuda_graph=cuda_graph, depth=3)
+    with r:
+        assert r.in_dtype == np.uint8 and r.out_dtype == np.uint8
+        outs = list(r.stream_u8(iter(frames)))
+        n_exec = sum(1 for c in trt._calls if c[0] == "execute_async_v3")
+    for f, o in zip(frames, outs, strict=True):
+        assert np.abs(o.astype(int) - _reference(tiny_onnx, f).astype(int)).max() <= 1
+    sim = trt._sim
+    assert sim.max_pending_h2d >= 2  # frames really were in flight together
+    assert sim.live == 0  # buffers, streams, events and graphs all released
+    # with graphs: one plain enqueue and one captured per slot, then replays
+    assert n_exec == (2 * 3 if cuda_graph else 7)
+
+
+def test_float_engine_sizes_buffers_from_engine_dtypes(trt, tiny_onnx):
+    engine, _ = _build(tiny_onnx)
+    px = np.random.default_rng(3).integers(0, 256, (2, 9, 17, 3), dtype=np.uint8)
+    with TensorRTRunner(engine) as r:
+        assert r.in_dtype == np.float32
+        got = r.infer_u8(px)
+        y = r.infer(px.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    assert np.abs(got.astype(int) - _reference(tiny_onnx, px).astype(int)).max() <= 1
+    assert y.shape == (2, 3, 18, 34)
+
+
+def test_shape_outside_profile_and_bad_engines(trt, tiny_onnx, tmp_path):
+    engine, _ = _build(tiny_onnx)
+    with TensorRTRunner(engine) as r:
+        with pytest.raises(InputError, match="outside the engine's profile"):
+            r.infer_u8(np.zeros((1, 40, 40, 3), np.uint8))
+    sidecar = engine.with_suffix(".json")
+    data = json.loads(sidecar.read_text())
+    data["key"]["tensorrt"] = "9.0.0"
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(EngineMismatch, match="TensorRT 9.0.0"):
+        TensorRTRunner(engine).activate()
+    data["key"]["tensorrt"] = trt.__version__
+    sidecar.write_text(json.dumps(data))
+    engine.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="could not deserialize"):
+        TensorRTRunner(engine).activate()
+
+
+def test_timing_cache_per_version_and_reused(trt, tiny_onnx, tmp_path):
+    _build(tiny_onnx)
+    path = build_mod.timing_cache_path(trt.__version__, "Sim GPU", "9.0")
+    assert path.is_file() and trt.__version__ in path.name
+    assert [c for c in trt._calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)]
