@@ -112,7 +112,7 @@ class FramePipeline:
     def _launch(self, slot: Slot, batch: np.ndarray) -> None:
         d = self.device
         if batch.shape != self.inp.shape or batch.dtype != self.inp.dtype:
-            raise ValueError(f"pipeline planned for {self.inp.dtype} {self.inp.shape}, got {batch.dtype} {batch.shape}")
+            raise ValueError(f"pipeline planned for {np.dtype(self.inp.dtype)} {self.inp.shape}, got {batch.dtype} {batch.shape}")
         np.copyto(d.host_array(slot.host_in, self.inp.dtype, self.inp.shape), batch)
         d.copy_h2d(slot.dev_in, slot.host_in, self.inp.nbytes, self.copy_in)
         d.record(slot.in_done, self.copy_in)
