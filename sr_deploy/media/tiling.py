@@ -66,6 +66,10 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: 
     """
     h, w, c = frame.shape
     s = runner.scale
+    max_hw = runner.input_spec().max_hw
+    if max_hw and (h > max_hw[0] or w > max_hw[1]):
+        # larger than the engine's profile: tiled within it, never an error mid-video
+        tile = min(tile or max(h, w), *max_hw)
     u8 = frame.dtype == np.uint8
     if u8:
         out_max, out_dtype = None, np.uint8

@@ -208,14 +208,16 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         order.append(("packet", item))
                         continue
                     pending.append(item)
-                    if len(pending) >= max(1, options.batch) or options.tile:
+                    if len(pending) >= max(1, options.batch) or options.tile or too_big:
                         yield cut()
 
             def emit_packets() -> None:
                 while order and order[0][0] == "packet":
                     inf.put(order.popleft()[1])
 
-            if options.tile:
+            max_hw = runner.input_spec().max_hw
+            too_big = bool(max_hw) and (vin.codec_context.height > max_hw[0] or vin.codec_context.width > max_hw[1])
+            if options.tile or too_big:  # tiles (asked for, or the frame exceeds the engine's profile)
                 outputs = (np.stack([upscale_frame(runner, f, tile=options.tile) for f in b]) for b in batches())
             else:
                 outputs = runner.stream_u8(batches())

@@ -117,7 +117,7 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
         model, _ = load_checkpoint(source.path)
         return TorchRunner(model, descriptor_for(model, name=source.name), precision=precision or "fp32"), "asked for"
     if backend == "tensorrt":
-        raise InputError("the tensorrt backend runs an engine: build one with `srdeploy build-engine` and pass it as --model")
+        return cached_engine_runner(source, precision)
     onnx_path = _onnx_at_precision(source, precision, backend)
     from sr_deploy.export.onnx_export import read_descriptor
 
@@ -151,11 +151,20 @@ def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str)
     return base
 
 
+def _note(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
 def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     """TensorRT engine > ONNX Runtime CUDA > fastest CPU runner installed, at a precision that passed its gate."""
     from sr_deploy.runtime.openvino_runner import OpenVINORunner
     from sr_deploy.runtime.ort_runner import OrtRunner
 
+    if tensorrt_ready() and source.kind in ("checkpoint", "onnx"):
+        runner, why = cached_engine_runner(source, precision, say=_note)
+        return runner, f"a GPU and TensorRT are present: {why}"
     if gpu_available():
         try:
             if "CUDAExecutionProvider" in OrtRunner.providers("auto"):
@@ -189,6 +198,54 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
         return runner, "CPU only; OpenVINO is not installed, so PyTorch bf16 (this CPU has native bf16)"
     runner, _ = make_runner(source, "onnxruntime", precision)
     return runner, "CPU only; OpenVINO is not installed, so ONNX Runtime"
+
+
+def tensorrt_ready() -> bool:
+    from sr_deploy.engine.build import tensorrt_available
+
+    return tensorrt_available() and gpu_available()
+
+
+def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None) -> tuple[Runner, str]:
+    """The TensorRT runner for ``source``: its engine from the cache, built there on first use.
+
+    The engine is built from the uint8-I/O form of the model's ONNX at the asked precision
+    (default: fp16 where a gate-passed fp16 ONNX ships beside the model, else fp32) and keyed by
+    that ONNX's hash, the precision, the profile, TensorRT's version and the GPU: a new TensorRT or
+    GPU gets a new engine, never a mismatched one.
+    """
+    if not tensorrt_ready():
+        from sr_deploy.engine.build import tensorrt_available
+
+        missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]' on a GPU machine)"
+        raise BackendUnavailable(f"the tensorrt backend needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
+                                 f"On this machine `--backend auto` runs the fastest CPU backend")
+    from sr_deploy.engine.build import build_engine, current_key
+    from sr_deploy.engine.key import engine_path
+    from sr_deploy.engine.profile import make_profile
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.pixels import uint8_onnx
+    from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
+
+    if precision is None:
+        fp16 = precision_sibling(onnx_for(source), "fp16") if source.kind != "onnx" else None
+        base = fp16 or onnx_for(source)
+    else:
+        base = _onnx_at_precision(source, precision, "tensorrt")
+    desc = read_descriptor(base)
+    if not desc.pixel_io:
+        base = uint8_onnx(base)
+        desc = read_descriptor(base)
+    profile = make_profile(desc)
+    key = current_key(base, desc, profile)
+    target = cache_root() / "tensorrt" / engine_path(base, key).name
+    if target.exists() and target.with_suffix(".json").exists():
+        return TensorRTRunner(target), f"TensorRT engine from the cache ({desc.precision})"
+    if say:
+        say(f"building the TensorRT {desc.precision} engine for {source.name} (first use on this GPU and TensorRT; "
+            f"cached in {target.parent})")
+    build_engine(base, desc, profile, out=target)
+    return TensorRTRunner(target), f"TensorRT engine built on first use ({desc.precision})"
 
 
 def available_backends() -> list[str]:

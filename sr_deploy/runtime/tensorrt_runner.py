@@ -143,7 +143,16 @@ class TensorRTRunner(Runner):
             self.activate()
         pixel_graph = self.in_dtype == np.uint8
         nhwc = self.descriptor.io == "uint8-nhwc"
-        it = iter(batches)
+        s = self.scale
+        sizes: list[tuple[int, int]] = []
+
+        def padded():
+            for b in batches:
+                p, hw = self._pad_to_profile(b)
+                sizes.append(hw)
+                yield p
+
+        it = padded()
         head = next(it, None)
         while head is not None:
             shape, following = head.shape, [None]
@@ -158,7 +167,8 @@ class TensorRTRunner(Runner):
 
             pipe = self._plan(tuple(self._to_engine(head[:1], pixel_graph, nhwc).shape[1:]), head.shape[0])
             for out in pipe.run(self._to_engine(b, pixel_graph, nhwc) for b in same_shape()):
-                yield self._from_engine(out, pixel_graph, nhwc)
+                h, w = sizes.pop(0)
+                yield self._from_engine(out, pixel_graph, nhwc)[:, : h * s, : w * s]
             head = following[0]
 
     def _to_engine(self, batch: np.ndarray, pixel_graph: bool, nhwc: bool) -> np.ndarray:
@@ -173,6 +183,15 @@ class TensorRTRunner(Runner):
             return out if nhwc else np.ascontiguousarray(out.transpose(0, 2, 3, 1))
         y = np.clip(np.rint(out.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+
+    def _pad_to_profile(self, batch: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Frames smaller than the profile's minimum are edge-padded up to it (the output is cropped back),
+        so a small frame or the last tile of a row never fails mid-video."""
+        h, w = batch.shape[1:3]
+        mh, mw = self._hw(self.profile.min)
+        if h >= mh and w >= mw:
+            return batch, (h, w)
+        return np.pad(batch, ((0, 0), (0, max(0, mh - h)), (0, max(0, mw - w)), (0, 0)), mode="edge"), (h, w)
 
     def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
         return next(iter(self.stream_u8([batch])))

@@ -114,3 +114,42 @@ def test_timing_cache_per_version_and_reused(trt, tiny_onnx, tmp_path):
     path = build_mod.timing_cache_path(trt.__version__, "Sim GPU", "9.0")
     assert path.is_file() and trt.__version__ in path.name
     assert [c for c in trt._calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)]
+
+
+@pytest.fixture
+def gpu_here(trt, monkeypatch):
+    from sr_deploy.runtime import select
+
+    monkeypatch.setattr(build_mod, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(select, "gpu_available", lambda: True)
+    return trt
+
+
+def test_run_builds_engine_on_first_use_then_reuses_it(gpu_here, tiny_ckpt, tiny_onnx, monkeypatch):
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = resolve_model(str(tiny_ckpt))
+    px = np.random.default_rng(5).integers(0, 256, (1, 10, 14, 3), dtype=np.uint8)
+    r1, why1 = make_runner(src, "tensorrt")
+    with r1:
+        out = r1.infer_u8(px)
+    assert "built on first use" in why1 and r1.in_dtype == np.uint8
+    # 10x14 is below the profile's 16x16 minimum: edge-padded to it, output cropped back
+    assert out.shape == (1, 20, 28, 3)
+    ref = _reference(tiny_onnx, np.pad(px, ((0, 0), (0, 6), (0, 2), (0, 0)), mode="edge"))[:, :20, :28]
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    r2, why2 = make_runner(src, "auto")  # auto on a GPU with TensorRT: the cached engine
+    assert "from the cache" in why2 and r2.path == r1.path
+    # another TensorRT version: a new engine is built beside, the old one is never run
+    object.__setattr__(gpu_here, "__version__", gpu_here.__version__ + ".1")
+    r3, why3 = make_runner(src, "tensorrt")
+    assert "built on first use" in why3 and r3.path != r1.path
+
+
+def test_tensorrt_backend_without_gpu_says_what_works(tiny_ckpt, monkeypatch):
+    from sr_deploy.errors import BackendUnavailable
+    from sr_deploy.runtime import select
+
+    monkeypatch.setattr(select, "gpu_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match="--backend auto"):
+        select.make_runner(select.resolve_model(str(tiny_ckpt)), "tensorrt")
