@@ -115,7 +115,8 @@ def run(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Folders: leave outputs that exist (resume)."),
     tile: int = typer.Option(0, "--tile", help="Tile size in input pixels (0: whole frames)."),
     alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model."),
-    codec: str = typer.Option("libx264", "--codec", help="Video codec (libx264, libx265, h264_nvenc, hevc_nvenc...)."),
+    codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
+                                                       "the encoder opens, else libx264), libx264, libx265, hevc_nvenc, h264_nvenc..."),
     crf: int = typer.Option(18, "--crf"),
     preset: str = typer.Option("medium", "--preset"),
     pix_fmt: str = typer.Option("yuv420p", "--pix-fmt"),

@@ -19,6 +19,9 @@ from sr_deploy.media.tiling import quantize
 
 CPU_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16", "int8"),
                   "openvino": ("fp32", "bf16", "int8")}
+# on an NVIDIA GPU: torch on CUDA, and TensorRT engines built on first use from the precision ONNX
+GPU_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}
+STREAM_FRAMES = 48  # frames pushed through stream_u8 per row on a GPU (pipelined throughput)
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,11 @@ class BenchResult:
 def _combos(cfg: BenchConfig, say: Callable[[str], None]) -> list[tuple[str, str]]:
     from sr_deploy.runtime.select import available_backends
 
+    from sr_deploy.runtime.select import gpu_available
+
     have = available_backends()
-    backends = list(cfg.backends) or [b for b in ("torch", "onnxruntime", "openvino") if b in have]
+    gpu = gpu_available()
+    backends = list(cfg.backends) or [b for b in ("tensorrt", "torch", "onnxruntime", "openvino") if b in have]
     out = []
     for b in backends:
         if b not in CPU_PRECISIONS and b != "tensorrt":
@@ -65,14 +71,12 @@ def _combos(cfg: BenchConfig, say: Callable[[str], None]) -> list[tuple[str, str
         if b not in have:
             say(f"skipped backend {b}: not installed or no GPU here")
             continue
-        if b == "tensorrt":
-            say("skipped backend tensorrt: pass an engine as --model to benchmark it")
-            continue
-        for p in cfg.precisions or CPU_PRECISIONS[b]:
-            if p not in CPU_PRECISIONS[b]:
+        table = GPU_PRECISIONS if gpu and b in GPU_PRECISIONS else CPU_PRECISIONS
+        for p in cfg.precisions or table[b]:
+            if p not in table[b]:
                 say(f"skipped {b} {p}: {b} cannot run {p} on this machine")
                 continue
-            if p == "bf16" and not cpu_has_bf16():
+            if p == "bf16" and not (gpu and b == "torch") and not cpu_has_bf16():
                 say(f"skipped {b} bf16: this CPU has no native bf16 (AVX512-BF16/AMX)")
                 continue
             out.append((b, p))
@@ -167,6 +171,28 @@ def _time(runner, x: np.ndarray, cfg: BenchConfig) -> list[float]:
     return times
 
 
+def _gpu_stream(runner, x_u8: np.ndarray) -> dict:
+    """Pipelined throughput on a GPU: STREAM_FRAMES batches through ``stream_u8`` (uint8 in and out, several
+    in flight), and the GPU memory in use at the end (device-wide, via torch where it is installed)."""
+    import itertools
+
+    for _ in runner.stream_u8(itertools.repeat(x_u8, 2)):
+        pass
+    t = time.perf_counter()
+    n = sum(1 for _ in runner.stream_u8(itertools.repeat(x_u8, STREAM_FRAMES)))
+    dt = time.perf_counter() - t
+    row = {"stream_fps": n * x_u8.shape[0] / dt}
+    try:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        row["gpu_mem_used_mb"] = (total - free) / 2**20
+        row["torch_peak_alloc_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    except Exception:  # noqa: BLE001 - memory figures are optional
+        pass
+    return row
+
+
 def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchResult:
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.quality import bicubic_upscale, evaluate
@@ -241,6 +267,9 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                                    "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
                                    "mpix_per_s": fps * h * w * scale * scale / 1e6, "peak_mem_mb": peak_rss_mb(),
                                    "runs": len(times)}
+                            if runner.on_gpu:
+                                row.update(_gpu_stream(runner, rng.integers(0, 256, (b, h, w, desc.in_channels),
+                                                                            dtype=np.uint8)))
                             res.speed.append(row)
                             say(f"speed {source.name} {backend} {precision} {h}x{w} b{b}: p50 {row['latency_ms_p50']:.1f} ms, "
                                 f"{fps:.2f} fps, {row['mpix_per_s']:.2f} Mpix/s")
@@ -334,6 +363,15 @@ def markdown(res: BenchResult) -> str:
                          f"{s['latency_ms_p50']:.1f} | {s['latency_ms_p95']:.1f} | {s['fps']:.2f} | {s['mpix_per_s']:.2f} | "
                          f"{s['peak_mem_mb']:.0f} | {p_cell} | {delta_cell} | {ratio_cell} |")
         lines.append("")
+        gpu_rows = [s for s in res.speed if "stream_fps" in s]
+        if gpu_rows:
+            lines += ["GPU pipelined throughput: uint8 frames through `stream_u8`, several in flight (copies overlapped "
+                      "with compute).", "", "| model | backend | precision | input | batch | pipelined fps | GPU MB in use |",
+                      "|---|---|---|---|---|---|---|"]
+            for s in gpu_rows:
+                lines.append(f"| {s['model']} | {s['backend']} | {s['precision']} | {s['input']} | {s['batch']} | "
+                             f"{s['stream_fps']:.1f} | {s.get('gpu_mem_used_mb', float('nan')):.0f} |")
+            lines.append("")
         for model, a in res.auto.items():
             lines += [f"auto for {model}: {a['backend']} {a['precision']} ({a['why']})", ""]
     if res.video:

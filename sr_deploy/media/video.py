@@ -9,6 +9,7 @@ when complete: an error or an interrupt leaves nothing under the final name.
 from __future__ import annotations
 
 import queue
+import sys
 from collections import deque
 import threading
 from dataclasses import dataclass
@@ -27,9 +28,42 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg"
 _END = object()
 
 
+NVENC_CODECS = ("hevc_nvenc", "h264_nvenc")
+CPU_CODEC = "libx264"
+
+
+def encoder_opens(name: str, width: int = 256, height: int = 256, pix_fmt: str = "yuv420p") -> bool:
+    """True when FFmpeg has encoder ``name`` and it opens here (NVENC needs an NVIDIA driver and GPU)."""
+    import av
+
+    try:
+        ctx = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
+        ctx.time_base = Fraction(1, 25)
+        ctx.open()
+    except Exception:  # noqa: BLE001 - unknown codec, no device, driver too old: all mean "not here"
+        return False
+    return True
+
+
+def resolve_codec(codec: str, *, on_gpu: bool, say=None, width: int = 256, height: int = 256) -> str:
+    """``auto``: NVENC (HEVC, else H.264) when the model runs on a GPU and the encoder opens, so the CPU
+    encoder does not become the bottleneck; else libx264 (with a one-line note when NVENC was tried)."""
+    if codec != "auto":
+        return codec
+    if not on_gpu:
+        return CPU_CODEC
+    for name in NVENC_CODECS:
+        if encoder_opens(name, width, height):
+            return name
+    if say:
+        say(f"note: NVENC did not open here (no NVIDIA driver, or FFmpeg without it); encoding with {CPU_CODEC} on the CPU")
+    return CPU_CODEC
+
+
 @dataclass(frozen=True)
 class VideoOptions:
-    codec: str = "libx264"
+    codec: str = "auto"  # auto: NVENC when the model runs on a GPU and the encoder opens, else libx264
     crf: int = 18
     preset: str = "medium"
     pix_fmt: str = "yuv420p"
@@ -238,18 +272,20 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     raise OutputError(f"{dst}: cannot open for writing ({exc})") from exc
                 try:
                     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+                    codec = resolve_codec(options.codec, on_gpu=runner.on_gpu, width=width, height=height,
+                                          say=None if quiet else (lambda line: print(line, file=sys.stderr)))
                     try:
-                        vout = out.add_stream(options.codec, rate=rate)
+                        vout = out.add_stream(codec, rate=rate)
                     except (av.error.FFmpegError, ValueError) as exc:
-                        raise InputError(f"video codec {options.codec!r} is not available in this FFmpeg build") from exc
+                        raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
                     vout.width, vout.height, vout.pix_fmt = width, height, options.pix_fmt
                     vout.time_base = vin.time_base
                     vout.codec_context.time_base = vin.time_base
                     if options.bitrate:
                         vout.bit_rate = _parse_bitrate(options.bitrate)
-                    elif options.codec in ("libx264", "libx265"):
+                    elif codec in ("libx264", "libx265"):
                         vout.options = {"crf": str(options.crf), "preset": options.preset}
-                    elif options.codec.endswith("_nvenc"):
+                    elif codec.endswith("_nvenc"):
                         vout.options = {"cq": str(options.crf), "preset": "p5"}
                     mapping = {}
                     for st in copied:

@@ -43,6 +43,11 @@ class Runner(ABC):
         self.active = False
 
     @property
+    def on_gpu(self) -> bool:
+        """True when the model runs on a GPU (media then prefers the GPU encoder)."""
+        return False
+
+    @property
     def scale(self) -> int:
         return self.descriptor.scale
 

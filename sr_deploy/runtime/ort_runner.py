@@ -36,6 +36,10 @@ class OrtRunner(Runner):
             raise BackendUnavailable("onnxruntime has no CUDA provider here: install onnxruntime-gpu (not beside onnxruntime)")
         return ["CPUExecutionProvider"]
 
+    @property
+    def on_gpu(self) -> bool:
+        return getattr(self, "active_provider", "").startswith("CUDA")
+
     def _activate(self) -> None:
         import onnxruntime as ort
 

@@ -165,6 +165,16 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     if tensorrt_ready() and source.kind in ("checkpoint", "onnx"):
         runner, why = cached_engine_runner(source, precision, say=_note)
         return runner, f"a GPU and TensorRT are present: {why}"
+    if gpu_available() and source.kind == "checkpoint":
+        from sr_deploy.export.onnx_export import descriptor_for
+        from sr_deploy.models.checkpoint import load_checkpoint
+        from sr_deploy.runtime.torch_runner import TorchRunner
+
+        model, _ = load_checkpoint(source.path)
+        desc = descriptor_for(model, name=source.name)
+        prec = precision or ("fp16" if desc.half_safe else "fp32")
+        return (TorchRunner(model, desc, precision=prec),
+                f"a GPU without TensorRT: PyTorch on CUDA, {prec}, frames pipelined on CUDA streams")
     if gpu_available():
         try:
             if "CUDAExecutionProvider" in OrtRunner.providers("auto"):

@@ -54,6 +54,10 @@ class TensorRTRunner(Runner):
     def _hw(self, shape) -> tuple[int, int]:
         return tuple(shape[1:3]) if self.descriptor.io == "uint8-nhwc" else tuple(shape[2:4])
 
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
     def _activate(self) -> None:
         from sr_deploy.engine.build import gpu_identity, require_tensorrt
 

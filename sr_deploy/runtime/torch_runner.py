@@ -14,7 +14,7 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, model: nn.Module, descriptor: ModelDescriptor, *, precision: str = "fp32",
-                 device: str | None = None) -> None:
+                 device: str | None = None, depth: int = 3, cuda_graph: bool = False) -> None:
         super().__init__(descriptor, precision)
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"torch runner precision must be fp32, bf16 or fp16, got {precision}")
@@ -22,6 +22,11 @@ class TorchRunner(Runner):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("torch fp16 needs a CUDA device; use bf16 on the CPU")
+        self.depth, self.cuda_graph = depth, cuda_graph
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
 
     def _activate(self) -> None:
         from sr_deploy.export.fold import inference_form
@@ -38,6 +43,74 @@ class TorchRunner(Runner):
                                                      enabled=dtype is not None):
             y = self.net(x)
         return y.float().contiguous().cpu().numpy()
+
+    def _forward_u8(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """NHWC uint8 on the device → NHWC uint8 on the device: scale, model, round, clamp, cast all there."""
+        x = x_u8.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            y = self.net(x)
+        return y.float().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def stream_u8(self, batches):
+        """On CUDA: the same schedule as runtime/pipeline.py with torch's streams and events (upload on
+        one stream, compute on another, download on a third, ``depth`` batches in flight, the host
+        waiting only for the result it takes); with ``cuda_graph`` the forward pass is captured once
+        per shape and replayed. On the CPU: one batch at a time."""
+        if self.device.type != "cuda":
+            yield from super().stream_u8(batches)
+            return
+        if not self.active:
+            self.activate()
+        from collections import deque
+
+        up, down, compute = torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Stream()
+        pending: deque = deque()
+        graphs: dict = {}
+        try:
+            with torch.inference_mode():
+                for b in batches:
+                    host_in = torch.from_numpy(np.ascontiguousarray(b)).pin_memory()
+                    with torch.cuda.stream(up):
+                        d_in = host_in.to(self.device, non_blocking=True)
+                    compute.wait_stream(up)
+                    with torch.cuda.stream(compute):
+                        d_in.record_stream(compute)
+                        y = self._graph_forward(graphs, d_in) if self.cuda_graph else self._forward_u8(d_in)
+                    down.wait_stream(compute)
+                    host_out = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+                    with torch.cuda.stream(down):
+                        y.record_stream(down)
+                        host_out.copy_(y, non_blocking=True)
+                        done = torch.cuda.Event()
+                        done.record(down)
+                    pending.append((done, host_out, host_in))
+                    if len(pending) > self.depth:
+                        done, out, _ = pending.popleft()
+                        done.synchronize()
+                        yield out.numpy()
+                while pending:
+                    done, out, _ = pending.popleft()
+                    done.synchronize()
+                    yield out.numpy()
+        finally:
+            torch.cuda.synchronize(self.device)
+            graphs.clear()  # the captured graphs and their static buffers are released here
+
+    def _graph_forward(self, graphs: dict, d_in: torch.Tensor) -> torch.Tensor:
+        key = tuple(d_in.shape)
+        if key not in graphs:
+            static_in = d_in.clone()
+            self._forward_u8(static_in)  # warm-up outside the capture (cuDNN picks its kernels)
+            torch.cuda.current_stream().synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=torch.cuda.current_stream()):
+                static_out = self._forward_u8(static_in)
+            graphs[key] = (g, static_in, static_out)
+        g, static_in, static_out = graphs[key]
+        static_in.copy_(d_in)
+        g.replay()
+        return static_out.clone()
 
     def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
         # bytes travel to the device; scale, clamp, round and cast run there (on CUDA: never on the host)

@@ -144,3 +144,17 @@ def test_disk_full_during_encode(tmp_path, tiny_ckpt):
     assert "error:" in proc.stderr and "big_up.mp4" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not dst.exists() and not list(tmp_path.glob(".big_up*"))
+
+
+def test_codec_auto_prefers_nvenc_on_gpu_and_falls_back(monkeypatch):
+    from sr_deploy.media import video
+
+    assert video.encoder_opens("libx264") and not video.encoder_opens("no_such_encoder")
+    assert video.resolve_codec("auto", on_gpu=False) == "libx264"
+    notes = []
+    monkeypatch.setattr(video, "encoder_opens", lambda name, *a: False)
+    assert video.resolve_codec("auto", on_gpu=True, say=notes.append) == "libx264"
+    assert len(notes) == 1 and "NVENC did not open" in notes[0]
+    monkeypatch.setattr(video, "encoder_opens", lambda name, *a: name == "h264_nvenc")
+    assert video.resolve_codec("auto", on_gpu=True) == "h264_nvenc"
+    assert video.resolve_codec("libx265", on_gpu=True) == "libx265"  # an explicit choice is obeyed

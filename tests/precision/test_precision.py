@@ -165,3 +165,21 @@ def test_float_convs_at_x4_keep_the_first_upsampling_conv(tmp_path):
     g = onnx.load(str(path)).graph
     first_shuffle = next(n for n in g.node if n.op_type == "DepthToSpace")
     assert next(n for n in g.node if n.output[0] == first_shuffle.input[0]).name == names[4]
+
+
+def test_int8_qdq_placed_for_tensorrt(tiny_onnx, tmp_path, calib_dir):
+    """Default placement: Q/DQ on conv and residual-add inputs, never Conv → Q → DQ → PRelu; ONNX Runtime's
+    own layout (placement='outputs') does quantize those conv outputs."""
+    from sr_deploy.precision.int8 import calibration_batches, convert_int8, qdq_layout
+
+    batches = calibration_batches(calib_dir, count=4, lr_size=16, scale=2)
+    placed = {}
+    for placement in ("inputs", "outputs"):
+        dst = tmp_path / f"{placement}.onnx"
+        convert_int8(tiny_onnx, dst, batches, placement=placement)
+        placed[placement] = qdq_layout(dst)
+    assert placed["inputs"]["conv_outputs_quantized"] == 0
+    assert placed["inputs"]["conv_inputs_quantized"] > 0 and placed["inputs"]["add_inputs_quantized"] > 0
+    assert placed["outputs"]["conv_outputs_quantized"] > 0
+    with pytest.raises(InputError, match="placement"):
+        convert_int8(tiny_onnx, tmp_path / "x.onnx", batches, placement="everywhere")

@@ -43,7 +43,10 @@ def test_checkpoint_runs_on_onnxruntime_via_cached_export(tiny_ckpt):
         assert r.infer(np.zeros((1, 3, 9, 9), np.float32)).shape == (1, 3, 18, 18)
 
 
-@pytest.mark.parametrize("precision,tol", [("int8", 0.02), ("bf16", 0.03)])
+# int8: with Q/DQ on the residual adds' inputs (TensorRT placement) the two runtimes round the add's
+# requantization differently at a few pixels (max 0.039, mean 0.003 on this random tiny model); on
+# srresnet_x4 that placement scored ΔPSNR 0.054 dB on OpenVINO against 0.066 dB for ORT's own layout
+@pytest.mark.parametrize("precision,tol", [("int8", 0.05), ("bf16", 0.03)])
 def test_openvino_matches_onnxruntime_within_precision_tolerance(tiny_onnx, tmp_path, precision, tol):
     """OpenVINO runs the same Q/DQ ONNX as ONNX Runtime; bf16 is compared with the fp32 model."""
     import cv2
@@ -71,5 +74,5 @@ def test_openvino_matches_onnxruntime_within_precision_tolerance(tiny_onnx, tmp_
     desc = read_descriptor(model)
     x = np.random.default_rng(1).random((1, 3, 20, 24), dtype=np.float32)
     with OrtRunner(model, desc) as ref, OpenVINORunner(model, desc, precision=precision) as ov:
-        diff = np.abs(ov.infer(x) - ref.infer(x)).max()
-    assert diff < tol
+        diff = np.abs(ov.infer(x) - ref.infer(x))
+    assert diff.max() < tol and diff.mean() < tol / 10
