@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from sr_deploy.errors import InputError, SRDeployError
+from sr_deploy.errors import InputError, OutputError, SRDeployError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy super-resolution models.")
@@ -188,43 +188,59 @@ def build_engine_cmd(
         None, "--percentile", help="Percentile calibration clip (default 99.999); repeat it to search: each is "
                                    "scored on held-out calibration images and the best kept."),
     quantize_ends: bool = typer.Option(False, "--quantize-ends", help="INT8: quantize every conv (by default the first, the last and the one feeding the first pixel shuffle stay float)."),
-    workspace_gb: float = typer.Option(4.0, "--workspace-gb"),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT builder workspace limit in GiB."),
+    float_io: bool = typer.Option(False, "--float-io", help="Build from the float-I/O ONNX (default: uint8 pixels in the graph)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (precision ONNX, engine)."),
 ) -> None:
-    """Make an FP16 or INT8 ONNX (with a quality gate), then a TensorRT engine where TensorRT and a GPU exist."""
-    from sr_deploy.engine.build import build_engine, tensorrt_available
+    """Make an FP16 or INT8 ONNX (with a quality gate), then a TensorRT engine where TensorRT and a GPU exist.
+
+    Without --fp16/--int8 the engine is fp32. The engine is built from the uint8-I/O form of the ONNX
+    (pixels in the graph: bytes in, bytes out) unless --float-io."""
+    from sr_deploy.engine.build import build_engine, gpu_free_bytes, tensorrt_available
     from sr_deploy.engine.profile import make_profile, parse_hw
     from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.pixels import uint8_onnx
     from sr_deploy.precision.convert import make_precision_onnx
     from sr_deploy.runtime.select import gpu_available, onnx_for, resolve_model
 
     try:
-        if fp16 == int8:
-            raise InputError("choose one precision: --fp16, or --int8 --calib DIR")
+        if fp16 and int8:
+            raise InputError("choose one precision: --fp16, or --int8 --calib DIR (neither: fp32)")
         src = onnx or onnx_for(resolve_model(None))
         desc = read_descriptor(src)
-        profile = make_profile(desc, min_hw=parse_hw(min_hw) if min_hw else None,
-                               opt_hw=parse_hw(opt_hw) if opt_hw else None,
-                               max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch)
-        report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
-                                     budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
-                                     quantize_ends=quantize_ends, calib_method=calib_method,
-                                     **({"percentiles": tuple(percentile)} if percentile else {}))
-        if report.percentile_search:
-            typer.echo("percentile search (ΔPSNR on held-out calibration images): "
-                       + ", ".join(f"{k}: {v:.3f} dB" for k, v in report.percentile_search.items())
-                       + f" → {report.calib_percentile:g}")
-        typer.echo(report.line())
-        typer.echo(f"wrote {report.path}")
+        if output is not None and output.exists() and not overwrite:
+            raise OutputError(f"{output}: output exists; pass --overwrite to replace it")
+        if fp16 or int8:
+            report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
+                                         budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
+                                         quantize_ends=quantize_ends, calib_method=calib_method, overwrite=overwrite,
+                                         **({"percentiles": tuple(percentile)} if percentile else {}))
+            if report.percentile_search:
+                typer.echo("percentile search (ΔPSNR on held-out calibration images): "
+                           + ", ".join(f"{k}: {v:.3f} dB" for k, v in report.percentile_search.items())
+                           + f" → {report.calib_percentile:g}")
+            typer.echo(report.line())
+            typer.echo(f"wrote {report.path}")
+            model_onnx, precision = Path(report.path), report.precision
+        else:
+            model_onnx, precision = Path(src), "fp32"
         if onnx_only:
             return
         if not (tensorrt_available() and gpu_available()):
-            typer.echo("error: TensorRT and a CUDA GPU are needed to build the engine and are not both present here; "
-                       f"the {report.precision} ONNX is ready (pass --onnx-only to stop there)", err=True)
+            missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]')"
+            typer.echo(f"error: building a TensorRT engine needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
+                       f"The {precision} ONNX runs on this machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
             raise typer.Exit(3)
-        engine = build_engine(Path(report.path), read_descriptor(report.path), profile, out=output,
-                              workspace_gb=workspace_gb)
-        typer.echo(f"engine {engine} (profile min {profile.fmt(profile.min)}, opt {profile.fmt(profile.opt)}, "
-                   f"max {profile.fmt(profile.max)})")
+        if not float_io:
+            model_onnx = uint8_onnx(model_onnx)
+        edesc = read_descriptor(model_onnx)
+        profile = make_profile(edesc, min_hw=parse_hw(min_hw) if min_hw else None,
+                               opt_hw=parse_hw(opt_hw) if opt_hw else None,
+                               max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch,
+                               free_bytes=gpu_free_bytes())
+        engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
+        typer.echo(f"engine {engine} ({precision}, {edesc.io} I/O; profile min {profile.fmt(profile.min)}, "
+                   f"opt {profile.fmt(profile.opt)}, max {profile.fmt(profile.max)})")
     except SRDeployError as exc:
         _fail(exc)
 

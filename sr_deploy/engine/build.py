@@ -46,6 +46,23 @@ def gpu_identity() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
+def gpu_free_bytes() -> int | None:
+    """Free memory of GPU 0 (cuda-python, else torch); None where it cannot be read."""
+    try:
+        from sr_deploy.runtime.pipeline import check_cuda, cudart
+
+        free, _total = check_cuda(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+        return int(free)
+    except Exception:  # noqa: BLE001 - fall back to torch, then to "unknown"
+        pass
+    try:
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def require_tensorrt():
     try:
         import tensorrt as trt

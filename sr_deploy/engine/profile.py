@@ -58,14 +58,52 @@ class Profile:
         return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
 
 
+def activation_bytes_per_pixel(desc: ModelDescriptor) -> int:
+    """Peak activation bytes per input pixel, from the descriptor: an upper estimate used to size profiles.
+
+    For a pixel-shuffle SR network with ``channels`` features the peak sits in the upsampler, where a
+    conv's input (C channels at the intermediate scale) and its output (C·r² channels there) are both
+    alive: 2·C·s² values per input pixel at the last stage, plus the output and the trunk's skip.
+    Values are 4 bytes (fp32; half precision halves it, which only leaves margin)."""
+    c = int(desc.arch.get("channels", 64)) if desc.arch else 64
+    s = desc.scale
+    values = 2 * c * s * s + 3 * s * s + 2 * c
+    return 4 * values
+
+
+def max_for_memory(desc: ModelDescriptor, free_bytes: int, want_hw: tuple[int, int], want_batch: int,
+                   fraction: float = 0.5) -> tuple[int, tuple[int, int]]:
+    """The largest (batch, HxW) up to the wanted ones whose activations fit in ``fraction`` of ``free_bytes``;
+    the size shrinks (keeping its aspect, rounded to the size multiple) only once the batch is down to 1.
+    Larger frames are tiled within the profile."""
+    per_px = activation_bytes_per_pixel(desc)
+    budget = fraction * free_bytes
+    h, w = want_hw
+    for b in range(want_batch, 0, -1):
+        if b * h * w * per_px <= budget:
+            return b, (h, w)
+    m = max(1, desc.size_multiple)
+    k = math.sqrt(budget / (h * w * per_px))
+    fit = (max(m, int(h * k) // m * m), max(m, int(w * k) // m * m))
+    return 1, fit
+
+
 def make_profile(desc: ModelDescriptor, *, min_hw: tuple[int, int] | None = None, opt_hw: tuple[int, int] | None = None,
                  max_hw: tuple[int, int] | None = None, target_hw: tuple[int, int] = DEFAULT_TARGET,
-                 max_batch: int = 4) -> Profile:
-    """Defaults from the descriptor: opt = the LR size of ``target_hw``, max = twice that, min = 16 px."""
+                 max_batch: int = 4, free_bytes: int | None = None) -> Profile:
+    """Defaults from the descriptor: opt = the LR size of ``target_hw``, max = twice that, min = 16 px.
+
+    With ``free_bytes`` (the GPU's free memory) and no explicit ``max_hw``, the default maximum batch
+    and size are cut to what fits in half of it (the old fixed batch 4 x 540x960 at x4 sized
+    activations for four 4K outputs, ~17 GB for srresnet_x4)."""
     m = max(1, desc.size_multiple)
     opt = opt_hw or (_round_up(math.ceil(target_hw[0] / desc.scale), m), _round_up(math.ceil(target_hw[1] / desc.scale), m))
     mn = min_hw or (_round_up(16, m), _round_up(16, m))
     mx = max_hw or (2 * opt[0], 2 * opt[1])
+    if free_bytes is not None and max_hw is None:
+        max_batch, mx = max_for_memory(desc, free_bytes, mx, max_batch)
+        opt = (min(opt[0], mx[0]), min(opt[1], mx[1]))
+        mn = (min(mn[0], mx[0]), min(mn[1], mx[1]))
     for name, hw in (("min", mn), ("opt", opt), ("max", mx)):
         if hw[0] % m or hw[1] % m:
             raise InputError(f"--{name} {hw[0]}x{hw[1]} is not a multiple of the model's size multiple {m}")

@@ -230,7 +230,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]' on a GPU machine)"
         raise BackendUnavailable(f"the tensorrt backend needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                                  f"On this machine `--backend auto` runs the fastest CPU backend")
-    from sr_deploy.engine.build import build_engine, current_key
+    from sr_deploy.engine.build import build_engine, current_key, gpu_free_bytes
     from sr_deploy.engine.key import engine_path
     from sr_deploy.engine.profile import make_profile
     from sr_deploy.export.onnx_export import read_descriptor
@@ -246,7 +246,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     if not desc.pixel_io:
         base = uint8_onnx(base)
         desc = read_descriptor(base)
-    profile = make_profile(desc)
+    profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
     target = cache_root() / "tensorrt" / engine_path(base, key).name
     if target.exists() and target.with_suffix(".json").exists():

@@ -123,3 +123,21 @@ def test_cuda_buffers_roundtrip():
     _check(cudart.cudaMemcpy(y.ctypes.data, d, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
     pool.release()
     assert np.array_equal(x, y)
+
+
+def test_default_profile_max_fits_free_gpu_memory():
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.engine.profile import activation_bytes_per_pixel, make_profile
+
+    desc = ModelDescriptor(name="m", scale=4, arch={"channels": 64})
+    per_px = activation_bytes_per_pixel(desc)
+    roomy = make_profile(desc, free_bytes=80 << 30)
+    assert roomy.max == (4, 3, 540, 960)  # an H100's free memory holds the full default
+    tight = make_profile(desc, free_bytes=8 << 30)
+    b, _, h, w = tight.max
+    assert b * h * w * per_px <= 0.5 * (8 << 30)
+    assert (b, h, w) != (4, 540, 960) and tight.opt[2] <= h and tight.opt[3] <= w
+    tiny = make_profile(desc, free_bytes=256 << 20)
+    assert tiny.max[0] == 1 and tiny.max[2] * tiny.max[3] * per_px <= 0.5 * (256 << 20)
+    assert abs(tiny.max[2] / tiny.max[3] - 540 / 960) < 0.05  # aspect kept
+    assert make_profile(desc, free_bytes=256 << 20, max_hw=(540, 960)).max == (4, 3, 540, 960)  # explicit wins

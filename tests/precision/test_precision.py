@@ -105,9 +105,13 @@ def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--onnx-only"])
     assert r.exit_code == 0, r.output
     assert precision_path(src, "fp16").exists()
-    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16"])
-    assert r.exit_code != 0 and "TensorRT" in r.output
-    r = CliRunner().invoke(app, ["build-engine", str(src)])
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16"])  # kept: no --overwrite
+    assert r.exit_code != 0 and "output exists" in r.output
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--overwrite"])
+    assert r.exit_code == 3 and "TensorRT" in r.output and "srdeploy run INPUT --model" in r.output
+    r = CliRunner().invoke(app, ["build-engine", str(src)])  # fp32 engine: no precision ONNX to make
+    assert r.exit_code == 3 and "fp32 ONNX runs on this machine" in r.output
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--int8"])
     assert r.exit_code != 0 and "choose one precision" in r.output
     plain = tmp_path / "plain.onnx"
     m = onnx.load(str(src))
@@ -137,7 +141,7 @@ def test_percentile_search_keeps_the_best_on_held_out_calibration_images(tiny_on
     assert saved["calib_percentile"] == rep.calib_percentile and saved["percentile_search"] == rep.percentile_search
     r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--calib-count", "4",
                                  "--calib-size", "16", "--max-delta-db", "5", "--onnx-only",
-                                 "--percentile", "99.9", "--percentile", "99.99"])
+                                 "--percentile", "99.9", "--percentile", "99.99", "--overwrite"])
     assert r.exit_code == 0, r.output
     assert "percentile search" in r.output
 
