@@ -113,6 +113,8 @@ def run(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 | int8 (default: backend's choice)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Folders: leave outputs that exist (resume)."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="GPU: replay the model as a captured CUDA graph "
+                                                               "(TensorRT, or torch on CUDA)."),
     tile: int = typer.Option(0, "--tile", help="Tile size in input pixels (0: whole frames)."),
     alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model."),
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
@@ -140,7 +142,7 @@ def run(
         if alpha not in ("bicubic", "model"):
             raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
         source = resolve_model(model)
-        runner, why = make_runner(source, backend, precision)
+        runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
         out = output or default_output(input, runner.scale)
         with runner:
             if not quiet:

@@ -107,7 +107,7 @@ def _ensure_variants(onnx_path: Path, source_path: Path, precisions: set[str], c
         if p == "int8" and c is None:
             import cv2
 
-            from sr_deploy.bench.synthetic import synthetic_images
+            from sr_deploy.synthetic import synthetic_images
 
             tmpdir = tempfile.TemporaryDirectory()
             for i, img in enumerate(synthetic_images(count=6, size=(320, 320), seed=7)):
@@ -141,7 +141,7 @@ def _datasets(cfg: BenchConfig, scale: int, say) -> list[tuple[str, list]]:
 
     out = []
     if not cfg.data:
-        from sr_deploy.bench.synthetic import synthetic_images
+        from sr_deploy.synthetic import synthetic_images
         from sr_deploy.metrics import make_lr, mod_crop
         from sr_deploy.quality import EvalPair
 
@@ -439,7 +439,7 @@ def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64,
     if data:
         pairs = load_eval_set(data, scale)[:max_images]
     else:
-        from sr_deploy.bench.synthetic import synthetic_images
+        from sr_deploy.synthetic import synthetic_images
         from sr_deploy.metrics import make_lr, mod_crop
         from sr_deploy.quality import EvalPair
 

@@ -51,7 +51,7 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
     from sr_deploy.quality import EvalPair
 
     if folder is None:
-        from sr_deploy.bench.synthetic import synthetic_images
+        from sr_deploy.synthetic import synthetic_images
 
         imgs, label = synthetic_images(count=4), "generated images"
     else:

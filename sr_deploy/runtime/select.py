@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_deploy.errors import BackendUnavailable, InputError, ModelError
+from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError
 from sr_deploy.fsutil import cache_root
 from sr_deploy.runtime.base import Runner
 
@@ -95,8 +95,21 @@ def gpu_available() -> bool:
         return False
 
 
-def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None) -> tuple[Runner, str]:
-    """Build the runner for ``source`` on ``backend``; returns it and a one-line reason."""
+def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None, *,
+                cuda_graph: bool = False) -> tuple[Runner, str]:
+    """Build the runner for ``source`` on ``backend``; returns it and a one-line reason.
+
+    ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA)."""
+    runner, why = _make_runner(source, backend, precision)
+    if cuda_graph:
+        if not (runner.on_gpu or runner.backend == "tensorrt") or not hasattr(runner, "cuda_graph"):
+            raise InputError(f"--cuda-graph needs a GPU runner (tensorrt, or torch on CUDA); this one is {runner.describe()}")
+        runner.cuda_graph = True
+        why += "; CUDA graph"
+    return runner, why
+
+
+def _make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None) -> tuple[Runner, str]:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; pick one of {', '.join(BACKENDS)}")
     if source.kind == "engine":
@@ -163,8 +176,11 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     from sr_deploy.runtime.ort_runner import OrtRunner
 
     if tensorrt_ready() and source.kind in ("checkpoint", "onnx"):
-        runner, why = cached_engine_runner(source, precision, say=_note)
-        return runner, f"a GPU and TensorRT are present: {why}"
+        try:
+            runner, why = cached_engine_runner(source, precision, say=_note)
+            return runner, f"a GPU and TensorRT are present: {why}"
+        except QualityGateError as exc:  # auto never runs an engine that failed its gate
+            _note(f"note: {exc}")
     if gpu_available() and source.kind == "checkpoint":
         from sr_deploy.export.onnx_export import descriptor_for
         from sr_deploy.models.checkpoint import load_checkpoint
@@ -249,13 +265,65 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
     target = cache_root() / "tensorrt" / engine_path(base, key).name
+    reference = onnx_for(source)
+    if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
+        sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")
+        reference = sibling if sibling.exists() else None
     if target.exists() and target.with_suffix(".json").exists():
-        return TensorRTRunner(target), f"TensorRT engine from the cache ({desc.precision})"
-    if say:
-        say(f"building the TensorRT {desc.precision} engine for {source.name} (first use on this GPU and TensorRT; "
-            f"cached in {target.parent})")
-    build_engine(base, desc, profile, out=target)
-    return TensorRTRunner(target), f"TensorRT engine built on first use ({desc.precision})"
+        runner = TensorRTRunner(target)
+        how = "from the cache"
+    else:
+        if say:
+            say(f"building the TensorRT {desc.precision} engine for {source.name} (first use on this GPU and "
+                f"TensorRT; cached in {target.parent})")
+        build_engine(base, desc, profile, out=target)
+        runner, how = TensorRTRunner(target), "built on first use"
+    gate = gate_engine(runner, reference)
+    if not gate["passed"]:
+        raise QualityGateError(f"{target}: the {desc.precision} engine's output is {gate['psnr_vs_fp32_db']:.1f} dB "
+                               f"from the fp32 model's (gate {gate['min_psnr_db']:g} dB): not used; try --precision fp32")
+    return runner, f"TensorRT engine {how} ({desc.precision}, {gate['psnr_vs_fp32_db']:.1f} dB vs fp32 on its gate)"
+
+
+ENGINE_GATE_DB = {"fp32": 50.0, "fp16": 40.0, "int8": 30.0}  # PSNR of the engine's output vs the fp32 ONNX's
+
+
+def gate_engine(runner: Runner, reference: Path | None) -> dict:
+    """Check an engine's output against the fp32 ONNX on ONNX Runtime (CPU) once, on generated images
+    (edges, text, gradients, texture: no dataset is needed at run time), and record the verdict in the
+    engine's sidecar so later runs reuse it. Catches what the ONNX-level gates cannot see: a TensorRT
+    tactic or an fp16 overflow that only the built engine has. Returns the recorded verdict."""
+    import numpy as np
+
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.metrics import psnr
+    from sr_deploy.runtime.ort_runner import OrtRunner
+    from sr_deploy.synthetic import synthetic_images
+
+    sidecar = runner.path.with_suffix(".json")
+    data = json.loads(sidecar.read_text())
+    if "gate" in data:
+        return data["gate"]
+    imgs = [im[:64, :96] for im in synthetic_images(count=3, size=(64, 96), seed=11)]
+    min_db = ENGINE_GATE_DB.get(runner.precision, 30.0)
+    if reference is None:  # nothing to compare against: the ONNX-level gate is all there is
+        verdict = {"psnr_vs_fp32_db": float("inf"), "min_psnr_db": min_db, "passed": True, "images": 0}
+    else:
+        ref = OrtRunner(reference, read_descriptor(reference))
+        scores = []
+        with ref, runner:
+            for im in imgs:
+                a = ref.infer_u8(im[None])[0]
+                b = runner.infer_u8(im[None])[0]
+                scores.append(psnr(a.astype(np.float64), b.astype(np.float64)))
+        worst = float(min(scores))
+        verdict = {"psnr_vs_fp32_db": worst, "min_psnr_db": min_db, "passed": worst >= min_db, "images": len(imgs)}
+    data["gate"] = verdict
+    from sr_deploy.fsutil import atomic_path
+
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return verdict
 
 
 def available_backends() -> list[str]:

@@ -138,8 +138,10 @@ def test_run_builds_engine_on_first_use_then_reuses_it(gpu_here, tiny_ckpt, tiny
     assert out.shape == (1, 20, 28, 3)
     ref = _reference(tiny_onnx, np.pad(px, ((0, 0), (0, 6), (0, 2), (0, 0)), mode="edge"))[:, :20, :28]
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
-    r2, why2 = make_runner(src, "auto")  # auto on a GPU with TensorRT: the cached engine
-    assert "from the cache" in why2 and r2.path == r1.path
+    gate = json.loads(r1.path.with_suffix(".json").read_text())["gate"]
+    assert gate["passed"] and gate["psnr_vs_fp32_db"] >= 50 and "dB vs fp32" in why1
+    r2, why2 = make_runner(src, "auto", cuda_graph=True)  # auto on a GPU with TensorRT: the cached engine
+    assert "from the cache" in why2 and r2.path == r1.path and r2.cuda_graph
     # another TensorRT version: a new engine is built beside, the old one is never run
     object.__setattr__(gpu_here, "__version__", gpu_here.__version__ + ".1")
     r3, why3 = make_runner(src, "tensorrt")
@@ -153,3 +155,23 @@ def test_tensorrt_backend_without_gpu_says_what_works(tiny_ckpt, monkeypatch):
     monkeypatch.setattr(select, "gpu_available", lambda: False)
     with pytest.raises(BackendUnavailable, match="--backend auto"):
         select.make_runner(select.resolve_model(str(tiny_ckpt)), "tensorrt")
+
+
+def test_engine_that_drifts_from_fp32_is_refused(gpu_here, tiny_ckpt, monkeypatch, tmp_path):
+    """The engine gate compares the built engine with the fp32 ONNX: an engine whose output is off (a bad
+    tactic, an fp16 overflow) is refused with one line, and the verdict is kept in its sidecar."""
+    from sr_deploy.errors import QualityGateError
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    real = TensorRTRunner._from_engine
+
+    def drifted(self, out, pixel_graph, nhwc):
+        return (real(self, out, pixel_graph, nhwc).astype(np.int16) + 9).clip(0, 255).astype(np.uint8)
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))  # a fresh engine, not one gated before
+    monkeypatch.setattr(TensorRTRunner, "_from_engine", drifted)
+    with pytest.raises(QualityGateError, match="from the fp32 model's"):
+        make_runner(resolve_model(str(tiny_ckpt)), "tensorrt")
+    with pytest.raises(QualityGateError):  # the recorded verdict is reused, not re-measured into a pass
+        monkeypatch.setattr(TensorRTRunner, "_from_engine", real)
+        make_runner(resolve_model(str(tiny_ckpt)), "tensorrt")
