@@ -1,0 +1,45 @@
+"""The GPU path on a real NVIDIA GPU (skipped elsewhere; benchmarks/run_gpu_suite.sh runs them)."""
+
+
+import numpy as np
+import pytest
+
+from sr_deploy.runtime.pipeline import CudaDevice, FramePipeline, TensorPlan
+
+
+@pytest.mark.needs_gpu
+def test_pipeline_on_cuda_python_device():
+    """FramePipeline on real streams and events: a device-to-device copy as the 'model'."""
+    pytest.importorskip("cuda")
+    dev = CudaDevice()
+    rt = dev.rt
+    plan = TensorPlan((1, 8, 8, 3), np.uint8)
+
+    def compute(slot, stream):
+        kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        assert int(rt.cudaMemcpyAsync(slot.dev_out, slot.dev_in, plan.nbytes, kind, stream)[0]) == 0
+
+    frames = [np.full(plan.shape, i, np.uint8) for i in range(10)]
+    with FramePipeline(dev, compute, inp=plan, out=plan, depth=3) as pipe:
+        outs = list(pipe.run(frames))
+    assert [int(o[0, 0, 0, 0]) for o in outs] == list(range(10))
+
+
+@pytest.mark.needs_gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_torch_cuda_stream_matches_cpu(tiny_ckpt, cuda_graph):
+    from sr_deploy.export.onnx_export import descriptor_for
+    from sr_deploy.models.checkpoint import load_checkpoint
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    model, _ = load_checkpoint(tiny_ckpt)
+    desc = descriptor_for(model, name="tiny")
+    px = [np.random.default_rng(i).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8) for i in range(5)]
+    with TorchRunner(model, desc, device="cpu") as cpu:
+        ref = [cpu.infer_u8(b) for b in px]
+    gpu = TorchRunner(model, desc, precision="fp16", device="cuda", cuda_graph=cuda_graph)
+    assert gpu.on_gpu
+    with gpu:
+        outs = list(gpu.stream_u8(iter(px)))
+    for r, o in zip(ref, outs, strict=True):
+        assert o.shape == r.shape and np.abs(o.astype(int) - r.astype(int)).max() <= 3  # fp16
