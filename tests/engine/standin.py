@@ -3,7 +3,7 @@
 Names: every public attribute the stand-in answers must be a name of the real
 TensorRT bindings of that major version. The names are read from the compiled
 module inside the real wheels (``tensorrt-cu12-bindings`` 10.x and 11.x, which
-.ci/install downloads into .venv/trt-bindings without installing them): an
+.ci/install downloads into .venv/api-wheels without installing them): an
 identifier string in the binary, or the tail of one (the linker merges
 ``Logger`` into ``ILogger``), or a name defined in the wheel's Python files.
 A name the real module lacks raises AttributeError, as the real module would,
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-WHEELS = Path(os.environ.get("SRDEPLOY_TRT_BINDINGS", ROOT / ".venv" / "trt-bindings"))
+WHEELS = Path(os.environ.get("SRDEPLOY_API_WHEELS", ROOT / ".venv" / "api-wheels"))
 IDENT = re.compile(rb"[A-Za-z_][A-Za-z0-9_]{1,}")
 
 

@@ -1,6 +1,5 @@
 """The GPU path on a real NVIDIA GPU (skipped elsewhere; benchmarks/run_gpu_suite.sh runs them)."""
 
-
 import numpy as np
 import pytest
 
