@@ -336,6 +336,10 @@ def make_tensorrt(wheel: Path, sim: SimCudart, calls: list | None = None):
 
         def set_timing_cache(self, cache, ignore_mismatch):
             calls.append(("set_timing_cache", ignore_mismatch))
+            # like TensorRT: a cache from another version (or garbage) is refused when mismatches are not ignored
+            if cache._data and not cache._data.startswith(f"timing cache of tensorrt {version}".encode()) \
+                    and not ignore_mismatch:
+                return False
             self._cache = cache
             return True
 

@@ -109,10 +109,18 @@ def test_shape_outside_profile_and_bad_engines(trt, tiny_onnx, tmp_path):
         TensorRTRunner(engine).activate()
 
 
-def test_timing_cache_per_version_and_reused(trt, tiny_onnx, tmp_path):
-    _build(tiny_onnx)
+def test_timing_cache_per_version_refused_cache_rebuilt(trt, tiny_onnx, tmp_path):
     path = build_mod.timing_cache_path(trt.__version__, "Sim GPU", "9.0")
-    assert path.is_file() and trt.__version__ in path.name
+    assert trt.__version__ in path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"timing cache of tensorrt 9.9 (another version)")
+    engine, _ = _build(tiny_onnx, out=tmp_path / "a.engine")
+    assert engine.is_file()
+    # refused once, then an empty cache; the file now holds this version's cache
+    assert [c for c in trt._calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)] * 2
+    assert path.read_bytes().startswith(f"timing cache of tensorrt {trt.__version__}".encode())
+    trt._calls.clear()
+    _build(tiny_onnx, out=tmp_path / "b.engine")  # reused as is
     assert [c for c in trt._calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)]
 
 
