@@ -99,3 +99,8 @@ def bicubic_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     h, w = hr.shape[:2]
     return bicubic_resize(hr, (w // scale, h // scale))
+
+
+def quantize(x: np.ndarray, out_max: float = 255.0, dtype=np.uint8) -> np.ndarray:
+    """Float in [0, 1] → integer pixels, rounded and clipped like an image writer."""
+    return np.clip(np.rint(x * out_max), 0, out_max).astype(dtype)

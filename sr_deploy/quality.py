@@ -33,7 +33,7 @@ class QualityResult:
 
 def load_eval_set(folder: str | Path, scale: int) -> list[EvalPair]:
     """Read every image of ``folder`` as an (HR, LR) pair; images smaller than the scale are skipped."""
-    from sr_deploy.train.data import list_images, read_rgb
+    from sr_deploy.imagefiles import list_images, read_rgb
 
     pairs = []
     for f in list_images([folder]):

@@ -36,7 +36,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def measure_host_io(lr_hw: tuple[int, int] = (270, 480), scale: int = 4, repeats: int = 15) -> HostIO:
-    from sr_deploy.media.tiling import quantize
+    from sr_deploy.metrics import quantize
 
     h, w = lr_hw
     rng = np.random.default_rng(0)

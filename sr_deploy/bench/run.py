@@ -12,10 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from sr_deploy.bench.machine import cpu_has_bf16, machine_info, peak_rss_mb, reset_peak_rss
+from sr_deploy.machine import cpu_has_bf16, machine_info, peak_rss_mb, reset_peak_rss
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.media.tiling import quantize
+from sr_deploy.metrics import quantize
 
 CPU_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16", "int8"),
                   "openvino": ("fp32", "bf16", "int8")}

@@ -26,13 +26,12 @@ def tensorrt_available() -> bool:
 
 def gpu_identity() -> tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of device 0, via cuda-python or torch."""
+    from sr_deploy.cuda import cudart as _cudart
+
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.8
-        except ImportError:
-            cudart = None
+        cudart = _cudart()
+    except BackendUnavailable:
+        cudart = None
     if cudart is not None:
         err, prop = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
@@ -49,7 +48,7 @@ def gpu_identity() -> tuple[str, str]:
 def gpu_free_bytes() -> int | None:
     """Free memory of GPU 0 (cuda-python, else torch); None where it cannot be read."""
     try:
-        from sr_deploy.runtime.pipeline import check_cuda, cudart
+        from sr_deploy.cuda import check_cuda, cudart
 
         free, _total = check_cuda(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
         return int(free)

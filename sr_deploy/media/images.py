@@ -9,11 +9,11 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
+from sr_deploy.imagefiles import IMAGE_SUFFIXES  # noqa: F401  (re-exported)
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 ALPHA_MODES = ("bicubic", "model")
 
 

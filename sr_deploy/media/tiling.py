@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sr_deploy.metrics import quantize  # noqa: F401  (re-exported)
 from sr_deploy.runtime.base import Runner
 
 
@@ -44,11 +45,6 @@ def _window(starts: list[int], i: int, length: int, s: int) -> np.ndarray:
     if trail:
         w *= _ramp(length * s, trail, False, True)
     return w
-
-
-def quantize(x: np.ndarray, out_max: float = 255.0, dtype=np.uint8) -> np.ndarray:
-    """Float in [0, 1] → integer pixels, rounded and clipped like an image writer."""
-    return np.clip(np.rint(x * out_max), 0, out_max).astype(dtype)
 
 
 def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:

@@ -55,7 +55,7 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
 
         imgs, label = synthetic_images(count=4), "generated images"
     else:
-        from sr_deploy.train.data import list_images, read_rgb
+        from sr_deploy.imagefiles import list_images, read_rgb
 
         files = list_images([folder])
         if skip_every:  # held out from calibration: calibration uses the other files
@@ -78,7 +78,7 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
     """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
-    from sr_deploy.media.tiling import quantize
+    from sr_deploy.metrics import quantize
     from sr_deploy.metrics import y_psnr_ssim
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, candidate)]

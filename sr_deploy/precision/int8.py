@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_deploy.errors import InputError
-from sr_deploy.train.data import list_images, read_rgb
+from sr_deploy.imagefiles import list_images, read_rgb
 
 
 HOLD_OUT_EVERY = 5  # every 5th file of a calibration folder is held out (gate / percentile search)

@@ -21,14 +21,10 @@ def cache_dir() -> Path:
 
 
 def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        import openvino as ov
+    """Native bf16 (AVX512-BF16 or AMX): the one probe, in sr_deploy.machine; elsewhere bf16 is emulated and slow."""
+    from sr_deploy.machine import cpu_has_bf16
 
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        return "BF16" in caps
-    except Exception:  # noqa: BLE001 - any failure means: do not pick bf16
-        return False
+    return cpu_has_bf16()
 
 
 class OpenVINORunner(Runner):

@@ -215,7 +215,7 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     if OpenVINORunner.available():
         runner, _ = make_runner(source, "openvino", precision)
         return runner, "CPU only; OpenVINO is the fastest CPU runner installed"
-    from sr_deploy.bench.machine import cpu_has_bf16
+    from sr_deploy.machine import cpu_has_bf16
 
     if precision is None and source.kind == "checkpoint" and cpu_has_bf16():
         # measured on a 2-core AVX512-BF16 CPU (benchmarks/results/): torch bf16 runs a frame in about

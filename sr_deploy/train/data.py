@@ -16,28 +16,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sr_deploy.errors import InputError
-from sr_deploy.media.images import IMAGE_SUFFIXES
+from sr_deploy.imagefiles import list_images, read_rgb  # noqa: F401  (re-exported)
 from sr_deploy.metrics import make_lr
 
 log = logging.getLogger(__name__)
-
-
-def list_images(folders: list[Path] | list[str]) -> list[Path]:
-    files: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise InputError(f"{folder}: data folder not found")
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image as RGB uint8 (grayscale expanded, alpha dropped)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def merge_log(run_log: Path, record_log: Path) -> None:
 
 
 def _machine_line() -> str:
-    from sr_deploy.bench.machine import machine_info
+    from sr_deploy.machine import machine_info
 
     m = machine_info()
     return f"{m.get('cpu')} ({m.get('cores')} cores; {', '.join(m.get('isa', []))}), GPU: {m.get('gpu') or 'none'}"

@@ -51,7 +51,7 @@ def test_openvino_matches_onnxruntime_within_precision_tolerance(tiny_onnx, tmp_
     """OpenVINO runs the same Q/DQ ONNX as ONNX Runtime; bf16 is compared with the fp32 model."""
     import cv2
 
-    from sr_deploy.bench.machine import cpu_has_bf16
+    from sr_deploy.machine import cpu_has_bf16
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.precision.convert import make_precision_onnx
     from sr_deploy.runtime.openvino_runner import OpenVINORunner

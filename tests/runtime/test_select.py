@@ -51,7 +51,7 @@ def test_auto_without_openvino_falls_back(model_dir, monkeypatch):
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_without_openvino_picks_torch_bf16_on_native_bf16_cpus(tiny_ckpt, monkeypatch, native_bf16):
-    from sr_deploy.bench import machine
+    from sr_deploy import machine
 
     monkeypatch.setattr(OpenVINORunner, "available", staticmethod(lambda: False))
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: native_bf16)

@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on."""
+"""The machine: CPU model and flags (the one native-bf16 probe), memory, versions, peak RSS."""
 
 from __future__ import annotations
 

@@ -1,0 +1,34 @@
+"""Image files on disk: which suffixes are images, listing them, reading one as RGB.
+
+Shared by training data, calibration, evaluation and media, so it sits below all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sr_deploy.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def list_images(folders: list[Path] | list[str]) -> list[Path]:
+    """Every image file under ``folders`` (recursive, sorted per folder)."""
+    files: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: data folder not found")
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return files
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB uint8 (grayscale expanded, alpha dropped)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
