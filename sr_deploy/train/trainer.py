@@ -47,6 +47,18 @@ def val_score(recipe: str, res) -> float:
     return -abs(res.detail - 1.0) if recipe == "srgan" else res.psnr_y
 
 
+def bf16_pays(requested: bool, device: torch.device) -> bool:
+    """bf16 autocast only where it is native: CUDA GPUs, or CPUs with AVX512-BF16/AMX. On an AVX2 CPU
+    a step of the 16-block recipe took 34 s in bf16 against 2.6 s in fp32 (one thread)."""
+    if not requested:
+        return False
+    if device.type == "cuda":
+        return True
+    from sr_deploy.machine import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 def _open_log(csv_path: Path, keep: bool) -> None:
     """Start the run's CSV log, or (resuming) keep it, rewriting its header if it predates a column."""
     rows = []
@@ -244,7 +256,11 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         pin_memory=device.type == "cuda",
     )
     pixel_fn = F.l1_loss if cfg.pixel_loss == "l1" else F.mse_loss
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    use_bf16 = bf16_pays(cfg.bf16, device)
+    if cfg.bf16 and not use_bf16 and main:
+        log.warning("bf16 autocast off: this CPU has no native bf16 (AVX512-BF16/AMX), where it runs about 13x "
+                    "slower than fp32 (measured on a 2-core AVX2 EPYC); training in fp32")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     bicubic_psnr = None
     if main and val_pairs:
         bicubic_psnr = evaluate(val_pairs, cfg.scale, lambda lr: bicubic_upscale(lr, cfg.scale)).psnr_y

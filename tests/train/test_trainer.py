@@ -219,3 +219,16 @@ def test_resumed_log_gains_new_columns_and_keeps_rows(tmp_path):
     assert reader.fieldnames == CSV_FIELDS and len(rows) == 1 and rows[0]["step"] == "1" and rows[0]["val_detail"] == ""
     _open_log(path, keep=False)  # a new run starts an empty log
     assert path.read_text().strip() == ",".join(CSV_FIELDS)
+
+
+def test_bf16_autocast_only_where_native(monkeypatch):
+    import torch
+
+    from sr_deploy import machine
+    from sr_deploy.train.trainer import bf16_pays
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
+    assert not bf16_pays(True, cpu) and bf16_pays(True, torch.device("cuda", 0)) and not bf16_pays(False, cpu)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
+    assert bf16_pays(True, cpu)
