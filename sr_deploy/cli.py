@@ -130,8 +130,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Upscale an image, a folder or a video."""
-    from sr_deploy.media.images import default_output, is_image, upscale_folder, upscale_image
-    from sr_deploy.media.video import VideoOptions, is_video, upscale_video
+    from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
+    from sr_deploy.media.tiling import check_tile
+    from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, is_video, upscale_video
     from sr_deploy.runtime.select import make_runner, resolve_model
 
     try:
@@ -141,6 +142,13 @@ def run(
             raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
         if alpha not in ("bicubic", "model"):
             raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
+        check_tile(tile)
+        if output is not None and not input.is_dir():
+            want = IMAGE_SUFFIXES if is_image(input) else VIDEO_SUFFIXES
+            if output.suffix.lower() not in want:
+                kind = "an image" if is_image(input) else "a video"
+                raise InputError(f"{output}: {output.suffix or 'no suffix'} is not {kind} format "
+                                 f"({', '.join(sorted(want))})")
         source = resolve_model(model)
         runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
         out = output or default_output(input, runner.scale)

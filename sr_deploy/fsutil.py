@@ -34,11 +34,30 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        if overwrite:
+            os.replace(tmp_path, target)
+        else:
+            _publish_new(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target`` only if ``target`` still does not exist: a hard link fails
+    atomically when the name is taken, so of two runs writing the same output only one succeeds."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError as exc:
+        raise OutputError(f"{target}: output appeared while this run was writing it (another run?); "
+                          f"kept it; pass --overwrite to replace it") from exc
+    except OSError:  # no hard links on this filesystem: check, then rename (a small window remains)
+        if target.exists():
+            raise OutputError(f"{target}: output appeared while this run was writing it; pass --overwrite to replace it")
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
 
 
 def cache_root() -> Path:

@@ -73,8 +73,14 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool) -> None:
     import cv2
 
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise OutputError(f"{path}: {path.suffix or 'no suffix'} is not an image format "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ok, buf = cv2.imencode(path.suffix, img, params)
+        try:
+            ok, buf = cv2.imencode(path.suffix, img, params)
+        except cv2.error:
+            ok = False
         if not ok:
             raise OutputError(f"{path}: cannot encode this image as {path.suffix}")
         try:

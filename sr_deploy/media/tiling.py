@@ -16,6 +16,16 @@ from sr_deploy.metrics import quantize  # noqa: F401  (re-exported)
 from sr_deploy.runtime.base import Runner
 
 
+MIN_TILE = 16  # input pixels: below this a tile is mostly blend ramp and the model's zero-padded border
+
+
+def check_tile(tile: int) -> None:
+    from sr_deploy.errors import InputError
+
+    if tile < 0 or 0 < tile < MIN_TILE:
+        raise InputError(f"--tile {tile}: use 0 (whole frames) or at least {MIN_TILE} input pixels")
+
+
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
     if size <= tile:
         return [0]
@@ -60,6 +70,7 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: 
     (255 or 65535) the result is rounded into ``out_dtype`` row by row, so no full-size float
     buffer exists. ``tile`` 0, or a frame no larger than the tile, runs in one call.
     """
+    check_tile(tile)
     h, w, c = frame.shape
     s = runner.scale
     max_hw = runner.input_spec().max_hw

@@ -278,7 +278,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         vout = out.add_stream(codec, rate=rate)
                     except (av.error.FFmpegError, ValueError) as exc:
                         raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
-                    vout.width, vout.height, vout.pix_fmt = width, height, options.pix_fmt
+                    try:
+                        vout.width, vout.height, vout.pix_fmt = width, height, options.pix_fmt
+                    except (ValueError, av.error.FFmpegError) as exc:
+                        raise InputError(f"--pix-fmt {options.pix_fmt!r} is not a pixel format {codec} takes "
+                                         f"(for example yuv420p, yuv420p10le)") from exc
                     vout.time_base = vin.time_base
                     vout.codec_context.time_base = vin.time_base
                     if options.bitrate:

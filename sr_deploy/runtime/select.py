@@ -127,6 +127,11 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
         from sr_deploy.models.checkpoint import load_checkpoint
         from sr_deploy.runtime.torch_runner import TorchRunner
 
+        if precision not in (None, "fp32", "bf16", "fp16"):
+            raise InputError(f"the torch backend runs fp32, bf16 or fp16 (CUDA), not {precision}; "
+                             f"int8 runs on openvino, onnxruntime or tensorrt")
+        if precision == "fp16" and not gpu_available():
+            raise InputError("torch fp16 needs a CUDA GPU; on the CPU use --precision bf16 (native-bf16 CPUs) or fp32")
         model, _ = load_checkpoint(source.path)
         return TorchRunner(model, descriptor_for(model, name=source.name), precision=precision or "fp32"), "asked for"
     if backend == "tensorrt":

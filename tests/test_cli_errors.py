@@ -1,0 +1,67 @@
+"""User mistakes end in one `error:` line and a non-zero exit, and lose nothing."""
+
+import os
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.errors import OutputError
+from sr_deploy.fsutil import atomic_path
+from tests.conftest import make_clip, pattern_image
+
+
+@pytest.fixture
+def image(tmp_path):
+    p = tmp_path / "in.png"
+    cv2.imwrite(str(p), pattern_image(20, 24))
+    return p
+
+
+def _run(*args):
+    r = CliRunner().invoke(app, ["run", *map(str, args)])
+    return r.exit_code, r.output
+
+
+@pytest.mark.parametrize("tile", [1, 3, 15, -2])
+def test_tile_below_minimum_refused(tiny_ckpt, image, tmp_path, tile):
+    code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--tile", tile)
+    assert code != 0 and out.startswith("error: --tile") and "Traceback" not in out
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_output_suffix_not_a_format(tiny_ckpt, image, tmp_path):
+    code, out = _run(image, "-o", tmp_path / "o.xyz", "--model", tiny_ckpt)
+    assert code != 0 and out.startswith("error:") and "not an image format" in out
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=2)
+    code, out = _run(clip, "-o", tmp_path / "o.png", "--model", tiny_ckpt)
+    assert code != 0 and "not a video format" in out
+
+
+def test_precision_the_backend_cannot_run(tiny_ckpt, image, tmp_path):
+    code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--backend", "torch", "--precision", "int8")
+    assert code != 0 and out.startswith("error: the torch backend runs") and "Traceback" not in out
+
+
+def test_bad_pix_fmt(tiny_ckpt, tmp_path):
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=2)
+    code, out = _run(clip, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, "--pix-fmt", "nonsense")
+    assert code != 0 and out.splitlines()[-1].startswith("error: --pix-fmt") and not (tmp_path / "o.mp4").exists()
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_second_writer_never_clobbers_the_first(tmp_path):
+    """Two runs writing one output: the one finishing second refuses, the first one's file survives."""
+    target = tmp_path / "out.png"
+    with pytest.raises(OutputError, match="appeared while this run was writing"):
+        with atomic_path(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"second")
+            target.write_bytes(b"first")  # another run finished meanwhile
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left
+    with atomic_path(target, overwrite=True) as tmp:
+        tmp.write_bytes(b"replaced")
+    assert target.read_bytes() == b"replaced" and oct(os.stat(target).st_mode & 0o777) != "0o600"
