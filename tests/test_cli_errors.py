@@ -65,3 +65,34 @@ def test_second_writer_never_clobbers_the_first(tmp_path):
     with atomic_path(target, overwrite=True) as tmp:
         tmp.write_bytes(b"replaced")
     assert target.read_bytes() == b"replaced" and oct(os.stat(target).st_mode & 0o777) != "0o600"
+
+
+def _export(*args):
+    r = CliRunner().invoke(app, ["export", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def test_files_that_are_not_checkpoints(tmp_path, tiny_ckpt):
+    import pickle
+
+    text = tmp_path / "notes.pt"
+    text.write_text("this is not a model\n")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=2))
+    expect = {text: "(a text file)", empty: "(an empty file)", trunc: "truncated or damaged",
+              evil: "Python objects beyond tensors"}
+    for path, words in expect.items():
+        code, out = _export(path, "-o", tmp_path / "x.onnx")
+        assert code != 0 and out.startswith(f"error: {path}") and words in out and len(out.splitlines()) == 1, out
+    assert not marker.exists(), "a pickle's payload ran"
+    assert not (tmp_path / "x.onnx").exists()

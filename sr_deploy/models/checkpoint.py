@@ -77,13 +77,39 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "arch" not in meta:
             raise ModelError(f"{path}: safetensors file has no srdeploy 'arch' metadata")
         return {"format": FORMAT, "arch": json.loads(meta["arch"]), "state_dict": state}
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 protocol byte);
+    # anything else (a text file, an HTML error page saved as .pt, an empty file) is named as such
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else ("a text file" if _looks_text(path) else "not a PyTorch file")
+        raise ModelError(f"{path}: not a PyTorch checkpoint ({what})")
+    import zipfile
+
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):  # the central directory sits at the end
+        raise ModelError(f"{path}: not a loadable checkpoint: a truncated or damaged archive")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ModelError(f"{path}: not a srdeploy checkpoint (cannot be loaded: {exc.__class__.__name__})") from exc
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = "it holds Python objects beyond tensors; refused unloaded, nothing in it ran"
+        elif "PytorchStreamReader" in str(exc):
+            reason = "a truncated or damaged archive"
+        raise ModelError(f"{path}: not a loadable checkpoint: {reason}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload:
         raise ModelError(f"{path}: not a srdeploy checkpoint (no '{FORMAT}' header with the model's hyperparameters)")
     return payload
+
+
+def _looks_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        sample = f.read(512)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -110,4 +110,27 @@ def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **over
         if key in values:
             values[key] = tuple(values[key])
     cfg = TrainConfig(**values)
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("resume"):
+        given = _with_checkpoint_schedule(given["resume"], given)
+    return replace(cfg, **given)
+
+
+# What a resumed run takes from its checkpoint unless the command line names it again: the LR
+# schedule is a function of these (LambdaLR saves only its step and base rates, not the function),
+# so a resume that re-read them from the recipe would restart at peak LR on another horizon.
+SCHEDULE_KEYS = ("steps", "lr", "schedule", "lr_min", "step_every", "warmup_steps", "init", "start_step")
+
+
+def _with_checkpoint_schedule(resume: str, given: dict) -> dict:
+    from sr_deploy.models.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(resume)
+    saved = payload.get("config") or {}
+    step = payload.get("step")
+    merged = {k: saved[k] for k in SCHEDULE_KEYS if k in saved}
+    merged.update(given)
+    if step is not None and merged.get("steps") is not None and merged["steps"] <= step:
+        raise InputError(f"{resume}: the checkpoint is at step {step}; --steps {merged['steps']} is not beyond it "
+                         f"(pass a larger --steps to train on, or nothing to finish its schedule at {saved.get('steps')})")
+    return merged

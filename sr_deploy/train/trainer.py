@@ -59,15 +59,22 @@ def bf16_pays(requested: bool, device: torch.device) -> bool:
     return cpu_has_bf16()
 
 
-def _open_log(csv_path: Path, keep: bool) -> None:
-    """Start the run's CSV log, or (resuming) keep it, rewriting its header if it predates a column."""
+def _open_log(csv_path: Path, keep: bool, upto: int | None = None) -> None:
+    """Start the run's CSV log, or (resuming) keep it up to step ``upto``, in the current columns.
+
+    Rows after the resumed checkpoint's step were logged by a continuation whose weights were lost
+    (killed before its next checkpoint); they are dropped so the log describes the weights' history.
+    """
     rows = []
     if keep and csv_path.exists():
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames == CSV_FIELDS:
-                return
             rows = list(reader)
+            fieldnames = reader.fieldnames
+        kept = [r for r in rows if upto is None or not r.get("step", "").isdigit() or int(r["step"]) <= upto]
+        if fieldnames == CSV_FIELDS and len(kept) == len(rows):
+            return
+        rows = kept
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -228,7 +235,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         torch.set_rng_state(resume_payload["rng_cpu"])
         start, best, bad_vals = resume_payload["step"], resume_payload.get("best", -math.inf), resume_payload.get("bad_vals", 0)
         if main:
-            log.info("resumed from %s at step %d", cfg.resume, start)
+            log.info("resumed from %s at step %d: %s schedule to step %d, lr now %.3g",
+                     cfg.resume, start, cfg.schedule, cfg.steps, g_opt.param_groups[0]["lr"])
     elif init_payload:
         G.load_state_dict(init_payload["state_dict"])
         if ema is not None:
@@ -268,7 +276,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
 
     csv_path = out / "log.csv"
     if main:
-        _open_log(csv_path, keep=bool(resume_payload))
+        _open_log(csv_path, keep=bool(resume_payload), upto=start if resume_payload else None)
 
     def save(step: int, name: str) -> None:
         extra = {"recipe": cfg.recipe, "step": step, "best": best, "bad_vals": bad_vals,
