@@ -55,7 +55,7 @@ def train(
     from sr_deploy.train.config import load_recipe
     from sr_deploy.train.trainer import train as run_train
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     try:
         cfg = load_recipe(recipe, REPO_RECIPES, data=tuple(str(d) for d in data), val=str(val) if val else None,
                           scale=scale, steps=steps, lr=lr, pixel_loss=pixel_loss, ema_decay=ema_decay, out=str(out) if out else None,
@@ -115,13 +115,17 @@ def run(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Folders: leave outputs that exist (resume)."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="GPU: replay the model as a captured CUDA graph "
                                                                "(TensorRT, or torch on CUDA)."),
-    tile: int = typer.Option(0, "--tile", help="Tile size in input pixels (0: whole frames)."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in input pixels; 0: whole frames "
+                                                           "(default: whole frames while they fit the memory budget, else tiles that do)."),
     alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger input images before "
+                                                                         "decoding them (decompression bombs)."),
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
                                                        "the encoder opens, else libx264), libx264, libx265, hevc_nvenc, h264_nvenc..."),
     crf: int = typer.Option(18, "--crf"),
     preset: str = typer.Option("medium", "--preset"),
-    pix_fmt: str = typer.Option("yuv420p", "--pix-fmt"),
+    pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "
+                                                                   "yuv420p10le when the source is deeper than 8 bits)."),
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
     batch: int = typer.Option(1, "--batch", help="Video frames per inference call."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video: stop after N frames."),
@@ -142,13 +146,20 @@ def run(
             raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
         if alpha not in ("bicubic", "model"):
             raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
-        check_tile(tile)
+        if tile is not None:
+            check_tile(tile)
         if output is not None and not input.is_dir():
             want = IMAGE_SUFFIXES if is_image(input) else VIDEO_SUFFIXES
             if output.suffix.lower() not in want:
                 kind = "an image" if is_image(input) else "a video"
                 raise InputError(f"{output}: {output.suffix or 'no suffix'} is not {kind} format "
                                  f"({', '.join(sorted(want))})")
+        if is_image(input):  # over the size limit: refused before a model is loaded or a pixel decoded
+            from sr_deploy.media.images import check_size, probe_image
+
+            header = probe_image(input)
+            if header is not None:
+                check_size(input, header, 1, max_megapixels)
         source = resolve_model(model)
         runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
         out = output or default_output(input, runner.scale)
@@ -157,12 +168,15 @@ def run(
                 typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)
             if input.is_dir():
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
-                                         tile=tile, alpha=alpha, quiet=quiet)
+                                         tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels)
                 typer.echo(f"{out}: {summary.line()}")
+                for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
+                    typer.echo(f"error: {why}", err=True)
                 if summary.failed:
                     raise typer.Exit(1)
             elif is_image(input):
-                upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha)
+                upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha,
+                              max_megapixels=max_megapixels)
                 typer.echo(str(out))
             else:
                 opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
@@ -372,6 +386,7 @@ def main() -> None:
 
     # SIGTERM stops like Ctrl-C: temporary outputs are removed, finished files stay.
     signal.signal(signal.SIGTERM, _sigterm)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the library's notes, one line each
     try:
         app()
     except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from sr_deploy.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -24,7 +28,9 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         raise OutputError(f"{target}: output exists; pass --overwrite to replace it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=target.parent)
+        _remove_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}-", suffix=f".part{target.suffix}",
+                                   dir=target.parent)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
@@ -42,6 +48,35 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _remove_stale(target: Path) -> list[Path]:
+    """Remove temporary files for ``target`` left by a run that was killed (SIGKILL, power loss): their
+    name carries the writer's process id, and a file whose process no longer exists is stale. Files of a
+    live writer (another run on this machine) are left alone."""
+    removed = []
+    for part in target.parent.glob(f".{glob.escape(target.stem)}.*.part{glob.escape(target.suffix)}"):
+        pid_text = part.name[len(target.stem) + 2:].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            part.unlink()
+            removed.append(part)
+    if removed:
+        log.warning("note: removed %d temporary file(s) of an interrupted run beside %s", len(removed), target)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _publish_new(tmp: Path, target: Path) -> None:

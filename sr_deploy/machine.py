@@ -54,6 +54,21 @@ def machine_info() -> dict:
             "versions": versions}
 
 
+def available_memory_bytes() -> int:
+    """Memory the kernel can hand out now without swapping (MemAvailable), else total physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) for this process, where Linux allows it."""
     try:

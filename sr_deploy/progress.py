@@ -47,7 +47,10 @@ class Progress:
         if now - self._last_line >= self.every_s or (self.total is not None and self.count >= self.total):
             self._last_line = now
             total = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.desc}: {self.count}{total} {self.unit} ({rate}) {self._postfix}".rstrip(),
+            eta = ""
+            if self.total is not None and self.rate > 0 and self.count < self.total:
+                eta = f", ETA {_clock((self.total - self.count) / self.rate)}"
+            print(f"{self.desc}: {self.count}{total} {self.unit} ({rate}{eta}) {self._postfix}".rstrip(),
                   file=sys.stderr, flush=True)
 
     def write(self, line: str) -> None:
@@ -68,3 +71,10 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")

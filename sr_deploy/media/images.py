@@ -17,59 +17,144 @@ from sr_deploy.runtime.base import Runner
 ALPHA_MODES = ("bicubic", "model")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read with OpenCV, unchanged: uint8/uint16, 1, 3 (BGR) or 4 (BGRA) channels."""
+DEFAULT_MAX_MEGAPIXELS = 100.0  # input size refused before decoding unless raised (--max-megapixels)
+
+# EXIF orientation (tag 0x0112) → the array operation that shows the picture upright; the same
+# mapping as PIL.ImageOps.exif_transpose (checked against it in the tests).
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    mode: str  # PIL's mode name ("RGB", "LA", "I;16"...); "" when PIL cannot read the header
+    orientation: int = 1  # EXIF orientation, 1 = upright
+
+
+def probe_image(path: Path) -> ImageHeader | None:
+    """Size, mode and EXIF orientation from the file's header, without decoding its pixels
+    (None when PIL does not know the format; OpenCV may still decode it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # srdeploy applies its own limit, with the size in the message
+        with Image.open(path) as im:
+            try:
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+                orientation = 1
+            return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def check_size(path: Path, header: ImageHeader, scale: int, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
+    """Refuse, before decoding, an image over the pixel limit or whose output cannot fit in memory."""
+    from sr_deploy.machine import available_memory_bytes
+
+    mp = header.width * header.height / 1e6
+    if mp > max_megapixels:
+        raise InputError(f"{path}: {header.width}x{header.height} ({mp:.0f} MP) is over the {max_megapixels:g} MP "
+                         f"limit for one image (a decompression bomb?); raise it with --max-megapixels")
+    out_bytes = header.width * header.height * scale * scale * 4 * 2  # up to 4 channels, 16-bit
+    if "16" not in header.mode and header.mode not in ("I", "F"):
+        out_bytes //= 2
+    avail = available_memory_bytes()
+    if out_bytes > 0.8 * avail:
+        raise InputError(f"{path}: the x{scale} output of {header.width}x{header.height} needs {out_bytes / 2**30:.1f} GiB "
+                         f"of memory and {avail / 2**30:.1f} GiB is available")
+
+
+def read_image(path: Path, *, scale: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
+    """Read with OpenCV, unchanged (uint8/uint16; 1, 3 (BGR) or 4 (BGRA) channels), shown upright
+    (EXIF orientation applied). The header is checked first: over the pixel limit, or with an output
+    that cannot fit in memory (``scale``), the file is refused before its pixels are decoded."""
     import cv2
 
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    header = probe_image(path)
+    if header is not None:
+        check_size(path, header, scale or 1, max_megapixels)
     data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:  # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS) or a broken codec stream
+        img = None
+    del data
     if img is None:
         raise InputError(f"{path}: not a readable image")
     if img.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: unsupported pixel type {img.dtype} (8- or 16-bit images only)")
+    if header is None:
+        check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels)
+    elif header.orientation != 1:
+        img = np.ascontiguousarray(_ORIENT[header.orientation](img))
     return img
 
 
-def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int = 0, alpha: str = "bicubic") -> np.ndarray:
-    """Upscale an OpenCV image array, keeping its dtype and channel count."""
+def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic") -> np.ndarray:
+    """Upscale an OpenCV image array, keeping its dtype and channel count.
+
+    Memory: besides the output, only tile-sized buffers and a copy of the input exist: 8-bit images go
+    through the runner as bytes (pixels in the graph), 16-bit ones are rounded into uint16 strip by strip,
+    and channel reordering, gray averaging and alpha are done in place or in row chunks.
+    """
     import cv2
 
-    maxval = 65535.0 if img.dtype == np.uint16 else 255.0
-    gray = img.ndim == 2 or img.shape[2] == 1
-    if not gray and img.shape[2] == 3 and img.dtype == np.uint8:
-        # 8-bit colour: bytes to the runner (pixels in the graph), bytes back
-        up = upscale_frame(runner, np.ascontiguousarray(img[..., ::-1]), tile=tile)
-        return np.ascontiguousarray(up[..., ::-1])
-    if not gray and img.shape[2] == 3:
-        # 16-bit colour: tiles are rounded straight into the output dtype, no full-size float copies
-        rgb = np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / maxval
-        up = upscale_frame(runner, rgb, tile=tile, out_max=maxval, out_dtype=img.dtype)
-        return np.ascontiguousarray(up[..., ::-1])
-    x = img.astype(np.float32) / maxval
-    if gray:
-        x2 = x.reshape(x.shape[0], x.shape[1])
-        rgb, a = np.stack([x2] * 3, axis=-1), None
-    else:
-        rgb = x[..., 2::-1] if x.shape[2] >= 3 else x  # BGR(A) → RGB
-        a = x[..., 3] if x.shape[2] == 4 else None
-    up = upscale_frame(runner, np.ascontiguousarray(rgb), tile=tile)
-    if gray:
-        out = up.mean(axis=2)
-    else:
-        out = up[..., ::-1]
-        if a is not None:
-            s = runner.scale
-            if alpha == "model":
-                ua = upscale_frame(runner, np.ascontiguousarray(np.stack([a] * 3, axis=-1)), tile=tile).mean(axis=2)
-            else:
-                ua = cv2.resize(a, (a.shape[1] * s, a.shape[0] * s), interpolation=cv2.INTER_CUBIC)
-            out = np.concatenate([out, np.clip(ua, 0, 1)[..., None]], axis=2)
-    return np.clip(np.rint(out * maxval), 0, maxval).astype(img.dtype)
+    planes = img if img.ndim == 3 else img[..., None]
+    ch = planes.shape[2]
+    colour = planes[..., 2::-1] if ch >= 3 else np.repeat(planes[..., :1], 3, axis=2)  # RGB
+    up = _upscale_rgb(runner, colour, tile)  # RGB, the input's dtype
+    s = runner.scale
+    if ch < 3:  # gray: the mean of the model's three channels
+        out = np.empty(up.shape[:2], dtype=img.dtype)
+        for r in range(0, up.shape[0], ROW_CHUNK):
+            out[r:r + ROW_CHUNK] = np.rint(up[r:r + ROW_CHUNK].mean(axis=2, dtype=np.float32))
+        return out if img.ndim == 2 else out[..., None]
+    if ch == 3:
+        _rgb_to_bgr_inplace(up)
+        return up
+    out = np.empty((up.shape[0], up.shape[1], 4), dtype=img.dtype)
+    for r in range(0, up.shape[0], ROW_CHUNK):
+        out[r:r + ROW_CHUNK, :, :3] = up[r:r + ROW_CHUNK, :, ::-1]
+    del up
+    a = np.ascontiguousarray(planes[..., 3])
+    if alpha == "model":
+        ua = _upscale_rgb(runner, np.repeat(a[..., None], 3, axis=2), tile)
+        for r in range(0, ua.shape[0], ROW_CHUNK):
+            out[r:r + ROW_CHUNK, :, 3] = np.rint(ua[r:r + ROW_CHUNK].mean(axis=2, dtype=np.float32))
+    else:  # bicubic in the alpha's own dtype (OpenCV saturates, so no clipping pass)
+        out[..., 3] = cv2.resize(a, (a.shape[1] * s, a.shape[0] * s), interpolation=cv2.INTER_CUBIC)
+    return out
 
 
-def write_image(path: Path, img: np.ndarray, *, overwrite: bool) -> None:
+ROW_CHUNK = 256  # rows per chunk of the whole-image passes above
+
+
+def _upscale_rgb(runner: Runner, rgb: np.ndarray, tile: int | None) -> np.ndarray:
+    """RGB (any strides) in uint8 or uint16 → upscaled RGB of the same dtype."""
+    if rgb.dtype == np.uint8:
+        return upscale_frame(runner, np.ascontiguousarray(rgb), tile=tile)
+    return upscale_frame(runner, rgb.astype(np.float32) * (1.0 / 65535.0), tile=tile, out_max=65535.0,
+                         out_dtype=np.uint16)
+
+
+def _rgb_to_bgr_inplace(x: np.ndarray) -> None:
+    for r in range(0, x.shape[0], ROW_CHUNK):
+        x[r:r + ROW_CHUNK] = x[r:r + ROW_CHUNK, :, ::-1]
+
+
+def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: bool = False) -> None:
+    """Encode straight into a temporary file beside ``path`` (no encoded copy in memory), then publish it.
+
+    ``gray_alpha``: ``img`` is BGRA of a gray+alpha source; written as gray+alpha where the format
+    has it (PNG, WebP via PIL's LA mode), else as BGRA."""
     import cv2
 
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
@@ -78,25 +163,33 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool) -> None:
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
-            ok, buf = cv2.imencode(path.suffix, img, params)
+            if gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff"):
+                from PIL import Image
+
+                la = np.dstack([np.rint(img[..., :3].mean(axis=2)).astype(np.uint8), img[..., 3]])
+                Image.fromarray(la, "LA").save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+                ok = True
+            else:
+                ok = cv2.imwrite(str(tmp), img, params)  # the temporary name keeps the suffix: same encoder
         except cv2.error:
             ok = False
-        if not ok:
-            raise OutputError(f"{path}: cannot encode this image as {path.suffix}")
-        try:
-            buf.tofile(tmp)
         except OSError as exc:
             raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
+        if not ok:
+            raise OutputError(f"{path}: cannot encode this image as {path.suffix} (or the disk refused the write)")
 
 
-def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, tile: int = 0,
-                  alpha: str = "bicubic") -> Path:
+def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, tile: int | None = None,
+                  alpha: str = "bicubic", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Path:
     if dst.resolve() == src.resolve():
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
-    img = read_image(src)
-    write_image(dst, upscale_image_array(runner, img, tile=tile, alpha=alpha), overwrite=overwrite)
+    header = probe_image(src)
+    img = read_image(src, scale=runner.scale, max_megapixels=max_megapixels)
+    out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
+    del img
+    write_image(dst, out, overwrite=overwrite, gray_alpha=bool(header and header.mode in ("LA", "La")))
     return dst
 
 
@@ -110,19 +203,50 @@ class FolderSummary:
         return f"{len(self.done)} upscaled, {len(self.skipped)} skipped (existing), {len(self.failed)} failed"
 
 
+def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``src`` (sorted), and what could not be listed or is not a readable file:
+    an unreadable subfolder, a broken link, a FIFO or device named like an image."""
+    import os
+
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def onerror(exc: OSError) -> None:
+        problems.append((Path(exc.filename or src), f"{exc.filename or src}: folder cannot be read ({exc.strerror or exc})"))
+
+    for root, dirs, names in os.walk(src, onerror=onerror, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            f = Path(root) / name
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if f.is_file():
+                files.append(f)
+            else:
+                why = "a broken link" if f.is_symlink() and not f.exists() else "not a regular file"
+                problems.append((f, f"{f}: {why}"))
+    return files, problems
+
+
 def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, skip_existing: bool = False,
-                   tile: int = 0, alpha: str = "bicubic", quiet: bool = False) -> FolderSummary:
+                   tile: int | None = None, alpha: str = "bicubic", quiet: bool = False,
+                   max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> FolderSummary:
     """Upscale every image under ``src`` into ``dst`` with the same relative paths.
 
-    A bad file is reported and skipped; the rest are still processed.
+    Every per-file failure (unreadable, permission denied, decode error, too large, out of memory, a
+    backend error) is reported on one line and the rest are still processed; unreadable subfolders are
+    failures too. The caller turns a non-empty ``failed`` into exit status 1.
     """
     if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
         raise OutputError(f"{dst}: output folder must not be the input folder or inside it")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    files, problems = list_folder(src)
+    if not files and not problems:
         raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif)")
     summary = FolderSummary()
     with Progress(len(files), desc="images", unit="file", quiet=quiet) as bar:
+        for path, why in problems:
+            summary.failed.append((path, why))
+            bar.write(f"error: {why}")
         for f in files:
             out = dst / f.relative_to(src)
             if out.exists() and not overwrite:
@@ -134,11 +258,19 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
                 bar.update(1)
                 continue
             try:
-                upscale_image(runner, f, out, overwrite=overwrite, tile=tile, alpha=alpha)
+                upscale_image(runner, f, out, overwrite=overwrite, tile=tile, alpha=alpha, max_megapixels=max_megapixels)
                 summary.done.append(out)
             except SRDeployError as exc:
                 summary.failed.append((f, str(exc)))
-                bar.write(f"error: {exc}")
+            except OSError as exc:  # permission denied, I/O error: this file only
+                summary.failed.append((f, f"{f}: {exc.strerror or exc}"))
+            except MemoryError:
+                summary.failed.append((f, f"{f}: out of memory (try --tile 256)"))
+            except Exception as exc:  # noqa: BLE001 - a backend's own error on one file must not end the batch
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                summary.failed.append((f, f"{f}: {exc.__class__.__name__}: {first}"))
+            if summary.failed and summary.failed[-1][0] == f:
+                bar.write(f"error: {summary.failed[-1][1]}")
             bar.update(1)
     return summary
 

@@ -10,6 +10,8 @@ itself, memory is bounded by the tile size, not the frame size.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sr_deploy.metrics import quantize  # noqa: F401  (re-exported)
@@ -61,17 +63,42 @@ def _finish(x: np.ndarray, out_max: float | None, dtype) -> np.ndarray:
     return x if out_max is None else quantize(x, out_max, dtype)
 
 
-def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: int = 16, batch: int = 4,
-                  out_max: float | None = None, out_dtype=np.uint8) -> np.ndarray:
+def auto_tile(runner: Runner, h: int, w: int) -> int:
+    """0 (the whole frame in one call) when that fits the runner's memory budget, else the largest tile
+    (a multiple of 8, at least 64 input pixels) whose call does."""
+    per_px, budget = runner.bytes_per_pixel(), runner.memory_budget()
+    if h * w * per_px <= budget:
+        return 0
+    return max(64, int(math.sqrt(budget / per_px)) // 8 * 8)
+
+
+def tile_batch(runner: Runner, tile: int, most: int = 4) -> int:
+    """Tiles per inference call: up to ``most`` while the call stays within the runner's memory budget."""
+    return int(max(1, min(most, runner.memory_budget() // max(1.0, tile * tile * runner.bytes_per_pixel()))))
+
+
+def _weight_sum(starts: list[int], length: int, s: int, size: int) -> np.ndarray:
+    """Sum over a row (or column) of tiles of their 1-D blend windows, in output pixels."""
+    total = np.zeros(size * s, dtype=np.float32)
+    for i, a in enumerate(starts):
+        total[a * s:(a + length) * s] += _window(starts, i, length, s)
+    return total
+
+
+def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | None = 0, overlap: int = 16,
+                  batch: int | None = None, out_max: float | None = None, out_dtype=np.uint8) -> np.ndarray:
     """``frame``: HxWxC uint8, or float32 in [0, 1] → (sH)x(sW)xC.
 
     A uint8 frame runs through ``runner.infer_u8`` (pixels in the graph, bytes to the backend)
     and comes back uint8. A float frame gives float32 in [0, 1] by default; with ``out_max``
     (255 or 65535) the result is rounded into ``out_dtype`` row by row, so no full-size float
-    buffer exists. ``tile`` 0, or a frame no larger than the tile, runs in one call.
+    buffer exists. ``tile`` 0, or a frame no larger than the tile, runs in one call; ``tile`` None
+    picks one from the runner's memory budget (auto_tile).
     """
-    check_tile(tile)
     h, w, c = frame.shape
+    if tile is None:
+        tile = auto_tile(runner, h, w)
+    check_tile(tile)
     s = runner.scale
     max_hw = runner.input_spec().max_hw
     if max_hw and (h > max_hw[0] or w > max_hw[1]):
@@ -88,35 +115,48 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int = 0, overlap: 
     overlap = min(overlap, tile // 2)
     ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
+    batch = batch or tile_batch(runner, tile)
     if u8:  # tiles come back as bytes; the blend is done in float and rounded per strip
         out_max = 255.0
     out = np.empty((h * s, w * s, c), dtype=np.float32 if out_max is None else out_dtype)
     wxs = [_window(xs, j, tw, s) for j in range(len(xs))]
+    # The blend weights are separable (a tile's window is wy ⊗ wx), so their sum over all tiles is the
+    # outer product of the row and column sums: two 1-D arrays instead of a weight plane.
+    norm_y = 1.0 / _weight_sum(ys, th, s, h)
+    norm_x = (1.0 / _weight_sum(xs, tw, s, w))[None, :, None]
     # strip buffer: rows [base, base + th*s) of the output, still receiving contributions
     strip = np.zeros((th * s, w * s, c), dtype=np.float32)
-    weight = np.zeros((th * s, w * s, 1), dtype=np.float32)
     base = 0
+
+    def flush(rows: int) -> None:
+        blk = strip[:rows]
+        blk *= norm_y[base:base + rows, None, None]
+        blk *= norm_x
+        out[base:base + rows] = _finish(blk, out_max, out_dtype)
+
     for i, y0 in enumerate(ys):
         shift = y0 * s - base  # move the strip down to start at this tile row
         if shift:
             done = min(shift, strip.shape[0])
-            out[base:base + done] = _finish(strip[:done] / weight[:done], out_max, out_dtype)
-            strip[:-shift], weight[:-shift] = strip[shift:].copy(), weight[shift:].copy()
-            strip[-shift:], weight[-shift:] = 0.0, 0.0
+            flush(done)
+            keep = strip.shape[0] - shift
+            if keep > 0:
+                strip[:keep] = strip[shift:]  # numpy buffers overlapping copies correctly
+                strip[keep:] = 0.0
+            else:
+                strip[:] = 0.0
             base = y0 * s
         wy = _window(ys, i, th, s)
         for j0 in range(0, len(xs), batch):
             cols = list(range(j0, min(j0 + batch, len(xs))))
             if u8:
                 res = runner.infer_u8(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw] for j in cols]))
-                tiles = [r.astype(np.float32) / 255.0 for r in res]
             else:
                 res = runner.infer(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols]))
-                tiles = [r.transpose(1, 2, 0) for r in res]
-            for j, r in zip(cols, tiles):
+            for j, r in zip(cols, res):
+                r = r.astype(np.float32) * (1.0 / 255.0) if u8 else r.transpose(1, 2, 0)
                 win = (wy[:, None] * wxs[j][None, :])[..., None]
                 x0 = xs[j] * s
                 strip[:, x0:x0 + tw * s] += r * win
-                weight[:, x0:x0 + tw * s] += win
-    out[base:base + th * s] = _finish(strip / weight, out_max, out_dtype)
+    flush(th * s)
     return out

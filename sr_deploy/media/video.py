@@ -20,7 +20,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.media.tiling import upscale_frame
+from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
 
@@ -66,9 +66,9 @@ class VideoOptions:
     codec: str = "auto"  # auto: NVENC when the model runs on a GPU and the encoder opens, else libx264
     crf: int = 18
     preset: str = "medium"
-    pix_fmt: str = "yuv420p"
+    pix_fmt: str | None = None  # None: yuv420p, or yuv420p10le for a source deeper than 8 bits
     bitrate: str | None = None
-    tile: int = 0
+    tile: int | None = None  # None: whole frames while they fit the runner's memory budget, else tiles
     batch: int = 1
     max_frames: int | None = None
     start: float | None = None  # seconds
@@ -160,6 +160,21 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         if options.max_frames:
             total = min(total or options.max_frames, options.max_frames)
         copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
+        say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
+        src_h, src_w = vin.codec_context.height, vin.codec_context.width
+        # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): decoded as 16-bit RGB, run through the float
+        # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
+        deep = _bit_depth(vin.codec_context.pix_fmt) > 8
+        pix_fmt = options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
+        deep = deep and _bit_depth(pix_fmt) > 8
+        if deep:
+            say(f"note: {src.name} is {_bit_depth(vin.codec_context.pix_fmt)}-bit ({vin.codec_context.pix_fmt}): "
+                f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
+        # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
+        tile = options.tile if options.tile is not None else auto_tile(runner, src_h, src_w)
+        batch = max(1, options.batch)
+        if not tile and batch > 1:
+            batch = max(1, min(batch, int(runner.memory_budget() // max(1.0, src_h * src_w * runner.bytes_per_pixel()))))
         stop = threading.Event()
         q_dec: queue.Queue = queue.Queue(options.queue_size)
         q_inf: queue.Queue = queue.Queue(options.queue_size)
@@ -200,7 +215,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
                         return
                     pts = shift(frame.pts, frame.time_base) if start_s and frame.pts is not None else frame.pts
-                    dec.put(("frame", n, pts, frame.time_base, frame.to_ndarray(format="rgb24")))
+                    dec.put(("frame", n, pts, frame.time_base, frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
                     n, last_t = n + 1, t
             expected = _stream_seconds(vin)
             if not windowed and expected and last_t is not None:
@@ -242,7 +257,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         order.append(("packet", item))
                         continue
                     pending.append(item)
-                    if len(pending) >= max(1, options.batch) or options.tile or too_big:
+                    if len(pending) >= batch or tile or too_big or deep:
                         yield cut()
 
             def emit_packets() -> None:
@@ -251,8 +266,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
 
             max_hw = runner.input_spec().max_hw
             too_big = bool(max_hw) and (vin.codec_context.height > max_hw[0] or vin.codec_context.width > max_hw[1])
-            if options.tile or too_big:  # tiles (asked for, or the frame exceeds the engine's profile)
-                outputs = (np.stack([upscale_frame(runner, f, tile=options.tile) for f in b]) for b in batches())
+            if deep:  # 16-bit RGB through the float graph, rounded into uint16 tile row by tile row
+                outputs = (np.stack([upscale_frame(runner, f.astype(np.float32) * (1 / 65535), tile=tile,
+                                                   out_max=65535.0, out_dtype=np.uint16) for f in b])
+                           for b in batches())
+            elif tile or too_big:  # tiles (asked for, too large for the memory budget or the engine's profile)
+                outputs = (np.stack([upscale_frame(runner, f, tile=tile) for f in b]) for b in batches())
             else:
                 outputs = runner.stream_u8(batches())
             for res in outputs:
@@ -273,15 +292,15 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                 try:
                     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
                     codec = resolve_codec(options.codec, on_gpu=runner.on_gpu, width=width, height=height,
-                                          say=None if quiet else (lambda line: print(line, file=sys.stderr)))
+                                          say=None if quiet else say)
                     try:
                         vout = out.add_stream(codec, rate=rate)
                     except (av.error.FFmpegError, ValueError) as exc:
                         raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
                     try:
-                        vout.width, vout.height, vout.pix_fmt = width, height, options.pix_fmt
+                        vout.width, vout.height, vout.pix_fmt = width, height, pix_fmt
                     except (ValueError, av.error.FFmpegError) as exc:
-                        raise InputError(f"--pix-fmt {options.pix_fmt!r} is not a pixel format {codec} takes "
+                        raise InputError(f"--pix-fmt {pix_fmt!r} is not a pixel format {codec} takes "
                                          f"(for example yuv420p, yuv420p10le)") from exc
                     vout.time_base = vin.time_base
                     vout.codec_context.time_base = vin.time_base
@@ -296,7 +315,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         try:
                             mapping[st.index] = out.add_stream_from_template(st)
                         except (av.error.FFmpegError, ValueError):
-                            pass  # this container cannot hold that stream type; it is dropped
+                            mapping[st.index] = None
+                        if mapping[st.index] is None or not _container_takes(out, st):
+                            mapping.pop(st.index, None)
+                            say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
+                                f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
                     dec.start()
                     inf.start()
                     n = 0
@@ -314,7 +337,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                                     out.mux(pkt)
                                 continue
                             _, idx, pts, tb, arr = item
-                            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                            frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
                             frame.pts = pts if pts is not None else idx
                             frame.time_base = tb or vin.time_base
                             for pkt in vout.encode(frame):
@@ -342,6 +365,36 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     finally:
         inp.close()
     return VideoSummary(n, width, height, len(mapping), time.perf_counter() - t0)
+
+
+def _bit_depth(pix_fmt: str | None) -> int:
+    """Bits per component of an FFmpeg pixel format name: deep formats carry an endianness suffix
+    (yuv420p10le, p010le, gray16le → 10, 10, 16; rgb48le → 16), 8-bit ones do not (yuv420p, nv12)."""
+    import re
+
+    m = re.search(r"(\d{2})(le|be)$", pix_fmt or "")
+    if not m:
+        return 8
+    bits = int(m.group(1))
+    return 16 if bits > 16 else bits
+
+
+# Subtitle codecs each output container can hold (FFmpeg's muxers accept these; others fail only when
+# the header is written, after the whole run). Audio is left to add_stream_from_template.
+_SUBTITLE_CODECS = {
+    ".mp4": {"mov_text"}, ".m4v": {"mov_text"}, ".mov": {"mov_text"},
+    ".mkv": None, ".webm": {"webvtt"}, ".avi": set(), ".ts": {"dvb_subtitle", "dvb_teletext"},
+}
+
+
+def _container_takes(out, stream) -> bool:
+    if stream.type != "subtitle":
+        return True
+    suffix = Path(out.name).suffix.lower()
+    if suffix.startswith(".part"):
+        suffix = "." + suffix.split(".")[-1]
+    allowed = _SUBTITLE_CODECS.get(suffix, None)
+    return allowed is None or stream.codec_context.name in allowed
 
 
 def _stream_seconds(stream) -> float | None:

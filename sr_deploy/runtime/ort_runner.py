@@ -36,6 +36,8 @@ class OrtRunner(Runner):
             raise BackendUnavailable("onnxruntime has no CUDA provider here: install onnxruntime-gpu (not beside onnxruntime)")
         return ["CPUExecutionProvider"]
 
+    work_factor = 1.3  # see Runner.work_factor
+
     @property
     def on_gpu(self) -> bool:
         return getattr(self, "active_provider", "").startswith("CUDA")

@@ -58,6 +58,11 @@ class TensorRTRunner(Runner):
     def on_gpu(self) -> bool:
         return True
 
+    def memory_budget(self) -> int:
+        # the engine's activations are sized for its profile's maximum when built; within it, whole frames
+        h, w = self._hw(self.profile.max)
+        return int(self.bytes_per_pixel() * h * w * self.profile.max[0])
+
     def _activate(self) -> None:
         from sr_deploy.engine.build import gpu_identity, require_tensorrt
 

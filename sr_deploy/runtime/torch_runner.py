@@ -28,6 +28,12 @@ class TorchRunner(Runner):
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    def memory_budget(self) -> int:
+        if self.device.type != "cuda":
+            return super().memory_budget()
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(free * 0.5)
+
     def _activate(self) -> None:
         from sr_deploy.export.fold import inference_form
 

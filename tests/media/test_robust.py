@@ -1,0 +1,307 @@
+"""Bad input and big input: folders finish and report, memory is bounded by the tile, outputs stay faithful."""
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.export.onnx_export import read_descriptor
+from sr_deploy.media.tiling import auto_tile, upscale_frame
+from sr_deploy.runtime.ort_runner import OrtRunner
+from tests.conftest import make_clip, pattern_image
+
+
+def _run(*args):
+    r = CliRunner().invoke(app, ["run", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature and IHDR claiming width x height, with one tiny IDAT: what a decompression
+    bomb looks like before its pixels are inflated."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------- folders
+def test_folder_reports_every_failure_and_finishes(tmp_path, tiny_ckpt, monkeypatch):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "locked").mkdir()
+    for name in ("a.png", "sub/b.png", "z.png", "locked/c.png", "denied.png"):
+        cv2.imwrite(str(src / name), pattern_image(12, 14))
+    (src / "junk.png").write_text("not an image")
+    (src / "dangling.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(src / "fifo.png")
+    _png_header_only(src / "bomb.png", 30000, 30000)
+    # permission denied on a file and on a subfolder; faked, since the tests may run as root
+    real_fromfile, real_scandir = np.fromfile, os.scandir
+
+    def fromfile(path, *a, **kw):
+        if Path(path).name == "denied.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_fromfile(path, *a, **kw)
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(np, "fromfile", fromfile)
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out = _run(src, "-o", tmp_path / "out", "--model", tiny_ckpt)
+    assert code == 1, out
+    done = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
+    assert done == ["a.png", "sub/b.png", "z.png"]  # everything readable was processed, around the failures
+    assert "3 upscaled, 0 skipped (existing), 6 failed" in out
+    for name, words in {"junk.png": "not a readable image", "dangling.png": "broken link",
+                        "fifo.png": "not a regular file", "bomb.png": "decompression bomb",
+                        "denied.png": "Permission denied", "locked": "folder cannot be read"}.items():
+        assert any(line.startswith("error:") and name in line and words in line for line in out.splitlines()), (name, out)
+    assert "Traceback" not in out
+
+
+def test_folder_survives_a_backend_error_on_one_file(tmp_path, tiny_ckpt, monkeypatch):
+    from sr_deploy.media import images
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(src / name), pattern_image(12, 14))
+    real = images.upscale_image_array
+    calls = []
+
+    def flaky(runner, img, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation")
+        if len(calls) == 3:
+            raise MemoryError()
+        return real(runner, img, **kw)
+
+    monkeypatch.setattr(images, "upscale_image_array", flaky)
+    code, out = _run(src, "-o", tmp_path / "out", "--model", tiny_ckpt)
+    assert code == 1 and "1 upscaled, 0 skipped (existing), 2 failed" in out, out
+    assert "b.png: RuntimeError: [ONNXRuntimeError]" in out and "c.png: out of memory" in out
+
+
+# ----------------------------------------------------------------------------- size and memory
+def test_decompression_bomb_refused_before_decoding(tmp_path, tiny_ckpt, monkeypatch):
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 40000, 30000)
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    code, out = _run(bomb, "-o", tmp_path / "o.png", "--model", tiny_ckpt)
+    assert code != 0 and out.startswith("error:") and "40000x30000 (1200 MP)" in out and "--max-megapixels" in out
+    assert not decoded and not (tmp_path / "o.png").exists()
+    # the limit is the user's to raise; small images can be refused by a lower one
+    img = tmp_path / "small.png"
+    cv2.imwrite(str(img), pattern_image(40, 50))
+    code, out = _run(img, "-o", tmp_path / "s.png", "--model", tiny_ckpt, "--max-megapixels", "0.001")
+    assert code != 0 and "over the 0.001 MP limit" in out
+
+
+def test_output_that_cannot_fit_in_memory_is_refused(tmp_path, tiny_ckpt, monkeypatch):
+    import sr_deploy.machine as machine
+
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), pattern_image(200, 300))
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 100_000)
+    code, out = _run(img, "-o", tmp_path / "o.png", "--model", tiny_ckpt)
+    assert code != 0 and "needs" in out and "GiB is available" in out and not (tmp_path / "o.png").exists()
+
+
+class BudgetRunner(OrtRunner):
+    """An ONNX Runtime runner with a small memory budget that records the pixels of every call."""
+
+    budget = 0
+    calls: list
+
+    def memory_budget(self):
+        return self.budget
+
+    def _infer(self, batch):
+        self.calls.append(batch.shape[0] * batch.shape[2] * batch.shape[3])
+        return super()._infer(batch)
+
+    def _infer_u8(self, batch):
+        self.calls.append(batch.shape[0] * batch.shape[1] * batch.shape[2])
+        return super()._infer_u8(batch)
+
+
+def test_default_tile_keeps_every_call_within_the_memory_budget(tiny_onnx):
+    runner = BudgetRunner(tiny_onnx, read_descriptor(tiny_onnx))
+    frame = pattern_image(300, 420, 3)
+    with runner:
+        runner.budget, runner.calls = 10**12, []
+        whole = upscale_frame(runner, frame, tile=None)
+        assert runner.calls == [300 * 420], "within the budget the frame runs whole"
+        runner.budget, runner.calls = int(150 * 150 * runner.bytes_per_pixel()), []
+        tile = auto_tile(runner, 300, 420)
+        assert 64 <= tile <= 150
+        tiled = upscale_frame(runner, frame, tile=None)
+    assert len(runner.calls) > 1 and max(runner.calls) * runner.bytes_per_pixel() <= runner.budget
+    from sr_deploy.metrics import psnr
+
+    assert tiled.shape == whole.shape and psnr(tiled, whole, 255.0) > 45  # blended, no visible seams
+
+
+def test_video_frames_are_tiled_within_the_budget(tmp_path, tiny_onnx):
+    from sr_deploy.media.video import VideoOptions, upscale_video
+
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=3, size=(160, 96), audio=False)
+    runner = BudgetRunner(tiny_onnx, read_descriptor(tiny_onnx))
+    with runner:
+        runner.budget, runner.calls = int(64 * 64 * runner.bytes_per_pixel()), []
+        res = upscale_video(runner, clip, tmp_path / "o.mp4", options=VideoOptions(batch=4), quiet=True)
+    assert res.frames == 3 and max(runner.calls) <= 64 * 64
+
+
+# ----------------------------------------------------------------------------- faithful outputs
+def test_exif_orientation_table_matches_pil():
+    from PIL import Image, ImageOps
+
+    from sr_deploy.media.images import _ORIENT
+
+    arr = np.arange(3 * 5 * 3, dtype=np.uint8).reshape(3, 5, 3)
+    for o in range(2, 9):
+        im = Image.fromarray(arr)
+        exif = im.getexif()
+        exif[0x0112] = o
+        im.info["exif"] = exif.tobytes()
+        im = Image.open(_save(im, exif))
+        assert np.array_equal(_ORIENT[o](arr), np.asarray(ImageOps.exif_transpose(im))), o
+
+
+def _save(im, exif):
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", exif=exif)
+    buf.seek(0)
+    return buf
+
+
+def test_exif_rotated_photo_comes_out_upright(tmp_path, tiny_ckpt):
+    from PIL import Image, ImageOps
+
+    stored = pattern_image(20, 32)  # as the camera stored it, landscape; orientation 6 = shown rotated 90° CW
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    src = tmp_path / "photo.png"
+    im.save(src, exif=exif)
+    code, out = _run(src, "-o", tmp_path / "o.png", "--model", tiny_ckpt)
+    assert code == 0, out
+    up = cv2.imread(str(tmp_path / "o.png"))
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(src)))
+    assert up.shape[:2] == (upright.shape[0] * 2, upright.shape[1] * 2) == (64, 40)
+
+
+def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
+    from PIL import Image
+
+    la = np.dstack([pattern_image(16, 20)[..., 0], np.full((16, 20), 180, np.uint8)])
+    src = tmp_path / "la.png"
+    Image.fromarray(la, "LA").save(src)
+    code, out = _run(src, "-o", tmp_path / "o.png", "--model", tiny_ckpt)
+    assert code == 0, out
+    with Image.open(tmp_path / "o.png") as o:
+        assert o.mode == "LA" and o.size == (40, 32)
+        assert np.asarray(o)[..., 1].min() >= 170  # the alpha survived
+
+
+def _clip_10bit(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        # H.264 High 10 (libx265 in the same process as OpenVINO aborted a later OpenVINO compile here)
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p10le"
+        ramp = np.linspace(0, 65535, 32 * 48 * 3).reshape(32, 48, 3).astype(np.uint16)
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(ramp, format="rgb48le")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_10bit_video_stays_10bit(tmp_path, tiny_ckpt):
+    import av
+
+    src = tmp_path / "ten.mkv"
+    _clip_10bit(src)
+    code, out = _run(src, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt)
+    assert code == 0 and "10-bit" in out, out
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb48le")
+    assert np.any(frame % 257 != 0), "the 16-bit values are not 8-bit values scaled up"
+    # an 8-bit --pix-fmt is obeyed
+    code, out = _run(src, "-o", tmp_path / "o8.mkv", "--model", tiny_ckpt, "--pix-fmt", "yuv420p")
+    assert code == 0
+    with av.open(str(tmp_path / "o8.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_subtitles_the_container_cannot_hold_are_named(tmp_path, tiny_ckpt):
+    import av
+
+    clip = tmp_path / "c.mkv"
+    make_clip(clip, frames=4, subtitles=True)
+    code, out = _run(clip, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt)
+    assert code == 0, out
+    assert any(line.startswith("warning: subtitle stream") and ".mkv" in line for line in out.splitlines()), out
+    code, out = _run(clip, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt)
+    assert code == 0 and "warning" not in out
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert [s.type for s in c.streams if s.type == "subtitle"] == ["subtitle"]
+
+
+# ----------------------------------------------------------------------------- killed runs
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from sr_deploy.fsutil import atomic_path
+
+    target = tmp_path / "out.png"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.{dead.stdout.strip()}-x1y2.part.png"
+    live = tmp_path / f".out.{os.getppid()}-a3b4.part.png"  # a writer that is still running
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    with atomic_path(target, overwrite=False) as tmp:
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done" and not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
+
+
+def test_plain_progress_lines_show_an_eta(capsys):
+    from sr_deploy.progress import Progress
+
+    with Progress(100, desc="frames", unit="frame", every_s=0.0) as bar:
+        bar._t0 -= 10.0  # as if 10 s had passed
+        bar.update(20)
+    err = capsys.readouterr().err
+    assert "frames: 20/100 frame" in err and "ETA 40s" in err
+
+
+@pytest.mark.parametrize("fmt,bits", [("yuv420p", 8), ("nv12", 8), ("yuv420p10le", 10), ("p010le", 10),
+                                      ("yuv444p12be", 12), ("rgb48le", 16)])
+def test_bit_depth_of_pixel_formats(fmt, bits):
+    from sr_deploy.media.video import _bit_depth
+
+    assert _bit_depth(fmt) == bits
