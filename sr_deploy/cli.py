@@ -7,12 +7,49 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import typing
+
 import typer
+from typer.core import TyperCommand
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy super-resolution models.")
+
+
+class _Command(TyperCommand):
+    """Conventional help: flags take no value, so they show none; values show PATH, N, NUM or TEXT
+    (this Typer shows `<bool>`, `<path>`... beside every option by default)."""
+
+    _NAMES = {bool: "", int: "N", float: "NUM", str: "TEXT"}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is not None:
+                continue
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+                continue
+            desc = getattr(param, "type_descriptor", None)
+            ann = getattr(desc, "annotation", None)
+            for arg in typing.get_args(ann) or (ann,):
+                if arg is not type(None):
+                    ann = arg
+                    break
+            if typing.get_origin(ann) in (list, List):
+                ann = typing.get_args(ann)[0]
+            if isinstance(ann, type) and issubclass(ann, Path):
+                param.metavar = "PATH" if param.param_type_name == "option" else param.name.upper()
+            else:
+                param.metavar = self._NAMES.get(ann, "TEXT")
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "train"
 
 
@@ -21,13 +58,13 @@ def _fail(exc: SRDeployError) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     data: List[Path] = typer.Option(..., "--data", help="Folder(s) of HR training images (recursive)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Folder of HR validation images."),
-    recipe: str = typer.Option("srresnet", "--recipe", help="srresnet | srgan | a recipe TOML file."),
-    scale: Optional[int] = typer.Option(None, "--scale"),
-    steps: Optional[int] = typer.Option(None, "--steps"),
+    recipe: str = typer.Option("srresnet", "--recipe", help="A recipe in train/ (srresnet_x4, srgan_x4, light_x4, srresnet_x4_degraded), a TOML file, or srresnet | srgan for the built-in defaults."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Upscaling factor (recipe: 4)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total steps of the LR schedule (recipe's; with --resume: the checkpoint's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (the recipe's schedule scales it)."),
     pixel_loss: Optional[str] = typer.Option(None, "--pixel-loss", help="srresnet: l1 | mse."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Weight averaging decay (0 disables)."),
@@ -37,19 +74,19 @@ def train(
     start_step: Optional[int] = typer.Option(None, "--start-step", help="With --init: continue the schedule from this step."),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 ImageNet weights (torchvision layout)."),
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="srgan: vgg54 | vgg22 | mse."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (recipe: 16)."),
     patch: Optional[int] = typer.Option(None, "--patch", help="HR crop size in pixels (a multiple of the scale)."),
-    num_blocks: Optional[int] = typer.Option(None, "--blocks"),
-    channels: Optional[int] = typer.Option(None, "--channels"),
+    num_blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual blocks (recipe: 16)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Feature channels (recipe: 64)."),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
     arch: Optional[str] = typer.Option(None, "--arch", help="srresnet | light."),
     degradation: Optional[str] = typer.Option(None, "--degradation", help="bicubic (clean) | degraded (blur, noise, JPEG)."),
-    val_every: Optional[int] = typer.Option(None, "--val-every"),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate (and keep best.pt) every N steps."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),
     stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the schedule still spans --steps)."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX)."),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
+    quiet: bool = typer.Option(False, "--quiet", help="Warnings and errors only, no progress."),
 ) -> None:
     """Train a generator (srresnet) or fine-tune it adversarially (srgan)."""
     from sr_deploy.train.config import load_recipe
@@ -76,7 +113,7 @@ def train(
     typer.echo(str(best))
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     checkpoint: Path = typer.Argument(..., help="A .pt or .safetensors checkpoint."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default: beside the checkpoint)."),
@@ -104,14 +141,15 @@ def export(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     input: Path = typer.Argument(..., help="An image, a folder of images, or a video."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file or folder (default: beside the input, "
+                                                                       "named NAME_x4.EXT or FOLDER_x4)."),
     model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, checkpoint, ONNX or engine."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 | int8 (default: backend's choice)."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (never the input)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Folders: leave outputs that exist (resume)."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="GPU: replay the model as a captured CUDA graph "
                                                                "(TensorRT, or torch on CUDA)."),
@@ -122,8 +160,8 @@ def run(
                                                                          "decoding them (decompression bombs)."),
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
                                                        "the encoder opens, else libx264), libx264, libx265, hevc_nvenc, h264_nvenc..."),
-    crf: int = typer.Option(18, "--crf"),
-    preset: str = typer.Option("medium", "--preset"),
+    crf: int = typer.Option(18, "--crf", help="Video quality: x264/x265 CRF, NVENC CQ (lower is better, larger)."),
+    preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset: ultrafast ... veryslow."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "
                                                                    "yuv420p10le when the source is deeper than 8 bits)."),
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
@@ -131,7 +169,7 @@ def run(
     frames: Optional[int] = typer.Option(None, "--frames", help="Video: stop after N frames."),
     start: Optional[float] = typer.Option(None, "--start", help="Video: start at this time (seconds)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Video: this many seconds from --start."),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress; errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
@@ -191,7 +229,7 @@ def run(
         raise typer.Exit(130)
 
 
-@app.command("build-engine")
+@app.command("build-engine", cls=_Command)
 def build_engine_cmd(
     onnx: Optional[Path] = typer.Argument(None, help="fp32 ONNX exported by srdeploy (default: the default model's)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute, I/O fp32."),
@@ -201,7 +239,7 @@ def build_engine_cmd(
     min_hw: Optional[str] = typer.Option(None, "--min", help="Smallest input HxW of the profile."),
     opt_hw: Optional[str] = typer.Option(None, "--opt", help="Input HxW the engine is tuned for."),
     max_hw: Optional[str] = typer.Option(None, "--max", help="Largest input HxW of the profile."),
-    max_batch: int = typer.Option(4, "--max-batch"),
+    max_batch: int = typer.Option(4, "--max-batch", help="Largest batch of the engine's profile."),
     onnx_only: bool = typer.Option(False, "--onnx-only", help="Write the precision ONNX and its report only."),
     max_delta_db: Optional[float] = typer.Option(None, "--max-delta-db", help="Quality budget (default 0.05 fp16, 0.3 int8)."),
     gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out HR images for the quality gate."),
@@ -269,7 +307,7 @@ def build_engine_cmd(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     model: List[str] = typer.Option([], "--model", help="Model name or path (repeatable; default: the default model)."),
     data: List[Path] = typer.Option([], "--data", help="Folder of HR images for quality (repeatable)."),
@@ -279,10 +317,10 @@ def bench(
     batch: List[int] = typer.Option([], "--batch", help="Batch sizes for speed (repeatable; default 1)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Clip for decode/model/end-to-end frames/s."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for int8 variants made on the fly."),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
-    markdown_out: Optional[Path] = typer.Option(None, "--markdown"),
-    plot: Optional[Path] = typer.Option(None, "--plot"),
-    montage: Optional[Path] = typer.Option(None, "--montage"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write the Markdown table here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a speed/quality chart (PNG) here."),
+    montage: Optional[Path] = typer.Option(None, "--montage", help="Write a bicubic | models | HR crop montage (PNG)."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Quality only."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Speed only (e.g. for untrained weights)."),
     min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
@@ -304,6 +342,11 @@ def bench(
                 typer.echo(f"| {hw[0]}x{hw[1]} | {hw[0] * 4}x{hw[1] * 4} | {r.float_ms:.1f} | {r.pixels_ms:.1f} | "
                            f"{r.float_mb:.1f} | {r.pixels_mb:.1f} |")
             return
+        from sr_deploy.imagefiles import list_images
+
+        for d in data:  # a dataset that is not there is a mistake, not a note: nothing runs
+            if not list_images([d]):
+                raise InputError(f"{d}: no images in this --data folder")
         cfg = BenchConfig(models=tuple(model), data=tuple(str(d) for d in data),
                           backends=tuple(b.strip() for b in backends.split(",")) if backends else (),
                           precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),
@@ -325,7 +368,7 @@ def bench(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=_Command)
 def models() -> None:
     """List the shipped models."""
     from sr_deploy.runtime.select import DEFAULT_MODEL, shipped_models
@@ -344,7 +387,7 @@ def models() -> None:
         typer.echo(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}  {path}{extra}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def info() -> None:
     """Versions, available backends, GPU or not."""
     import importlib.metadata as md
@@ -352,7 +395,11 @@ def info() -> None:
 
     from sr_deploy import __version__
 
+    from sr_deploy.machine import machine_info
+
     typer.echo(f"srdeploy {__version__} on Python {platform.python_version()}, {platform.machine()}")
+    m = machine_info()
+    typer.echo(f"CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; ISA: {', '.join(m['isa']) or 'baseline x86-64'}")
     for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "av", "tensorrt", "cuda-python"):
         try:
             typer.echo(f"  {pkg:16s} {md.version(pkg)}")

@@ -96,3 +96,25 @@ def test_files_that_are_not_checkpoints(tmp_path, tiny_ckpt):
         assert code != 0 and out.startswith(f"error: {path}") and words in out and len(out.splitlines()) == 1, out
     assert not marker.exists(), "a pickle's payload ran"
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_help_names_every_option_and_shows_no_type_tags():
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    missing = [(name, p.opts) for name, c in cmd.commands.items() for p in c.params
+               if p.param_type_name == "option" and not p.help]
+    assert not missing, missing
+    for name in cmd.commands:
+        out = CliRunner().invoke(app, [name, "--help"], terminal_width=120).output
+        assert "<bool>" not in out and "<float>" not in out and "<str>" not in out, (name, out)
+    out_opt = next(p for p in cmd.commands["run"].params if p.name == "output")
+    assert "default: beside the input" in out_opt.help  # where outputs go without -o
+
+
+def test_bench_data_that_is_not_there_is_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for d in (tmp_path / "missing", empty):
+        r = CliRunner().invoke(app, ["bench", "--data", str(d), "--no-speed"])
+        assert r.exit_code != 0 and r.output.startswith("error:") and str(d) in r.output, r.output

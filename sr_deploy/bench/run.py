@@ -400,20 +400,28 @@ def write_plot(res: BenchResult, path: Path) -> None:
         raise SRDeployError("a plot needs both quality and speed rows")
     ds = res.quality[0]["dataset"]
     size = res.speed[0]["input"]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for s in res.speed:
-        if s["input"] != size or s["batch"] != res.speed[0]["batch"]:
-            continue
+    fig, ax = plt.subplots(figsize=(9, 5))
+    xs = []
+    markers = "osD^v<>PX*h"
+    for i, s in enumerate(r for r in res.speed if r["input"] == size and r["batch"] == res.speed[0]["batch"]):
         q = next((q for q in res.quality if q["dataset"] == ds and q["backend"] == s["backend"]
                   and q["precision"] == s["precision"] and q["model"] == s["model"]), None)
         if q:
-            ax.scatter(s["fps"], q["psnr_y"])
-            ax.annotate(f"{s['model']} {s['backend']} {s['precision']}", (s["fps"], q["psnr_y"]), fontsize=7)
+            # one legend entry per point instead of text beside it: labels of close points never overlap
+            ax.scatter(s["fps"], q["psnr_y"], marker=markers[i % len(markers)], s=60,
+                       label=f"{s['model']} {s['backend']} {s['precision']}: {s['fps']:.2f} fps, {q['psnr_y']:.2f} dB")
+            xs.append(s["fps"])
     bic = next((q for q in res.quality if q["dataset"] == ds and q["method"] == "bicubic"), None)
     if bic:
         ax.axhline(bic["psnr_y"], color="gray", linestyle="--", label=f"bicubic {bic['psnr_y']:.2f} dB")
-        ax.legend()
-    ax.set_xscale("log")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    if xs and max(xs) / max(min(xs), 1e-9) > 10:  # a log axis only when the points span a decade
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.grid(True, alpha=0.3)
     ax.set_xlabel(f"frames/s at {size} input")
     ax.set_ylabel(f"Y-PSNR on {ds} (dB)")
     fig.tight_layout()

@@ -10,7 +10,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, QualityGateError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.precision.int8 import DEFAULT_PERCENTILE, HOLD_OUT_EVERY
+from sr_deploy.precision.int8 import DEFAULT_PERCENTILE
 
 BUDGETS_DB = {"fp16": 0.05, "int8": 0.3}
 
@@ -45,7 +45,7 @@ def precision_path(src: Path, precision: str) -> Path:
     return src.with_name(f"{name}.{precision}.onnx")
 
 
-def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int = 8, skip_every: int = 0):
+def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int = 8, held_out: bool = False):
     """(HR, LR) pairs for the gate: center crops of real images, or the built-in generated set."""
     from sr_deploy.metrics import make_lr, mod_crop
     from sr_deploy.quality import EvalPair
@@ -58,10 +58,19 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
         from sr_deploy.imagefiles import list_images, read_rgb
 
         files = list_images([folder])
-        if skip_every:  # held out from calibration: calibration uses the other files
-            files = files[::skip_every]
-        imgs = [read_rgb(f) for f in files[:count]]
         label = str(folder)
+        if held_out:  # the files calibration did not use (split_holdout), never one it did
+            from sr_deploy.precision.int8 import split_holdout
+
+            files = split_holdout(files)[1]
+            label = f"{folder}, files held out of calibration"
+        if not files and held_out:
+            from sr_deploy.synthetic import synthetic_images
+
+            files, label = [], f"generated images ({folder} has one image, none to hold out of calibration)"
+            imgs = synthetic_images(count=4)
+        else:
+            imgs = [read_rgb(f) for f in files[:count]]
     pairs = []
     for i, img in enumerate(imgs):
         h, w = img.shape[:2]
@@ -136,7 +145,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             # (about 65 MB per 48px crop for srresnet_x4): 64 crops stay near 4 GB; min/max streams
             calib_count = 256 if calib_method == "minmax" else 64
         batches = calibration_batches(calib, count=calib_count, lr_size=calib_size, scale=desc.scale)
-    pairs, label = gate_pairs(gate_data or calib, desc.scale, skip_every=HOLD_OUT_EVERY if (gate_data is None and calib) else 0)
+    pairs, label = gate_pairs(gate_data or calib, desc.scale, held_out=gate_data is None and calib is not None)
     excluded: list[str] = []
     chosen = search = None
     with atomic_path(out, overwrite=overwrite) as tmp:
@@ -176,7 +185,7 @@ def _search_percentile(src: Path, tmp: Path, batches, calib: Path, scale: int, c
     """The candidate percentile with the smallest ΔPSNR on calibration-folder crops not used to calibrate."""
     from sr_deploy.precision.int8 import convert_int8
 
-    held_out, _ = gate_pairs(calib, scale, skip_every=HOLD_OUT_EVERY, count=8)
+    held_out, _ = gate_pairs(calib, scale, held_out=True, count=8)
     scores: dict[str, float] = {}
     for pct in candidates:
         convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method="percentile", percentile=pct)

@@ -21,18 +21,25 @@ from sr_deploy.imagefiles import list_images, read_rgb
 HOLD_OUT_EVERY = 5  # every 5th file of a calibration folder is held out (gate / percentile search)
 
 
+def split_holdout(files: list) -> tuple[list, list]:
+    """(calibration files, held-out files) of a calibration folder, disjoint for any number of files:
+    the 1st, 6th, 11th... are held out (so a folder of 2 to 5 files holds out its first); a folder of
+    one file holds out none (the gate then scores generated images and says so)."""
+    if len(files) < 2:
+        return list(files), []
+    return [f for i, f in enumerate(files) if i % HOLD_OUT_EVERY], list(files[::HOLD_OUT_EVERY])
+
+
 def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, scale: int = 4,
                         seed: int = 0) -> list[np.ndarray]:
     """Random LR crops (bicubic-downscaled HR crops) from a folder of real images.
 
-    Every ``HOLD_OUT_EVERY``-th file is left out (when the folder has 2·HOLD_OUT_EVERY files or
-    more), so that crops scored after calibration come from images it never saw.
+    The files ``split_holdout`` holds out are left out, so that crops scored after calibration
+    come from images it never saw.
     """
     from sr_deploy.metrics import make_lr
 
-    files = list_images([folder])
-    if len(files) >= 2 * HOLD_OUT_EVERY:
-        files = [f for i, f in enumerate(files) if i % HOLD_OUT_EVERY]
+    files, _held_out = split_holdout(list_images([folder]))
     if not files:
         raise InputError(f"{folder}: no calibration images found (png/jpg/bmp/webp)")
     hr_size = lr_size * scale

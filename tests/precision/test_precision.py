@@ -156,6 +156,24 @@ def test_calibration_crops_never_come_from_held_out_files(tmp_path):
     assert seen == {i for i in range(2 * HOLD_OUT_EVERY) if i % HOLD_OUT_EVERY}
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 9, 10, 12])
+def test_gate_images_and_calibration_images_are_disjoint_for_any_folder_size(tmp_path, n):
+    from sr_deploy.precision.convert import gate_pairs
+    from sr_deploy.precision.int8 import calibration_batches
+
+    for i in range(n):  # flat images: a crop's value names its file
+        cv2.imwrite(str(tmp_path / f"f{i:02d}.png"), np.full((64, 64, 3), 10 * i + 5, np.uint8))
+    crops = calibration_batches(tmp_path, count=40, lr_size=8, scale=4)
+    calibrated = {round(float(c.mean()) * 255 - 5) // 10 for c in crops}
+    pairs, label = gate_pairs(tmp_path, 4, crop=32, held_out=True)
+    gated = {round(float(p.hr.mean()) - 5) // 10 for p in pairs}
+    assert calibrated and not calibrated & gated, (calibrated, gated)
+    if n == 1:  # nothing to hold out: the gate scores generated images and says so
+        assert "generated images" in label and "none to hold out" in label
+    else:
+        assert gated and "held out of calibration" in label
+
+
 def test_float_convs_at_x4_keep_the_first_upsampling_conv(tmp_path):
     from sr_deploy.export import export_onnx
     from sr_deploy.models import SRResNet
