@@ -184,6 +184,10 @@ def run(
             raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
         if alpha not in ("bicubic", "model"):
             raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
+        if precision is not None and precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise InputError(f"--precision must be fp32, bf16, fp16 or int8, got {precision!r}")
+        if not 0 <= crf <= 51:
+            raise InputError(f"--crf {crf}: x264/x265 CRF and NVENC CQ run from 0 (best) to 51")
         if tile is not None:
             check_tile(tile)
         if output is not None and not input.is_dir():
@@ -347,6 +351,10 @@ def bench(
         for d in data:  # a dataset that is not there is a mistake, not a note: nothing runs
             if not list_images([d]):
                 raise InputError(f"{d}: no images in this --data folder")
+        from sr_deploy.runtime.select import resolve_model
+
+        for name in model:  # so is a model that is not there
+            resolve_model(name)
         cfg = BenchConfig(models=tuple(model), data=tuple(str(d) for d in data),
                           backends=tuple(b.strip() for b in backends.split(",")) if backends else (),
                           precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),

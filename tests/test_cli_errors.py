@@ -118,3 +118,17 @@ def test_bench_data_that_is_not_there_is_an_error(tmp_path):
     for d in (tmp_path / "missing", empty):
         r = CliRunner().invoke(app, ["bench", "--data", str(d), "--no-speed"])
         assert r.exit_code != 0 and r.output.startswith("error:") and str(d) in r.output, r.output
+
+
+def test_bad_precision_and_crf_values(tiny_ckpt, image, tmp_path):
+    code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--precision", "fp7")
+    assert code != 0 and out.startswith("error: --precision") and not (tmp_path / "o.png").exists()
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=2)
+    code, out = _run(clip, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, "--crf", "99")
+    assert code != 0 and out.startswith("error: --crf 99") and not (tmp_path / "o.mp4").exists()
+
+
+def test_bench_model_that_is_not_there_is_an_error(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "--model", str(tmp_path / "nope.pt"), "--no-quality"])
+    assert r.exit_code != 0 and r.output.startswith("error:") and "nope.pt" in r.output, r.output
