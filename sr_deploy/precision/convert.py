@@ -173,10 +173,16 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
         report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, delta <= budget,
                                  len(pairs), label, tuple(excluded),
                                  chosen if precision == "int8" else None, search if precision == "int8" else None)
-        with atomic_path(out.with_suffix(".quality.json")) as rtmp:
+        # A refusal is reported beside, in NAME.<precision>.refused.json: an existing variant and its
+        # passing report (from an earlier run) stay as they were, so no report contradicts its file.
+        refused = out.with_suffix(".refused.json")
+        with atomic_path(out.with_suffix(".quality.json") if report.passed else refused) as rtmp:
             rtmp.write_text(json.dumps(asdict(report), indent=2))
         if not report.passed:
-            raise QualityGateError(f"{report.line()}; nothing written to {out} (raise the budget with --max-delta-db)")
+            kept = f"; the existing {out.name} is kept" if out.exists() else ""
+            raise QualityGateError(f"{report.line()}; not written (report: {refused.name}{kept}; "
+                                   f"raise the budget with --max-delta-db)")
+        refused.unlink(missing_ok=True)
     return report
 
 

@@ -1,3 +1,4 @@
+from pathlib import Path
 import json
 
 import cv2
@@ -68,9 +69,18 @@ def test_gate_refuses_broken_model(tiny_onnx, tmp_path):
     src = _copy(tiny_onnx, tmp_path)
     with pytest.raises(QualityGateError, match="REFUSED"):
         make_precision_onnx(src, "fp16", budget_db=-1.0)  # nothing can pass a negative budget
-    assert not precision_path(src, "fp16").exists()
-    report = json.loads((tmp_path / "m.fp16.quality.json").read_text())
+    assert not precision_path(src, "fp16").exists() and not (tmp_path / "m.fp16.quality.json").exists()
+    report = json.loads((tmp_path / "m.fp16.refused.json").read_text())
     assert report["passed"] is False
+    # a variant that passed earlier and a later refused attempt to replace it: the pair stays consistent
+    good = make_precision_onnx(src, "fp16")
+    before = Path(good.path).read_bytes()
+    assert not (tmp_path / "m.fp16.refused.json").exists()
+    with pytest.raises(QualityGateError, match="is kept"):
+        make_precision_onnx(src, "fp16", budget_db=-1.0, overwrite=True)
+    assert Path(good.path).read_bytes() == before
+    assert json.loads((tmp_path / "m.fp16.quality.json").read_text())["passed"] is True
+    assert json.loads((tmp_path / "m.fp16.refused.json").read_text())["passed"] is False
 
 
 def test_gate_catches_damage(tiny_onnx, tmp_path, calib_dir):
