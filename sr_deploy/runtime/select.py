@@ -169,6 +169,12 @@ def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str)
     return base
 
 
+def _onnx_precision(path: Path) -> str:
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    return read_descriptor(path).precision
+
+
 def _note(line: str) -> None:
     import sys
 
@@ -206,7 +212,10 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
     if precision is None and OpenVINORunner.available():
         from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
 
-        int8 = precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
+        # a variant file given by path (NAME.fp16.onnx, NAME.int8.onnx) runs as given: `auto` picks
+        # among variants only for a model named as a whole (shipped name, checkpoint, fp32 ONNX)
+        given_variant = source.kind == "onnx" and _onnx_precision(source.path) != "fp32"
+        int8 = None if given_variant else precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
         if int8 is None and source.kind == "checkpoint":
             int8 = precision_sibling(onnx_for(source), "int8", AUTO_MAX_DELTA_DB)
         if int8 is not None:
@@ -214,7 +223,7 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
 
             return (OpenVINORunner(int8, read_descriptor(int8)),
                     f"CPU only; OpenVINO on the INT8 Q/DQ ONNX (its gate: ΔPSNR ≤ {AUTO_MAX_DELTA_DB} dB) is fastest")
-        if cpu_supports_bf16():
+        if cpu_supports_bf16() and not given_variant:
             runner, _ = make_runner(source, "openvino", "bf16")
             return runner, "CPU only; OpenVINO bf16 (this CPU has native bf16; no INT8 ONNX within 0.1 dB ships beside the model)"
     if OpenVINORunner.available():

@@ -1,3 +1,4 @@
+from pathlib import Path
 import json
 
 import cv2
@@ -41,6 +42,11 @@ def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path):
     # a report that failed its gate is never picked
     report.write_text(json.dumps({**data, "passed": False, "delta_psnr_db": 0.0}))
     assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
+    # a variant given by path runs as given, even with a gated INT8 beside it
+    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.05}))
+    fp16 = make_precision_onnx(model_dir, "fp16").path
+    runner, _ = make_runner(resolve_model(str(fp16)), "auto")
+    assert Path(runner.path).name == "m.fp16.onnx" and runner.precision != "int8"
 
 
 def test_auto_without_openvino_falls_back(model_dir, monkeypatch):
