@@ -61,6 +61,9 @@ def resolve_codec(codec: str, *, on_gpu: bool, say=None, width: int = 256, heigh
     return CPU_CODEC
 
 
+QUEUE_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     codec: str = "auto"  # auto: NVENC when the model runs on a GPU and the encoder opens, else libx264
@@ -74,7 +77,7 @@ class VideoOptions:
     start: float | None = None  # seconds
     duration: float | None = None  # seconds
     copy_streams: bool = True
-    queue_size: int = 8
+    queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -176,8 +179,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         if not tile and batch > 1:
             batch = max(1, min(batch, int(runner.memory_budget() // max(1.0, src_h * src_w * runner.bytes_per_pixel()))))
         stop = threading.Event()
-        q_dec: queue.Queue = queue.Queue(options.queue_size)
-        q_inf: queue.Queue = queue.Queue(options.queue_size)
+        # queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
+        # one upscaled frame waiting for the encoder, not eight
+        px_bytes = 6 if deep else 3
+        q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (src_h * src_w * px_bytes))))
+        q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (height * width * px_bytes))))
         frame_limit = options.max_frames
         start_s = float(options.start or 0.0)
         end_s = start_s + options.duration if options.duration else float("inf")
