@@ -132,3 +132,37 @@ def test_bad_precision_and_crf_values(tiny_ckpt, image, tmp_path):
 def test_bench_model_that_is_not_there_is_an_error(tmp_path):
     r = CliRunner().invoke(app, ["bench", "--model", str(tmp_path / "nope.pt"), "--no-quality"])
     assert r.exit_code != 0 and r.output.startswith("error:") and "nope.pt" in r.output, r.output
+
+
+def _external(tiny_onnx, folder, location):
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    m = onnx.load(str(tiny_onnx))
+    convert_model_to_external_data(m, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save(m, str(folder / "m.onnx"))
+    if location != "w.bin":  # point the weights elsewhere, as a hostile or broken file would
+        m = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+        for t in m.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        shutil.move(folder / "w.bin", folder / location)
+        (folder / "m.onnx").write_bytes(m.SerializeToString())
+    return folder / "m.onnx"
+
+
+def test_external_data_must_sit_beside_the_model(tiny_onnx, image, tmp_path):
+    inside = _external(tiny_onnx, tmp_path / "ok", "w.bin")
+    code, out = _run(image, "-o", tmp_path / "ok.png", "--model", inside, "--backend", "onnxruntime")
+    assert code == 0, out
+    outside = _external(tiny_onnx, tmp_path / "a" / "m", "../outside.bin")
+    for backend in ("auto", "onnxruntime"):
+        code, out = _run(image, "-o", tmp_path / "o.png", "--model", outside, "--backend", backend)
+        assert code != 0 and "points outside the model's folder" in out and "Traceback" not in out, out
+    (tmp_path / "ok" / "w.bin").unlink()
+    code, out = _run(image, "-o", tmp_path / "o2.png", "--model", inside)
+    assert code != 0 and "is missing beside the model" in out

@@ -101,10 +101,29 @@ def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from exc
+    _check_external_data(path, proto)
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return ModelDescriptor.from_json(entry.value)
     raise ModelError(f"{path}: ONNX model has no srdeploy metadata; export it with `srdeploy export CHECKPOINT`")
+
+
+def _check_external_data(path: Path, proto) -> None:
+    """Weights stored outside the .onnx must be files inside its folder, and present: ONNX Runtime and
+    onnx refuse anything else with a traceback deep in a session; here it is one line, before any work."""
+    from onnx.external_data_helper import uses_external_data
+
+    folder = path.resolve().parent
+    for tensor in proto.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{path}: weight {tensor.name!r} points outside the model's folder ({location!r}); "
+                             f"srdeploy reads external data only from files beside the model")
+        if not target.is_file():
+            raise ModelError(f"{path}: weight file {location!r} of {tensor.name!r} is missing beside the model")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
