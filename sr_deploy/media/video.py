@@ -62,6 +62,7 @@ def resolve_codec(codec: str, *, on_gpu: bool, say=None, width: int = 256, heigh
 
 
 QUEUE_BYTES = 256 << 20
+ENCODER_LOOKAHEAD_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,13 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         vout.bit_rate = _parse_bitrate(options.bitrate)
                     elif codec in ("libx264", "libx265"):
                         vout.options = {"crf": str(options.crf), "preset": options.preset}
+                    # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and
+                    # beyond that alone passes gigabytes, so it is capped to ~1 GiB of frames there
+                    look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
+                    if look < 40 and codec == "libx264":
+                        vout.options = {**vout.options, "rc-lookahead": str(look)}
+                    elif look < 40 and codec == "libx265":
+                        vout.options = {**vout.options, "x265-params": f"rc-lookahead={look}"}
                     elif codec.endswith("_nvenc"):
                         vout.options = {"cq": str(options.crf), "preset": "p5"}
                     mapping = {}

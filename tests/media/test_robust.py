@@ -305,3 +305,19 @@ def test_bit_depth_of_pixel_formats(fmt, bits):
     from sr_deploy.media.video import _bit_depth
 
     assert _bit_depth(fmt) == bits
+
+
+def test_encoder_lookahead_is_capped_for_huge_frames(tmp_path, tiny_onnx, monkeypatch):
+    import sr_deploy.media.video as video
+
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=3, audio=False)
+    runner = OrtRunner(tiny_onnx, read_descriptor(tiny_onnx))
+    with runner:
+        video.upscale_video(runner, clip, tmp_path / "plain.mp4", options=video.VideoOptions(codec="libx264"), quiet=True)
+        # as if each frame were huge: ~3 frames' worth of lookahead budget
+        monkeypatch.setattr(video, "ENCODER_LOOKAHEAD_BYTES", 96 * 64 * 3 // 2 * 3)
+        video.upscale_video(runner, clip, tmp_path / "capped.mp4", options=video.VideoOptions(codec="libx264"), quiet=True)
+    # x264 writes its settings into the stream (an SEI message)
+    assert b"rc_lookahead=40" in (tmp_path / "plain.mp4").read_bytes()
+    assert b"rc_lookahead=3" in (tmp_path / "capped.mp4").read_bytes()
