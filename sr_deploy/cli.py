@@ -377,6 +377,32 @@ def bench(
 
 
 @app.command(cls=_Command)
+def tune(
+    model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, checkpoint or fp32 ONNX "
+                                                              "(default: the default model)."),
+) -> None:
+    """Time every CPU runner that can run the model here (gated precisions only) and keep the ranking
+    that `--backend auto` follows on this machine."""
+    from sr_deploy.runtime import tune as tuner
+    from sr_deploy.runtime.select import resolve_model
+
+    try:
+        source = resolve_model(model)
+        ranking = tuner.measure(source, say=lambda line: typer.echo(line, err=True))
+        if not ranking:
+            raise InputError("no CPU runner could be timed here; `--backend auto` uses its fixed rule")
+        for i, r in enumerate(ranking, 1):
+            typer.echo(f"{i}. {r['backend']} {r['precision']}: {r['ms']:.1f} ms per {tuner.TUNE_INPUT[0]}x"
+                       f"{tuner.TUNE_INPUT[1]} frame")
+        typer.echo(f"cached in {tuner.cache_path(source)}")
+    except SRDeployError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the previous ranking (if any) is kept", err=True)
+        raise typer.Exit(130)
+
+
+@app.command(cls=_Command)
 def models() -> None:
     """List the shipped models."""
     from sr_deploy.runtime.select import DEFAULT_MODEL, shipped_models

@@ -26,6 +26,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # `auto` measures the CPU runners once per model (runtime/tune.py); each tiny test model would
+    # spawn its own timing processes, so the rule-based fallback runs unless a test turns it on
+    monkeypatch.setenv("SRDEPLOY_TUNE", "0")
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError
+from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError, SRDeployError
 from sr_deploy.fsutil import cache_root
 from sr_deploy.runtime.base import Runner
 
@@ -160,10 +160,12 @@ def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str)
 
         if read_descriptor(base).precision == precision:
             return base
-        sib = base.with_name(f"{base.name[:-5]}.{precision}.onnx")
-        if not sib.exists():
-            raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")
-        return sib
+        # beside the fp32 ONNX, or beside the checkpoint (a shipped model's INT8 sits with its weights)
+        for sib in (base.with_name(f"{base.name[:-5]}.{precision}.onnx"),
+                    source.path.with_name(f"{source.path.name.split('.')[0]}.{precision}.onnx")):
+            if sib.exists():
+                return sib
+        raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")
     if precision == "bf16" and backend != "openvino":
         raise InputError(f"bf16 runs on the openvino (or torch) backend, not {backend}")
     return base
@@ -209,12 +211,25 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
                 return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
         except BackendUnavailable:
             pass
+    # a variant file given by path (NAME.fp16.onnx, NAME.int8.onnx) runs as given: `auto` picks
+    # among variants only for a model named as a whole (shipped name, checkpoint, fp32 ONNX)
+    given_variant = source.kind == "onnx" and _onnx_precision(source.path) != "fp32"
+    if precision is None and not given_variant:
+        from sr_deploy.runtime import tune
+
+        if tune.enabled():
+            ranking, how = tune.cached_ranking(source)
+            if ranking is None:
+                _note(f"note: {how}")
+                ranking, how = tune.measure(source, say=_note), "measured just now"
+            for r in ranking:
+                try:
+                    runner, _ = make_runner(source, r["backend"], r["precision"])
+                except SRDeployError:
+                    continue
+                return runner, f"CPU only; fastest here by measurement ({how}): {tune.describe(ranking)}"
     if precision is None and OpenVINORunner.available():
         from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
-
-        # a variant file given by path (NAME.fp16.onnx, NAME.int8.onnx) runs as given: `auto` picks
-        # among variants only for a model named as a whole (shipped name, checkpoint, fp32 ONNX)
-        given_variant = source.kind == "onnx" and _onnx_precision(source.path) != "fp32"
         int8 = None if given_variant else precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
         if int8 is None and source.kind == "checkpoint":
             int8 = precision_sibling(onnx_for(source), "int8", AUTO_MAX_DELTA_DB)

@@ -1,0 +1,171 @@
+"""`auto` on the CPU by measurement: time every installed candidate that passed its quality gate on
+this machine, once per model, and keep the ranking in the cache.
+
+A fixed rule (OpenVINO INT8 first) was tuned on AVX-512/AMX machines: there INT8 ran 10x ONNX Runtime
+fp32, on a 2-core AVX2-only EPYC 1.5x. Which candidate wins depends on the ISA, the core count and the
+library versions, so it is measured: each candidate runs in its own process (a candidate that crashes
+or hangs is skipped with a note, within a time limit) for about a second on a representative input,
+and the ranking is cached under a key of the model's hash, the CPU's model and flags and the library
+versions. A cache that does not parse or has another key is measured again, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
+
+TUNE_INPUT = (128, 128)  # LR pixels of the timed input: the size the published CPU figures use
+TUNE_SECONDS = float(os.environ.get("SRDEPLOY_TUNE_SECONDS", "1.0"))  # timed runs per candidate, after a warm-up
+CANDIDATE_TIMEOUT_S = 120.0  # a candidate that takes longer (hung, or absurdly slow) is skipped
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str
+    precision: str
+
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+
+def enabled() -> bool:
+    """Measuring is on unless SRDEPLOY_TUNE=0 (the fixed rule is then used)."""
+    return os.environ.get("SRDEPLOY_TUNE", "1") != "0"
+
+
+def candidates(source) -> list[Candidate]:
+    """Every CPU runner that can run ``source`` here at a precision whose gate passed within auto's budget."""
+    from sr_deploy.machine import cpu_has_bf16
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+    from sr_deploy.runtime.select import AUTO_MAX_DELTA_DB, onnx_for, precision_sibling
+
+    out: list[Candidate] = []
+    base = onnx_for(source) if source.kind == "checkpoint" else source.path
+    int8 = precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB) or precision_sibling(base, "int8", AUTO_MAX_DELTA_DB)
+    have_ov = OpenVINORunner.available()
+    if have_ov:
+        out.append(Candidate("openvino", "fp32"))
+        if int8 is not None:
+            out.append(Candidate("openvino", "int8"))
+        if cpu_has_bf16():
+            out.append(Candidate("openvino", "bf16"))
+    out.append(Candidate("onnxruntime", "fp32"))
+    if int8 is not None:
+        out.append(Candidate("onnxruntime", "int8"))
+    if source.kind == "checkpoint":
+        out.append(Candidate("torch", "fp32"))
+        if cpu_has_bf16():
+            out.append(Candidate("torch", "bf16"))
+    return out
+
+
+def cache_key(source) -> dict:
+    import importlib.metadata as md
+
+    from sr_deploy.machine import cpu_flags, machine_info
+
+    versions = {}
+    for pkg in ("srdeploy", "torch", "onnxruntime", "openvino"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"format": FORMAT, "model_sha256": sha256_file(source.path), "cpu": machine_info()["cpu"],
+            "cores": os.cpu_count(), "flags_sha": _flags_digest(cpu_flags()), "versions": versions,
+            "input": list(TUNE_INPUT)}
+
+
+def _flags_digest(flags: set[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16]
+
+
+def cache_path(source) -> Path:
+    return cache_root() / "tune" / f"{Path(source.path).name}-{sha256_file(source.path)[:16]}.json"
+
+
+def cached_ranking(source) -> tuple[list[dict] | None, str]:
+    """(ranking, why) from the cache; (None, why not) when missing, unreadable or for another machine."""
+    path = cache_path(source)
+    if not path.is_file():
+        return None, "not measured on this machine yet"
+    try:
+        data = json.loads(path.read_text())
+        key, ranking = data["key"], data["ranking"]
+        if not isinstance(ranking, list) or not all({"backend", "precision", "ms"} <= set(r) for r in ranking):
+            raise ValueError("bad ranking")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"the cached ranking {path} is unreadable: measuring again"
+    if key != cache_key(source):
+        return None, "the cached ranking is from another CPU, model or library version: measuring again"
+    return ranking, f"measured on this machine ({path})"
+
+
+def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list[dict]:
+    """Time each candidate in a child process; return the ranking (fastest first) and cache it."""
+    say = say or (lambda line: None)
+    ranking, skipped = [], []
+    cands = candidates(source)
+    say(f"note: timing {len(cands)} CPU runners for {source.name} on this machine once "
+        f"({', '.join(c.label() for c in cands)}); `srdeploy tune` redoes it")
+    for c in cands:
+        cmd = [sys.executable, "-m", "sr_deploy.runtime.tune", str(source.path), c.backend, c.precision]
+        env = {**os.environ, "SRDEPLOY_TUNE": "0"}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            skipped.append(f"{c.label()} (no result within {timeout_s:.0f} s)")
+            continue
+        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        try:
+            ms = float(json.loads(line)["ms"]) if proc.returncode == 0 else None
+        except (ValueError, KeyError, TypeError):
+            ms = None
+        if ms is None:
+            err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:160]
+            skipped.append(f"{c.label()} ({err})")
+            continue
+        ranking.append({"backend": c.backend, "precision": c.precision, "ms": round(ms, 2)})
+    for s in skipped:
+        say(f"note: skipped {s}")
+    ranking.sort(key=lambda r: r["ms"])
+    if ranking:
+        with atomic_path(cache_path(source)) as tmp:
+            tmp.write_text(json.dumps({"key": cache_key(source), "ranking": ranking, "skipped": skipped,
+                                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    return ranking
+
+
+def describe(ranking: list[dict], n: int = 4) -> str:
+    return " < ".join(f"{r['backend']} {r['precision']} {r['ms']:.1f} ms" for r in ranking[:n])
+
+
+def _time_one(model: str, backend: str, precision: str) -> float:
+    """Median ms of ``infer_u8`` on a TUNE_INPUT frame (run in the child process)."""
+    import numpy as np
+
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    runner, _ = make_runner(resolve_model(model), backend, precision)
+    x = np.random.default_rng(0).integers(0, 256, (1, *TUNE_INPUT, 3), dtype=np.uint8)
+    with runner:
+        runner.infer_u8(x)  # warm-up: compilation, allocation
+        times, t_end = [], time.perf_counter() + TUNE_SECONDS
+        while time.perf_counter() < t_end or len(times) < 3:
+            t0 = time.perf_counter()
+            runner.infer_u8(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+if __name__ == "__main__":
+    print(json.dumps({"ms": _time_one(*sys.argv[1:4])}))

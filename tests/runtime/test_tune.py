@@ -1,0 +1,70 @@
+"""`auto` on the CPU by measurement: candidates timed in child processes, the ranking cached and re-checked."""
+
+import json
+
+import pytest
+
+from sr_deploy.runtime import tune
+from sr_deploy.runtime.select import make_runner, resolve_model
+
+
+@pytest.fixture
+def measuring(monkeypatch):
+    monkeypatch.setenv("SRDEPLOY_TUNE", "1")
+    monkeypatch.setenv("SRDEPLOY_TUNE_SECONDS", "0.05")
+
+
+def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
+    source = resolve_model(str(tiny_ckpt))
+    notes = []
+    ranking = tune.measure(source, say=notes.append)
+    labels = {(r["backend"], r["precision"]) for r in ranking}
+    assert {("onnxruntime", "fp32"), ("torch", "fp32")} <= labels and all(r["ms"] > 0 for r in ranking)
+    assert [r["ms"] for r in ranking] == sorted(r["ms"] for r in ranking)
+    assert tune.cached_ranking(source)[0] == ranking
+    # auto runs the first of the cached ranking, whatever it is: put torch first to see it obeyed
+    forced = sorted(ranking, key=lambda r: r["backend"] != "torch")
+    data = json.loads(tune.cache_path(source).read_text())
+    tune.cache_path(source).write_text(json.dumps({**data, "ranking": forced}))
+    runner, why = make_runner(source, "auto")
+    assert runner.backend == "torch" and "by measurement" in why and "torch fp32" in why
+
+
+def test_corrupt_or_foreign_cache_is_measured_again(tiny_ckpt, measuring, monkeypatch):
+    source = resolve_model(str(tiny_ckpt))
+    tune.measure(source)
+    path = tune.cache_path(source)
+    good = json.loads(path.read_text())
+    path.write_text("{not json")
+    assert tune.cached_ranking(source)[0] is None and "unreadable" in tune.cached_ranking(source)[1]
+    path.write_text(json.dumps({**good, "key": {**good["key"], "cpu": "another CPU"}}))
+    assert tune.cached_ranking(source)[0] is None and "another CPU" in tune.cached_ranking(source)[1]
+    runner, why = make_runner(source, "auto")  # measured again, then cached with this machine's key
+    assert "measured just now" in why and tune.cached_ranking(source)[0] is not None
+
+
+def test_a_candidate_that_fails_or_hangs_is_skipped(tiny_ckpt, measuring, monkeypatch):
+    source = resolve_model(str(tiny_ckpt))
+    # an INT8 candidate with no INT8 ONNX: its child process fails; the others are still timed
+    real = tune.candidates
+    monkeypatch.setattr(tune, "candidates", lambda s: real(s) + [tune.Candidate("onnxruntime", "int8")])
+    notes = []
+    ranking = tune.measure(source, say=notes.append)
+    assert ranking and ("onnxruntime", "int8") not in {(r["backend"], r["precision"]) for r in ranking}
+    assert any(n.startswith("note: skipped onnxruntime int8") for n in notes)
+    # nothing answers within the limit: nothing is cached, auto falls back to its fixed rule
+    tune.cache_path(source).unlink()
+    assert tune.measure(source, say=notes.append, timeout_s=0.01) == []
+    assert any("no result within" in n for n in notes) and not tune.cache_path(source).exists()
+
+
+def test_a_variant_given_by_path_is_not_tuned_away(tiny_onnx, tmp_path, measuring):
+    import shutil
+
+    from sr_deploy.precision.convert import make_precision_onnx
+
+    src = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, src)
+    fp16 = make_precision_onnx(src, "fp16").path
+    runner, why = make_runner(resolve_model(str(fp16)), "auto")
+    assert runner.path.name == "m.fp16.onnx" and "by measurement" not in why
