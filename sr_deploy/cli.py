@@ -27,6 +27,10 @@ class _Command(TyperCommand):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for param in self.params:
+            if param.param_type_name == "argument":  # its NAME says it; no `<str>` column beside it
+                param.metavar = param.metavar or param.name.upper()
+                param.display_type_rich = lambda ctx=None: None
+                continue
             if param.metavar is not None:
                 continue
             if getattr(param, "is_flag", False):
@@ -372,6 +376,41 @@ def bench(
             write_plot(res, plot)
         if montage:
             write_montage(list(model), str(data[0]) if data else None, montage)
+    except SRDeployError as exc:
+        _fail(exc)
+
+
+@app.command(cls=_Command)
+def triton(
+    model: Optional[str] = typer.Argument(None, help="Shipped model name, checkpoint or srdeploy ONNX "
+                                                     "(default: the default model)."),
+    output: Path = typer.Option(Path("triton_models"), "-o", "--output", help="Model repository folder."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: the model's)."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="A TensorRT engine built from this model: served as "
+                                                             "tensorrt_plan instead of the ONNX."),
+    float_io: bool = typer.Option(False, "--float-io", help="Serve the float NCHW graph (default: uint8 NHWC "
+                                                           "pixels in the graph, so clients send image bytes)."),
+    max_batch: int = typer.Option(4, "--max-batch", help="max_batch_size (dynamic batching up to this)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    kind: str = typer.Option("auto", "--kind", help="Where instances run: auto | gpu | cpu."),
+    trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator", help="ONNX on a GPU: let ONNX "
+                                                                                   "Runtime use TensorRT: FP32 | FP16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model's folder in the repository."),
+) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt checked against Triton's schema)."""
+    from sr_deploy.export.pixels import uint8_onnx
+    from sr_deploy.export.triton import write_repository
+    from sr_deploy.runtime.select import onnx_for, resolve_model
+
+    try:
+        source = resolve_model(model)
+        onnx_path = onnx_for(source)
+        if not float_io:
+            onnx_path = uint8_onnx(onnx_path)
+        out = write_repository(onnx_path, output, name=name or source.name, plan=plan, overwrite=overwrite,
+                               max_batch=max_batch, instances=instances, kind=kind, trt_accelerator=trt_accelerator)
+        typer.echo(f"{out}: config.pbtxt (validated against Triton's model_config.proto), "
+                   f"1/{'model.plan' if plan else 'model.onnx'}")
     except SRDeployError as exc:
         _fail(exc)
 

@@ -1,0 +1,68 @@
+"""`srdeploy triton`: a model repository whose config parses against Triton's own schema and whose model
+answers the way the config says."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.errors import ModelError
+from sr_deploy.export.triton import validate
+
+
+def _triton(*args):
+    r = CliRunner().invoke(app, ["triton", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def test_repository_for_uint8_pixels(tiny_ckpt, tmp_path):
+    import onnxruntime as ort
+
+    repo = tmp_path / "repo"
+    code, out = _triton(tiny_ckpt, "-o", repo, "--max-batch", "8", "--instances", "2", "--kind", "gpu",
+                        "--trt-accelerator", "FP16")
+    assert code == 0, out
+    cfg = validate((repo / "tiny_x2" / "config.pbtxt").read_text())
+    assert (cfg.platform, cfg.max_batch_size) == ("onnxruntime_onnx", 8)
+    (inp,), (outp,) = cfg.input, cfg.output
+    assert list(inp.dims) == [-1, -1, 3] and list(outp.dims) == [-1, -1, 3]
+    assert cfg.instance_group[0].count == 2 and cfg.HasField("dynamic_batching")
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    # the served file takes what the config declares: a batch of uint8 NHWC frames under its input name
+    sess = ort.InferenceSession(str(repo / "tiny_x2" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
+    (y,) = sess.run([outp.name], {inp.name: x})
+    assert y.dtype == np.uint8 and y.shape == (2, 20, 24, 3)
+    # an existing model folder is kept without --overwrite
+    code, out = _triton(tiny_ckpt, "-o", repo)
+    assert code != 0 and out.startswith("error:") and "--overwrite" in out
+
+
+def test_float_io_and_plan(tiny_ckpt, tmp_path):
+    repo = tmp_path / "repo"
+    code, out = _triton(tiny_ckpt, "-o", repo, "--float-io", "--name", "sr")
+    assert code == 0, out
+    cfg = validate((repo / "sr" / "config.pbtxt").read_text())
+    from sr_deploy.export.triton import model_config_pb2
+
+    pb2 = model_config_pb2()
+    assert pb2.DataType.Name(cfg.input[0].data_type) == pb2.DataType.Name(cfg.output[0].data_type) == "TYPE_FP32"
+    assert list(cfg.input[0].dims) == [3, -1, -1]
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"engine bytes")
+    code, out = _triton(tiny_ckpt, "-o", repo, "--plan", plan, "--name", "sr_trt")
+    assert code == 0, out
+    cfg = validate((repo / "sr_trt" / "config.pbtxt").read_text())
+    assert cfg.platform == "tensorrt_plan" and (repo / "sr_trt" / "1" / "model.plan").read_bytes() == b"engine bytes"
+
+
+def test_bad_values_and_schema_errors(tiny_ckpt, tmp_path):
+    code, out = _triton(tiny_ckpt, "-o", tmp_path / "r", "--kind", "tpu")
+    assert code != 0 and out.startswith("error: instance kind") and not (tmp_path / "r").exists()
+    code, out = _triton(tiny_ckpt, "-o", tmp_path / "r", "--trt-accelerator", "INT4")
+    assert code != 0 and "FP32 or FP16" in out
+    with pytest.raises(ModelError, match="model_config.proto"):
+        validate('name: "x" max_batch_size: "many"')
+    with pytest.raises(ModelError, match="model_config.proto"):
+        validate('name: "x" no_such_field: 1')
