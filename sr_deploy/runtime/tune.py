@@ -107,7 +107,7 @@ def cached_ranking(source) -> tuple[list[dict] | None, str]:
         return None, f"the cached ranking {path} is unreadable: measuring again"
     if key != cache_key(source):
         return None, "the cached ranking is from another CPU, model or library version: measuring again"
-    return ranking, f"measured on this machine ({path})"
+    return ranking, "measured on this machine earlier; `srdeploy tune` redoes it"
 
 
 def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list[dict]:

@@ -68,3 +68,25 @@ def test_a_variant_given_by_path_is_not_tuned_away(tiny_onnx, tmp_path, measurin
     fp16 = make_precision_onnx(src, "fp16").path
     runner, why = make_runner(resolve_model(str(fp16)), "auto")
     assert runner.path.name == "m.fp16.onnx" and "by measurement" not in why
+
+
+def test_an_interrupted_tune_leaves_the_previous_ranking(tiny_ckpt, measuring, monkeypatch):
+    import subprocess
+
+    source = resolve_model(str(tiny_ckpt))
+    tune.measure(source)
+    before = tune.cache_path(source).read_text()
+    real_run = subprocess.run
+    calls = []
+
+    def interrupted(*a, **kw):  # Ctrl-C arrives while the second candidate is being timed
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(*a, **kw)
+
+    monkeypatch.setattr(subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune.measure(source)
+    assert tune.cache_path(source).read_text() == before
+    assert [p.name for p in tune.cache_path(source).parent.iterdir()] == [tune.cache_path(source).name]
