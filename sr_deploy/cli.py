@@ -45,7 +45,7 @@ class _Command(TyperCommand):
             if typing.get_origin(ann) in (list, List):
                 ann = typing.get_args(ann)[0]
             if isinstance(ann, type) and issubclass(ann, Path):
-                param.metavar = "PATH" if param.param_type_name == "option" else param.name.upper()
+                param.metavar = "PATH"
             else:
                 param.metavar = self._NAMES.get(ann, "TEXT")
 

@@ -29,11 +29,8 @@ def machine_info() -> dict:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
+    total = _physical_memory_bytes()
+    mem_gb = round(total / 2**30, 1) if total else None
     versions = {}
     for pkg in ("srdeploy", "torch", "onnxruntime", "openvino", "av", "tensorrt"):
         try:
@@ -63,10 +60,14 @@ def available_memory_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return _physical_memory_bytes() or 8 << 30
+
+
+def _physical_memory_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
-        return 8 << 30
+        return None
 
 
 def reset_peak_rss() -> bool:

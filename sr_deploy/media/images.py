@@ -74,6 +74,11 @@ def read_image(path: Path, *, scale: int | None = None, max_megapixels: float = 
     """Read with OpenCV, unchanged (uint8/uint16; 1, 3 (BGR) or 4 (BGRA) channels), shown upright
     (EXIF orientation applied). The header is checked first: over the pixel limit, or with an output
     that cannot fit in memory (``scale``), the file is refused before its pixels are decoded."""
+    return _read_image(path, scale, max_megapixels)[0]
+
+
+def _read_image(path: Path, scale: int | None, max_megapixels: float) -> tuple[np.ndarray, ImageHeader | None]:
+    """read_image, also returning the header it read (None when PIL does not know the format)."""
     import cv2
 
     if not path.is_file():
@@ -95,7 +100,7 @@ def read_image(path: Path, *, scale: int | None = None, max_megapixels: float = 
         check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels)
     elif header.orientation != 1:
         img = np.ascontiguousarray(_ORIENT[header.orientation](img))
-    return img
+    return img, header
 
 
 def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic") -> np.ndarray:
@@ -185,8 +190,7 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
-    header = probe_image(src)
-    img = read_image(src, scale=runner.scale, max_megapixels=max_megapixels)
+    img, header = _read_image(src, runner.scale, max_megapixels)
     out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
     del img
     write_image(dst, out, overwrite=overwrite, gray_alpha=bool(header and header.mode in ("LA", "La")))
@@ -257,20 +261,22 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
                     bar.write(f"error: {summary.failed[-1][1]}")
                 bar.update(1)
                 continue
+            why = None
             try:
                 upscale_image(runner, f, out, overwrite=overwrite, tile=tile, alpha=alpha, max_megapixels=max_megapixels)
                 summary.done.append(out)
             except SRDeployError as exc:
-                summary.failed.append((f, str(exc)))
+                why = str(exc)
             except OSError as exc:  # permission denied, I/O error: this file only
-                summary.failed.append((f, f"{f}: {exc.strerror or exc}"))
+                why = f"{f}: {exc.strerror or exc}"
             except MemoryError:
-                summary.failed.append((f, f"{f}: out of memory (try --tile 256)"))
+                why = f"{f}: out of memory (try --tile 256)"
             except Exception as exc:  # noqa: BLE001 - a backend's own error on one file must not end the batch
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
-                summary.failed.append((f, f"{f}: {exc.__class__.__name__}: {first}"))
-            if summary.failed and summary.failed[-1][0] == f:
-                bar.write(f"error: {summary.failed[-1][1]}")
+                why = f"{f}: {exc.__class__.__name__}: {first}"
+            if why is not None:
+                summary.failed.append((f, why))
+                bar.write(f"error: {why}")
             bar.update(1)
     return summary
 

@@ -90,8 +90,6 @@ def auto_tile(runner: Runner, h: int, w: int, overlap: int = 16) -> int | tuple[
         cost = (ny * nx * th * tw, ny * nx)
         if best is None or cost < best[0]:
             best = (cost, (max(th, MIN_TILE), max(tw, MIN_TILE)))
-        if ny * MIN_TILE > h:
-            break
     return best[1] if best else (64, 64)
 
 

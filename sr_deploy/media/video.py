@@ -272,7 +272,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     inf.put(order.popleft()[1])
 
             max_hw = runner.input_spec().max_hw
-            too_big = bool(max_hw) and (vin.codec_context.height > max_hw[0] or vin.codec_context.width > max_hw[1])
+            too_big = bool(max_hw) and (src_h > max_hw[0] or src_w > max_hw[1])
             if deep:  # 16-bit RGB through the float graph, rounded into uint16 tile row by tile row
                 outputs = (np.stack([upscale_frame(runner, f.astype(np.float32) * (1 / 65535), tile=tile,
                                                    out_max=65535.0, out_dtype=np.uint16) for f in b])
@@ -298,8 +298,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     raise OutputError(f"{dst}: cannot open for writing ({exc})") from exc
                 try:
                     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-                    codec = resolve_codec(options.codec, on_gpu=runner.on_gpu, width=width, height=height,
-                                          say=None if quiet else say)
+                    codec = resolve_codec(options.codec, on_gpu=runner.on_gpu, width=width, height=height, say=say)
                     try:
                         vout = out.add_stream(codec, rate=rate)
                     except (av.error.FFmpegError, ValueError) as exc:
@@ -326,12 +325,15 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         vout.options = {"cq": str(options.crf), "preset": "p5"}
                     mapping = {}
                     for st in copied:
-                        try:
-                            mapping[st.index] = out.add_stream_from_template(st)
-                        except (av.error.FFmpegError, ValueError):
-                            mapping[st.index] = None
-                        if mapping[st.index] is None or not _container_takes(out, st):
-                            mapping.pop(st.index, None)
+                        stream = None
+                        if _container_takes(dst, st):
+                            try:
+                                stream = out.add_stream_from_template(st)
+                            except (av.error.FFmpegError, ValueError):
+                                pass
+                        if stream is not None:
+                            mapping[st.index] = stream
+                        else:
                             say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
                                 f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
                     dec.start()
@@ -401,13 +403,10 @@ _SUBTITLE_CODECS = {
 }
 
 
-def _container_takes(out, stream) -> bool:
+def _container_takes(dst: Path, stream) -> bool:
     if stream.type != "subtitle":
         return True
-    suffix = Path(out.name).suffix.lower()
-    if suffix.startswith(".part"):
-        suffix = "." + suffix.split(".")[-1]
-    allowed = _SUBTITLE_CODECS.get(suffix, None)
+    allowed = _SUBTITLE_CODECS.get(dst.suffix.lower(), None)
     return allowed is None or stream.codec_context.name in allowed
 
 

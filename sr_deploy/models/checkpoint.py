@@ -78,11 +78,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise ModelError(f"{path}: safetensors file has no srdeploy 'arch' metadata")
         return {"format": FORMAT, "arch": json.loads(meta["arch"]), "state_dict": state}
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(512)
     # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (0x80 protocol byte);
     # anything else (a text file, an HTML error page saved as .pt, an empty file) is named as such
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        what = "an empty file" if not head else ("a text file" if _looks_text(path) else "not a PyTorch file")
+        what = "an empty file" if not head else ("a text file" if _is_utf8(head) else "not a PyTorch file")
         raise ModelError(f"{path}: not a PyTorch checkpoint ({what})")
     import zipfile
 
@@ -102,9 +102,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def _looks_text(path: Path) -> bool:
-    with open(path, "rb") as f:
-        sample = f.read(512)
+def _is_utf8(sample: bytes) -> bool:
     try:
         sample.decode("utf-8")
     except UnicodeDecodeError:

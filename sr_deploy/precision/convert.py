@@ -67,8 +67,8 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
         if not files and held_out:
             from sr_deploy.synthetic import synthetic_images
 
-            files, label = [], f"generated images ({folder} has one image, none to hold out of calibration)"
             imgs = synthetic_images(count=4)
+            label = f"generated images ({folder} has one image, none to hold out of calibration)"
         else:
             imgs = [read_rgb(f) for f in files[:count]]
     pairs = []

@@ -71,10 +71,15 @@ def onnx_for(source: ModelSource) -> Path:
 AUTO_MAX_DELTA_DB = 0.1  # `auto` never picks a variant that lost more than this on its gate images
 
 
+def variant_path(path: Path, precision: str) -> Path:
+    """``NAME.<precision>.onnx`` beside ``path`` (a checkpoint, or an ONNX of any precision)."""
+    return path.with_name(f"{path.name.split('.')[0]}.{precision}.onnx")
+
+
 def precision_sibling(path: Path, precision: str, max_delta_db: float | None = None) -> Path | None:
     """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its quality
     report passed (and, with ``max_delta_db``, lost no more than that)."""
-    cand = path.with_name(f"{path.name.split('.')[0]}.{precision}.onnx")
+    cand = variant_path(path, precision)
     report = cand.with_suffix(".quality.json")
     if cand.exists() and report.exists():
         try:
@@ -161,8 +166,7 @@ def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str)
         if read_descriptor(base).precision == precision:
             return base
         # beside the fp32 ONNX, or beside the checkpoint (a shipped model's INT8 sits with its weights)
-        for sib in (base.with_name(f"{base.name[:-5]}.{precision}.onnx"),
-                    source.path.with_name(f"{source.path.name.split('.')[0]}.{precision}.onnx")):
+        for sib in (variant_path(base, precision), variant_path(source.path, precision)):
             if sib.exists():
                 return sib
         raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")

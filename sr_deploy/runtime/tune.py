@@ -67,7 +67,7 @@ def candidates(source) -> list[Candidate]:
     return out
 
 
-def cache_key(source) -> dict:
+def cache_key(source, model_sha256: str | None = None) -> dict:
     import importlib.metadata as md
 
     from sr_deploy.machine import cpu_flags, machine_info
@@ -78,7 +78,7 @@ def cache_key(source) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"format": FORMAT, "model_sha256": sha256_file(source.path), "cpu": machine_info()["cpu"],
+    return {"format": FORMAT, "model_sha256": model_sha256 or sha256_file(source.path), "cpu": machine_info()["cpu"],
             "cores": os.cpu_count(), "flags_sha": _flags_digest(cpu_flags()), "versions": versions,
             "input": list(TUNE_INPUT)}
 
@@ -89,23 +89,25 @@ def _flags_digest(flags: set[str]) -> str:
     return hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16]
 
 
-def cache_path(source) -> Path:
-    return cache_root() / "tune" / f"{Path(source.path).name}-{sha256_file(source.path)[:16]}.json"
+def cache_path(source, model_sha256: str | None = None) -> Path:
+    sha = model_sha256 or sha256_file(source.path)
+    return cache_root() / "tune" / f"{Path(source.path).name}-{sha[:16]}.json"
 
 
 def cached_ranking(source) -> tuple[list[dict] | None, str]:
     """(ranking, why) from the cache; (None, why not) when missing, unreadable or for another machine."""
-    path = cache_path(source)
+    key = cache_key(source)
+    path = cache_path(source, key["model_sha256"])
     if not path.is_file():
         return None, "not measured on this machine yet"
     try:
         data = json.loads(path.read_text())
-        key, ranking = data["key"], data["ranking"]
+        stored, ranking = data["key"], data["ranking"]
         if not isinstance(ranking, list) or not all({"backend", "precision", "ms"} <= set(r) for r in ranking):
             raise ValueError("bad ranking")
     except (OSError, ValueError, KeyError, TypeError):
         return None, f"the cached ranking {path} is unreadable: measuring again"
-    if key != cache_key(source):
+    if stored != key:
         return None, "the cached ranking is from another CPU, model or library version: measuring again"
     return ranking, "measured on this machine earlier; `srdeploy tune` redoes it"
 
@@ -139,8 +141,9 @@ def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list
         say(f"note: skipped {s}")
     ranking.sort(key=lambda r: r["ms"])
     if ranking:
-        with atomic_path(cache_path(source)) as tmp:
-            tmp.write_text(json.dumps({"key": cache_key(source), "ranking": ranking, "skipped": skipped,
+        key = cache_key(source)
+        with atomic_path(cache_path(source, key["model_sha256"])) as tmp:
+            tmp.write_text(json.dumps({"key": key, "ranking": ranking, "skipped": skipped,
                                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     return ranking
 
