@@ -119,9 +119,14 @@ def train(
 
 @app.command(cls=_Command)
 def export(
-    checkpoint: Path = typer.Argument(..., help="A .pt or .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A srdeploy checkpoint (.pt/.safetensors), or a community model's "
+                                                "weights (.pth/.pt/.ckpt/.safetensors: ESRGAN, SwinIR, SPAN, ... "
+                                                "through spandrel)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default: beside the checkpoint)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="HxW: export one fixed input size (for architectures "
+                                                              "that cannot export dynamic height/width); frames are "
+                                                              "padded or tiled to it."),
     pixels: Optional[str] = typer.Option(
         None, "--pixels", help="Also write NAME.uint8-LAYOUT.onnx taking and returning uint8 RGB "
                                "(scale, round and clamp in the graph): nhwc | nchw."),
@@ -134,8 +139,13 @@ def export(
     try:
         if pixels is not None and pixels not in LAYOUTS:
             raise InputError(f"--pixels must be one of {', '.join(LAYOUTS)}, got {pixels!r}")
-        rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite)
-        typer.echo(f"{rep.path}: x{rep.descriptor.scale}, opset {opset}, dynamic batch/height/width, BN folded, "
+        fixed = _parse_shape(shape) if shape else None
+        rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite, shape=fixed)
+        d = rep.descriptor
+        dims = (f"fixed {d.fixed_hw[0]}x{d.fixed_hw[1]}, batch 1" if d.fixed_hw else
+                "dynamic height/width, batch 1" if d.max_batch == 1 else "dynamic batch/height/width")
+        arch = d.arch.get("arch_name", d.arch.get("arch", ""))
+        typer.echo(f"{rep.path}: {arch} x{d.scale}, opset {opset}, {dims}, BN folded, "
                    f"max |onnx - torch| = {rep.max_abs_diff:.2e} on {', '.join(f'{h}x{w}' for h, w in rep.sizes)}")
         if pixels:
             px = uint8_onnx(rep.path, layout=pixels, out=rep.path.with_name(f"{rep.path.name[:-5]}.{io_name(pixels)}.onnx"),
@@ -143,6 +153,16 @@ def export(
             typer.echo(f"{px}: uint8 {pixels.upper()} in and out")
     except SRDeployError as exc:
         _fail(exc)
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--shape must be HxW in input pixels, e.g. 128x128, got {text!r}") from None
+    if not (8 <= h <= 8192 and 8 <= w <= 8192):
+        raise InputError(f"--shape {text}: height and width must be 8 to 8192 pixels")
+    return h, w
 
 
 @app.command(cls=_Command)

@@ -22,11 +22,16 @@ class ModelDescriptor:
     out_channels: int = 3
     value_range: tuple[float, float] = (0.0, 1.0)
     size_multiple: int = 1
+    size_minimum: int = 0  # inputs smaller than this are padded to it (and cropped after) by the runners
     half_safe: bool = True
     precision: str = "fp32"
     arch: dict = field(default_factory=dict)
     source_sha256: str = ""
     io: str = "float"  # float (NCHW float32 in value_range) | uint8-nhwc | uint8-nchw (export/pixels.py)
+    # a graph exported with a fixed input size (architectures that cannot export dynamic height/width):
+    # runners pad smaller inputs to it and crop; media tiles larger frames to it
+    fixed_hw: tuple[int, int] | None = None
+    max_batch: int = 0  # 0: any batch; 1: a graph whose batch dimension is fixed
 
     @property
     def pixel_io(self) -> bool:
@@ -43,10 +48,14 @@ class ModelDescriptor:
         data = {k: v for k, v in data.items() if k in known}
         if "value_range" in data:
             data["value_range"] = tuple(data["value_range"])
+        if data.get("fixed_hw"):
+            data["fixed_hw"] = tuple(data["fixed_hw"])
         return cls(**data)
 
     def with_(self, **changes) -> "ModelDescriptor":
         data = asdict(self)
         data.update(changes)
         data["value_range"] = tuple(data["value_range"])
+        if data.get("fixed_hw"):
+            data["fixed_hw"] = tuple(data["fixed_hw"])
         return ModelDescriptor(**data)

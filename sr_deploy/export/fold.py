@@ -41,5 +41,11 @@ def inference_form(model: nn.Module) -> nn.Module:
 
     What the ONNX exporter and the torch runner both run.
     """
+    if getattr(getattr(model, "config", None), "arch", "") == "community":
+        # a community architecture's BatchNorms may not sit right after a convolution in a Sequential:
+        # fold those that do, leave the rest to the ONNX runtimes' own fusions
+        folded = copy.deepcopy(model).eval()
+        _fold(folded)
+        return folded
     folded = fold_batchnorm(model)
     return folded.export_ready() if hasattr(folded, "export_ready") else folded

@@ -32,14 +32,19 @@ class ExportReport:
 
 def descriptor_for(model: nn.Module, *, name: str, source_sha256: str = "") -> ModelDescriptor:
     cfg = model.config  # type: ignore[attr-defined]
-    return ModelDescriptor(name=name, scale=cfg.scale, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
-                           size_multiple=getattr(cfg, "size_multiple", 1), arch=cfg.to_dict(),
+    return ModelDescriptor(name=name, scale=cfg.scale, in_channels=cfg.in_channels,
+                           out_channels=getattr(cfg, "out_channels", cfg.in_channels),
+                           size_multiple=getattr(cfg, "size_multiple", 1), size_minimum=getattr(cfg, "size_minimum", 0),
+                           half_safe=getattr(cfg, "half_safe", True),
+                           arch=cfg.to_dict(),
                            source_sha256=source_sha256)
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_sha256: str = "",
-                opset: int = DEFAULT_OPSET, overwrite: bool = True, check_parity: bool = True) -> ExportReport:
-    """Fold BN, export with dynamic batch/height/width, write metadata, check the graph and parity."""
+                opset: int = DEFAULT_OPSET, overwrite: bool = True, check_parity: bool = True,
+                shape: tuple[int, int] | None = None) -> ExportReport:
+    """Fold BN, export with dynamic batch/height/width (or, with ``shape``, one fixed HxW and batch 1),
+    write metadata, check the graph and parity."""
     import onnx
 
     if opset < 17:
@@ -47,29 +52,146 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
     model = model.eval()
     folded = inference_form(model)
     desc = descriptor_for(model, name=name, source_sha256=source_sha256)
-    example = torch.rand(1, desc.in_channels, 24, 24)
-    dims = {0: torch.export.Dim("batch", min=1, max=256),
-            2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)}
+    community = getattr(model.config, "arch", "") == "community"  # type: ignore[attr-defined]
+    if shape:
+        desc = desc.with_(fixed_hw=tuple(shape), max_batch=1)
+        proto = _guarded_export(model, desc, opset, shape) if community else _export(folded, desc, opset, shape)
+    elif community:
+        proto, desc = _community_dynamic(model, desc, opset, name)
+    else:
+        proto = _export(folded, desc, opset, None)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, desc.to_json()
+    onnx.checker.check_model(proto, full_check=True)
+    if not community and any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        raise ModelError("exported graph still holds BatchNormalization nodes")
+    out = Path(out)
+    sizes = (tuple(shape),) if shape else PARITY_SIZES
+    batch = 1 if desc.max_batch == 1 else 2
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        onnx.save(proto, str(tmp))
+        diff = parity(model, tmp, sizes=sizes, batch=batch) if check_parity else float("nan")
+        if check_parity and not diff <= PARITY_TOL:
+            raise ModelError(f"ONNX output differs from torch by {diff:.2e} (max abs), more than {PARITY_TOL:g}"
+                             + ("" if shape else "; an architecture whose graph depends on the input size may "
+                                "export correctly with --shape HxW"))
+    return ExportReport(out, desc, diff, sizes)
+
+
+def _community_dynamic(model: nn.Module, desc: ModelDescriptor, opset: int, name: str):
+    """A community architecture with dynamic height/width: torch.export first, then the TorchScript
+    tracer (SPAN crashes the first and exports cleanly with the second); each graph must match torch at
+    two odd sizes, since a tracer can bake one input size into reshapes and still "succeed"."""
+    import tempfile
+
+    import onnx
+
+    reasons = []
+    for exporter in ("dynamo", "torchscript"):
+        try:
+            proto = _guarded_export(model, desc, opset, None, exporter=exporter)
+            d = desc.with_(max_batch=1) if _static_batch(proto) else desc  # OmniSR: batch specialised to 1
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.save(proto, f"{tmp}/m.onnx")
+                diff = parity(model, f"{tmp}/m.onnx", batch=1 if d.max_batch == 1 else 2)
+            if diff <= PARITY_TOL:
+                return proto, d
+            reasons.append(f"{exporter}: output differs by {diff:.1e} at other sizes")
+        except Exception as exc:  # noqa: BLE001 - ModelError from the child, or ONNX Runtime's own on a baked shape
+            text = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
+            if "ONNXRuntimeError" in text:
+                text = "the graph fails at other input sizes (the example's size was baked in)"
+            reasons.append(f"{exporter}: {text}")
+    raise ModelError(f"{desc.arch.get('arch_name', name)} cannot be exported with dynamic height and width "
+                     f"({'; '.join(reasons)}); export one fixed input size with --shape HxW, e.g. --shape 128x128 "
+                     f"(larger frames are then tiled to it)")
+
+
+def _export_torchscript(folded: nn.Module, desc: ModelDescriptor, opset: int):
+    """torch.onnx's TorchScript tracer with dynamic axes (the exporter community tools have long used)."""
+    import io
+
+    import onnx
+
+    buf = io.BytesIO()
+    # the output's spatial axes are named apart from the input's: the same name would tell ONNX Runtime
+    # they are equal (and it then re-uses buffers of the wrong size)
+    axes, out_axes = {0: "batch", 2: "height", 3: "width"}, {0: "batch", 2: "out_height", 3: "out_width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(folded, (torch.rand(1, desc.in_channels, 24, 24),), buf, dynamo=False,
+                          opset_version=opset, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": axes, "output": out_axes})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export(folded: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[int, int] | None):
+    """torch.onnx's dynamo exporter; dynamic batch, height and width unless ``shape`` fixes them."""
+    example = torch.rand(1, desc.in_channels, *(shape or (24, 24)))
+    dims = None if shape else ({0: torch.export.Dim("batch", min=1, max=256),
+                                2: torch.export.Dim("height", min=8, max=8192),
+                                3: torch.export.Dim("width", min=8, max=8192)},)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         program = torch.onnx.export(folded, (example,), dynamo=True, opset_version=opset, verbose=False,
                                     input_names=["input"], output_names=["output"],
-                                    dynamic_shapes=({**dims},), optimize=True)
-    proto = program.model_proto
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, desc.to_json()
-    onnx.checker.check_model(proto, full_check=True)
-    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
-        raise ModelError("exported graph still holds BatchNormalization nodes")
-    out = Path(out)
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        onnx.save(proto, str(tmp))
-        diff = parity(model, tmp) if check_parity else float("nan")
-        if check_parity and not diff <= PARITY_TOL:
-            raise ModelError(f"ONNX output differs from torch by {diff:.2e} (max abs), more than {PARITY_TOL:g}")
-    return ExportReport(out, desc, diff, PARITY_SIZES)
+                                    dynamic_shapes=dims, optimize=True)
+    return program.model_proto
+
+
+def _guarded_export(model: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[int, int] | None,
+                    exporter: str = "dynamo"):
+    """The export of a community model, in a child process. Community architectures run code srdeploy
+    does not control through torch.export, which can crash the interpreter outright (SPAN under torch
+    2.13: a segmentation fault in the fake-tensor pass) where no except clause can catch it; the child's
+    death becomes one ModelError line and the parent carries on. The child is spawned, not forked (a
+    fork of a process with OpenMP and ONNX Runtime threads can hang), and rebuilds the model from its
+    state dict; the graph comes back as bytes."""
+    import multiprocessing as mp
+
+    import onnx
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}  # type: ignore[union-attr]
+    proc = ctx.Process(target=_export_child, args=(send, state, desc.to_json(), opset, shape, exporter), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        status, payload = recv.recv()
+    except EOFError:
+        status, payload = "error", None
+    proc.join()
+    if status != "ok":
+        raise ModelError(payload or f"torch's exporter crashed (exit code {proc.exitcode})")
+    return onnx.load_from_string(payload)
+
+
+def _export_child(send, state: dict, desc_json: str, opset: int, shape, exporter: str) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)  # torch's exporter prints progress and guard dumps
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        from sr_deploy.models.community import from_state_dict
+
+        torch.set_num_threads(1)
+        desc = ModelDescriptor.from_json(desc_json)
+        folded = inference_form(from_state_dict(state, desc.name))
+        proto = (_export_torchscript(folded, desc, opset) if exporter == "torchscript"
+                 else _export(folded, desc, opset, shape))
+        send.send(("ok", proto.SerializeToString()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        text = str(exc).strip()
+        summary = [ln for ln in text.splitlines() if ln.startswith("<class")]  # torch's "Exception summary"
+        line = summary[0] if summary else (text.splitlines()[0] if text else "")
+        send.send(("error", f"{exc.__class__.__name__}: {line[:200]}"))
+
+
+def _static_batch(proto) -> bool:
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.HasField("dim_value") and dim.dim_value == 1
 
 
 def parity(model: nn.Module, onnx_path: str | os.PathLike, sizes=PARITY_SIZES, batch: int = 2) -> float:
@@ -80,10 +202,14 @@ def parity(model: nn.Module, onnx_path: str | os.PathLike, sizes=PARITY_SIZES, b
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for h, w in sizes:
-        x = torch.rand(batch, model.config.in_channels, h, w, generator=gen)
+        x = torch.rand(batch, model.config.in_channels, h, w, generator=gen)  # type: ignore[attr-defined]
         with torch.inference_mode():
             ref = model.eval()(x).numpy()
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        try:
+            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            raise ModelError(f"ONNX Runtime cannot run the exported graph at {h}x{w} "
+                             f"({str(exc).splitlines()[0][:200]})") from exc
         if got.shape != ref.shape:
             raise ModelError(f"ONNX output shape {got.shape} != torch {ref.shape} for input {h}x{w}")
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -127,7 +253,8 @@ def _check_external_data(path: Path, proto) -> None:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                      opset: int = DEFAULT_OPSET, overwrite: bool = False) -> ExportReport:
+                      opset: int = DEFAULT_OPSET, overwrite: bool = False,
+                      shape: tuple[int, int] | None = None) -> ExportReport:
     """Load a checkpoint and export it beside itself (or to ``out``)."""
     from sr_deploy.models.checkpoint import load_checkpoint
 
@@ -135,4 +262,4 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     model, _ = load_checkpoint(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     return export_onnx(model, out, name=checkpoint.stem, source_sha256=sha256_file(checkpoint),
-                       opset=opset, overwrite=overwrite)
+                       opset=opset, overwrite=overwrite, shape=shape)

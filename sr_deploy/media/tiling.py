@@ -118,6 +118,9 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
     picks one from the runner's memory budget (auto_tile).
     """
     h, w, c = frame.shape
+    # window-attention models (SwinIR, HAT, ...) see a pixel's context through its window: tiles overlap
+    # by at least one window so no seam falls inside a window the model never saw whole
+    overlap = max(overlap, int(getattr(getattr(runner, "descriptor", None), "arch", {}).get("window", 0) or 0))
     if tile is None:
         tile = auto_tile(runner, h, w, overlap)
     if isinstance(tile, tuple):

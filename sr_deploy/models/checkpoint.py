@@ -22,6 +22,14 @@ FORMAT = "srdeploy-checkpoint"
 FORMAT_VERSION = 1
 
 
+class ForeignWeights(ModelError):
+    """A readable weights file that is not a srdeploy checkpoint: a community model's state dict, perhaps."""
+
+    def __init__(self, message: str, state: dict) -> None:
+        super().__init__(message)
+        self.state = state
+
+
 def build_generator(arch: dict) -> nn.Module:
     """Rebuild a generator from the ``arch`` dict stored in a checkpoint."""
     arch = dict(arch)
@@ -75,7 +83,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise ModelError(f"{path}: not a readable safetensors file ({exc})") from exc
         if "arch" not in meta:
-            raise ModelError(f"{path}: safetensors file has no srdeploy 'arch' metadata")
+            raise ForeignWeights(f"{path}: safetensors file has no srdeploy 'arch' metadata", state)
         return {"format": FORMAT, "arch": json.loads(meta["arch"]), "state_dict": state}
     with open(path, "rb") as f:
         head = f.read(512)
@@ -97,7 +105,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         elif "PytorchStreamReader" in str(exc):
             reason = "a truncated or damaged archive"
         raise ModelError(f"{path}: not a loadable checkpoint: {reason}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "arch" not in payload:
+    if isinstance(payload, dict) and payload.get("format") != FORMAT:
+        raise ForeignWeights(f"{path}: not a srdeploy checkpoint (no '{FORMAT}' header with the model's "
+                             f"hyperparameters)", payload)
+    if not isinstance(payload, dict) or "arch" not in payload:
         raise ModelError(f"{path}: not a srdeploy checkpoint (no '{FORMAT}' header with the model's hyperparameters)")
     return payload
 
@@ -111,8 +122,17 @@ def _is_utf8(sample: bytes) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the generator stored in ``path``; return it (eval mode) and the raw payload."""
-    payload = read_checkpoint(path)
+    """Rebuild the generator stored in ``path``; return it (eval mode) and the raw payload.
+
+    A weights file that is not a srdeploy checkpoint is handed to spandrel (models/community.py),
+    which recognises community architectures from their state dicts."""
+    try:
+        payload = read_checkpoint(path)
+    except ForeignWeights as foreign:
+        from sr_deploy.models.community import from_state_dict
+
+        model = from_state_dict(foreign.state, str(path))
+        return model, {"format": "community", "arch": model.config.to_dict()}
     try:
         model = build_generator(payload["arch"])
         model.load_state_dict(payload["state_dict"])

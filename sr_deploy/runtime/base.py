@@ -91,7 +91,7 @@ class Runner(ABC):
             self.activate()
         if batch.ndim != 4 or batch.shape[1] != self.descriptor.in_channels:
             raise ValueError(f"expected an NCHW batch with {self.descriptor.in_channels} channels, got {batch.shape}")
-        out = self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+        out = self._fitted(np.ascontiguousarray(batch, dtype=np.float32), self._infer, 2)
         lo, hi = self.descriptor.value_range
         return np.clip(out, lo, hi, out=out)
 
@@ -102,7 +102,32 @@ class Runner(ABC):
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != self.descriptor.in_channels:
             raise ValueError(f"expected an NHWC uint8 batch with {self.descriptor.in_channels} channels, "
                              f"got {batch.dtype} {batch.shape}")
-        return self._infer_u8(np.ascontiguousarray(batch))
+        return self._fitted(np.ascontiguousarray(batch), self._infer_u8, 1)
+
+    def _fitted(self, batch: np.ndarray, run, hdim: int) -> np.ndarray:
+        """``run(batch)`` on a graph with size requirements (descriptor.fixed_hw, size_multiple,
+        size_minimum) or a fixed batch (max_batch): inputs padded (edge) to the size and cropped after,
+        batches split; otherwise ``run`` as is."""
+        d = self.descriptor
+        fixed, most, m, least = d.fixed_hw, d.max_batch, max(1, d.size_multiple), d.size_minimum
+        if not fixed and not most and m == 1 and not least:
+            return run(batch)
+        h, w = batch.shape[hdim], batch.shape[hdim + 1]
+        if fixed:
+            if h > fixed[0] or w > fixed[1]:
+                raise ValueError(f"this graph takes {fixed[0]}x{fixed[1]} inputs, got {h}x{w} (tile the frame)")
+            th, tw = fixed
+        else:  # the architecture's size requirements (community models)
+            th, tw = -(-max(h, least) // m) * m, -(-max(w, least) // m) * m
+        if (th, tw) != (h, w):
+            pad = [(0, 0)] * 4
+            pad[hdim], pad[hdim + 1] = (0, th - h), (0, tw - w)
+            batch = np.pad(batch, pad, mode="edge")
+        step = most or len(batch)
+        outs = [run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        s = self.scale
+        return np.ascontiguousarray(out[:, :, : h * s, : w * s] if hdim == 2 else out[:, : h * s, : w * s])
 
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
@@ -119,8 +144,10 @@ class Runner(ABC):
         return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     def input_spec(self) -> InputSpec:
+        fixed = self.descriptor.fixed_hw
         return InputSpec(channels=self.descriptor.in_channels, scale=self.descriptor.scale,
-                         size_multiple=self.descriptor.size_multiple)
+                         size_multiple=self.descriptor.size_multiple, max_hw=tuple(fixed) if fixed else None,
+                         max_batch=self.descriptor.max_batch or None)
 
     def describe(self) -> str:
         return f"{self.backend} {self.precision}"

@@ -14,7 +14,7 @@ from sr_deploy.runtime.base import Runner
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "srresnet_x4"
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-CHECKPOINT_SUFFIXES = {".pt", ".pth", ".safetensors"}
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".safetensors"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
         return ModelSource("onnx", path, path.name.split(".")[0])
     if suffix in (".engine", ".plan", ".trt"):
         return ModelSource("engine", path, path.name.split(".")[0])
-    raise InputError(f"{path}: not a model file (expected .pt, .safetensors, .onnx or .engine)")
+    raise InputError(f"{path}: not a model file (expected .pt, .pth, .ckpt, .safetensors, .onnx or .engine)")
 
 
 
