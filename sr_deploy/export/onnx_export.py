@@ -143,50 +143,10 @@ def _export(folded: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[i
 
 def _guarded_export(model: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[int, int] | None,
                     exporter: str = "dynamo"):
-    """The export of a community model, in a child process. Community architectures run code srdeploy
-    does not control through torch.export, which can crash the interpreter outright (SPAN under torch
-    2.13: a segmentation fault in the fake-tensor pass) where no except clause can catch it; the child's
-    death becomes one ModelError line and the parent carries on. The child is spawned, not forked (a
-    fork of a process with OpenMP and ONNX Runtime threads can hang), and rebuilds the model from its
-    state dict; the graph comes back as bytes."""
-    import multiprocessing as mp
+    """A community model's export, in a child process (export/isolated.py says why)."""
+    from sr_deploy.export.isolated import export_isolated
 
-    import onnx
-
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}  # type: ignore[union-attr]
-    proc = ctx.Process(target=_export_child, args=(send, state, desc.to_json(), opset, shape, exporter), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        status, payload = recv.recv()
-    except EOFError:
-        status, payload = "error", None
-    proc.join()
-    if status != "ok":
-        raise ModelError(payload or f"torch's exporter crashed (exit code {proc.exitcode})")
-    return onnx.load_from_string(payload)
-
-
-def _export_child(send, state: dict, desc_json: str, opset: int, shape, exporter: str) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)  # torch's exporter prints progress and guard dumps
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        from sr_deploy.models.community import from_state_dict
-
-        torch.set_num_threads(1)
-        desc = ModelDescriptor.from_json(desc_json)
-        folded = inference_form(from_state_dict(state, desc.name))
-        proto = (_export_torchscript(folded, desc, opset) if exporter == "torchscript"
-                 else _export(folded, desc, opset, shape))
-        send.send(("ok", proto.SerializeToString()))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
-        text = str(exc).strip()
-        summary = [ln for ln in text.splitlines() if ln.startswith("<class")]  # torch's "Exception summary"
-        line = summary[0] if summary else (text.splitlines()[0] if text else "")
-        send.send(("error", f"{exc.__class__.__name__}: {line[:200]}"))
+    return export_isolated(model, desc.to_json(), opset, shape, exporter)
 
 
 def _static_batch(proto) -> bool:

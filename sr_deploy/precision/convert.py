@@ -84,7 +84,8 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
 
 
 def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float, float, float]:
-    """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU."""
+    """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU. A candidate whose output
+    is not finite anywhere (fp16 overflow: inf, then NaN) scores -inf, so no budget passes it."""
     import onnxruntime as ort
 
     from sr_deploy.metrics import quantize
@@ -95,12 +96,50 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
     worst = 0.0
     for pair in pairs:
         x = (pair.lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        outs = [np.clip(s.run(None, {"input": x})[0][0], 0, 1) for s in sessions]
+        raw = [s.run(None, {"input": x})[0][0] for s in sessions]
+        if not np.isfinite(raw[1]).all():
+            return float(np.mean(ps[0])) if ps[0] else float("nan"), float("-inf"), float("inf")
+        outs = [np.clip(r, 0, 1) for r in raw]
         worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
         for k, o in enumerate(outs):
             sr = quantize(o.transpose(1, 2, 0))
             ps[k].append(y_psnr_ssim(sr, pair.hr, scale)[0])
     return float(np.mean(ps[0])), float(np.mean(ps[1])), worst
+
+
+FP16_MAX = 65504.0
+
+
+def fp16_headroom(fp32: Path, pairs) -> tuple[float, str]:
+    """The largest |activation| anywhere in the fp32 graph over the gate images, and its tensor.
+
+    Why the gate needs it: ONNX Runtime on the CPU has no fp16 kernels for most operators and keeps the
+    intermediates of an fp16 graph in fp32 (its cast insertion removes the round trips), so an fp16
+    variant scored there never overflows, while TensorRT or CUDA would produce inf and NaN. Any
+    activation beyond fp16's 65504 in the fp32 graph means the fp16 variant is unsafe on a GPU."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(fp32))
+    have = {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in have:
+                proto.graph.output.append(onnx.ValueInfoProto(name=name))
+                have.add(name)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    worst, where = 0.0, ""
+    for pair in pairs:
+        x = (pair.lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        for name, value in zip(names, sess.run(None, {"input": x})):
+            if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.size:
+                m = float(np.abs(value).max())
+                if m > worst:
+                    worst, where = m, name
+    return worst, where
 
 
 def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, calib: Path | None = None,
@@ -169,6 +208,11 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                 entry.value = desc.with_(precision=precision).to_json()
         onnx.save(proto, str(tmp))
         p32, pnew, worst = quality_gate(src, tmp, pairs, desc.scale)
+        if precision == "fp16":
+            peak, where = fp16_headroom(src, pairs)
+            if peak > FP16_MAX:  # would be inf on a GPU, whatever the CPU scored
+                pnew, worst = float("-inf"), float("inf")
+                label = f"{label}; activation {where!r} reaches {peak:.3g} in fp32, beyond fp16's {FP16_MAX:g}"
         delta = p32 - pnew
         report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, delta <= budget,
                                  len(pairs), label, tuple(excluded),

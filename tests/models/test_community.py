@@ -206,3 +206,27 @@ def test_truncated_safetensors_is_one_line(tmp_path):
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     code, out = _cli("export", cut, "-o", tmp_path / "m.onnx")
     assert code != 0 and out.startswith(f"error: {cut}") and len(out.splitlines()) == 1, out
+
+
+def test_fp16_overflow_is_refused_by_the_gate(tmp_path):
+    """Activations beyond fp16's 65504 (a community model trained without fp16 in mind): fp32 is exact and
+    ONNX Runtime on the CPU even scores the fp16 graph well (it keeps intermediates in fp32), but a GPU
+    would overflow; the gate refuses it, so `auto` can never pick it."""
+    from spandrel.architectures.Compact import Compact
+
+    from sr_deploy.errors import QualityGateError
+    from sr_deploy.precision.convert import make_precision_onnx
+
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    with torch.no_grad():  # PReLU is positively homogeneous: x1e5 in, /1e5 out leaves fp32 unchanged
+        first, second = net.body[0], net.body[2]
+        first.weight.mul_(1e5)
+        first.bias.mul_(1e5)
+        second.weight.div_(1e5)
+    _save(net, tmp_path / "big.pth")
+    code, out = _cli("export", tmp_path / "big.pth", "-o", tmp_path / "big.onnx")
+    assert code == 0, out
+    with pytest.raises(QualityGateError):
+        make_precision_onnx(tmp_path / "big.onnx", "fp16")
+    assert not (tmp_path / "big.fp16.onnx").exists() and (tmp_path / "big.fp16.refused.json").exists()
