@@ -51,6 +51,25 @@ def machine_info() -> dict:
             "versions": versions}
 
 
+def fp32_peak_gflops() -> tuple[float, str] | None:
+    """A nominal fp32 peak for this CPU and how it was reckoned: cores x FMA lanes x 2 FLOP x two FMA
+    units x clock (/proc/cpuinfo's current MHz; a VM's nominal clock). AVX-512 counts 16 lanes, AVX2+FMA 8.
+    Nominal, not measured: parts with one AVX-512 FMA unit or lower AVX clocks reach less."""
+    flags = cpu_flags()
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4 if "sse2" in flags else 0
+    mhz = 0.0
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = max((float(l.split(":", 1)[1]) for l in f if l.startswith("cpu MHz")), default=0.0)
+    except (OSError, ValueError):
+        pass
+    cores = os.cpu_count() or 1
+    if not lanes or not mhz:
+        return None
+    peak = cores * lanes * 2 * 2 * mhz / 1000
+    return peak, f"{cores} cores x {lanes} fp32 lanes x 2 (FMA) x 2 units x {mhz / 1000:.2f} GHz"
+
+
 def available_memory_bytes() -> int:
     """Memory the kernel can hand out now without swapping (MemAvailable), else total physical memory."""
     try:

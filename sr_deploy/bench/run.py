@@ -157,6 +157,46 @@ def _datasets(cfg: BenchConfig, scale: int, say) -> list[tuple[str, list]]:
     return out
 
 
+def conv_macs_per_pixel(onnx_path, size: int = 64) -> float:
+    """Multiply-adds per input pixel of an ONNX graph: Conv, ConvTranspose, MatMul and Gemm, counted
+    from the shapes ONNX's shape inference gives at a ``size`` x ``size`` input (the graphs are
+    convolutional, so the count scales with the pixels). Written here because neither onnx nor
+    onnxruntime reports FLOPs; 0 where shapes cannot be inferred."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    proto = onnx.load(str(onnx_path))
+    inp = proto.graph.input[0].type.tensor_type.shape.dim
+    for i, v in enumerate((1, None, size, size)):
+        if v is not None:
+            inp[i].ClearField("dim_param")
+            inp[i].dim_value = v
+    try:
+        proto = shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - a graph onnx cannot infer: no count
+        return 0.0
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input)}
+    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    total = 0
+    for n in proto.graph.node:
+        out = shapes.get(n.output[0])
+        if not out or not all(out):
+            continue
+        numel = int(np.prod(out))
+        if n.op_type == "Conv" and n.input[1] in inits:
+            w = inits[n.input[1]]  # (Cout, Cin/groups, kh, kw): each output element takes Cin/g*kh*kw
+            total += numel * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose" and n.input[1] in inits:
+            w = inits[n.input[1]]  # (Cin, Cout/groups, kh, kw)
+            total += int(np.prod(shapes.get(n.input[0]) or [0])) * int(np.prod(w[1:]))
+        elif n.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(n.input[0]) or (list(inits.get(n.input[0], ())) or None)
+            if a and all(a):
+                total += numel * a[-1]
+    return total / (size * size)
+
+
 def _time(runner, x: np.ndarray, cfg: BenchConfig) -> list[float]:
     for _ in range(cfg.warmup):
         runner.infer(x)
@@ -216,6 +256,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
     for source in sources:
         try:
             base = onnx_for(source)
+            macs_px = conv_macs_per_pixel(base)
             desc = read_descriptor(base)
             _ensure_variants(base, source.path, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
         except SRDeployError as exc:
@@ -266,7 +307,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                                    "input": f"{h}x{w}", "batch": b, "latency_ms_p50": 1000 * p50,
                                    "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
                                    "mpix_per_s": fps * h * w * scale * scale / 1e6, "peak_mem_mb": peak_rss_mb(),
-                                   "runs": len(times)}
+                                   "runs": len(times), "gflops": 2 * macs_px * h * w * fps / 1e9}
                             if runner.on_gpu:
                                 row.update(_gpu_stream(runner, rng.integers(0, 256, (b, h, w, desc.in_channels),
                                                                             dtype=np.uint8)))
@@ -347,9 +388,9 @@ def markdown(res: BenchResult) -> str:
                if (s["backend"], s["precision"]) == ("onnxruntime", "fp32")}
         lines += [f"Speed per backend x precision; PSNR-Y on {ds or '-'} beside each row; x ORT fp32 = speed-up over "
                   "ONNX Runtime fp32 on the same model and input; **auto** marks what `--backend auto` runs here.", "",
-                  f"| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | peak MB | PSNR-Y {ds or ''} "
-                  "| ΔPSNR vs fp32 | x ORT fp32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | GFLOP/s | peak MB "
+                  f"| PSNR-Y {ds or ''} | ΔPSNR vs fp32 | x ORT fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in res.speed:
             key = (s["model"], s["backend"], s["precision"])
             p, p32 = psnr.get(key), psnr.get((s["model"], "onnxruntime", "fp32"))
@@ -361,8 +402,14 @@ def markdown(res: BenchResult) -> str:
             ratio_cell = f"{r / s['latency_ms_p50']:.2f}" if r else "-"
             lines.append(f"| {s['model']} | {s['backend']}{mark} | {s['precision']} | {s['input']} | {s['batch']} | "
                          f"{s['latency_ms_p50']:.1f} | {s['latency_ms_p95']:.1f} | {s['fps']:.2f} | {s['mpix_per_s']:.2f} | "
-                         f"{s['peak_mem_mb']:.0f} | {p_cell} | {delta_cell} | {ratio_cell} |")
+                         f"{s.get('gflops', float('nan')):.1f} | {s['peak_mem_mb']:.0f} | {p_cell} | {delta_cell} | {ratio_cell} |")
         lines.append("")
+        from sr_deploy.machine import fp32_peak_gflops
+
+        peak = fp32_peak_gflops()
+        lines += ["GFLOP/s: the graph's convolution and matrix multiply-adds (x2) per second at the row's input, "
+                  "as if run in fp32" + (f"; this CPU's nominal fp32 peak is {peak[0]:.0f} GFLOP/s ({peak[1]})."
+                                         if peak else "."), ""]
         gpu_rows = [s for s in res.speed if "stream_fps" in s]
         if gpu_rows:
             lines += ["GPU pipelined throughput: uint8 frames through `stream_u8`, several in flight (copies overlapped "

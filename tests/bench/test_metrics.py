@@ -131,3 +131,14 @@ def test_detail_ratio_orders_blurred_sharp_and_identical():
     r_blur, r_light = detail_ratio(blurred, hr, 4), detail_ratio(lighter, hr, 4)
     assert r_blur < r_light < 1.0
     assert detail_ratio(hr, blurred, 4) > 1.0  # more fine detail than the reference
+
+
+def test_conv_macs_per_pixel_counts_every_convolution(tmp_path):
+    """light x2 (8 features, one 4-channel mapping layer): 5x5 3->8, 3x3 8->4, 3x3 4->12, all at the input's
+    resolution: 600 + 288 + 432 multiply-adds per input pixel."""
+    from sr_deploy.bench.run import conv_macs_per_pixel
+    from sr_deploy.export import export_onnx
+    from sr_deploy.models.light import LightSR
+
+    rep = export_onnx(LightSR(scale=2, channels=8, mid=4, depth=1), tmp_path / "l.onnx", name="l")
+    assert conv_macs_per_pixel(rep.path) == 600 + 288 + 432
