@@ -39,6 +39,7 @@ class BenchConfig:
     warmup: int = 2
     quality: bool = True
     speed: bool = True
+    ensemble: bool = False  # also score the x8 self-ensemble (rows of their own, precision "P+x8")
 
 
 @dataclass
@@ -295,6 +296,16 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                                         "precision": precision, "scale": scale, "psnr_y": q.psnr_y,
                                         "ssim_y": q.ssim_y, "detail": q.detail, "images": q.images})
                     say(f"{name} x{scale} {source.name} {backend} {precision}: {q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
+                    if cfg.ensemble:
+                        from sr_deploy.runtime.ensemble import EnsembleRunner
+
+                        q = evaluate(pairs, scale, _uint8_upscaler(EnsembleRunner(runner)))
+                        res.quality.append({"dataset": name, "method": "model", "model": source.name,
+                                            "backend": backend, "precision": f"{precision}+x8", "scale": scale,
+                                            "psnr_y": q.psnr_y, "ssim_y": q.ssim_y, "detail": q.detail,
+                                            "images": q.images})
+                        say(f"{name} x{scale} {source.name} {backend} {precision} x8 self-ensemble: "
+                            f"{q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
                 if cfg.speed:
                     for (h, w) in cfg.sizes:
                         for b in cfg.batches:

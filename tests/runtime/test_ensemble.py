@@ -1,0 +1,49 @@
+"""x8 self-ensemble: each transform is undone exactly, and the passes are averaged."""
+
+import numpy as np
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.runtime.base import Runner
+from sr_deploy.runtime.ensemble import EnsembleRunner
+
+
+class Nearest(Runner):
+    """x2 nearest neighbour (commutes with every flip and rotation), optionally marking output pixel (0, 1)."""
+
+    backend = "test"
+
+    def __init__(self, mark: bool = False):
+        super().__init__(ModelDescriptor(name="n", scale=2))
+        self.mark, self.calls = mark, 0
+
+    def _activate(self):
+        pass
+
+    def _infer(self, batch):
+        self.calls += 1
+        y = batch.repeat(2, axis=2).repeat(2, axis=3).copy()
+        if self.mark:
+            y[:, :, 0, 1] = 1.0
+        return y
+
+
+def test_every_transform_is_undone():
+    x = np.random.default_rng(0).random((2, 3, 5, 7), dtype=np.float32)  # not square, no symmetry
+    inner = Nearest()
+    with EnsembleRunner(inner) as r:
+        y = r.infer(x)
+        u8 = r.infer_u8(np.rint(x.transpose(0, 2, 3, 1) * 255).astype(np.uint8))
+    assert inner.calls == 16
+    np.testing.assert_allclose(y, x.repeat(2, axis=2).repeat(2, axis=3), atol=1e-6)
+    assert u8.shape == (2, 10, 14, 3)
+
+
+def test_passes_are_averaged():
+    x = np.zeros((1, 1, 4, 6), np.float32)
+    with EnsembleRunner(Nearest(mark=True)) as r:
+        y = r.infer(np.repeat(x, 3, axis=1))[0, 0]
+    # the marked pixel of each pass lands on one of the 8 places next to a corner, 1/8 each
+    expect = np.zeros((8, 12), np.float32)
+    for i, j in [(0, 1), (1, 0), (0, 10), (1, 11), (7, 1), (6, 0), (7, 10), (6, 11)]:
+        expect[i, j] = 1 / 8
+    np.testing.assert_allclose(y, expect, atol=1e-6)
