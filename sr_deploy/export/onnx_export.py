@@ -22,6 +22,10 @@ PARITY_SIZES = ((17, 23), (31, 45))  # deliberately not multiples of 8
 PARITY_TOL = 1e-4
 
 
+class DynamicExportUnsupported(ModelError):
+    """An architecture whose graph cannot take any height and width (export it with a fixed shape)."""
+
+
 @dataclass(frozen=True)
 class ExportReport:
     path: Path
@@ -103,9 +107,9 @@ def _community_dynamic(model: nn.Module, desc: ModelDescriptor, opset: int, name
             if "ONNXRuntimeError" in text:
                 text = "the graph fails at other input sizes (the example's size was baked in)"
             reasons.append(f"{exporter}: {text}")
-    raise ModelError(f"{desc.arch.get('arch_name', name)} cannot be exported with dynamic height and width "
-                     f"({'; '.join(reasons)}); export one fixed input size with --shape HxW, e.g. --shape 128x128 "
-                     f"(larger frames are then tiled to it)")
+    raise DynamicExportUnsupported(f"{desc.arch.get('arch_name', name)} cannot be exported with dynamic height and width "
+                     f"({'; '.join(reasons)}); export a fixed input size (srdeploy export WEIGHTS --shape HxW, e.g. 128x128) "
+                     f"and run that ONNX: larger frames are tiled to it; or run the weights with --backend torch")
 
 
 def _export_torchscript(folded: nn.Module, desc: ModelDescriptor, opset: int):

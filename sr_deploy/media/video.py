@@ -79,6 +79,7 @@ class VideoOptions:
     duration: float | None = None  # seconds
     copy_streams: bool = True
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
+    encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                         vout.bit_rate = _parse_bitrate(options.bitrate)
                     elif codec in ("libx264", "libx265"):
                         vout.options = {"crf": str(options.crf), "preset": options.preset}
+                    if codec in ("libx264", "libx265"):
+                        threads = options.encoder_threads
+                        threads = encoder_threads_for(runner) if threads is None else threads
+                        if threads:
+                            vout.codec_context.thread_count = threads
                     # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and
                     # beyond that alone passes gigabytes, so it is capped to ~1 GiB of frames there
                     look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
@@ -381,6 +387,16 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     finally:
         inp.close()
     return VideoSummary(n, width, height, len(mapping), time.perf_counter() - t0)
+
+
+def encoder_threads_for(runner) -> int:
+    """Software encoder threads beside a runner: 0 lets x264/x265 choose (1.5 per core) when the model
+    runs on a GPU; on the CPU the model's threads want every core, and an encoder thread that takes one
+    mid-layer stalls all of them at the layer's barrier, so it gets ENCODER_CPU_THREADS."""
+    return 0 if runner.on_gpu else ENCODER_CPU_THREADS
+
+
+ENCODER_CPU_THREADS = 0  # set from benchmarks/results/video-budget-cpu.md
 
 
 def _bit_depth(pix_fmt: str | None) -> int:

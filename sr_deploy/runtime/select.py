@@ -62,9 +62,18 @@ def onnx_for(source: ModelSource) -> Path:
     from sr_deploy.export.onnx_export import export_checkpoint
     from sr_deploy.fsutil import sha256_file
 
+    from sr_deploy.export.onnx_export import DynamicExportUnsupported
+
     target = cache_root() / "onnx" / f"{source.name}-{sha256_file(source.path)[:16]}.onnx"
+    refused = target.with_suffix(".no-dynamic-shape.txt")  # remembered: the attempt takes a minute
+    if refused.exists():
+        raise DynamicExportUnsupported(refused.read_text().strip())
     if not target.exists():
-        export_checkpoint(source.path, target, overwrite=True)
+        try:
+            export_checkpoint(source.path, target, overwrite=True)
+        except DynamicExportUnsupported as exc:
+            refused.write_text(str(exc))
+            raise
     return target
 
 
@@ -215,6 +224,14 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
                 return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
         except BackendUnavailable:
             pass
+    if source.kind == "checkpoint":
+        from sr_deploy.export.onnx_export import DynamicExportUnsupported
+
+        try:
+            onnx_for(source)
+        except DynamicExportUnsupported as exc:  # a community architecture: PyTorch runs any size
+            runner, _ = make_runner(source, "torch", precision)
+            return runner, f"CPU only; PyTorch, because this architecture has no dynamic-shape ONNX ({exc.args[0].split(' (')[0]})"
     # a variant file given by path (NAME.fp16.onnx, NAME.int8.onnx) runs as given: `auto` picks
     # among variants only for a model named as a whole (shipped name, checkpoint, fp32 ONNX)
     given_variant = source.kind == "onnx" and _onnx_precision(source.path) != "fp32"

@@ -114,6 +114,11 @@ def test_export_parity_and_run(name, tmp_path):
     assert np.abs(cv2.resize(up, (45, 37), interpolation=cv2.INTER_AREA).astype(int)
                   - pattern_image(37, 45, seed=2)[..., ::-1]).mean() < 128  # an image, not a blank
 
+    if name == "swinir":  # the weights themselves: `auto` falls back to PyTorch, which takes any size
+        code, out = _cli("run", img, "--model", weights, "-o", tmp_path / "odd_torch.png")
+        assert code == 0, out
+        assert cv2.imread(str(tmp_path / "odd_torch.png")).shape == (37 * scale, 45 * scale, 3)
+
     clip = tmp_path / "clip.mp4"
     make_clip(clip, frames=3, size=(30, 22), audio=False)
     code, out = _cli("run", clip, "--model", onnx_path, "-o", tmp_path / "clip_up.mp4")
