@@ -303,7 +303,7 @@ def build_engine_cmd(
         if fp16 and int8:
             raise InputError("choose one precision: --fp16, or --int8 --calib DIR (neither: fp32)")
         src = onnx or onnx_for(resolve_model(None))
-        desc = read_descriptor(src)
+        read_descriptor(src)  # an ONNX without srdeploy metadata is refused before any work
         if output is not None and output.exists() and not overwrite:
             raise OutputError(f"{output}: output exists; pass --overwrite to replace it")
         if fp16 or int8:

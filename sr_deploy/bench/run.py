@@ -164,7 +164,7 @@ def conv_macs_per_pixel(onnx_path, size: int = 64) -> float:
     convolutional, so the count scales with the pixels). Written here because neither onnx nor
     onnxruntime reports FLOPs; 0 where shapes cannot be inferred."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     proto = onnx.load(str(onnx_path))
     inp = proto.graph.input[0].type.tensor_type.shape.dim

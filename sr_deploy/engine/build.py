@@ -8,7 +8,6 @@ FP16/INT8 builder flags, and only if it still has them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sr_deploy.descriptor import ModelDescriptor

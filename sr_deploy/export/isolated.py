@@ -44,7 +44,7 @@ def export_isolated(model: torch.nn.Module, desc_json: str, opset: int, shape, e
 def _main(folder: str) -> None:
     from sr_deploy.descriptor import ModelDescriptor
     from sr_deploy.export.fold import inference_form
-    from sr_deploy.export.onnx_export import _export, _export_torchscript
+    from sr_deploy.export.trace import trace_dynamo, trace_torchscript
     from sr_deploy.models.community import from_state_dict
 
     tmp = Path(folder)
@@ -53,8 +53,8 @@ def _main(folder: str) -> None:
         desc = ModelDescriptor.from_json(args["desc"])
         folded = inference_form(from_state_dict(args["state"], desc.name))
         shape = tuple(args["shape"]) if args["shape"] else None
-        proto = (_export_torchscript(folded, desc, args["opset"]) if args["exporter"] == "torchscript"
-                 else _export(folded, desc, args["opset"], shape))
+        proto = (trace_torchscript(folded, desc, args["opset"]) if args["exporter"] == "torchscript"
+                 else trace_dynamo(folded, desc, args["opset"], shape))
         import onnx
 
         onnx.save(proto, str(tmp / "model.onnx"))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from torch import nn
 from sr_deploy.descriptor import METADATA_KEY, ModelDescriptor
 from sr_deploy.errors import ModelError
 from sr_deploy.export.fold import inference_form
+from sr_deploy.export.trace import trace_dynamo
 from sr_deploy.fsutil import atomic_path, sha256_file
 
 DEFAULT_OPSET = 18
@@ -59,11 +58,11 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
     community = getattr(model.config, "arch", "") == "community"  # type: ignore[attr-defined]
     if shape:
         desc = desc.with_(fixed_hw=tuple(shape), max_batch=1)
-        proto = _guarded_export(model, desc, opset, shape) if community else _export(folded, desc, opset, shape)
+        proto = _guarded_export(model, desc, opset, shape) if community else trace_dynamo(folded, desc, opset, shape)
     elif community:
         proto, desc = _community_dynamic(model, desc, opset, name)
     else:
-        proto = _export(folded, desc, opset, None)
+        proto = trace_dynamo(folded, desc, opset, None)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, desc.to_json()
@@ -110,39 +109,6 @@ def _community_dynamic(model: nn.Module, desc: ModelDescriptor, opset: int, name
     raise DynamicExportUnsupported(f"{desc.arch.get('arch_name', name)} cannot be exported with dynamic height and width "
                      f"({'; '.join(reasons)}); export a fixed input size (srdeploy export WEIGHTS --shape HxW, e.g. 128x128) "
                      f"and run that ONNX: larger frames are tiled to it; or run the weights with --backend torch")
-
-
-def _export_torchscript(folded: nn.Module, desc: ModelDescriptor, opset: int):
-    """torch.onnx's TorchScript tracer with dynamic axes (the exporter community tools have long used)."""
-    import io
-
-    import onnx
-
-    buf = io.BytesIO()
-    # the output's spatial axes are named apart from the input's: the same name would tell ONNX Runtime
-    # they are equal (and it then re-uses buffers of the wrong size)
-    axes, out_axes = {0: "batch", 2: "height", 3: "width"}, {0: "batch", 2: "out_height", 3: "out_width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(folded, (torch.rand(1, desc.in_channels, 24, 24),), buf, dynamo=False,
-                          opset_version=opset, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": axes, "output": out_axes})
-    return onnx.load_from_string(buf.getvalue())
-
-
-def _export(folded: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[int, int] | None):
-    """torch.onnx's dynamo exporter; dynamic batch, height and width unless ``shape`` fixes them."""
-    example = torch.rand(1, desc.in_channels, *(shape or (24, 24)))
-    dims = None if shape else ({0: torch.export.Dim("batch", min=1, max=256),
-                                2: torch.export.Dim("height", min=8, max=8192),
-                                3: torch.export.Dim("width", min=8, max=8192)},)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        program = torch.onnx.export(folded, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=["input"], output_names=["output"],
-                                    dynamic_shapes=dims, optimize=True)
-    return program.model_proto
 
 
 def _guarded_export(model: nn.Module, desc: ModelDescriptor, opset: int, shape: tuple[int, int] | None,

@@ -10,7 +10,6 @@ itself, memory is bounded by the tile size, not the frame size.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch

@@ -76,13 +76,16 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
     src = tmp_path / "long.mp4"
     make_clip(src, frames=300, size=(96, 64), fps=25)
     dst = tmp_path / "long_up.mp4"
+    # --tile 16: two dozen small tiles a frame keep the run going for many seconds, so the signal always lands
+    # mid-run (whole frames of the tiny model finished 300 frames before it on a fast machine)
     proc = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst), "--model",
-                             str(tiny_ckpt), "--backend", "torch", "--quiet"],
+                             str(tiny_ckpt), "--backend", "torch", "--quiet", "--tile", "16"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".long_up.*")):
         time.sleep(0.05)
     time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
