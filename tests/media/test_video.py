@@ -80,7 +80,10 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
     # mid-run (whole frames of the tiny model finished 300 frames before it on a fast machine)
     proc = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst), "--model",
                              str(tiny_ckpt), "--backend", "torch", "--quiet", "--tile", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell that starts jobs in the background ignores SIGINT, and the child would
+                            # inherit that; Ctrl-C's default is what is under test
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".long_up.*")):
         time.sleep(0.05)
