@@ -390,13 +390,14 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
 
 
 def encoder_threads_for(runner) -> int:
-    """Software encoder threads beside a runner: 0 lets x264/x265 choose (1.5 per core) when the model
-    runs on a GPU; on the CPU the model's threads want every core, and an encoder thread that takes one
-    mid-layer stalls all of them at the layer's barrier, so it gets ENCODER_CPU_THREADS."""
+    """Software encoder threads beside a runner (0: x264/x265 choose, about 1.5 per core). On the CPU
+    the model and the encoder share the cores; capping the encoder to one thread was measured and did
+    not help (benchmarks/results/video-budget-cpu.md: within run-to-run noise for srresnet_x4, 5% slower
+    for light_x4), so both cases leave the choice to the encoder."""
     return 0 if runner.on_gpu else ENCODER_CPU_THREADS
 
 
-ENCODER_CPU_THREADS = 0  # set from benchmarks/results/video-budget-cpu.md
+ENCODER_CPU_THREADS = 0
 
 
 def _bit_depth(pix_fmt: str | None) -> int:
