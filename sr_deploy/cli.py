@@ -195,14 +195,23 @@ def run(
     duration: Optional[float] = typer.Option(None, "--duration", help="Video: this many seconds from --start."),
     ensemble: bool = typer.Option(False, "--ensemble", help="x8 self-ensemble: the 8 flips/rotations averaged "
                                                            "(about +0.1 dB for 8x the time; never the default)."),
+    segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Video: cut the run into segments this "
+                                                                          "long; an interrupted run resumes from the finished ones."),
+    restart: bool = typer.Option(False, "--restart", help="Discard what an interrupted run of this output finished "
+                                                          "(video segments, folder journal) instead of resuming."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the segments (video) or files (folder) on Ray "
+                                                          "workers: --ray local starts a local Ray, --ray HOST:PORT joins a cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: workers (actors) to start "
+                                                                  "(default: one per GPU, else per 2 CPUs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress; errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
     from sr_deploy.media.tiling import check_tile
     from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, is_video, upscale_video
-    from sr_deploy.runtime.select import make_runner, resolve_model
+    from sr_deploy.runtime.select import make_runner, model_identity, resolve_model
 
+    pool = None
     try:
         if not input.exists():
             raise InputError(f"{input}: not found")
@@ -228,7 +237,18 @@ def run(
             header = probe_image(input)
             if header is not None:
                 check_size(input, header, 1, max_megapixels)
+        if not segment_seconds > 0:
+            raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
         source = resolve_model(model)
+        pool = None
+        if ray is not None:
+            if is_image(input):
+                raise InputError("--ray runs videos and folders; a single image runs without it")
+            from sr_deploy.media.distributed import RayPool
+
+            pool = RayPool(ray, str(model) if model else None, backend, precision, ensemble=ensemble,
+                           cuda_graph=cuda_graph, workers=workers, tile=tile, alpha=alpha,
+                           max_megapixels=max_megapixels, quiet=quiet)
         runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
         if ensemble:
             from sr_deploy.runtime.ensemble import EnsembleRunner
@@ -240,7 +260,9 @@ def run(
                 typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)
             if input.is_dir():
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
-                                         tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels)
+                                         tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
+                                         pool=pool, identity=model_identity(source, backend, precision, ensemble),
+                                         restart=restart)
                 typer.echo(f"{out}: {summary.line()}")
                 for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
                     typer.echo(f"error: {why}", err=True)
@@ -252,15 +274,22 @@ def run(
                 typer.echo(str(out))
             else:
                 opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
-                                    tile=tile, batch=batch, max_frames=frames, start=start, duration=duration)
-                res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet)
+                                    tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
+                                    segment_seconds=segment_seconds)
+                identity = model_identity(source, backend, precision, ensemble)
+                res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet,
+                                    identity=identity, restart=restart, pool=pool)
+                reused = f", {res.reused_segments} of {res.segments} segments reused" if res.reused_segments else ""
                 typer.echo(f"{out}: {res.frames} frames at {res.width}x{res.height}, {res.copied_streams} streams copied, "
-                           f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s")
+                           f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s{reused}")
     except SRDeployError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted: no partial output left", err=True)
         raise typer.Exit(130)
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 @app.command("build-engine", cls=_Command)

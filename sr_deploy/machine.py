@@ -18,6 +18,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_has_vnni() -> bool:
+    """INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them x86 INT8 kernels
+    multiply through 16-bit saturating adds, which OpenVINO does not compensate for (runtime/tune.py)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 

@@ -202,9 +202,11 @@ class FolderSummary:
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    resumed: list[Path] = field(default_factory=list)  # finished by an earlier run of the same command
 
     def line(self) -> str:
-        return f"{len(self.done)} upscaled, {len(self.skipped)} skipped (existing), {len(self.failed)} failed"
+        again = f", {len(self.resumed)} resumed (finished by an earlier run)" if self.resumed else ""
+        return f"{len(self.done)} upscaled, {len(self.skipped)} skipped (existing), {len(self.failed)} failed{again}"
 
 
 def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -234,26 +236,54 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, skip_existing: bool = False,
                    tile: int | None = None, alpha: str = "bicubic", quiet: bool = False,
-                   max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> FolderSummary:
+                   max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, pool=None, identity: str | None = None,
+                   restart: bool = False) -> FolderSummary:
     """Upscale every image under ``src`` into ``dst`` with the same relative paths.
 
     Every per-file failure (unreadable, permission denied, decode error, too large, out of memory, a
     backend error) is reported on one line and the rest are still processed; unreadable subfolders are
-    failures too. The caller turns a non-empty ``failed`` into exit status 1.
+    failures too. The caller turns a non-empty ``failed`` into exit status 1. ``pool``
+    (sr_deploy.media.distributed) shards the files over workers; each output is still written whole or not at all.
+    Finished files are journaled in the output folder (media/journal.py): the same call after a crash
+    skips them; a journal of another model (``identity``) or settings is refused unless ``restart``.
     """
+    from sr_deploy.media.journal import Journal
+
     if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
         raise OutputError(f"{dst}: output folder must not be the input folder or inside it")
     files, problems = list_folder(src)
     if not files and not problems:
         raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif)")
     summary = FolderSummary()
+    journal = Journal(dst, {"model": identity or runner.describe(), "settings": {"tile": tile, "alpha": alpha}})
+    journal.open(restart=restart)
+    complete = False
+    try:
+        _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite, skip_existing=skip_existing,
+                tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels, pool=pool)
+        complete = not summary.failed
+    finally:
+        # kept when the run failed somewhere or was interrupted after files were finished: the rerun resumes
+        journal.close(remove=complete or not (summary.done or summary.resumed))
+    return summary
+
+
+def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, skip_existing, tile, alpha, quiet,
+            max_megapixels, pool) -> None:
     with Progress(len(files), desc="images", unit="file", quiet=quiet) as bar:
         for path, why in problems:
             summary.failed.append((path, why))
             bar.write(f"error: {why}")
+        todo = []
         for f in files:
             out = dst / f.relative_to(src)
-            if out.exists() and not overwrite:
+            if journal.done_before(str(f.relative_to(src)), f, out):
+                summary.resumed.append(out)
+                bar.update(1)
+                continue
+            # an output this run's journal lists, whose input changed since, is this run's to replace
+            ours = str(f.relative_to(src)) in journal.finished
+            if out.exists() and not overwrite and not ours:
                 if skip_existing:
                     summary.skipped.append(out)
                 else:
@@ -261,24 +291,39 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
                     bar.write(f"error: {summary.failed[-1][1]}")
                 bar.update(1)
                 continue
-            why = None
-            try:
-                upscale_image(runner, f, out, overwrite=overwrite, tile=tile, alpha=alpha, max_megapixels=max_megapixels)
+            todo.append((f, out, overwrite or ours))
+
+        def done(f: Path, out: Path, why: str | None) -> None:
+            if why is None:
                 summary.done.append(out)
-            except SRDeployError as exc:
-                why = str(exc)
-            except OSError as exc:  # permission denied, I/O error: this file only
-                why = f"{f}: {exc.strerror or exc}"
-            except MemoryError:
-                why = f"{f}: out of memory (try --tile 256)"
-            except Exception as exc:  # noqa: BLE001 - a backend's own error on one file must not end the batch
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                why = f"{f}: {exc.__class__.__name__}: {first}"
-            if why is not None:
+                journal.record(str(f.relative_to(src)), f, out)
+            else:
                 summary.failed.append((f, why))
                 bar.write(f"error: {why}")
             bar.update(1)
-    return summary
+
+        if pool is not None:
+            pool.run_files(todo, on_result=done)
+        else:
+            for f, out, ow in todo:
+                done(f, out, upscale_one(runner, f, out, overwrite=ow, tile=tile, alpha=alpha,
+                                         max_megapixels=max_megapixels))
+
+
+def upscale_one(runner: Runner, f: Path, out: Path, **kw) -> str | None:
+    """One file of a folder run: None when written, else the one-line reason it was not."""
+    try:
+        upscale_image(runner, f, out, **kw)
+        return None
+    except SRDeployError as exc:
+        return str(exc)
+    except OSError as exc:  # permission denied, I/O error: this file only
+        return f"{f}: {exc.strerror or exc}"
+    except MemoryError:
+        return f"{f}: out of memory (try --tile 256)"
+    except Exception as exc:  # noqa: BLE001 - a backend's own error on one file must not end the batch
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"{f}: {exc.__class__.__name__}: {first}"
 
 
 def is_image(path: Path) -> bool:

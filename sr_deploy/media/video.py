@@ -8,6 +8,7 @@ when complete: an error or an interrupt leaves nothing under the final name.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import sys
 from collections import deque
@@ -20,6 +21,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
+from sr_deploy.media.container import open_input
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -78,6 +80,7 @@ class VideoOptions:
     start: float | None = None  # seconds
     duration: float | None = None  # seconds
     copy_streams: bool = True
+    segment_seconds: float = 10.0  # a run is cut into segments this long (resumable; the unit of --ray)
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
 
@@ -89,25 +92,12 @@ class VideoSummary:
     height: int
     copied_streams: int
     seconds: float
+    reused_segments: int = 0
+    segments: int = 1
 
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
-
-
-def open_input(path: Path):
-    import av
-
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise InputError(f"{path}: not a readable video ({exc.__class__.__name__})") from exc
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path}: no video stream in this file")
-    return container
 
 
 class _Stage(threading.Thread):
@@ -144,35 +134,95 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 
 def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions = VideoOptions(),
-                  overwrite: bool = False, quiet: bool = False) -> VideoSummary:
-    """Upscale every frame of ``src`` into ``dst``; keeps frame count, timestamps and other streams."""
+                  overwrite: bool = False, quiet: bool = False, identity: str | None = None,
+                  restart: bool = False, pool=None) -> VideoSummary:
+    """Upscale every frame of ``src`` into ``dst``; keeps frame count, timestamps and other streams.
+
+    The run is cut into segments (media/segments.py) recorded beside the output, so that the same call
+    after a crash resumes; ``identity`` names the model (a run of another model never reuses segments);
+    ``pool`` (sr_deploy.media.distributed) runs the segments elsewhere, e.g. on Ray workers.
+    """
     import time
 
-    import av
+    from sr_deploy.media.segments import Parts, assemble, manifest_key, plan_segments
 
     if Path(dst).resolve() == Path(src).resolve():
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
-    inp = open_input(src)
     t0 = time.perf_counter()
+    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
+    plan = plan_segments(src, options, options.segment_seconds)
+    for line in plan.notes:
+        say(line)
+    width, height = _output_size(src, runner.scale)
+    on_gpu = pool.on_gpu if pool is not None else runner.on_gpu
+    codec = resolve_codec(options.codec, on_gpu=on_gpu, width=width, height=height, say=say)
+    if codec != options.codec:
+        options = dataclasses.replace(options, codec=codec)
+    key = manifest_key(src, identity or runner.describe(), options, codec, options.segment_seconds)
+    parts = Parts(dst)
+    reused = parts.open(key, plan, restart=restart, say=say)
+    finished = False
+    try:
+        if reused:
+            say(f"resuming: {reused} of {len(plan.segments)} segments reused from {parts.dir}")
+        todo = [seg for seg in plan.segments if seg.index not in parts.done]
+        done_frames = sum(int(r["frames"]) for r in parts.done.values())
+        with Progress(plan.total_frames, desc="frames", unit="frame", quiet=quiet) as bar:
+            bar.update(done_frames)
+            if pool is not None:
+                pool.run(src, plan, todo, options, parts, bar)
+            else:
+                for seg in todo:
+                    tmp = parts.tmp_path(seg.index)
+                    n = encode_segment(runner, src, plan, seg, tmp, options, say=say, on_frame=bar.update)
+                    parts.record(seg.index, n, tmp)
+        frames = sum(int(parts.done[s.index]["frames"]) for s in plan.segments)
+        with atomic_path(dst, overwrite=overwrite) as tmp:
+            copied = assemble(src, [parts.path(s.index) for s in plan.segments], tmp, dst, options, say)
+        finished = True
+    except BaseException:
+        if parts.done:
+            say(f"note: {len(parts.done)} of {len(plan.segments)} segments are finished and kept in {parts.dir}; "
+                "the same command resumes from them")
+        raise
+    finally:
+        parts.close(remove=finished or not parts.done)
+    return VideoSummary(frames, width, height, copied, time.perf_counter() - t0, reused, len(plan.segments))
+
+
+def _output_size(src: Path, scale: int) -> tuple[int, int]:
+    inp = open_input(src)
+    try:
+        cc = inp.streams.video[0].codec_context
+        return cc.width * scale, cc.height * scale
+    finally:
+        inp.close()
+
+
+def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
+                   on_frame=None) -> int:
+    """Decode the frames of one segment (from the keyframe at or before its start), run them through
+    ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
+    ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
+    import av
+
+    say = say or (lambda line: None)
+    on_frame = on_frame or (lambda n: None)
+    inp = open_input(src)
     try:
         vin = inp.streams.video[0]
         vin.thread_type = "AUTO"
         s = runner.scale
         width, height = vin.codec_context.width * s, vin.codec_context.height * s
-        total = vin.frames or None
-        if options.max_frames:
-            total = min(total or options.max_frames, options.max_frames)
-        copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
-        say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
         src_h, src_w = vin.codec_context.height, vin.codec_context.width
         # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): decoded as 16-bit RGB, run through the float
         # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
         deep = _bit_depth(vin.codec_context.pix_fmt) > 8
         pix_fmt = options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
         deep = deep and _bit_depth(pix_fmt) > 8
-        if deep:
+        if deep and seg.index == 0:
             say(f"note: {src.name} is {_bit_depth(vin.codec_context.pix_fmt)}-bit ({vin.codec_context.pix_fmt}): "
                 f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
         # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
@@ -186,91 +236,91 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         px_bytes = 6 if deep else 3
         q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (src_h * src_w * px_bytes))))
         q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (height * width * px_bytes))))
-        frame_limit = options.max_frames
         start_s = float(options.start or 0.0)
         end_s = start_s + options.duration if options.duration else float("inf")
-        windowed = bool(options.start or options.duration or options.max_frames)
+        # without timestamps (one segment) the frame limit counts frames; else the plan's bounds decide
+        frame_limit = options.max_frames if not plan.timestamps else None
+        shift_pts = int(round(start_s / vin.time_base)) if start_s and vin.time_base else 0
 
-        def shift(ts, tb):
-            return None if ts is None else ts - int(round(start_s / tb))
+        def frames_in_segment():
+            """Decoded frames from the keyframe at or before the segment's first frame, in order. A seek
+            that lands after that frame (a damaged or missing index) is redone from the start of the file."""
+            seek = seg.lo is not None
+            while True:
+                c = inp if not seek else open_input(src)
+                try:
+                    stream = c.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    if seek:
+                        c.seek(seg.lo, stream=stream, backward=True, any_frame=False)
+                    first, late = True, False
+                    for packet in c.demux(stream):
+                        try:
+                            frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
+                        except EOFError:
+                            break
+                        except av.error.FFmpegError as exc:
+                            raise InputError(f"{src}: video cannot be decoded in frames {seg.first_frame}-"
+                                             f"{seg.first_frame + seg.frames} ({exc.__class__.__name__})") from exc
+                        for frame in frames:
+                            if first and seek and frame.pts is not None and frame.pts > seg.lo:
+                                late = True
+                                break
+                            first = False
+                            yield frame
+                        if late:
+                            break
+                finally:
+                    if c is not inp:
+                        c.close()
+                if not late:
+                    return
+                seek = False  # from the start, in the container opened first
 
         def decode() -> None:
-            n, last_t = 0, None
-            for packet in inp.demux(vin, *copied):
+            n = 0
+            for frame in frames_in_segment():
                 if stop.is_set():
                     return
-                if packet.stream.type != "video":
-                    if packet.dts is None:
+                pts = frame.pts
+                if pts is not None:
+                    if seg.lo is not None and pts < seg.lo:
                         continue
-                    t = float(packet.pts * packet.time_base) if packet.pts is not None else None
-                    # only a requested window drops packets (AAC priming has negative timestamps)
-                    if (options.start or options.duration) and t is not None and not start_s <= t < end_s:
-                        continue
-                    if start_s:
-                        packet.pts, packet.dts = shift(packet.pts, packet.time_base), shift(packet.dts, packet.time_base)
-                    dec.put(("packet", packet))
-                    continue
-                try:
-                    frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
-                except EOFError:
-                    break
-                except av.error.FFmpegError as exc:
-                    raise InputError(f"{src}: video cannot be decoded at frame {n} ({exc.__class__.__name__})") from exc
-                for frame in frames:
-                    t = frame.time
-                    if t is not None and t < start_s - 1e-6:
-                        continue
-                    if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
+                    if seg.hi is not None and pts >= seg.hi:
                         return
-                    pts = shift(frame.pts, frame.time_base) if start_s and frame.pts is not None else frame.pts
-                    dec.put(("frame", n, pts, frame.time_base, frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
-                    n, last_t = n + 1, t
-            expected = _stream_seconds(vin)
-            if not windowed and expected and last_t is not None:
-                interval = float(1 / (vin.average_rate or 25))
-                if last_t + interval < expected - max(0.5, 0.05 * expected):
-                    raise InputError(f"{src}: video stream ends at frame {n} ({last_t:.2f}s of {expected:.2f}s): "
-                                     "the file is truncated or damaged")
+                t = frame.time
+                if t is not None and t < start_s - 1e-6:
+                    continue
+                if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
+                    return
+                if pts is not None:
+                    pts -= shift_pts
+                dec.put(("frame", seg.first_frame + n, pts, frame.time_base,
+                         frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
+                n += 1
 
         def infer() -> None:
             # Frames flow through runner.stream_u8, which may keep several batches in flight (the GPU
-            # pipeline); packets to copy (audio, subtitles) wait in `order` behind the frames decoded
-            # before them, so the muxer sees everything in decode order.
+            # pipeline); `order` keeps each batch's frame records until its output comes back.
             order: deque = deque()
 
             def batches():
                 pending: list[tuple] = []
-
-                def cut():
-                    if pending:
-                        order.append(("frames", list(pending)))
-                        arr = np.stack([p[4] for p in pending])  # uint8 RGB: bytes to the runner
-                        pending.clear()
-                        return arr
-                    return None
-
                 while True:
                     item = _get(q_dec, stop)
                     if item is _END or isinstance(item, BaseException):
-                        arr = cut()
-                        if arr is not None:
-                            yield arr
+                        if pending:
+                            order.append(list(pending))
+                            yield np.stack([p[4] for p in pending])
                         if isinstance(item, BaseException):
                             raise item
                         return
-                    if item[0] == "packet":
-                        arr = cut()
-                        if arr is not None:
-                            yield arr
-                        order.append(("packet", item))
-                        continue
                     pending.append(item)
                     if len(pending) >= batch or tile or too_big or deep:
-                        yield cut()
-
-            def emit_packets() -> None:
-                while order and order[0][0] == "packet":
-                    inf.put(order.popleft()[1])
+                        order.append(list(pending))
+                        arr = np.stack([p[4] for p in pending])  # uint8 RGB: bytes to the runner
+                        pending.clear()
+                        yield arr
 
             max_hw = runner.input_spec().max_hw
             too_big = bool(max_hw) and (src_h > max_hw[0] or src_w > max_hw[1])
@@ -283,110 +333,90 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
             else:
                 outputs = runner.stream_u8(batches())
             for res in outputs:
-                emit_packets()
-                _, items = order.popleft()
-                for p, o in zip(items, res):
+                for p, o in zip(order.popleft(), res):
                     inf.put(("frame", p[1], p[2], p[3], o))
-            emit_packets()
 
         dec = _Stage(decode, q_dec, stop)
         inf = _Stage(infer, q_inf, stop)
+        n = 0
         try:
-            with atomic_path(dst, overwrite=overwrite) as tmp:
+            try:
+                out = av.open(str(tmp), "w", format="mov")
+            except (av.error.FFmpegError, OSError) as exc:
+                raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
+            try:
+                codec = options.codec
+                rate = vin.average_rate or vin.guessed_rate or Fraction(25)
                 try:
-                    out = av.open(str(tmp), "w")
-                except (av.error.FFmpegError, OSError) as exc:
-                    raise OutputError(f"{dst}: cannot open for writing ({exc})") from exc
+                    vout = out.add_stream(codec, rate=rate)
+                except (av.error.FFmpegError, ValueError) as exc:
+                    raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
                 try:
-                    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-                    codec = resolve_codec(options.codec, on_gpu=runner.on_gpu, width=width, height=height, say=say)
-                    try:
-                        vout = out.add_stream(codec, rate=rate)
-                    except (av.error.FFmpegError, ValueError) as exc:
-                        raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
-                    try:
-                        vout.width, vout.height, vout.pix_fmt = width, height, pix_fmt
-                    except (ValueError, av.error.FFmpegError) as exc:
-                        raise InputError(f"--pix-fmt {pix_fmt!r} is not a pixel format {codec} takes "
-                                         f"(for example yuv420p, yuv420p10le)") from exc
-                    vout.time_base = vin.time_base
-                    vout.codec_context.time_base = vin.time_base
-                    if options.bitrate:
-                        vout.bit_rate = _parse_bitrate(options.bitrate)
-                    elif codec in ("libx264", "libx265"):
-                        vout.options = {"crf": str(options.crf), "preset": options.preset}
-                    if codec in ("libx264", "libx265"):
-                        threads = options.encoder_threads
-                        threads = encoder_threads_for(runner) if threads is None else threads
-                        if threads:
-                            vout.codec_context.thread_count = threads
-                    # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and
-                    # beyond that alone passes gigabytes, so it is capped to ~1 GiB of frames there
-                    look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
-                    if look < 40 and codec == "libx264":
-                        vout.options = {**vout.options, "rc-lookahead": str(look)}
-                    elif look < 40 and codec == "libx265":
-                        vout.options = {**vout.options, "x265-params": f"rc-lookahead={look}"}
-                    elif codec.endswith("_nvenc"):
-                        vout.options = {"cq": str(options.crf), "preset": "p5"}
-                    mapping = {}
-                    for st in copied:
-                        stream = None
-                        if _container_takes(dst, st):
-                            try:
-                                stream = out.add_stream_from_template(st)
-                            except (av.error.FFmpegError, ValueError):
-                                pass
-                        if stream is not None:
-                            mapping[st.index] = stream
-                        else:
-                            say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
-                                f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
-                    dec.start()
-                    inf.start()
-                    n = 0
-                    with Progress(total, desc="frames", unit="frame", quiet=quiet) as bar:
-                        while True:
-                            item = _get(q_inf, stop)
-                            if item is _END:
-                                break
-                            if isinstance(item, BaseException):
-                                raise item
-                            if item[0] == "packet":
-                                pkt = item[1]
-                                if pkt.stream.index in mapping:
-                                    pkt.stream = mapping[pkt.stream.index]
-                                    out.mux(pkt)
-                                continue
-                            _, idx, pts, tb, arr = item
-                            frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
-                            frame.pts = pts if pts is not None else idx
-                            frame.time_base = tb or vin.time_base
-                            for pkt in vout.encode(frame):
-                                out.mux(pkt)
-                            n += 1
-                            bar.update(1)
-                        for pkt in vout.encode(None):
-                            out.mux(pkt)
-                    out.close()  # writes the trailer: can fail on a full disk too
-                except OSError as exc:
-                    raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
-                except av.error.FFmpegError as exc:
-                    raise OutputError(f"{dst}: encoding failed ({exc})") from exc
-                finally:
-                    try:
-                        out.close()
-                    except (OSError, av.error.FFmpegError):
-                        pass  # already reported; the temporary file is removed next
-                if n == 0:
-                    raise InputError(f"{src}: no decodable video frames")
+                    vout.width, vout.height, vout.pix_fmt = width, height, pix_fmt
+                except (ValueError, av.error.FFmpegError) as exc:
+                    raise InputError(f"--pix-fmt {pix_fmt!r} is not a pixel format {codec} takes "
+                                     f"(for example yuv420p, yuv420p10le)") from exc
+                vout.time_base = vin.time_base
+                vout.codec_context.time_base = vin.time_base
+                if options.bitrate:
+                    vout.bit_rate = _parse_bitrate(options.bitrate)
+                elif codec in ("libx264", "libx265"):
+                    vout.options = {"crf": str(options.crf), "preset": options.preset}
+                if codec in ("libx264", "libx265"):
+                    threads = options.encoder_threads
+                    threads = encoder_threads_for(runner) if threads is None else threads
+                    if threads:
+                        vout.codec_context.thread_count = threads
+                # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and
+                # beyond that alone passes gigabytes, so it is capped to ~1 GiB of frames there
+                look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
+                if look < 40 and codec == "libx264":
+                    vout.options = {**vout.options, "rc-lookahead": str(look)}
+                elif look < 40 and codec == "libx265":
+                    vout.options = {**vout.options, "x265-params": f"rc-lookahead={look}"}
+                elif codec.endswith("_nvenc"):
+                    vout.options = {"cq": str(options.crf), "preset": "p5"}
+                dec.start()
+                inf.start()
+                while True:
+                    item = _get(q_inf, stop)
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    _, idx, pts, tb, arr = item
+                    frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
+                    frame.pts = pts if pts is not None else idx
+                    frame.time_base = tb or vin.time_base
+                    for pkt in vout.encode(frame):
+                        out.mux(pkt)
+                    n += 1
+                    on_frame(1)
+                for pkt in vout.encode(None):
+                    out.mux(pkt)
+                out.close()  # writes the trailer: can fail on a full disk too
+            except OSError as exc:
+                raise OutputError(f"{tmp.parent}: write failed ({exc.strerror or exc})") from exc
+            except av.error.FFmpegError as exc:
+                raise OutputError(f"{tmp.parent}: encoding failed ({exc})") from exc
+            finally:
+                try:
+                    out.close()
+                except (OSError, av.error.FFmpegError):
+                    pass  # already reported; the temporary file is removed next
+            if n == 0:
+                raise InputError(f"{src}: no decodable video frames"
+                                 + (f" from frame {seg.first_frame}" if seg.index else ""))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             stop.set()
             dec.join(timeout=5) if dec.is_alive() else None
             inf.join(timeout=5) if inf.is_alive() else None
     finally:
         inp.close()
-    return VideoSummary(n, width, height, len(mapping), time.perf_counter() - t0)
+    return n
 
 
 def encoder_threads_for(runner) -> int:
@@ -410,35 +440,6 @@ def _bit_depth(pix_fmt: str | None) -> int:
         return 8
     bits = int(m.group(1))
     return 16 if bits > 16 else bits
-
-
-# Subtitle codecs each output container can hold (FFmpeg's muxers accept these; others fail only when
-# the header is written, after the whole run). Audio is left to add_stream_from_template.
-_SUBTITLE_CODECS = {
-    ".mp4": {"mov_text"}, ".m4v": {"mov_text"}, ".mov": {"mov_text"},
-    ".mkv": None, ".webm": {"webvtt"}, ".avi": set(), ".ts": {"dvb_subtitle", "dvb_teletext"},
-}
-
-
-def _container_takes(dst: Path, stream) -> bool:
-    if stream.type != "subtitle":
-        return True
-    allowed = _SUBTITLE_CODECS.get(dst.suffix.lower(), None)
-    return allowed is None or stream.codec_context.name in allowed
-
-
-def _stream_seconds(stream) -> float | None:
-    """The video stream's declared duration (container header or MKV DURATION tag), if any."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
-    if tag:
-        try:
-            h, m, sec = tag.split(":")
-            return int(h) * 3600 + int(m) * 60 + float(sec)
-        except ValueError:
-            return None
-    return None
 
 
 def _parse_bitrate(text: str) -> int:

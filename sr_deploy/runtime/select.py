@@ -53,6 +53,14 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
 
 
 
+def model_identity(source: ModelSource, backend: str, precision: str | None, ensemble: bool = False) -> str:
+    """What names a model's outputs in a resumable run's manifest: the file's hash and how it is run."""
+    from sr_deploy.fsutil import sha256_file
+
+    return f"{source.kind}:{sha256_file(source.path)} backend={backend} precision={precision or 'default'}" + (
+        " ensemble" if ensemble else "")
+
+
 def onnx_for(source: ModelSource) -> Path:
     """The fp32 ONNX of a source: the file itself, or the checkpoint exported once into the cache."""
     if source.kind == "onnx":
@@ -254,7 +262,11 @@ def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
         int8 = None if given_variant else precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
         if int8 is None and source.kind == "checkpoint":
             int8 = precision_sibling(onnx_for(source), "int8", AUTO_MAX_DELTA_DB)
-        if int8 is not None:
+        from sr_deploy.machine import cpu_has_vnni
+
+        # without measuring, OpenVINO INT8 only where the CPU has INT8 dot products: without them it
+        # was measured to lose accuracy the ONNX Runtime gate does not see (tune.FIDELITY_MARGIN_DB)
+        if int8 is not None and cpu_has_vnni():
             from sr_deploy.export.onnx_export import read_descriptor
 
             return (OpenVINORunner(int8, read_descriptor(int8)),

@@ -32,7 +32,15 @@ def test_folder_run_keeps_layout_depth_alpha_gray(tmp_path, tiny_ckpt):
     # alpha upscaled, not dropped or flattened
     alpha = cv2.imread(str(dst / "sub/rgba.png"), cv2.IMREAD_UNCHANGED)[..., 3]
     assert alpha.std() > 0
-    # a second run without --overwrite fails on existing outputs; --skip-existing resumes
+    # the same command again resumes from the run's journal: only the failed file is tried again
+    again = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert again.exit_code == 1 and "0 upscaled, 0 skipped (existing), 1 failed, 4 resumed" in again.output
+    assert "output exists" not in again.output
+    # without the journal, existing outputs are refused, or left with --skip-existing
+    (dst / ".srdeploy-run.jsonl").unlink()
+    again = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert again.exit_code == 1 and "output exists" in again.output
+    (dst / ".srdeploy-run.jsonl").unlink(missing_ok=True)
     again = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--skip-existing", "--backend", "onnxruntime"])
     assert "4 skipped" in again.output
 

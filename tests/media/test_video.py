@@ -84,16 +84,20 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
                             # a shell that starts jobs in the background ignores SIGINT, and the child would
                             # inherit that; Ctrl-C's default is what is under test
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parts = tmp_path / "long_up.mp4.segments"
     deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".long_up.*")):
+    while time.time() < deadline and not list(parts.glob("seg_*.tmp.mov")):
         time.sleep(0.05)
     time.sleep(0.3)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0 and "interrupted" in err
     assert not dst.exists()
     assert not list(tmp_path.glob(".long_up.*")), "temporary output removed"
+    assert not list(parts.glob("*.tmp*")), "the unfinished segment removed"
+    if parts.exists():  # finished segments are kept for the next run, and said so
+        assert "the same command resumes" in err and list(parts.glob("seg_*.mov"))
 
 
 def test_window_start_duration(tmp_path, tiny_ckpt):

@@ -18,10 +18,13 @@ def model_dir(tiny_onnx, tmp_path):
     return dst
 
 
-def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path):
+def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path, monkeypatch):
     if not OpenVINORunner.available():
         pytest.skip("openvino not installed")
+    from sr_deploy import machine
     from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
+
+    monkeypatch.setattr(machine, "cpu_has_vnni", lambda: True)  # the fixed rule's INT8 case, on any CPU
 
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -37,6 +40,10 @@ def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path):
     report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.05}))
     runner, why = make_runner(resolve_model(str(model_dir)), "auto")
     assert (runner.backend, runner.precision) == ("openvino", "int8") and "INT8" in why
+    # a CPU without INT8 dot products: the unmeasured rule does not trust OpenVINO INT8 there
+    monkeypatch.setattr(machine, "cpu_has_vnni", lambda: False)
+    assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
+    monkeypatch.setattr(machine, "cpu_has_vnni", lambda: True)
     report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.2}))
     assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
     # a report that failed its gate is never picked

@@ -90,3 +90,32 @@ def test_an_interrupted_tune_leaves_the_previous_ranking(tiny_ckpt, measuring, m
         tune.measure(source)
     assert tune.cache_path(source).read_text() == before
     assert [p.name for p in tune.cache_path(source).parent.iterdir()] == [tune.cache_path(source).name]
+
+
+def test_an_int8_runner_that_drifts_on_this_cpu_is_not_a_candidate():
+    rows = [{"backend": "openvino", "precision": "int8", "ms": 10.0, "fidelity_db": 32.5},
+            {"backend": "onnxruntime", "precision": "int8", "ms": 20.0, "fidelity_db": 41.8},
+            {"backend": "onnxruntime", "precision": "fp32", "ms": 30.0}]
+    kept, dropped = tune.drop_drifting(rows)
+    assert [r["backend"] + r["precision"] for r in kept] == ["onnxruntimeint8", "onnxruntimefp32"]
+    assert len(dropped) == 1 and "openvino int8" in dropped[0] and "32.5" in dropped[0]
+    rows[0]["fidelity_db"] = 40.3  # within the margin of the gated runner: kept, and fastest
+    assert tune.drop_drifting(rows)[0][0]["backend"] == "openvino"
+    # no gated ONNX Runtime INT8 row to compare with: an INT8 row without a gate of its own is dropped
+    assert [r["precision"] for r in tune.drop_drifting(rows[:1] + rows[2:])[0]] == ["fp32"]
+
+
+def test_fidelity_is_psnr_against_onnxruntime_fp32(tiny_ckpt):
+    import numpy as np
+
+    source = resolve_model(str(tiny_ckpt))
+    same, _ = make_runner(source, "onnxruntime", "fp32")
+    with same:
+        assert tune._fidelity(source, same) > 90
+
+    class Coarse:  # the same model with its output quantized to 16 levels: a lossy INT8-like runner
+        def infer_u8(self, x):
+            return (same.infer_u8(x) // 16 * 16).astype(np.uint8)
+
+    with same:
+        assert 20 < tune._fidelity(source, Coarse()) < 40

@@ -1,0 +1,51 @@
+"""Opening a video input, and what a container can hold (shared by media/video.py and media/segments.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sr_deploy.errors import InputError
+
+
+def open_input(path: Path):
+    import av
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise InputError(f"{path}: not a readable video ({exc.__class__.__name__})") from exc
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: no video stream in this file")
+    return container
+
+
+# Subtitle codecs each output container can hold (FFmpeg's muxers accept these; others fail only when
+# the header is written, after the whole run). Audio is left to add_stream_from_template.
+_SUBTITLE_CODECS = {
+    ".mp4": {"mov_text"}, ".m4v": {"mov_text"}, ".mov": {"mov_text"},
+    ".mkv": None, ".webm": {"webvtt"}, ".avi": set(), ".ts": {"dvb_subtitle", "dvb_teletext"},
+}
+
+
+def container_takes(dst: Path, stream) -> bool:
+    if stream.type != "subtitle":
+        return True
+    allowed = _SUBTITLE_CODECS.get(dst.suffix.lower(), None)
+    return allowed is None or stream.codec_context.name in allowed
+
+
+def stream_seconds(stream) -> float | None:
+    """The video stream's declared duration (container header or MKV DURATION tag), if any."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,201 @@
+"""Runs spread over Ray workers: the segments of a video, or the files of a folder.
+
+Ray does the scheduling, placement and failure detection; srdeploy adds only the unit of work. Each
+worker is a Ray actor that loads the model once (a GPU per actor where the cluster has GPUs) and returns
+what it made as bytes, so the driver alone writes the output, the manifest and the resumable segments
+(media/segments.py) exactly as a run in one process does; workers need to read the input and the model
+at the same path (a shared filesystem, or a shipped model name). A worker that dies has its work redone
+on a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from sr_deploy.errors import InputError, SRDeployError
+
+MAX_ATTEMPTS = 3  # a segment whose worker died this many times ends the run
+FILES_PER_TASK = 4
+
+
+class _Worker:
+    """One runner per Ray actor: the model is loaded once, then segments or files are sent to it."""
+
+    def __init__(self, model, backend, precision, ensemble, cuda_graph) -> None:
+        from sr_deploy.runtime.select import make_runner, resolve_model
+
+        runner, _ = make_runner(resolve_model(model), backend, precision, cuda_graph=cuda_graph)
+        if ensemble:
+            from sr_deploy.runtime.ensemble import EnsembleRunner
+
+            runner = EnsembleRunner(runner)
+        self.runner = runner.__enter__()
+
+    def describe(self) -> tuple[str, str, bool, int]:
+        return socket.gethostname(), self.runner.describe(), bool(self.runner.on_gpu), os.getpid()
+
+    def segment(self, src: str, plan, seg, options) -> tuple[int, bytes]:
+        from sr_deploy.media.video import encode_segment
+
+        with tempfile.TemporaryDirectory(prefix="srdeploy-seg-") as d:
+            tmp = Path(d) / "segment.mov"
+            n = encode_segment(self.runner, Path(src), plan, seg, tmp, options)
+            return n, tmp.read_bytes()
+
+    def images(self, files: list[tuple[str, str]], kw: dict) -> list[tuple[str | None, bytes | None]]:
+        from sr_deploy.media.images import upscale_one
+
+        results = []
+        with tempfile.TemporaryDirectory(prefix="srdeploy-img-") as d:
+            for src, name in files:
+                out = Path(d) / name
+                why = upscale_one(self.runner, Path(src), out, overwrite=True, **kw)
+                results.append((why, None if why else out.read_bytes()))
+                out.unlink(missing_ok=True)
+        return results
+
+
+def _check_address(address: str) -> None:
+    """A Ray address that does not answer is one line, at once (ray.init would wait and then trace back)."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address}: expected local, or a cluster address HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+class RayPool:
+    def __init__(self, address: str, model: str | None, backend: str, precision: str | None, *,
+                 ensemble: bool = False, cuda_graph: bool = False, workers: int | None = None,
+                 tile: int | None = None, alpha: str = "bicubic", max_megapixels: float = 100.0,
+                 quiet: bool = False) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise InputError("--ray needs Ray: pip install 'srdeploy[ray]'") from None
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
+        self.ray = ray
+        self.say = (lambda line: None) if quiet else (lambda line: print(line, file=__import__("sys").stderr))
+        self.args = (model, backend, precision, ensemble, cuda_graph)
+        self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels}
+        self.started = address in ("", "local")
+        if not self.started:
+            _check_address(address)
+        import logging
+
+        try:
+            ray.init(address="local" if self.started else address, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+                     num_cpus=os.cpu_count() if self.started else None)
+        except Exception as exc:  # noqa: BLE001 - Ray's own errors: one line
+            raise InputError(f"--ray {address}: Ray did not start ({exc.__class__.__name__}: "
+                             f"{(str(exc).strip().splitlines() or [''])[0][:200]})") from None
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+        self.on_gpu = gpus > 0
+        self.n = workers or (gpus if gpus else max(1, cpus // 2))
+        self.resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // self.n)}
+        if gpus and self.n > gpus:
+            self.resources = {"num_gpus": gpus / self.n, "num_cpus": 1}
+        self._actors: list = []
+        self.failures = 0
+
+    def _new_actor(self):
+        return self.ray.remote(**self.resources)(_Worker).remote(*self.args)
+
+    def actors(self) -> list:
+        if not self._actors:
+            self._actors = [self._new_actor() for _ in range(self.n)]
+            where = self.ray.get([a.describe.remote() for a in self._actors])
+            hosts = sorted({w[0] for w in where})
+            self.say(f"ray: {self.n} workers on {len(hosts)} machine(s), {where[0][1]}")
+        return self._actors
+
+    def _drive(self, jobs: list, submit, finish, what) -> None:
+        """Keep every actor busy with ``jobs``; a job whose actor died is redone on a new actor."""
+        ray = self.ray
+        queue, idle, inflight = deque(jobs), list(self.actors()), {}
+        attempts: dict = {}
+        try:
+            while queue or inflight:
+                while queue and idle:
+                    actor, job = idle.pop(), queue.popleft()
+                    inflight[submit(actor, job)] = (actor, job)
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                actor, job = inflight.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                    key = what(job)
+                    attempts[key] = attempts.get(key, 0) + 1
+                    self.failures += 1
+                    if attempts[key] >= MAX_ATTEMPTS:
+                        raise SRDeployError(f"{key}: its Ray worker died {MAX_ATTEMPTS} times; stopping") from None
+                    self.say(f"note: a Ray worker died during {key}; it is redone on a new worker")
+                    self._actors.remove(actor)
+                    actor = self._new_actor()
+                    self._actors.append(actor)
+                    queue.appendleft(job)
+                    idle.append(actor)
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, (SRDeployError, KeyboardInterrupt)):
+                        raise cause from None
+                    first = (str(cause or exc).strip().splitlines() or [""])[0][:200]
+                    raise SRDeployError(f"{what(job)}: failed on a Ray worker ({type(cause or exc).__name__}: "
+                                        f"{first})") from None
+                finish(job, result)
+                idle.append(actor)
+        finally:
+            for ref in inflight:
+                ray.cancel(ref, force=False)
+
+    def run(self, src: Path, plan, segments: list, options, parts, bar) -> None:
+        """Encode ``segments`` on the workers; each finished one is recorded in ``parts`` as it comes back."""
+        path = str(Path(src).resolve())
+
+        def finish(seg, result):
+            n, data = result
+            tmp = parts.tmp_path(seg.index)
+            tmp.write_bytes(data)
+            parts.record(seg.index, n, tmp)
+            bar.update(n)
+
+        self._drive(segments, lambda a, seg: a.segment.remote(path, plan, seg, options), finish,
+                    lambda seg: f"segment {seg.index}")
+
+    def run_files(self, todo: list[tuple[Path, Path, bool]], *, on_result) -> None:
+        """Upscale files in shards of a few; each output is written by the driver, whole or not at all."""
+        from sr_deploy.fsutil import atomic_path
+
+        shards = [todo[i:i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
+
+        def submit(actor, shard):
+            return actor.images.remote([(str(f.resolve()), out.name) for f, out, _ in shard], self.image_kw)
+
+        def finish(shard, results):
+            for (f, out, overwrite), (why, data) in zip(shard, results):
+                if why is None:
+                    try:
+                        with atomic_path(out, overwrite=overwrite) as tmp:
+                            tmp.write_bytes(data)
+                    except SRDeployError as exc:
+                        why = str(exc)
+                    except OSError as exc:
+                        why = f"{out}: {exc.strerror or exc}"
+                on_result(f, out, why)
+
+        self._drive(shards, submit, finish, lambda shard: f"{shard[0][0]} (+{len(shard) - 1} files)")
+
+    def close(self) -> None:
+        if self.ray.is_initialized():
+            self.ray.shutdown()

@@ -1,0 +1,380 @@
+"""Segmented, resumable video runs (media/segments.py) and runs on Ray workers (media/distributed.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sr_deploy.cli import app
+from sr_deploy.media.segments import plan_segments
+from sr_deploy.media.video import VideoOptions, upscale_video
+from tests.conftest import make_clip, pattern_image
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sr_deploy" / "assets" / "sample.mp4"
+
+
+def _decoded(path):
+    """Every decoded frame (RGB), its time in seconds, audio samples and the stream types of a video file."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames, times = [], []
+        for f in c.decode(v):
+            frames.append(f.to_ndarray(format="rgb24"))
+            times.append(float(f.pts * f.time_base))
+        types = sorted(s.type for s in c.streams)
+    with av.open(str(path)) as c:
+        audio = sum(f.samples for f in c.decode(c.streams.audio[0])) if c.streams.audio else 0
+    return frames, times, audio, types
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["run", *map(str, args)])
+
+
+def _same_frames(a, b):
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert np.array_equal(x, y), f"frame {i} differs"
+
+
+def _long_gop_clip(path: Path, frames: int = 60, fps: int = 25) -> None:
+    """H.264 with one keyframe for the whole clip, B-frames and open GOPs: no segment starts on a keyframe."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
+        vs.options = {"g": "1000", "bf": "3", "x264-params": "open-gop=1:scenecut=0"}
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(pattern_image(32, 48, seed=i), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    with av.open(str(path)) as c:
+        keys = sum(p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size)
+    assert keys == 1
+
+
+def test_segmented_equals_one_piece_vfr_audio_subtitles(tmp_path, tiny_ckpt):
+    src = tmp_path / "vfr.mkv"
+    pts = make_clip(src, frames=30, vfr=True, subtitles=True)
+    plan = plan_segments(src, VideoOptions(), 0.4)
+    assert len(plan.segments) >= 4 and sum(s.frames for s in plan.segments) == 30
+    common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--crf", "0", "--preset", "ultrafast"]
+    r = _run(src, "-o", tmp_path / "seg.mkv", "--segment-seconds", "0.4", *common)
+    assert r.exit_code == 0, r.output
+    r = _run(src, "-o", tmp_path / "one.mkv", "--segment-seconds", "1000", *common)
+    assert r.exit_code == 0, r.output
+    seg, one, ref = _decoded(tmp_path / "seg.mkv"), _decoded(tmp_path / "one.mkv"), _decoded(src)
+    _same_frames(seg[0], one[0])
+    assert len(seg[0]) == 30
+    want = [p / 1000 for p in pts]  # the clip's time base is 1/1000
+    assert np.allclose(seg[1], want, atol=1e-3 + 1e-9) and seg[1] == one[1]
+    assert seg[2] == one[2] == ref[2] > 0, "audio samples kept"
+    assert seg[3] == ["audio", "subtitle", "video"]
+    assert not (tmp_path / "seg.mkv.segments").exists(), "the segments are removed once the output is whole"
+
+
+def test_segmented_equals_one_piece_sample_clip(tmp_path, tiny_ckpt):
+    common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--crf", "0", "--preset", "ultrafast",
+              "--frames", "40"]
+    r = _run(SAMPLE, "-o", tmp_path / "seg.mp4", "--segment-seconds", "0.5", *common)
+    assert r.exit_code == 0, r.output
+    r = _run(SAMPLE, "-o", tmp_path / "one.mp4", "--segment-seconds", "1000", *common)
+    assert r.exit_code == 0, r.output
+    seg, one = _decoded(tmp_path / "seg.mp4"), _decoded(tmp_path / "one.mp4")
+    _same_frames(seg[0], one[0])
+    assert len(seg[0]) == 40 and seg[1] == one[1]
+    with av.open(str(SAMPLE)) as c:
+        src_times = [float(f.pts * f.time_base) for _, f in zip(range(40), c.decode(video=0))]
+    assert np.allclose(seg[1], src_times, atol=1e-3)
+
+
+def test_one_keyframe_and_open_gop(tmp_path, tiny_ckpt):
+    src = tmp_path / "gop.mp4"
+    _long_gop_clip(src)
+    assert len(plan_segments(src, VideoOptions(), 0.3).segments) >= 6
+    common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--crf", "0", "--preset", "ultrafast"]
+    assert _run(src, "-o", tmp_path / "seg.mp4", "--segment-seconds", "0.3", *common).exit_code == 0
+    assert _run(src, "-o", tmp_path / "one.mp4", "--segment-seconds", "1000", *common).exit_code == 0
+    seg, one = _decoded(tmp_path / "seg.mp4"), _decoded(tmp_path / "one.mp4")
+    _same_frames(seg[0], one[0])
+    assert len(seg[0]) == 60 and seg[1] == one[1]
+
+
+def test_window_and_frame_limit_across_segments(tmp_path, tiny_ckpt):
+    src = tmp_path / "w.mp4"
+    make_clip(src, frames=30, fps=10)
+    common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--segment-seconds", "0.4"]
+    assert _run(src, "-o", tmp_path / "a.mp4", "--start", "0.5", "--duration", "1.5", *common).exit_code == 0
+    frames, times, audio, _ = _decoded(tmp_path / "a.mp4")
+    assert len(frames) == 15 and times[0] < 0.05 and audio > 0
+    assert _run(src, "-o", tmp_path / "b.mp4", "--frames", "13", *common).exit_code == 0
+    assert len(_decoded(tmp_path / "b.mp4")[0]) == 13
+
+
+class _StopAfter:
+    """A runner that is interrupted (as by Ctrl-C) after ``frames`` frames."""
+
+    def __init__(self, runner, frames):
+        self.runner, self.left = runner, frames
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def stream_u8(self, batches):
+        for out in self.runner.stream_u8(batches):
+            self.left -= len(out)
+            if self.left < 0:
+                raise KeyboardInterrupt
+            yield out
+
+
+def _interrupted_run(src, dst, runner, frames, opts):
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(_StopAfter(runner, frames), src, dst, options=opts, quiet=True, identity="m1")
+    assert not dst.exists()
+
+
+def test_resume_reuses_finished_segments_and_refuses_other_runs(tmp_path, tiny_ckpt):
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = tmp_path / "c.mp4"
+    make_clip(src, frames=30, fps=10)
+    dst = tmp_path / "c_up.mp4"
+    opts = VideoOptions(segment_seconds=0.5, crf=0, preset="ultrafast")
+    runner, _ = make_runner(resolve_model(tiny_ckpt), "onnxruntime")
+    with runner:
+        full = upscale_video(runner, src, tmp_path / "full.mp4", options=opts, quiet=True, identity="m1")
+        assert full.segments == 6 and full.reused_segments == 0
+        _interrupted_run(src, dst, runner, 12, opts)
+        parts = tmp_path / "c_up.mp4.segments"
+        manifest = json.loads((parts / "manifest.json").read_text())
+        assert sorted(manifest["segments"]) == ["0", "1"]
+        # another model: refused with one line, nothing lost
+        with pytest.raises(Exception, match="another model.*--restart"):
+            upscale_video(runner, src, dst, options=opts, quiet=True, identity="m2")
+        # another input (same name, other bytes): refused too
+        moved = tmp_path / "orig.mp4"
+        os.replace(src, moved)
+        make_clip(src, frames=30, fps=10, audio=False)
+        with pytest.raises(Exception, match="another input"):
+            upscale_video(runner, src, dst, options=opts, quiet=True, identity="m1")
+        os.replace(moved, src)
+        assert sorted(json.loads((parts / "manifest.json").read_text())["segments"]) == ["0", "1"]
+        # a damaged segment file is found on resume and done again
+        seg1 = parts / "seg_00001.mov"
+        seg1.write_bytes(seg1.read_bytes()[: seg1.stat().st_size // 2])
+        res = upscale_video(runner, src, dst, options=opts, quiet=True, identity="m1")
+        assert res.reused_segments == 1 and res.frames == 30
+        _same_frames(_decoded(dst)[0], _decoded(tmp_path / "full.mp4")[0])
+        assert not parts.exists()
+        # an unreadable manifest is refused; --restart discards it
+        dst2 = tmp_path / "d_up.mp4"
+        _interrupted_run(src, dst2, runner, 7, opts)
+        (tmp_path / "d_up.mp4.segments" / "manifest.json").write_text("{not json")
+        with pytest.raises(Exception, match="unreadable manifest"):
+            upscale_video(runner, src, dst2, options=opts, quiet=True, identity="m1")
+        res = upscale_video(runner, src, dst2, options=opts, quiet=True, identity="m1", restart=True)
+        assert res.reused_segments == 0 and res.frames == 30
+
+
+def test_sigkill_then_rerun_finishes_and_matches(tmp_path, tiny_ckpt):
+    src = tmp_path / "k.mp4"
+    make_clip(src, frames=120, size=(96, 64), fps=25)
+    cmd = [sys.executable, "-m", "sr_deploy.cli", "run", str(src), "--model", str(tiny_ckpt), "--backend", "torch",
+           "--tile", "16", "--segment-seconds", "0.4"]
+    dst = tmp_path / "k_up.mp4"
+    manifest = tmp_path / "k_up.mp4.segments" / "manifest.json"
+    proc = subprocess.Popen(cmd + ["-o", str(dst), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = len(json.loads(manifest.read_text())["segments"])
+        except (OSError, ValueError):
+            done = 0
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and done >= 2, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not dst.exists() and manifest.exists()
+    again = subprocess.run(cmd + ["-o", str(dst)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    reused = int(again.stdout.split(" of ")[0].rsplit(", ", 1)[-1])
+    assert reused >= 2 and "segments reused" in again.stdout
+    whole = subprocess.run(cmd + ["-o", str(tmp_path / "whole.mp4"), "--quiet"], capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    a, b = _decoded(dst), _decoded(tmp_path / "whole.mp4")
+    _same_frames(a[0], b[0])
+    assert a[1] == b[1] and a[2] == b[2] and len(a[0]) == 120
+
+
+def test_another_run_on_the_same_output_is_refused(tmp_path, tiny_ckpt):
+    import fcntl
+
+    src = tmp_path / "l.mp4"
+    make_clip(src, frames=6)
+    parts = tmp_path / "l_up.mp4.segments"
+    parts.mkdir()
+    with open(parts / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = _run(src, "-o", tmp_path / "l_up.mp4", "--model", tiny_ckpt)
+    assert r.exit_code != 0 and "another srdeploy run" in r.output
+
+
+def test_bad_segment_seconds(tmp_path, tiny_ckpt):
+    src = tmp_path / "s.mp4"
+    make_clip(src, frames=4)
+    r = _run(src, "--model", tiny_ckpt, "--segment-seconds", "0")
+    assert r.exit_code != 0 and "--segment-seconds" in r.output
+
+
+def _has_ray():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_ray = pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install 'srdeploy[ray]')")
+
+
+@needs_ray
+def test_ray_two_local_workers_match_single_process(tmp_path, tiny_ckpt):
+    src = tmp_path / "r.mkv"
+    make_clip(src, frames=24, vfr=True, subtitles=True)
+    common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--segment-seconds", "0.3"]
+    r = _run(src, "-o", tmp_path / "ray.mkv", "--ray", "local", "--workers", "2", *common)
+    assert r.exit_code == 0, r.output
+    assert "ray: 2 workers" in r.output
+    assert _run(src, "-o", tmp_path / "one.mkv", *common).exit_code == 0
+    a, b = _decoded(tmp_path / "ray.mkv"), _decoded(tmp_path / "one.mkv")
+    _same_frames(a[0], b[0])
+    assert a[1] == b[1] and a[2] == b[2] and a[3] == b[3] == ["audio", "subtitle", "video"]
+    # a folder, sharded by files over the same kind of pool; a bad file fails alone
+    import cv2
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        cv2.imwrite(str(folder / ("sub" if i % 2 else "") / f"i{i}.png"), pattern_image(20 + i, 24))
+    (folder / "bad.png").write_bytes(b"not a png")
+    r = _run(folder, "-o", tmp_path / "out", "--ray", "local", "--workers", "2", "--model", tiny_ckpt,
+             "--backend", "onnxruntime")
+    assert r.exit_code == 1 and "bad.png" in r.output
+    for i in range(5):
+        out = cv2.imread(str(tmp_path / "out" / ("sub" if i % 2 else "") / f"i{i}.png"))
+        assert out.shape == (2 * (20 + i), 48, 3)
+    assert not (tmp_path / "out" / "bad.png").exists()
+
+
+@needs_ray
+def test_ray_address_that_does_not_answer(tmp_path, tiny_ckpt):
+    src = tmp_path / "n.mp4"
+    make_clip(src, frames=4)
+    r = _run(src, "--model", tiny_ckpt, "--ray", "127.0.0.1:9")
+    assert r.exit_code != 0 and "no Ray cluster answers" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("n_x2*"))
+
+
+def test_ray_missing_says_how_to_install(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    src = tmp_path / "m.mp4"
+    make_clip(src, frames=4)
+    r = _run(src, "--model", tiny_ckpt, "--ray", "local")
+    assert r.exit_code != 0 and "pip install 'srdeploy[ray]'" in r.output
+
+
+def test_time_base_survives_join(tmp_path, tiny_ckpt):
+    """A 1/90000 time base (MPEG-TS style) is kept tick for tick across segment joins."""
+    src = tmp_path / "tb.mkv"
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        tb = Fraction(1, 90000)
+        vs.time_base = vs.codec_context.time_base = tb
+        for i in range(20):
+            f = av.VideoFrame.from_ndarray(pattern_image(32, 32, seed=i), format="rgb24")
+            f.pts, f.time_base = i * 3003, tb
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    r = _run(src, "-o", tmp_path / "tb_up.mkv", "--model", tiny_ckpt, "--segment-seconds", "0.2")
+    assert r.exit_code == 0, r.output
+    _, times, _, _ = _decoded(tmp_path / "tb_up.mkv")
+    assert np.allclose(times, [i * 3003 / 90000 for i in range(20)], atol=1e-3)
+
+
+@needs_ray
+def test_ray_worker_that_dies_has_its_segment_redone(tmp_path, tiny_ckpt):
+    import ray
+
+    from sr_deploy.media.distributed import RayPool
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = tmp_path / "d.mp4"
+    make_clip(src, frames=20, fps=10)
+    opts = VideoOptions(segment_seconds=0.5)
+    runner, _ = make_runner(resolve_model(tiny_ckpt), "onnxruntime")
+    pool = RayPool("local", str(tiny_ckpt), "onnxruntime", None, workers=2, quiet=True)
+    try:
+        ray.kill(pool.actors()[0])  # a worker process that is gone when its first segment is sent
+        with runner:
+            res = upscale_video(runner, src, tmp_path / "ray.mp4", options=opts, quiet=True, identity="m", pool=pool)
+            one = upscale_video(runner, src, tmp_path / "one.mp4", options=opts, quiet=True, identity="m")
+    finally:
+        pool.close()
+    assert pool.failures >= 1 and res.frames == one.frames == 20
+    _same_frames(_decoded(tmp_path / "ray.mp4")[0], _decoded(tmp_path / "one.mp4")[0])
+
+
+def test_folder_run_resumes_from_its_journal(tmp_path, tiny_ckpt, monkeypatch):
+    import cv2
+
+    from sr_deploy.media import images
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), pattern_image(16, 16 + i, seed=i))
+    out = tmp_path / "out"
+    runner, _ = make_runner(resolve_model(tiny_ckpt), "onnxruntime")
+    real, calls = images.upscale_image, []
+
+    def dies_on_the_fourth(*a, **kw):
+        calls.append(a[1])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(images, "upscale_image", dies_on_the_fourth)
+    with runner, pytest.raises(KeyboardInterrupt):
+        images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
+    assert (out / ".srdeploy-run.jsonl").exists() and len(list(out.glob("*.png"))) == 3
+    monkeypatch.setattr(images, "upscale_image", real)
+    with runner:
+        with pytest.raises(Exception, match="another model.*--restart"):
+            images.upscale_folder(runner, folder, out, quiet=True, identity="m2")
+        # an input changed since it was finished is done again
+        cv2.imwrite(str(folder / "1.png"), pattern_image(16, 17, seed=9))
+        os.utime(folder / "1.png", ns=(1, 1))
+        s = images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
+    assert len(s.resumed) == 2 and len(s.done) == 4 and not s.failed
+    assert not (out / ".srdeploy-run.jsonl").exists(), "the journal goes once every file is done"
+    assert cv2.imread(str(out / "1.png")).shape[:2] == (32, 34)
