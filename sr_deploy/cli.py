@@ -200,7 +200,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="Discard what an interrupted run of this output finished "
                                                           "(video segments, folder journal) instead of resuming."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the segments (video) or files (folder) on Ray "
-                                                          "workers: --ray local starts a local Ray, --ray HOST:PORT joins a cluster."),
+                                                          "workers: --ray (or --ray local) starts a local Ray, --ray HOST:PORT joins a cluster."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: workers (actors) to start "
                                                                   "(default: one per GPU, else per 2 CPUs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress; errors still printed."),
@@ -558,6 +558,18 @@ def _sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _ray_default(argv: list[str]) -> list[str]:
+    """`--ray` with no address (last, or followed by an option or an existing path) means `--ray local`."""
+    out = list(argv)
+    for i, tok in enumerate(out):
+        if tok == "--ray":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            if nxt is None or nxt.startswith("-") or Path(nxt).exists():
+                out.insert(i + 1, "local")
+            break
+    return out
+
+
 def main() -> None:
     import signal
 
@@ -565,7 +577,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the library's notes, one line each
     try:
-        app()
+        app(args=_ray_default(sys.argv[1:]))
     except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -378,3 +378,11 @@ def test_folder_run_resumes_from_its_journal(tmp_path, tiny_ckpt, monkeypatch):
     assert len(s.resumed) == 2 and len(s.done) == 4 and not s.failed
     assert not (out / ".srdeploy-run.jsonl").exists(), "the journal goes once every file is done"
     assert cv2.imread(str(out / "1.png")).shape[:2] == (32, 34)
+
+
+def test_ray_without_an_address_means_local():
+    from sr_deploy.cli import _ray_default
+
+    assert _ray_default(["run", "a.mp4", "--ray"]) == ["run", "a.mp4", "--ray", "local"]
+    assert _ray_default(["run", "--ray", "--quiet", "a.mp4"]) == ["run", "--ray", "local", "--quiet", "a.mp4"]
+    assert _ray_default(["run", "a.mp4", "--ray", "10.0.0.1:6379"]) == ["run", "a.mp4", "--ray", "10.0.0.1:6379"]
