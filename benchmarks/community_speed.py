@@ -21,6 +21,9 @@ import torch
 
 
 def published():
+    from sr_deploy.models.community import import_spandrel
+
+    import_spandrel()  # spandrel against srdeploy's torchvision stand-in (models/community.py)
     from spandrel.architectures.Compact import Compact
     from spandrel.architectures.ESRGAN import ESRGAN
     from spandrel.architectures.HAT import HAT
@@ -59,6 +62,7 @@ def time_runner(runner, x: np.ndarray, seconds: float = 3.0) -> float:
 
 def main(out: Path) -> None:
     from sr_deploy.errors import SRDeployError
+    from sr_deploy.export.onnx_export import DynamicExportUnsupported
     from sr_deploy.machine import machine_info
     from sr_deploy.runtime.select import make_runner, resolve_model
 
@@ -79,14 +83,16 @@ def main(out: Path) -> None:
                 try:
                     runner, _ = make_runner(src, backend, "fp32")
                     cells.append(f"{time_runner(runner, x):.0f}")
+                except DynamicExportUnsupported:
+                    cells.append("— (fixed shape only: `export --shape`)")
                 except SRDeployError as exc:
                     cells.append("— (" + str(exc).split(":")[-1].strip()[:60] + ")")
             rows.append(f"| {label} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
             path.unlink()
     info = machine_info()
-    text = [f"# Community architectures: CPU speed at published sizes ({info['cpu']}, {torch.get_num_threads()} "
-            "threads)", "",
+    text = [f"# Community architectures: CPU speed at published sizes ({info['cpu']}, "
+            f"{', '.join(info['isa']) or 'baseline x86-64'}, {torch.get_num_threads()} threads)", "",
             "`python benchmarks/community_speed.py` (random weights; speed does not depend on them). "
             "Milliseconds per 64x64 LR frame (256x256 output), median over >= 3 s, fp32.", "",
             "| architecture | parameters | PyTorch | ONNX Runtime | OpenVINO |", "|---|---|---|---|---|", *rows, ""]
