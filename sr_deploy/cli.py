@@ -183,7 +183,7 @@ def run(
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger input images before "
                                                                          "decoding them (decompression bombs)."),
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
-                                                       "the encoder opens, else libx264), libx264, libx265, hevc_nvenc, h264_nvenc..."),
+                                                       "the encoder opens, else libx264; VP9 for .webm), libx264, libx265, libvpx-vp9, hevc_nvenc, h264_nvenc..."),
     crf: int = typer.Option(18, "--crf", help="Video quality: x264/x265 CRF, NVENC CQ (lower is better, larger)."),
     preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset: ultrafast ... veryslow."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "

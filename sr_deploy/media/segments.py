@@ -31,7 +31,13 @@ from sr_deploy.fsutil import sha256_file
 
 SEGMENT_SECONDS = 10.0
 MANIFEST_FORMAT = 1
-SEGMENT_SUFFIX = ".mov"  # QuickTime keeps each stream's time base and every packet's dts, for any codec
+SEGMENT_SUFFIX = ".mov"  # QuickTime/MP4 keep each stream's time base and every packet's dts
+_MP4_ONLY = {"libvpx-vp9", "vp9_nvenc", "libaom-av1", "libsvtav1", "av1_nvenc"}  # QuickTime's muxer refuses these
+
+
+def segment_format(codec: str) -> str:
+    """The muxer of a segment file: QuickTime (H.264, HEVC, ProRes, ...), or MP4 for VP9/AV1."""
+    return "mp4" if codec in _MP4_ONLY else "mov"
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
 
     start_s, end_s, _ = window_of(options)
     try:
-        out = av.open(str(tmp), "w", format=_format_for(dst))
+        out = av.open(str(tmp), "w", format=format_for(dst))
     except (av.error.FFmpegError, OSError) as exc:
         raise OutputError(f"{dst}: cannot open for writing ({exc})") from exc
     inp = open_input(src)
@@ -265,7 +271,10 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
             first = av.open(str(parts[0]))
             opened.append(first)
             template = first.streams.video[0]
-            vout = out.add_stream_from_template(template)
+            try:
+                vout = out.add_stream_from_template(template)
+            except ValueError as exc:  # checked before the run (video.check_output_codec); kept as one line
+                raise OutputError(f"{dst}: {exc}") from None
             extradata = template.codec_context.extradata
             copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
             mapping = {}
@@ -341,7 +350,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
     return len(mapping)
 
 
-def _format_for(dst: Path) -> str | None:
+def format_for(dst: Path) -> str | None:
     """The muxer for the output's suffix (the temporary name's suffix may not say it)."""
     return {".mkv": "matroska", ".webm": "webm", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi",
             ".ts": "mpegts", ".mpg": "mpeg", ".mpeg": "mpeg", ".flv": "flv", ".wmv": "asf"}.get(dst.suffix.lower())

@@ -157,7 +157,11 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         say(line)
     width, height = _output_size(src, runner.scale)
     on_gpu = pool.on_gpu if pool is not None else runner.on_gpu
-    codec = resolve_codec(options.codec, on_gpu=on_gpu, width=width, height=height, say=say)
+    codec = options.codec
+    if codec == "auto" and dst.suffix.lower() == ".webm":
+        codec = WEBM_CODEC  # the only family a .webm holds (VP8/VP9/AV1)
+    codec = resolve_codec(codec, on_gpu=on_gpu, width=width, height=height, say=say)
+    check_output_codec(dst, codec)  # now, not after the last segment
     if codec != options.codec:
         options = dataclasses.replace(options, codec=codec)
     key = manifest_key(src, identity or runner.describe(), options, codec, options.segment_seconds)
@@ -192,6 +196,29 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     return VideoSummary(frames, width, height, copied, time.perf_counter() - t0, reused, len(plan.segments))
 
 
+WEBM_CODEC = "libvpx-vp9"
+
+
+def check_output_codec(dst: Path, codec: str) -> None:
+    """One line, before any work, when FFmpeg lacks ``codec`` or ``dst``'s container cannot hold it."""
+    import io
+
+    import av
+
+    from sr_deploy.media.segments import format_for
+
+    try:
+        av.codec.Codec(codec, "w")
+    except (av.error.FFmpegError, ValueError, av.codec.codec.UnknownCodecError):
+        raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from None
+    with av.open(io.BytesIO(), "w", format=format_for(dst) or "mp4") as probe:
+        try:
+            probe.add_stream(codec, rate=25)
+        except (av.error.FFmpegError, ValueError):
+            raise InputError(f"{dst}: {dst.suffix or 'this'} files cannot hold {codec} video; pass --codec "
+                             f"(e.g. {WEBM_CODEC} for .webm) or write .mp4 or .mkv") from None
+
+
 def _output_size(src: Path, scale: int) -> tuple[int, int]:
     inp = open_input(src)
     try:
@@ -207,6 +234,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
     ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
     import av
+
+    from sr_deploy.media.segments import segment_format
 
     say = say or (lambda line: None)
     on_frame = on_frame or (lambda n: None)
@@ -341,7 +370,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         n = 0
         try:
             try:
-                out = av.open(str(tmp), "w", format="mov")
+                out = av.open(str(tmp), "w", format=segment_format(options.codec))
             except (av.error.FFmpegError, OSError) as exc:
                 raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
             try:
@@ -362,6 +391,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     vout.bit_rate = _parse_bitrate(options.bitrate)
                 elif codec in ("libx264", "libx265"):
                     vout.options = {"crf": str(options.crf), "preset": options.preset}
+                elif codec in ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"):
+                    vout.options = {"crf": str(options.crf), "b": "0"}  # constant quality, as CRF means for x264
                 if codec in ("libx264", "libx265"):
                     threads = options.encoder_threads
                     threads = encoder_threads_for(runner) if threads is None else threads

@@ -386,3 +386,20 @@ def test_ray_without_an_address_means_local():
     assert _ray_default(["run", "a.mp4", "--ray"]) == ["run", "a.mp4", "--ray", "local"]
     assert _ray_default(["run", "--ray", "--quiet", "a.mp4"]) == ["run", "--ray", "local", "--quiet", "a.mp4"]
     assert _ray_default(["run", "a.mp4", "--ray", "10.0.0.1:6379"]) == ["run", "a.mp4", "--ray", "10.0.0.1:6379"]
+
+
+def test_container_and_codec_checked_before_any_work(tmp_path, tiny_ckpt):
+    src = tmp_path / "w.mp4"
+    make_clip(src, frames=8)
+    r = _run(src, "-o", tmp_path / "x.webm", "--codec", "libx264", "--model", tiny_ckpt)
+    assert r.exit_code != 0 and ".webm files cannot hold libx264" in r.output and "Traceback" not in r.output
+    r = _run(src, "-o", tmp_path / "y.mp4", "--codec", "no_such_codec", "--model", tiny_ckpt)
+    assert r.exit_code != 0 and "not available" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.mp4"], "nothing written, no segments folder"
+    # auto picks a codec a .webm holds (VP9); the AAC track cannot go in and is named in a warning
+    r = _run(src, "-o", tmp_path / "z.webm", "--model", tiny_ckpt, "--segment-seconds", "0.3")
+    assert r.exit_code == 0, r.output
+    assert "audio stream #1 (aac) is dropped" in r.output
+    with av.open(str(tmp_path / "z.webm")) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+        assert sum(1 for _ in c.decode(video=0)) == 8
