@@ -128,7 +128,9 @@ def parity(model: nn.Module, onnx_path: str | os.PathLike, sizes=PARITY_SIZES, b
     """Max abs difference between the (unfolded) torch model and ONNX Runtime over ``sizes``."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # a graph that fails here is reported by the caller, in one line
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for h, w in sizes:

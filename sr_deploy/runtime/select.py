@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError, SRDeployError
-from sr_deploy.fsutil import cache_root
+from sr_deploy.fsutil import atomic_path, cache_root
 from sr_deploy.runtime.base import Runner
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -80,7 +80,12 @@ def onnx_for(source: ModelSource) -> Path:
         try:
             export_checkpoint(source.path, target, overwrite=True)
         except DynamicExportUnsupported as exc:
-            refused.write_text(str(exc))
+            try:
+                refused.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(refused) as tmp:
+                    tmp.write_text(str(exc))
+            except (OSError, SRDeployError):
+                pass  # not remembered: the next run tries again
             raise
     return target
 

@@ -235,3 +235,36 @@ def test_fp16_overflow_is_refused_by_the_gate(tmp_path):
     with pytest.raises(QualityGateError):
         make_precision_onnx(tmp_path / "big.onnx", "fp16")
     assert not (tmp_path / "big.fp16.onnx").exists() and (tmp_path / "big.fp16.refused.json").exists()
+
+
+@pytest.mark.slow
+def test_dat_runs_through_pytorch(tmp_path):
+    """DAT has no working ONNX (ONNX Runtime rejects its exported LayerNorm even at a fixed size): `auto`
+    falls back to PyTorch, which runs an odd-sized image and a clip, matching the module."""
+    from spandrel.architectures.DAT import DAT
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = DAT(upscale=2, img_size=16, embed_dim=24, split_size=[4, 8], depth=[2], num_heads=[2],
+                  expansion_factor=2.0).eval()
+    weights = tmp_path / "dat.pth"
+    _save(net, weights)
+    img = tmp_path / "odd.png"
+    x = pattern_image(37, 29, seed=3)
+    cv2.imwrite(str(img), x[..., ::-1])
+    code, out = _cli("run", img, "--model", weights, "-o", tmp_path / "up.png")
+    assert code == 0, out
+    assert "PyTorch, because this architecture has no dynamic-shape ONNX" in out
+    model, _ = load_checkpoint(weights)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
+    got = cv2.imread(str(tmp_path / "up.png"))[..., ::-1].astype(np.int16)
+    assert got.shape == (74, 58, 3)
+    assert np.abs(got - np.clip(np.rint(ref * 255), 0, 255).astype(np.int16)).max() <= 1
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=3, size=(30, 22), audio=False)
+    code, out = _cli("run", clip, "--model", weights, "-o", tmp_path / "clip_up.mp4")
+    assert code == 0, out
+    with av.open(str(tmp_path / "clip_up.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 3
