@@ -18,6 +18,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def default_threads() -> int:
+    """Threads a CPU runner uses when none is asked for: ``$SRDEPLOY_THREADS``, else 0 (the library's
+    choice: all cores). Ray workers sharing a machine get their share this way (media/distributed.py)."""
+    try:
+        return max(0, int(os.environ.get("SRDEPLOY_THREADS", "0") or 0))
+    except ValueError:
+        return 0
+
+
 def cpu_has_vnni() -> bool:
     """INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them x86 INT8 kernels
     multiply through 16-bit saturating adds, which OpenVINO does not compensate for (runtime/tune.py)."""

@@ -105,6 +105,8 @@ class RayPool:
         self.resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // self.n)}
         if gpus and self.n > gpus:
             self.resources = {"num_gpus": gpus / self.n, "num_cpus": 1}
+        if not gpus:  # each actor's ONNX Runtime / OpenVINO threads: its share of the cores, not all of them
+            self.resources["runtime_env"] = {"env_vars": {"SRDEPLOY_THREADS": str(self.resources["num_cpus"])}}
         self._actors: list = []
         self.failures = 0
 

@@ -10,6 +10,7 @@ import numpy as np
 from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import BackendUnavailable
 from sr_deploy.runtime.base import Runner
+from sr_deploy.machine import default_threads
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
 
@@ -40,7 +41,7 @@ class OpenVINORunner(Runner):
         if precision not in HINTS:
             raise ValueError(f"openvino precision must be one of {', '.join(HINTS)}, got {precision}")
         super().__init__(descriptor, precision)
-        self.path, self.threads = Path(onnx_path), threads
+        self.path, self.threads = Path(onnx_path), threads or default_threads()
         self.pixels = pixels  # infer_u8 runs the uint8-I/O form of the graph (export/pixels.py)
 
     @staticmethod

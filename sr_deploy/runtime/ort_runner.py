@@ -10,6 +10,7 @@ import numpy as np
 from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import BackendUnavailable
 from sr_deploy.runtime.base import Runner
+from sr_deploy.machine import default_threads
 
 
 class OrtRunner(Runner):
@@ -19,7 +20,7 @@ class OrtRunner(Runner):
                  device: str = "auto", threads: int = 0, pixels: bool = True) -> None:
         super().__init__(descriptor, descriptor.precision)
         self.path = Path(onnx_path)
-        self.device, self.threads = device, threads
+        self.device, self.threads = device, threads or default_threads()
         # pixels: run infer_u8 on the uint8-I/O form of the graph (export/pixels.py), made once into the cache
         self.pixels = pixels
 

@@ -76,3 +76,21 @@ def test_openvino_matches_onnxruntime_within_precision_tolerance(tiny_onnx, tmp_
     with OrtRunner(model, desc) as ref, OpenVINORunner(model, desc, precision=precision) as ov:
         diff = np.abs(ov.infer(x) - ref.infer(x))
     assert diff.max() < tol and diff.mean() < tol / 10
+
+
+def test_srdeploy_threads_sets_cpu_runner_threads(tiny_onnx, monkeypatch):
+    """Ray actors sharing a machine get their share of the cores through SRDEPLOY_THREADS."""
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    monkeypatch.setenv("SRDEPLOY_THREADS", "1")
+    runner, _ = make_runner(resolve_model(str(tiny_onnx)), "onnxruntime", "fp32")
+    with runner:
+        assert runner._opts.intra_op_num_threads == 1
+    if OpenVINORunner.available():
+        runner, _ = make_runner(resolve_model(str(tiny_onnx)), "openvino", "fp32")
+        with runner:
+            assert runner.config["INFERENCE_NUM_THREADS"] == 1
+    monkeypatch.setenv("SRDEPLOY_THREADS", "")
+    runner, _ = make_runner(resolve_model(str(tiny_onnx)), "onnxruntime", "fp32")
+    with runner:
+        assert runner.threads == 0  # the library's own choice
