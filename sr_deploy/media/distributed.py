@@ -105,8 +105,10 @@ class RayPool:
         self.resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // self.n)}
         if gpus and self.n > gpus:
             self.resources = {"num_gpus": gpus / self.n, "num_cpus": 1}
-        if not gpus:  # each actor's ONNX Runtime / OpenVINO threads: its share of the cores, not all of them
-            self.resources["runtime_env"] = {"env_vars": {"SRDEPLOY_THREADS": str(self.resources["num_cpus"])}}
+        # Each actor's ONNX Runtime / OpenVINO keeps its own thread count (all cores): capping it to the
+        # actor's share (SRDEPLOY_THREADS) was measured slower on a 2-core machine with 2 actors, 5.75 vs
+        # 8.24 frames/s (benchmarks/results/segments-ray-avx2-epyc.md): the encoder beside the model idles
+        # cores that an uncapped model uses.
         self._actors: list = []
         self.failures = 0
 
