@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -83,7 +84,7 @@ class RayPool:
         if workers is not None and workers < 1:
             raise InputError(f"--workers must be at least 1, got {workers}")
         self.ray = ray
-        self.say = (lambda line: None) if quiet else (lambda line: print(line, file=__import__("sys").stderr))
+        self.say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
         self.args = (model, backend, precision, ensemble, cuda_graph)
         self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels}
         self.started = address in ("", "local")

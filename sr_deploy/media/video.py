@@ -155,7 +155,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     plan = plan_segments(src, options, options.segment_seconds)
     for line in plan.notes:
         say(line)
-    width, height = _output_size(src, runner.scale)
+    width, height = plan.size[0] * runner.scale, plan.size[1] * runner.scale
     on_gpu = pool.on_gpu if pool is not None else runner.on_gpu
     codec = options.codec
     if codec == "auto" and dst.suffix.lower() == ".webm":
@@ -219,15 +219,6 @@ def check_output_codec(dst: Path, codec: str) -> None:
                              f"(e.g. {WEBM_CODEC} for .webm) or write .mp4 or .mkv") from None
 
 
-def _output_size(src: Path, scale: int) -> tuple[int, int]:
-    inp = open_input(src)
-    try:
-        cc = inp.streams.video[0].codec_context
-        return cc.width * scale, cc.height * scale
-    finally:
-        inp.close()
-
-
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
                    on_frame=None) -> int:
     """Decode the frames of one segment (from the keyframe at or before its start), run them through
@@ -235,7 +226,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
     import av
 
-    from sr_deploy.media.segments import segment_format
+    from sr_deploy.media.segments import segment_format, window_of
 
     say = say or (lambda line: None)
     on_frame = on_frame or (lambda n: None)
@@ -265,10 +256,9 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         px_bytes = 6 if deep else 3
         q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (src_h * src_w * px_bytes))))
         q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (height * width * px_bytes))))
-        start_s = float(options.start or 0.0)
-        end_s = start_s + options.duration if options.duration else float("inf")
+        start_s, end_s, frame_limit = window_of(options)
         # without timestamps (one segment) the frame limit counts frames; else the plan's bounds decide
-        frame_limit = options.max_frames if not plan.timestamps else None
+        frame_limit = frame_limit if not plan.timestamps else None
         shift_pts = int(round(start_s / vin.time_base)) if start_s and vin.time_base else 0
 
         def frames_in_segment():
