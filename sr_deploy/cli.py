@@ -85,6 +85,7 @@ def train(
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
     arch: Optional[str] = typer.Option(None, "--arch", help="srresnet | light."),
     degradation: Optional[str] = typer.Option(None, "--degradation", help="bicubic (clean) | degraded (blur, noise, JPEG)."),
+    scale_aug: Optional[float] = typer.Option(None, "--scale-aug", help="VDSR's scale augmentation: HR images downscaled by a random factor in [F, 1] before cropping (1 = off)."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate (and keep best.pt) every N steps."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),
     stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the schedule still spans --steps)."),
@@ -102,7 +103,7 @@ def train(
                           scale=scale, steps=steps, lr=lr, pixel_loss=pixel_loss, ema_decay=ema_decay, out=str(out) if out else None,
                           resume=str(resume) if resume else None, init=str(init) if init else None, start_step=start_step,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
-                          batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation,
+                          batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation, scale_aug=scale_aug,
                           val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers)
         if out is None and cfg.out == "runs/srresnet":
             from dataclasses import replace

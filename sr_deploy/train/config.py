@@ -31,6 +31,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     degradation: str = "bicubic"  # bicubic (clean) | degraded (blur, noise, JPEG; see data.Degradation)
+    scale_aug: float = 1.0  # VDSR's scale augmentation: HR downscaled by a factor in [scale_aug, 1] before cropping; 1 = off
     # optimisation
     steps: int = 100_000
     lr: float = 1e-4
@@ -73,6 +74,8 @@ class TrainConfig:
             raise InputError(f"content_loss must be vgg54, vgg22 or mse, got {self.content_loss!r}")
         if self.degradation not in ("bicubic", "degraded"):
             raise InputError(f"degradation must be bicubic or degraded, got {self.degradation!r}")
+        if not 0.25 <= self.scale_aug <= 1.0:
+            raise InputError(f"scale_aug must be between 0.25 and 1 (1 = off), got {self.scale_aug}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise InputError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
 

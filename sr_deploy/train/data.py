@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Sampler
 
 from sr_deploy.errors import InputError
 from sr_deploy.imagefiles import list_images, read_rgb  # noqa: F401  (re-exported)
-from sr_deploy.metrics import make_lr
+from sr_deploy.metrics import bicubic_resize, make_lr
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class CropDataset(Dataset):
     """Random (LR, HR) crop pairs from a folder of HR images, held in memory."""
 
     def __init__(self, folders: list[Path] | list[str], *, scale: int, hr_patch: int, seed: int = 0,
-                 degradation: Degradation | None = None) -> None:
+                 degradation: Degradation | None = None, scale_aug: float = 1.0) -> None:
         if hr_patch % scale:
             raise InputError(f"HR patch {hr_patch} is not a multiple of the scale {scale}")
         files = list_images(folders)
@@ -79,6 +79,7 @@ class CropDataset(Dataset):
             )
         self.skipped = skipped
         self.scale, self.hr_patch, self.seed, self.degradation = scale, hr_patch, seed, degradation
+        self.scale_aug = scale_aug
         # Sample images in proportion to their area so that large images are not under-used.
         areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
         self.cdf = np.cumsum(areas / areas.sum())
@@ -90,9 +91,17 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         img = self.images[min(int(np.searchsorted(self.cdf, rng.random())), len(self.images) - 1)]
         p = self.hr_patch
-        y = int(rng.integers(0, img.shape[0] - p + 1))
-        x = int(rng.integers(0, img.shape[1] - p + 1))
-        hr = img[y : y + p, x : x + p]
+        # VDSR's scale augmentation: the HR image as if downscaled by f in [scale_aug, 1]; cropping the
+        # p/f region and resizing only it to p is the same crop at a fraction of the cost. No draw is made
+        # when it is off, so runs without it keep their exact data sequence.
+        src = p
+        if self.scale_aug < 1.0:
+            src = min(int(round(p / rng.uniform(self.scale_aug, 1.0))), img.shape[0], img.shape[1])
+        y = int(rng.integers(0, img.shape[0] - src + 1))
+        x = int(rng.integers(0, img.shape[1] - src + 1))
+        hr = img[y : y + src, x : x + src]
+        if src != p:
+            hr = bicubic_resize(np.ascontiguousarray(hr), (p, p))
         if rng.random() < 0.5:
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(np.rot90(hr, int(rng.integers(0, 4))))

@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         init_payload = read_checkpoint(cfg.init)
         if init_payload["arch"] != cfg.arch_dict():
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
-    dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed,
+    dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
                           degradation=Degradation() if cfg.degradation == "degraded" else None)
     val_pairs = load_eval_set(cfg.val, cfg.scale) if cfg.val else None
 

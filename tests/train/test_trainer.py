@@ -126,6 +126,32 @@ def test_batches_depend_only_on_step(hr_dir):
     assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
 
 
+def test_scale_augmentation_crops_a_downscaled_image(tmp_path):
+    # A ramp rising by one level per pixel: a crop of the image itself keeps that slope; a crop of the image
+    # downscaled by f in [0.6, 1] rises by 1/f per pixel (flips and rotations only change the direction).
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (64, 1, 3))
+    cv2.imwrite(str(tmp_path / "ramp.png"), ramp)
+
+    def slopes(**kw):
+        ds = CropDataset([tmp_path], scale=2, hr_patch=24, seed=1, **kw)
+        out = []
+        for i in range(40):
+            hr = ds[i][1][0].numpy() * 255.0
+            assert hr.shape == (24, 24)
+            inner = hr[4:-4, 4:-4]
+            out.append(max(np.abs(np.diff(inner, axis=0)).mean(), np.abs(np.diff(inner, axis=1)).mean()))
+        return np.array(out)
+
+    plain, aug = slopes(), slopes(scale_aug=0.6)
+    assert np.allclose(plain, 1.0, atol=0.02)
+    assert aug.min() > 0.97 and aug.max() < 1 / 0.6 + 0.05
+    assert (aug > 1.1).mean() > 0.5, aug
+    ds = CropDataset([tmp_path], scale=2, hr_patch=24, seed=1, scale_aug=0.6)
+    assert torch.equal(ds[7][1], ds[7][1]), "a sample is a function of (seed, index)"
+    with pytest.raises(InputError, match="scale_aug"):
+        TrainConfig(scale_aug=0.1)
+
+
 def test_bad_inputs(hr_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -185,12 +211,12 @@ def test_cli_flags_reach_the_config(hr_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "--data", str(hr_dir), "--scale", "2", "--blocks", "2", "--channels", "8",
                                  "--patch", "24", "--batch-size", "2", "--steps", "1", "--lr", "3e-3", "--workers", "0",
-                                 "--pixel-loss", "mse", "--ema-decay", "0.9",
+                                 "--pixel-loss", "mse", "--ema-decay", "0.9", "--scale-aug", "0.7",
                                  "--no-bf16", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     cfg = read_checkpoint(out / "last.pt")["config"]
     assert (cfg["lr"], cfg["steps"], cfg["num_blocks"], cfg["hr_patch"]) == (3e-3, 1, 2, 24)
-    assert (cfg["pixel_loss"], cfg["ema_decay"]) == ("mse", 0.9)
+    assert (cfg["pixel_loss"], cfg["ema_decay"], cfg["scale_aug"]) == ("mse", 0.9, 0.7)
 
 
 def test_best_means_psnr_for_srresnet_and_hr_like_detail_for_srgan():
