@@ -87,6 +87,8 @@ def _read_image(path: Path, scale: int | None, max_megapixels: float) -> tuple[n
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels)
     data = np.fromfile(path, dtype=np.uint8)
+    # Errors only: a damaged file gets srdeploy's one `error:` line, not OpenCV's decoder warnings too.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     except cv2.error:  # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS) or a broken codec stream

@@ -324,3 +324,15 @@ def test_encoder_lookahead_is_capped_for_huge_frames(tmp_path, tiny_onnx, monkey
     # x264 writes its settings into the stream (an SEI message)
     assert b"rc_lookahead=40" in (tmp_path / "plain.mp4").read_bytes()
     assert b"rc_lookahead=3" in (tmp_path / "capped.mp4").read_bytes()
+
+
+def test_truncated_image_is_one_error_line_without_decoder_noise(tmp_path, capfd):
+    from sr_deploy.errors import InputError
+    from sr_deploy.media.images import read_image
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)  # as a fresh process starts
+    ok, buf = cv2.imencode(".png", pattern_image(40, 40))
+    (tmp_path / "cut.png").write_bytes(buf.tobytes()[:80])  # the header survives, the pixel data does not
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "cut.png")
+    assert "WARN" not in capfd.readouterr().err  # OpenCV writes its warnings to fd 2 itself
