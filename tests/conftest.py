@@ -75,8 +75,10 @@ def pattern_image(h: int, w: int, channels: int = 3, dtype=np.uint8, seed: int =
 
 
 def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32), fps: int = 12,
-              audio: bool = True, subtitles: bool = False, vfr: bool = False) -> list[int]:
-    """Write an H.264 clip (+ AAC audio, + subtitle track) with PyAV; returns the video pts list."""
+              audio: bool = True, subtitles: bool = False, vfr: bool = False,
+              rotation: tuple[int, bool] | None = None) -> list[int]:
+    """Write an H.264 clip (+ AAC audio, + subtitle track) with PyAV; returns the video pts list.
+    ``rotation``: (degrees, hflip) stored as the stream's display matrix, as phones do."""
     import av
 
     w, h = size
@@ -87,6 +89,8 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32),
     vs.time_base = tb
     vs.codec_context.time_base = tb
     vs.options = {"bf": "0"}
+    if rotation:
+        vs.set_display_rotation(rotation[0], hflip=rotation[1])
     aus = container.add_stream("aac", rate=44100) if audio else None
     # subtitle packets are pre-encoded SubRip text: a mux-only stream needs no encoder
     sub = container.add_mux_stream("subrip", time_base=Fraction(1, 1000)) if subtitles else None

@@ -260,6 +260,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         # without timestamps (one segment) the frame limit counts frames; else the plan's bounds decide
         frame_limit = frame_limit if not plan.timestamps else None
         shift_pts = int(round(start_s / vin.time_base)) if start_s and vin.time_base else 0
+        seen: dict = {}  # the first frame's display matrix (a phone's portrait video: rotation to show it with)
 
         def frames_in_segment():
             """Decoded frames from the keyframe at or before the segment's first frame, in order. A seek
@@ -314,6 +315,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     return
                 if pts is not None:
                     pts -= shift_pts
+                if not n:
+                    seen["matrix"] = display_matrix(frame, s)
                 dec.put(("frame", seg.first_frame + n, pts, frame.time_base,
                          frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
                 n += 1
@@ -406,6 +409,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     if isinstance(item, BaseException):
                         raise item
                     _, idx, pts, tb, arr = item
+                    if not n and seen.get("matrix"):
+                        vout.set_display_matrix(seen["matrix"])  # before the first frame is encoded
                     frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
                     frame.pts = pts if pts is not None else idx
                     frame.time_base = tb or vin.time_base
@@ -438,6 +443,23 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     finally:
         inp.close()
     return n
+
+
+_IDENTITY = [1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]
+
+
+def display_matrix(frame, scale: int) -> list[int] | None:
+    """The frame's display matrix (FFmpeg's 3x3 int32 AV_FRAME_DATA_DISPLAYMATRIX: rotation and flips a
+    player applies, e.g. a phone's portrait video stored landscape), for an output ``scale`` times larger
+    (its translation is in pixels); None without one or for the identity."""
+    for sd in frame.side_data:
+        if sd.type.name == "DISPLAYMATRIX":
+            m = np.frombuffer(bytes(sd), dtype=np.int32)[:9].tolist()
+            if len(m) < 9 or m == _IDENTITY:
+                return None
+            m[6], m[7] = m[6] * scale, m[7] * scale
+            return [int(v) for v in m]
+    return None
 
 
 def encoder_threads_for(runner) -> int:

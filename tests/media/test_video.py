@@ -55,6 +55,31 @@ def test_vfr_timestamps_and_subtitles(tmp_path, tiny_ckpt):
     assert i1["types"] == ["audio", "subtitle", "video"]
 
 
+def _matrix(path):
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        return [np.frombuffer(bytes(sd), np.int32).tolist() for sd in frame.side_data if sd.type.name == "DISPLAYMATRIX"]
+
+
+def test_rotation_and_flip_of_a_phone_clip_are_kept(tmp_path, tiny_ckpt):
+    # Phones store portrait video as landscape frames plus a display matrix; losing it shows the
+    # upscaled video on its side. Kept through segments and joins, in each container.
+    src = tmp_path / "portrait.mp4"
+    make_clip(src, frames=24, fps=12, audio=False, rotation=(270, True))
+    want = _matrix(src)
+    assert want and want[0] != [65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30]
+    for name in ("out.mp4", "out.mkv"):
+        dst = tmp_path / name
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime",
+                                     "--segment-seconds", "0.5"])
+        assert r.exit_code == 0, r.output
+        assert _matrix(dst) == want, name
+    plain = tmp_path / "plain.mp4"
+    make_clip(plain, frames=6, audio=False)
+    r = CliRunner().invoke(app, ["run", str(plain), "-o", str(tmp_path / "p.mp4"), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+    assert r.exit_code == 0 and _matrix(tmp_path / "p.mp4") == _matrix(plain), "no matrix is invented"
+
+
 def test_no_video_stream_and_corrupt(tmp_path, tiny_ckpt):
     audio_only = tmp_path / "a.mp4"
     with av.open(str(audio_only), "w") as c:
