@@ -317,8 +317,10 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     pts -= shift_pts
                 if not n:
                     seen["matrix"] = display_matrix(frame, s)
+                    seen["colors"] = colors = source_colors(frame, src_w, src_h)
                 dec.put(("frame", seg.first_frame + n, pts, frame.time_base,
-                         frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
+                         frame.to_ndarray(format="rgb48le" if deep else "rgb24", src_colorspace=colors.sws,
+                                          src_color_range=colors.range)))
                 n += 1
 
         def infer() -> None:
@@ -409,9 +411,18 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     if isinstance(item, BaseException):
                         raise item
                     _, idx, pts, tb, arr = item
-                    if not n and seen.get("matrix"):
-                        vout.set_display_matrix(seen["matrix"])  # before the first frame is encoded
+                    if not n:  # before the first frame is encoded: the stream's display matrix and colours
+                        if seen.get("matrix"):
+                            vout.set_display_matrix(seen["matrix"])
+                        colors = seen["colors"]
+                        cc = vout.codec_context
+                        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
+                            colors.matrix, colors.primaries, colors.trc, colors.range)
+                        to_yuv = not av.VideoFormat(pix_fmt).is_rgb
                     frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
+                    if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
+                        frame = frame.reformat(format=pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,
+                                               threads=vout.codec_context.thread_count)
                     frame.pts = pts if pts is not None else idx
                     frame.time_base = tb or vin.time_base
                     for pkt in vout.encode(frame):
@@ -443,6 +454,37 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     finally:
         inp.close()
     return n
+
+
+@dataclass(frozen=True)
+class Colors:
+    """How the source's pixels are to be shown: FFmpeg's AVCOL_* numbers for the YUV matrix, primaries,
+    transfer and range. The output is encoded with the same matrix and range and tagged with all four."""
+
+    matrix: int
+    primaries: int
+    trc: int
+    range: int
+
+    @property
+    def sws(self) -> int | None:
+        """swscale's number for the matrix (SWS_CS_*), None where it has none (then its default)."""
+        return {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}.get(self.matrix)
+
+
+def source_colors(frame, width: int, height: int) -> Colors:
+    """The first frame's colour description, with what players assume for whatever is untagged: BT.709
+    from 1280 wide or 577 lines up, else BT.601 (PAL primaries at 576 lines, SMPTE 170M otherwise),
+    limited range. Left untagged, a 4x output (usually HD) would be shown by players as BT.709 whatever
+    the source was, with visibly shifted reds and greens for an SD source."""
+    hd = width >= 1280 or height > 576
+    untagged = (0, 2, 3)
+    matrix = frame.colorspace if frame.colorspace not in untagged else (1 if hd else 6)
+    primaries = frame.color_primaries if frame.color_primaries not in untagged else (
+        1 if hd else (5 if height == 576 else 6))
+    trc = frame.color_trc if frame.color_trc not in untagged else (1 if hd else 6)
+    rng = frame.color_range if frame.color_range in (1, 2) else 1
+    return Colors(int(matrix), int(primaries), int(trc), int(rng))
 
 
 _IDENTITY = [1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]

@@ -80,6 +80,63 @@ def test_rotation_and_flip_of_a_phone_clip_are_kept(tmp_path, tiny_ckpt):
     assert r.exit_code == 0 and _matrix(tmp_path / "p.mp4") == _matrix(plain), "no matrix is invented"
 
 
+def _bars_clip(path, *, colorspace, color_range, sws):
+    """Flat colour bars encoded with the given YUV matrix and range, and tagged with them (red, green and
+    blue, where BT.601 and BT.709 differ by 15-25 levels)."""
+    from av.video.reformatter import Colorspace
+
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[:, :16], rgb[:, 16:32], rgb[:, 32:] = (220, 30, 40), (30, 200, 60), (40, 50, 210)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
+        cc = vs.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = colorspace, colorspace, colorspace, color_range
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace(sws), dst_color_range=color_range)
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+
+
+def test_colours_keep_the_source_matrix_range_and_tags(tmp_path):
+    # Decoded by its own tags (as a player does), the output shows the source's colours; before, it was
+    # encoded as BT.601 and left untagged, which players show as BT.709 at HD sizes.
+    for name, colorspace, color_range, sws in (("709.mp4", 1, 1, 1), ("601full.mp4", 6, 2, 5)):
+        src = tmp_path / name
+        _bars_clip(src, colorspace=colorspace, color_range=color_range, sws=sws)
+        with av.open(str(src)) as c:
+            rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")  # the source as shown
+        dst = tmp_path / f"out-{name}"
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", "light_x4", "--backend", "onnxruntime"])
+        assert r.exit_code == 0, r.output
+        with av.open(str(dst)) as c:
+            f = next(c.decode(video=0))
+            assert (f.colorspace, f.color_primaries, f.color_trc, f.color_range) == (colorspace, colorspace, colorspace, color_range)
+            out = f.to_ndarray(format="rgb24")
+        for x in (8, 24, 40):  # bar centres (x4)
+            got = out[64, 4 * x].astype(int)
+            assert np.abs(got - rgb[16, x]).max() <= 5, (name, x, got, rgb[16, x])
+
+
+def test_untagged_colours_are_what_players_assume():
+    from types import SimpleNamespace
+
+    from sr_deploy.media.video import source_colors
+
+    untagged = SimpleNamespace(colorspace=2, color_primaries=2, color_trc=2, color_range=0)
+    assert source_colors(untagged, 1920, 1080) == (c := source_colors(untagged, 1280, 720)) and c.matrix == 1 and c.sws == 1
+    assert (source_colors(untagged, 720, 576).matrix, source_colors(untagged, 720, 576).primaries) == (6, 5)
+    sd = source_colors(untagged, 640, 480)
+    assert (sd.matrix, sd.primaries, sd.trc, sd.range, sd.sws) == (6, 6, 6, 1, 5)
+    tagged = SimpleNamespace(colorspace=9, color_primaries=9, color_trc=16, color_range=2)  # HDR10, full range
+    hdr = source_colors(tagged, 640, 480)
+    assert (hdr.matrix, hdr.primaries, hdr.trc, hdr.range, hdr.sws) == (9, 9, 16, 2, 9)
+
+
 def test_no_video_stream_and_corrupt(tmp_path, tiny_ckpt):
     audio_only = tmp_path / "a.mp4"
     with av.open(str(audio_only), "w") as c:
