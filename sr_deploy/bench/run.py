@@ -339,6 +339,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
 
 def video_ratios(path: Path, source, say, max_frames: int = 48) -> dict:
     """Decode-only, model-only and end-to-end frames/s on the same frames, with the runner `srdeploy run` picks."""
+    from sr_deploy.media.container import main_video
     from sr_deploy.media.video import VideoOptions, open_input, upscale_video
     from sr_deploy.runtime.select import make_runner
 
@@ -347,7 +348,7 @@ def video_ratios(path: Path, source, say, max_frames: int = 48) -> dict:
     inp = open_input(path)
     t = time.perf_counter()
     frames = []
-    for f in inp.decode(video=0):
+    for f in inp.decode(main_video(inp)):
         frames.append(f.to_ndarray(format="rgb24"))
         if len(frames) >= max_frames:
             break

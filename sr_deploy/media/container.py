@@ -19,7 +19,27 @@ def open_input(path: Path):
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: no video stream in this file")
+    try:
+        main_video(container)
+    except InputError as exc:
+        container.close()
+        raise InputError(f"{path}: {exc}") from None
     return container
+
+
+def main_video(container):
+    """The video stream to upscale: FFmpeg's best video stream (av_find_best_stream), and never an
+    attached picture (cover art, a thumbnail track) while the file has a real video stream; a file whose
+    first video stream is its cover must not come out as one upscaled still."""
+    import av
+
+    real = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not real:
+        raise InputError("no video stream in this file (only a cover picture)")
+    best = container.streams.best("video")
+    if best is not None and any(best.index == s.index for s in real):
+        return best
+    return max(real, key=lambda s: (s.frames, s.codec_context.width * s.codec_context.height))
 
 
 # Subtitle codecs each output container can hold (FFmpeg's muxers accept these; others fail only when

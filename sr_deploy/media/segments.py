@@ -72,7 +72,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
     """Read the video packets' timestamps (no decoding) and cut the run into segments of ``seconds``."""
     import av
 
-    from sr_deploy.media.container import stream_seconds, open_input
+    from sr_deploy.media.container import main_video, open_input, stream_seconds
 
     if not seconds > 0:
         raise InputError(f"--segment-seconds must be positive, got {seconds}")
@@ -80,7 +80,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
     windowed = bool(options.start or options.duration or options.max_frames)
     inp = open_input(src)
     try:
-        vin = inp.streams.video[0]
+        vin = main_video(inp)
         tb = vin.time_base or Fraction(1, 90000)
         pts: list[int] = []
         missing = 0
@@ -259,7 +259,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
     source's audio and subtitle streams muxed once; returns how many streams were copied."""
     import av
 
-    from sr_deploy.media.container import container_takes, open_input
+    from sr_deploy.media.container import container_takes, main_video, open_input
 
     start_s, end_s, _ = window_of(options)
     try:
@@ -279,6 +279,12 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                 raise OutputError(f"{dst}: {exc}") from None
             extradata = template.codec_context.extradata
             copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
+            upscaled = main_video(inp).index
+            for st in inp.streams.video:
+                if st.index != upscaled:
+                    kind = "cover picture" if st.disposition & av.stream.Disposition.attached_pic else "video stream"
+                    say(f"warning: {kind} #{st.index} ({st.codec_context.name}) is not kept: only video stream "
+                        f"#{upscaled} is upscaled")
             mapping = {}
             for st in copied:
                 stream = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
-from sr_deploy.media.container import open_input
+from sr_deploy.media.container import main_video, open_input
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -232,7 +232,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     on_frame = on_frame or (lambda n: None)
     inp = open_input(src)
     try:
-        vin = inp.streams.video[0]
+        vin = main_video(inp)
         vin.thread_type = "AUTO"
         s = runner.scale
         width, height = vin.codec_context.width * s, vin.codec_context.height * s
@@ -269,7 +269,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
             while True:
                 c = inp if not seek else open_input(src)
                 try:
-                    stream = c.streams.video[0]
+                    stream = main_video(c)
                     stream.thread_type = "AUTO"
                     if seek:
                         c.seek(seg.lo, stream=stream, backward=True, any_frame=False)

@@ -137,6 +137,42 @@ def test_untagged_colours_are_what_players_assume():
     assert (hdr.matrix, hdr.primaries, hdr.trc, hdr.range, hdr.sws) == (9, 9, 16, 2, 9)
 
 
+def _clip_after_a_cover(path, *, attached: bool):
+    """A file whose first video stream is a still picture (cover art) and whose second is the video."""
+    with av.open(str(path), "w") as c:
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        if attached:
+            cover.disposition = av.stream.Disposition.attached_pic
+        vs = c.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
+        for stream, frames, (h, w) in ((cover, 1, (64, 64)), (vs, 20, (32, 48))):
+            for i in range(frames):
+                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 10 * i + 20, np.uint8), format="rgb24")
+                f.pts = i
+                for p in stream.encode(f):
+                    c.mux(p)
+            for p in stream.encode(None):
+                c.mux(p)
+
+
+def test_cover_picture_first_is_not_taken_for_the_video(tmp_path, tiny_ckpt):
+    for name, attached in (("cover.mp4", True), ("thumb.mkv", False)):
+        src = tmp_path / name
+        _clip_after_a_cover(src, attached=attached)
+        with av.open(str(src)) as c:
+            cover = next(st.index for st in c.streams.video if st.codec_context.name == "mjpeg")
+        assert attached or cover == 0  # MP4 stores its cover track last; Matroska keeps the order written
+        dst = tmp_path / f"out-{name}"
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime"])
+        assert r.exit_code == 0, r.output
+        with av.open(str(dst)) as c:
+            assert [(s.width, s.height) for s in (st.codec_context for st in c.streams.video)] == [(96, 64)]
+            assert sum(1 for _ in c.decode(video=0)) == 20, name
+        kind = "cover picture" if attached else "video stream"
+        assert f"{kind} #{cover} (mjpeg) is not kept" in r.output, r.output
+
+
 def test_no_video_stream_and_corrupt(tmp_path, tiny_ckpt):
     audio_only = tmp_path / "a.mp4"
     with av.open(str(audio_only), "w") as c:
