@@ -108,6 +108,13 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
         note = [f"note: {src.name} has video packets without timestamps: it runs as one segment"] if missing else []
         return Plan([Segment(0, 0, total or 0, None, None)], tb, total, size, timestamps=False, notes=note)
     pts.sort()
+    repeats = [i for i in range(1, len(pts)) if pts[i] == pts[i - 1]]
+    if repeats:
+        # Timestamps that repeat (recordings joined byte by byte, damaged muxing) have no order to keep:
+        # refused here, before any work, rather than failing in the muxer after the whole run.
+        raise InputError(f"{src}: {len(repeats)} video frames repeat another frame's timestamp (the first at "
+                         f"{float(pts[repeats[0]] * tb):.2f}s): the file was joined from several recordings or is "
+                         "damaged; remux it with new timestamps first")
     if not windowed and expected:
         last_t = float(pts[-1] * tb)
         if last_t + interval < expected - max(0.5, 0.05 * expected):

@@ -318,9 +318,18 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 if not n:
                     seen["matrix"] = display_matrix(frame, s)
                     seen["colors"] = colors = source_colors(frame, src_w, src_h)
+                size = None
+                if (frame.width, frame.height) != (src_w, src_h):
+                    # The stream changes resolution midway (broadcast captures, joined recordings): like
+                    # ffmpeg, frames are scaled to the stream's declared size, so one encoder takes them all.
+                    if not seen.get("resized"):
+                        seen["resized"] = True
+                        say(f"note: {src.name} changes resolution to {frame.width}x{frame.height} near frame "
+                            f"{seg.first_frame + n}; such frames are scaled to {src_w}x{src_h} before upscaling")
+                    size = {"width": src_w, "height": src_h, "interpolation": "BICUBIC"}
                 dec.put(("frame", seg.first_frame + n, pts, frame.time_base,
                          frame.to_ndarray(format="rgb48le" if deep else "rgb24", src_colorspace=colors.sws,
-                                          src_color_range=colors.range)))
+                                          src_color_range=colors.range, **(size or {}))))
                 n += 1
 
         def infer() -> None:

@@ -336,3 +336,47 @@ def test_truncated_image_is_one_error_line_without_decoder_noise(tmp_path, capfd
     with pytest.raises(InputError, match="not a readable image"):
         read_image(tmp_path / "cut.png")
     assert "WARN" not in capfd.readouterr().err  # OpenCV writes its warnings to fd 2 itself
+
+
+def _ts_part(path: Path, size: tuple[int, int], first_pts: int, frames: int = 10) -> bytes:
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt, s.options = w, h, "yuv420p", {"bf": "0", "g": "5"}
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(pattern_image(h, w, seed=i), format="rgb24")
+            f.pts = first_pts + i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path.read_bytes()
+
+
+def test_resolution_change_midway_keeps_every_frame(tmp_path, tiny_ckpt):
+    # MPEG-TS recordings joined end to end (timestamps continuing): the second part is larger. Its frames
+    # are scaled to the stream's declared size, as ffmpeg does, in one piece and across segments.
+    import av
+
+    src = tmp_path / "joined.ts"
+    src.write_bytes(_ts_part(tmp_path / "a.ts", (48, 32), 0) + _ts_part(tmp_path / "b.ts", (64, 48), 10))
+    for seconds in ("100", "0.5"):
+        dst = tmp_path / f"out{seconds}.mp4"
+        code, out = _run(src, "-o", dst, "--model", tiny_ckpt, "--backend", "onnxruntime", "--segment-seconds", seconds)
+        assert code == 0, out
+        assert "changes resolution to 64x48" in out
+        with av.open(str(dst)) as c:
+            sizes = [(f.width, f.height) for f in c.decode(video=0)]
+        assert sizes == [(96, 64)] * 20, seconds
+
+
+def test_repeated_timestamps_are_refused_before_any_work(tmp_path, tiny_ckpt):
+    src = tmp_path / "twice.ts"
+    src.write_bytes(_ts_part(tmp_path / "a.ts", (48, 32), 0) + _ts_part(tmp_path / "b.ts", (48, 32), 0))
+    dst = tmp_path / "out.mp4"
+    code, out = _run(src, "-o", dst, "--model", tiny_ckpt, "--backend", "onnxruntime")
+    assert code != 0 and "repeat another frame's timestamp" in out, out
+    assert [line for line in out.splitlines() if line.startswith("error:")] and "Traceback" not in out
+    assert not dst.exists() and not list(tmp_path.glob("out.mp4*"))
