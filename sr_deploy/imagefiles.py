@@ -12,7 +12,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def list_images(folders: list[Path] | list[str]) -> list[Path]:

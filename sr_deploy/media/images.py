@@ -34,6 +34,7 @@ class ImageHeader:
     height: int
     mode: str  # PIL's mode name ("RGB", "LA", "I;16"...); "" when PIL cannot read the header
     orientation: int = 1  # EXIF orientation, 1 = upright
+    frames: int = 1  # more than one: an animation (WebP, APNG, GIF)
 
 
 def probe_image(path: Path) -> ImageHeader | None:
@@ -48,7 +49,8 @@ def probe_image(path: Path) -> ImageHeader | None:
                 orientation = int(im.getexif().get(0x0112, 1) or 1)
             except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
                 orientation = 1
-            return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1)
+            return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1,
+                               int(getattr(im, "n_frames", 1) or 1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
@@ -192,10 +194,62 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
+    header = probe_image(src) if src.is_file() else None
+    if header is not None and header.frames > 1:
+        return _upscale_animation(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
+                                  max_megapixels=max_megapixels)
     img, header = _read_image(src, runner.scale, max_megapixels)
     out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
     del img
     write_image(dst, out, overwrite=overwrite, gray_alpha=bool(header and header.mode in ("LA", "La")))
+    return dst
+
+
+ANIMATION_SUFFIXES = (".webp", ".png", ".gif")
+
+
+def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader, *, overwrite: bool,
+                       tile: int | None, alpha: str, max_megapixels: float) -> Path:
+    """Every frame of an animated WebP, PNG (APNG) or GIF, written as an animation with the source's frame
+    durations and loop count. OpenCV decodes only the first frame, which would silently drop the rest;
+    PIL reads each frame composed (disposal and blending applied) and writes the animation."""
+    from PIL import Image, ImageSequence
+
+    from sr_deploy.machine import available_memory_bytes
+
+    if dst.suffix.lower() not in ANIMATION_SUFFIXES:
+        raise OutputError(f"{dst}: {src.name} is an animation ({header.frames} frames) and {dst.suffix or 'this'} "
+                          f"files cannot hold one; write {', '.join(ANIMATION_SUFFIXES)}")
+    check_size(src, header, runner.scale, max_megapixels)
+    need = header.width * header.height * runner.scale ** 2 * 4 * header.frames  # every upscaled frame, RGBA
+    if need > 0.5 * available_memory_bytes():
+        raise InputError(f"{src}: {header.frames} frames of {header.width * runner.scale}x"
+                         f"{header.height * runner.scale} need {need / 2**30:.1f} GiB to write as one animation; "
+                         f"convert it to a video and run that")
+    frames, durations = [], []
+    try:
+        with Image.open(src) as im:
+            loop = im.info.get("loop", 0)
+            for frame in ImageSequence.Iterator(im):
+                frame.load()  # WebP sets the frame's duration only once it is decoded
+                durations.append(int(frame.info.get("duration") or im.info.get("duration") or 100))
+                rgba = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in frame.info
+                arr = np.asarray(frame.convert("RGBA" if rgba else "RGB"))
+                order = [2, 1, 0, 3] if rgba else [2, 1, 0]  # OpenCV's channel order, as read_image gives
+                up = upscale_image_array(runner, np.ascontiguousarray(arr[..., order]), tile=tile, alpha=alpha)
+                frames.append(Image.fromarray(np.ascontiguousarray(up[..., order])))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{src}: animation frame {len(frames) + 1} cannot be read ({exc})") from exc
+    if any(f.mode == "RGBA" for f in frames):
+        frames = [f.convert("RGBA") for f in frames]
+    fmt = Image.registered_extensions()[dst.suffix.lower()]
+    extra = {"quality": 95} if fmt == "WEBP" else {}
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        try:
+            frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=loop,
+                           **extra)
+        except OSError as exc:
+            raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
     return dst
 
 
@@ -255,7 +309,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
         raise OutputError(f"{dst}: output folder must not be the input folder or inside it")
     files, problems = list_folder(src)
     if not files and not problems:
-        raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif)")
+        raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif)")
     summary = FolderSummary()
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": {"tile": tile, "alpha": alpha}})
     journal.open(restart=restart)

@@ -65,3 +65,44 @@ def test_single_image_and_refusals(tmp_path, tiny_ckpt):
     r = CliRunner().invoke(app, ["run", str(bad), "--model", str(tiny_ckpt)])
     assert r.exit_code != 0 and "not a readable image" in r.output
     assert not (tmp_path / "bad_x2.png").exists()
+
+
+def test_animations_keep_every_frame_their_timing_and_loop(tmp_path):
+    # OpenCV decodes only an animation's first frame; every frame must come out, in order, with its duration.
+    from PIL import Image
+
+    def frames_of(path):
+        with Image.open(path) as im:
+            out = []
+            for i in range(im.n_frames):
+                im.seek(i)
+                im.load()
+                out.append((np.asarray(im.convert("RGBA")).astype(float), im.info.get("duration")))
+            return out, im.info.get("loop")
+
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+    src_frames = []
+    for i, c in enumerate(colours):
+        a = np.full((16, 20, 4), (*c, 255), np.uint8)
+        if i == 0:
+            a[:, :10, 3] = 0  # half transparent
+        src_frames.append(Image.fromarray(a, "RGBA"))
+    src = tmp_path / "in"
+    src.mkdir()
+    for ext, kw in ((".webp", {"lossless": True}), (".png", {}), (".gif", {})):
+        frames = [f.convert("RGB") for f in src_frames] if ext == ".gif" else src_frames
+        frames[0].save(src / f"anim{ext}", save_all=True, append_images=frames[1:], duration=[40, 80, 120, 160],
+                       loop=2, **kw)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(out), "--model", "light_x4", "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    for ext in (".webp", ".png", ".gif"):
+        got, loop = frames_of(out / f"anim{ext}")
+        assert loop == 2 and [d for _, d in got] == [40, 80, 120, 160], ext
+        for (arr, _), c in zip(got, colours, strict=True):
+            assert arr.shape == (64, 80, 4)
+            assert np.abs(arr[32, 60, :3] - c).max() <= 12, (ext, arr[32, 60], c)  # each frame its own colour
+        if ext == ".webp":
+            assert got[0][0][32, 5, 3] < 30 and got[0][0][32, 60, 3] > 225  # the first frame's alpha kept
+    r = CliRunner().invoke(app, ["run", str(src / "anim.gif"), "-o", str(tmp_path / "still.jpg"), "--model", "light_x4"])
+    assert r.exit_code != 0 and "is an animation (4 frames)" in r.output and not (tmp_path / "still.jpg").exists()
