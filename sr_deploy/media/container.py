@@ -43,7 +43,7 @@ def main_video(container):
 
 
 # Subtitle codecs each output container can hold (FFmpeg's muxers accept these; others fail only when
-# the header is written, after the whole run). Audio is left to add_stream_from_template.
+# the header is written, after the whole run). Other streams are tried on the muxer itself (_muxer_takes).
 _SUBTITLE_CODECS = {
     ".mp4": {"mov_text"}, ".m4v": {"mov_text"}, ".mov": {"mov_text"},
     ".mkv": None, ".webm": {"webvtt"}, ".avi": set(), ".ts": {"dvb_subtitle", "dvb_teletext"},
@@ -52,9 +52,30 @@ _SUBTITLE_CODECS = {
 
 def container_takes(dst: Path, stream) -> bool:
     if stream.type != "subtitle":
-        return True
+        return _muxer_takes(dst, stream)
     allowed = _SUBTITLE_CODECS.get(dst.suffix.lower(), None)
     return allowed is None or stream.codec_context.name in allowed
+
+
+def _muxer_takes(dst: Path, stream) -> bool:
+    """Whether the output's muxer writes a header with this stream (AAC in MPEG-PS, for one, it does not):
+    asked of FFmpeg itself, in memory, because its codec tables leave out codecs that many muxers take."""
+    import io
+
+    import av
+
+    from sr_deploy.media.segments import format_for
+
+    fmt = format_for(dst)
+    if fmt is None:
+        return True  # no muxer known for this suffix here: the join itself reports
+    try:
+        with av.open(io.BytesIO(), "w", format=fmt) as probe:
+            probe.add_stream_from_template(stream)
+            probe.start_encoding()
+        return True
+    except (av.error.FFmpegError, ValueError):
+        return False
 
 
 def stream_seconds(stream) -> float | None:

@@ -313,7 +313,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                         if c.streams.video[0].codec_context.extradata != extradata:
                             raise SRDeployError(f"{part}: encoded with other settings than the first segment; "
                                                 "rerun with --restart")
-                    for pkt in c.demux(c.streams.video[0]):
+                    for pkt in _packets_for(dst, c):
                         if pkt.dts is None:
                             continue
                         if last_dts is not None and pkt.dts <= last_dts:
@@ -363,6 +363,22 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                 c.close()
         inp.close()
     return len(mapping)
+
+
+def _packets_for(dst: Path, part):
+    """A segment file's video packets, as the output's muxer takes them: AVI and ASF take H.264/HEVC only as
+    Annex B (start codes), the segments hold them length-prefixed (QuickTime), so FFmpeg's own bitstream
+    filter converts them there; other muxers take them as they are or convert by themselves."""
+    import av
+
+    stream = part.streams.video[0]
+    name = stream.codec_context.name
+    if format_for(dst) not in ("avi", "asf") or name not in ("h264", "hevc"):
+        yield from part.demux(stream)
+        return
+    bsf = av.bitstream.BitStreamFilterContext(f"{name}_mp4toannexb", stream)
+    for pkt in part.demux(stream):
+        yield from bsf.filter(pkt if pkt.size else None)  # the empty last packet flushes the filter
 
 
 def format_for(dst: Path) -> str | None:

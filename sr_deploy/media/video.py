@@ -211,6 +211,10 @@ def check_output_codec(dst: Path, codec: str) -> None:
         av.codec.Codec(codec, "w")
     except (av.error.FFmpegError, ValueError, av.codec.codec.UnknownCodecError):
         raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from None
+    if format_for(dst) == "mpeg" and av.codec.Codec(codec, "w").name not in ("mpeg1video", "mpeg2video"):
+        # the MPEG program stream muxer takes H.264 packets, but readers then find no video in the file
+        raise InputError(f"{dst}: {dst.suffix} files (MPEG program stream) hold MPEG-1/2 video, not {codec}; "
+                         "write .ts, .mp4 or .mkv")
     with av.open(io.BytesIO(), "w", format=format_for(dst) or "mp4") as probe:
         try:
             probe.add_stream(codec, rate=25)

@@ -286,3 +286,27 @@ def test_codec_auto_prefers_nvenc_on_gpu_and_falls_back(monkeypatch):
     monkeypatch.setattr(video, "encoder_opens", lambda name, *a: name == "h264_nvenc")
     assert video.resolve_codec("auto", on_gpu=True) == "h264_nvenc"
     assert video.resolve_codec("libx265", on_gpu=True) == "libx265"  # an explicit choice is obeyed
+
+
+def test_every_output_container_is_written(tmp_path, tiny_ckpt):
+    # The segments are QuickTime files joined by stream copy; each output muxer must take their packets
+    # (AVI needs H.264 as Annex B start codes, which the join converts).
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=12, fps=12, audio=True)
+    for ext in (".avi", ".ts", ".flv", ".wmv", ".mkv", ".mov", ".m4v"):
+        dst = tmp_path / f"out{ext}"
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--backend", "onnxruntime",
+                                     "--segment-seconds", "0.4"])
+        assert r.exit_code == 0, (ext, r.output)
+        with av.open(str(dst)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 12, ext
+            assert [s.type for s in c.streams] == ["video", "audio"], ext  # AAC goes into every one of these
+    # MPEG-PS takes H.264 packets but readers find no video in it: refused before any work; and a stream
+    # the muxer refuses (AAC in MPEG-PS) would be dropped with a warning, not fail the join
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "out.mpg"), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "MPEG-1/2 video" in r.output and not list(tmp_path.glob("*out.mpg*"))
+    from sr_deploy.media.container import container_takes
+
+    with av.open(str(src)) as c:
+        assert container_takes(tmp_path / "a.mkv", c.streams.audio[0])
+        assert not container_takes(tmp_path / "a.mpg", c.streams.audio[0])
