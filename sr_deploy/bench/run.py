@@ -337,8 +337,14 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
     return res
 
 
-def video_ratios(path: Path, source, say, max_frames: int = 48) -> dict:
-    """Decode-only, model-only and end-to-end frames/s on the same frames, with the runner `srdeploy run` picks."""
+def video_ratios(path: Path, source, say, max_frames: int = 48, rounds: int = 3) -> dict:
+    """Decode-only, model-only and end-to-end frames/s on the same frames, with the runner `srdeploy run` picks.
+
+    Model-only and end-to-end alternate for ``rounds`` rounds and the ratio is the median of the rounds'
+    ratios: on a shared or throttling CPU the model's own speed moves by 10-20% from one run to the
+    next, and one model-only run against one end-to-end run measured that drift more than the pipeline."""
+    import statistics
+
     from sr_deploy.media.container import main_video
     from sr_deploy.media.video import VideoOptions, open_input, upscale_video
     from sr_deploy.runtime.select import make_runner
@@ -354,23 +360,29 @@ def video_ratios(path: Path, source, say, max_frames: int = 48) -> dict:
             break
     decode_fps = len(frames) / (time.perf_counter() - t)
     inp.close()
+    model, e2e = [], []
     with runner:
-        # model-only is what `run` asks of the runner: uint8 frames in, uint8 frames out
         runner.infer_u8(frames[0][None])  # warm-up
-        t = time.perf_counter()
-        for fr in frames:
-            runner.infer_u8(fr[None])
-        model_fps = len(frames) / (time.perf_counter() - t)
-        with tempfile.TemporaryDirectory() as d:
+        for _ in range(max(1, rounds)):
+            # model-only is what `run` asks of the runner: uint8 frames in, uint8 frames out
             t = time.perf_counter()
-            upscale_video(runner, path, Path(d) / f"out{path.suffix}", options=VideoOptions(max_frames=len(frames)),
-                          quiet=True)
-            e2e_fps = len(frames) / (time.perf_counter() - t)
+            for fr in frames:
+                runner.infer_u8(fr[None])
+            model.append(len(frames) / (time.perf_counter() - t))
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                upscale_video(runner, path, Path(d) / f"out{path.suffix}", options=VideoOptions(max_frames=len(frames)),
+                              quiet=True)
+                e2e.append(len(frames) / (time.perf_counter() - t))
+    ratios = [e / m for e, m in zip(e2e, model)]
+    model_fps, e2e_fps = statistics.median(model), statistics.median(e2e)
     out = {"file": str(path), "frames": len(frames), "backend": backend, "precision": precision,
            "decode_fps": decode_fps, "model_fps": model_fps, "end_to_end_fps": e2e_fps,
-           "end_to_end_over_model": e2e_fps / model_fps, "decode_over_model": decode_fps / model_fps}
+           "end_to_end_over_model": statistics.median(ratios), "ratios": ratios, "rounds": len(ratios),
+           "decode_over_model": decode_fps / model_fps}
     say(f"video {path.name} ({backend} {precision}): decode {decode_fps:.1f} fps, model {model_fps:.2f} fps, "
-        f"end-to-end {e2e_fps:.2f} fps, end-to-end/model {out['end_to_end_over_model']:.3f}")
+        f"end-to-end {e2e_fps:.2f} fps (medians of {len(ratios)} rounds), end-to-end/model "
+        f"{out['end_to_end_over_model']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
     return out
 
 
@@ -437,7 +449,8 @@ def markdown(res: BenchResult) -> str:
         v = res.video
         lines += [f"Video {Path(v['file']).name} ({v['frames']} frames, {v['backend']} {v['precision']}): decode "
                   f"{v['decode_fps']:.1f} fps, model {v['model_fps']:.2f} fps, end-to-end {v['end_to_end_fps']:.2f} fps, "
-                  f"end-to-end/model **{v['end_to_end_over_model']:.3f}**", ""]
+                  f"end-to-end/model **{v['end_to_end_over_model']:.3f}** (medians of {v.get('rounds', 1)} alternating "
+                  f"rounds; each round's ratio: {', '.join(f'{r:.3f}' for r in v.get('ratios', []))})", ""]
     if res.notes:
         lines += ["Notes:", *[f"- {n}" for n in res.notes], ""]
     return "\n".join(lines)
