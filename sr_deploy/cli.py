@@ -576,6 +576,11 @@ def main() -> None:
 
     # SIGTERM stops like Ctrl-C: temporary outputs are removed, finished files stay.
     signal.signal(signal.SIGTERM, _sigterm)
+    # A file name that is not UTF-8 is printed as its own bytes (what `ls` shows), never a crash on output
+    # (Python's strict UTF-8 streams under a UTF-8 locale other than C.UTF-8 would raise)
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the library's notes, one line each
     try:
         app(args=_ray_default(sys.argv[1:]))

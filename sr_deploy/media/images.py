@@ -178,14 +178,26 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
                 la = np.dstack([np.rint(img[..., :3].mean(axis=2)).astype(np.uint8), img[..., 3]])
                 Image.fromarray(la, "LA").save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
                 ok = True
-            else:
+            elif _utf8(str(tmp)):
                 ok = cv2.imwrite(str(tmp), img, params)  # the temporary name keeps the suffix: same encoder
+            else:  # a name that is not UTF-8 (OpenCV's path argument crashes the process on it): via memory
+                ok, buf = cv2.imencode(path.suffix.lower(), img, params)
+                if ok:
+                    buf.tofile(tmp)
         except cv2.error:
             ok = False
         except OSError as exc:
             raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
         if not ok:
             raise OutputError(f"{path}: cannot encode this image as {path.suffix} (or the disk refused the write)")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in a file name, kept by Python as surrogate escapes
+        return False
 
 
 def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, tile: int | None = None,
@@ -266,8 +278,8 @@ class FolderSummary:
 
 
 def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``src`` (sorted), and what could not be listed or is not a readable file:
-    an unreadable subfolder, a broken link, a FIFO or device named like an image."""
+    """Image files under ``src`` (sorted; hidden files and folders left out), and what could not be listed
+    or is not a readable file: an unreadable subfolder, a broken link, a FIFO or device named like an image."""
     import os
 
     files: list[Path] = []
@@ -277,10 +289,12 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         problems.append((Path(exc.filename or src), f"{exc.filename or src}: folder cannot be read ({exc.strerror or exc})"))
 
     for root, dirs, names in os.walk(src, onerror=onerror, followlinks=False):
-        dirs.sort()
+        # hidden files and folders are not the user's pictures: macOS's "._IMG_1.jpg" metadata twins on
+        # shared drives, thumbnail caches, and the temporary files of writers (srdeploy's own included)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             f = Path(root) / name
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("."):
                 continue
             if f.is_file():
                 files.append(f)

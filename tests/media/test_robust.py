@@ -380,3 +380,35 @@ def test_repeated_timestamps_are_refused_before_any_work(tmp_path, tiny_ckpt):
     assert code != 0 and "repeat another frame's timestamp" in out, out
     assert [line for line in out.splitlines() if line.startswith("error:")] and "Traceback" not in out
     assert not dst.exists() and not list(tmp_path.glob("out.mp4*"))
+
+
+def test_undecodable_names_and_hidden_files_in_a_folder(tmp_path, tiny_ckpt):
+    # A file name that is not UTF-8 (kept by Python as surrogate escapes) crashed the process inside
+    # OpenCV's writer; hidden files (macOS "._" twins, caches) are not pictures and are left alone. Run as
+    # a user runs it, with output streams that are strict UTF-8 (PYTHONIOENCODING), which printing such a
+    # name would break.
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    (src / ".cache").mkdir(parents=True)
+    odd = os.fsdecode(b"bad\xffname.png")
+    cv2.imwrite(str(src / "plain.png"), pattern_image(12, 14))
+    (src / odd).write_bytes((src / "plain.png").read_bytes())
+    (src / "._plain.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    cv2.imwrite(str(src / ".cache" / "thumb.png"), pattern_image(12, 14))
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", OMP_NUM_THREADS="1")
+
+    def run(*args):
+        cmd = [sys.executable, "-c", "from sr_deploy.cli import main; main()", "run", *map(os.fsencode, args),
+               "--model", str(tiny_ckpt), "--backend", "onnxruntime"]
+        res = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+        return res.returncode, (res.stdout + res.stderr).decode("utf-8", "backslashreplace")
+
+    code, out = run(src, "-o", tmp_path / "out")
+    assert code == 0, out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == sorted([odd, "plain.png"])
+    assert cv2.imdecode(np.fromfile(tmp_path / "out" / odd, np.uint8), cv2.IMREAD_UNCHANGED).shape == (24, 28, 3)
+    one = tmp_path / os.fsdecode(b"one\xfe.png")
+    code, out = run(src / odd, "-o", one)
+    assert code == 0 and one.stat().st_size > 0 and "one\\xfe.png" in out, out
