@@ -268,7 +268,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
 
         def frames_in_segment():
             """Decoded frames from the keyframe at or before the segment's first frame, in order. A seek
-            that lands after that frame (a damaged or missing index) is redone from the start of the file."""
+            that lands after that frame (a damaged or missing index), or after which nothing decodes, is
+            redone from the start of the file."""
             seek = seg.lo is not None
             while True:
                 c = inp if not seek else open_input(src)
@@ -294,6 +295,9 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                             yield frame
                         if late:
                             break
+                    # nothing decodable after the seek (MPEG-TS seeks by byte position and can land
+                    # mid-GOP, with no keyframe after it): also redone from the start
+                    late = late or (seek and first)
                 finally:
                     if c is not inp:
                         c.close()
@@ -378,7 +382,10 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         n = 0
         try:
             try:
-                out = av.open(str(tmp), "w", format=segment_format(options.codec))
+                # the edit list that carries the encoder's reordering delay is in the movie's time scale
+                # (1 ms by default): in the stream's own, every segment keeps its timestamps to the tick
+                out = av.open(str(tmp), "w", format=segment_format(options.codec),
+                              options={"movie_timescale": str(vin.time_base.denominator)} if vin.time_base else {})
             except (av.error.FFmpegError, OSError) as exc:
                 raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
             try:

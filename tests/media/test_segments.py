@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sr_deploy.cli import app
+from sr_deploy.errors import InputError
 from sr_deploy.media.segments import plan_segments
 from sr_deploy.media.video import VideoOptions, upscale_video
 from tests.conftest import make_clip, pattern_image
@@ -237,8 +238,11 @@ def test_another_run_on_the_same_output_is_refused(tmp_path, tiny_ckpt):
 def test_bad_segment_seconds(tmp_path, tiny_ckpt):
     src = tmp_path / "s.mp4"
     make_clip(src, frames=4)
-    r = _run(src, "--model", tiny_ckpt, "--segment-seconds", "0")
-    assert r.exit_code != 0 and "--segment-seconds" in r.output
+    for bad in ("0", "-1", "nan"):
+        r = _run(src, "--model", tiny_ckpt, "--segment-seconds", bad)
+        assert r.exit_code != 0 and "--segment-seconds" in r.output, bad
+    with pytest.raises(InputError, match="segment-seconds"):  # the library's own check, for callers of the API
+        plan_segments(src, VideoOptions(), 0.0)
 
 
 def _has_ray():
@@ -300,8 +304,8 @@ def test_ray_missing_says_how_to_install(tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_time_base_survives_join(tmp_path, tiny_ckpt):
-    """A 1/90000 time base (MPEG-TS style) is kept tick for tick across segment joins."""
-    src = tmp_path / "tb.mkv"
+    """A 1/90000 time base (MPEG-TS) is kept tick for tick across segment joins."""
+    src = tmp_path / "tb.ts"
     with av.open(str(src), "w") as c:
         vs = c.add_stream("libx264", rate=30)
         vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
@@ -317,7 +321,14 @@ def test_time_base_survives_join(tmp_path, tiny_ckpt):
     r = _run(src, "-o", tmp_path / "tb_up.mkv", "--model", tiny_ckpt, "--segment-seconds", "0.2")
     assert r.exit_code == 0, r.output
     _, times, _, _ = _decoded(tmp_path / "tb_up.mkv")
-    assert np.allclose(times, [i * 3003 / 90000 for i in range(20)], atol=1e-3)
+    assert np.allclose(np.subtract(times, times[0]), [i * 3003 / 90000 for i in range(20)], atol=1e-3)
+    # Matroska rounds to milliseconds; MPEG-TS keeps 90 kHz, where every step must stay 3003 ticks
+    # (a 1/30 s time base anywhere on the way would make them 3000)
+    r = _run(src, "-o", tmp_path / "tb_up.ts", "--model", tiny_ckpt, "--segment-seconds", "0.2")
+    assert r.exit_code == 0, r.output
+    with av.open(str(tmp_path / "tb_up.ts")) as c:
+        pts = sorted(f.pts for f in c.decode(video=0))
+    assert len(pts) == 20 and set(np.diff(pts)) == {3003}
 
 
 @needs_ray
