@@ -193,10 +193,25 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         raise
     finally:
         parts.close(remove=finished or not parts.done)
+    width, height = encodable_size(width, height, options.pix_fmt or "yuv420p")
     return VideoSummary(frames, width, height, copied, time.perf_counter() - t0, reused, len(plan.segments))
 
 
 WEBM_CODEC = "libvpx-vp9"
+
+
+def encodable_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
+    """The frame size ``pix_fmt`` can hold: 4:2:0 and 4:2:2 need even sizes (an odd source at x3, say), so
+    the last column/row is cut, as ffmpeg users do by hand, rather than the encoder failing after the
+    first segment's work. An unknown --pix-fmt is left alone (refused with its own message)."""
+    import av
+
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except ValueError:
+        return width, height
+    return (width - (width % 2 if fmt.chroma_width(2) == 1 else 0),
+            height - (height % 2 if fmt.chroma_height(2) == 1 else 0))
 
 
 def check_output_codec(dst: Path, codec: str) -> None:
@@ -246,6 +261,13 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         deep = _bit_depth(vin.codec_context.pix_fmt) > 8
         pix_fmt = options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
         deep = deep and _bit_depth(pix_fmt) > 8
+        cut_w, cut_h = (a - b for a, b in zip((width, height), encodable_size(width, height, pix_fmt)))
+        if cut_w or cut_h:
+            if seg.index == 0:
+                say(f"note: {width}x{height} cannot be encoded as {pix_fmt} (it needs even sizes): the output is "
+                    f"{width - cut_w}x{height - cut_h}, its last {'column' if cut_w else 'row'}"
+                    f"{' and row' if cut_w and cut_h else ''} cut; --pix-fmt yuv444p keeps every pixel")
+            width, height = width - cut_w, height - cut_h
         if deep and seg.index == 0:
             say(f"note: {src.name} is {_bit_depth(vin.codec_context.pix_fmt)}-bit ({vin.codec_context.pix_fmt}): "
                 f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
@@ -439,6 +461,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
                             colors.matrix, colors.primaries, colors.trc, colors.range)
                         to_yuv = not av.VideoFormat(pix_fmt).is_rgb
+                    if cut_w or cut_h:
+                        arr = np.ascontiguousarray(arr[:height, :width])
                     frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
                     if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
                         frame = frame.reformat(format=pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,

@@ -412,3 +412,32 @@ def test_undecodable_names_and_hidden_files_in_a_folder(tmp_path, tiny_ckpt):
     one = tmp_path / os.fsdecode(b"one\xfe.png")
     code, out = run(src / odd, "-o", one)
     assert code == 0 and one.stat().st_size > 0 and "one\\xfe.png" in out, out
+
+
+def test_odd_output_size_is_cut_to_what_4_2_0_holds(tmp_path):
+    # A 33x25 source at x3 is 99x75: 4:2:0 needs even sizes, so the last column and row are cut (with a
+    # note) instead of the encoder failing after the work; 4:4:4 keeps every pixel.
+    import av
+
+    from sr_deploy.models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_model
+
+    x3 = save_checkpoint(tmp_path / "x3.pt", tiny_model(3))
+    src = tmp_path / "odd.mkv"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("ffv1", rate=10)
+        s.width, s.height, s.pix_fmt = 33, 25, "yuv444p"
+        for i in range(4):
+            f = av.VideoFrame.from_ndarray(pattern_image(25, 33, seed=i), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    for name, extra, size in (("o.mp4", [], (98, 74)), ("o.mkv", ["--pix-fmt", "yuv444p"], (99, 75))):
+        code, out = _run(src, "-o", tmp_path / name, "--model", x3, "--backend", "onnxruntime", *extra)
+        assert code == 0, out
+        assert f"4 frames at {size[0]}x{size[1]}" in out, out
+        with av.open(str(tmp_path / name)) as c:
+            assert [(f.width, f.height) for f in c.decode(video=0)] == [size] * 4
+        assert ("last column and row cut" in out) == (not extra)
