@@ -198,6 +198,8 @@ def run(
                                                            "(about +0.1 dB for 8x the time; never the default)."),
     segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Video: cut the run into segments this "
                                                                           "long; an interrupted run resumes from the finished ones."),
+    deinterlace: bool = typer.Option(True, "--deinterlace/--no-deinterlace", help="Video: frames the decoder flags "
+                                     "as interlaced go through FFmpeg's bwdif before the model (one frame per frame)."),
     restart: bool = typer.Option(False, "--restart", help="Discard what an interrupted run of this output finished "
                                                           "(video segments, folder journal) instead of resuming."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the segments (video) or files (folder) on Ray "
@@ -276,7 +278,7 @@ def run(
             else:
                 opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                                     tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
-                                    segment_seconds=segment_seconds)
+                                    segment_seconds=segment_seconds, deinterlace=deinterlace)
                 identity = model_identity(source, backend, precision, ensemble)
                 res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet,
                                     identity=identity, restart=restart, pool=pool)
