@@ -64,8 +64,6 @@ def _muxer_takes(dst: Path, stream) -> bool:
 
     import av
 
-    from sr_deploy.media.segments import format_for
-
     fmt = format_for(dst)
     if fmt is None:
         return True  # no muxer known for this suffix here: the join itself reports
@@ -90,3 +88,9 @@ def stream_seconds(stream) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def format_for(dst: Path) -> str | None:
+    """The muxer for the output's suffix (the temporary name's suffix may not say it)."""
+    return {".mkv": "matroska", ".webm": "webm", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi",
+            ".ts": "mpegts", ".mpg": "mpeg", ".mpeg": "mpeg", ".flv": "flv", ".wmv": "asf"}.get(dst.suffix.lower())

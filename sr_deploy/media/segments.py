@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import sha256_file
+from sr_deploy.media.container import format_for
 
 SEGMENT_SECONDS = 10.0
 MANIFEST_FORMAT = 1
@@ -379,9 +380,3 @@ def _packets_for(dst: Path, part):
     bsf = av.bitstream.BitStreamFilterContext(f"{name}_mp4toannexb", stream)
     for pkt in part.demux(stream):
         yield from bsf.filter(pkt if pkt.size else None)  # the empty last packet flushes the filter
-
-
-def format_for(dst: Path) -> str | None:
-    """The muxer for the output's suffix (the temporary name's suffix may not say it)."""
-    return {".mkv": "matroska", ".webm": "webm", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi",
-            ".ts": "mpegts", ".mpg": "mpeg", ".mpeg": "mpeg", ".flv": "flv", ".wmv": "asf"}.get(dst.suffix.lower())

@@ -269,7 +269,7 @@ def check_output_codec(dst: Path, codec: str) -> None:
 
     import av
 
-    from sr_deploy.media.segments import format_for
+    from sr_deploy.media.container import format_for
 
     try:
         av.codec.Codec(codec, "w")
