@@ -81,11 +81,16 @@ def read_image(path: Path, *, scale: int | None = None, max_megapixels: float = 
 
 def _read_image(path: Path, scale: int | None, max_megapixels: float) -> tuple[np.ndarray, ImageHeader | None]:
     """read_image, also returning the header it read (None when PIL does not know the format)."""
-    import cv2
-
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     header = probe_image(path)
+    return _decode(path, header, scale, max_megapixels), header
+
+
+def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megapixels: float) -> np.ndarray:
+    """The pixels of ``path``, whose header ``probe_image`` has read, checked against the limits first."""
+    import cv2
+
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels)
     data = np.fromfile(path, dtype=np.uint8)
@@ -104,7 +109,7 @@ def _read_image(path: Path, scale: int | None, max_megapixels: float) -> tuple[n
         check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels)
     elif header.orientation != 1:
         img = np.ascontiguousarray(_ORIENT[header.orientation](img))
-    return img, header
+    return img
 
 
 def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic") -> np.ndarray:
@@ -206,11 +211,13 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
-    header = probe_image(src) if src.is_file() else None
+    if not src.is_file():
+        raise InputError(f"{src}: file not found")
+    header = probe_image(src)  # read once: an animation goes its own way, a still image is decoded from it
     if header is not None and header.frames > 1:
         return _upscale_animation(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
                                   max_megapixels=max_megapixels)
-    img, header = _read_image(src, runner.scale, max_megapixels)
+    img = _decode(src, header, runner.scale, max_megapixels)
     out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
     del img
     write_image(dst, out, overwrite=overwrite, gray_alpha=bool(header and header.mode in ("LA", "La")))
