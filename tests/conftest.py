@@ -74,6 +74,30 @@ def pattern_image(h: int, w: int, channels: int = 3, dtype=np.uint8, seed: int =
     return img.astype(dtype) if channels > 1 else img[..., 0].astype(dtype)
 
 
+def write_clip(path: Path, frames, *, codec: str = "libx264", rate: int = 10, pix_fmt: str = "yuv420p",
+               options: dict | None = None, first_pts: int = 0, configure=None) -> None:
+    """Encode ``frames`` (RGB arrays, or VideoFrames already in ``pix_fmt``) as the one video stream of
+    ``path``, one frame per tick of 1/``rate`` from ``first_pts``; ``configure(stream)`` sets the rest."""
+    import av
+
+    frames = list(frames)
+    h, w = (frames[0].height, frames[0].width) if isinstance(frames[0], av.VideoFrame) else frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream(codec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if options:
+            vs.options = options
+        if configure:
+            configure(vs)
+        for i, f in enumerate(frames):
+            frame = f if isinstance(f, av.VideoFrame) else av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = first_pts + i
+            for p in vs.encode(frame):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+
+
 def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32), fps: int = 12,
               audio: bool = True, subtitles: bool = False, vfr: bool = False,
               rotation: tuple[int, bool] | None = None) -> list[int]:

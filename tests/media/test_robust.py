@@ -14,7 +14,7 @@ from sr_deploy.cli import app
 from sr_deploy.export.onnx_export import read_descriptor
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.runtime.ort_runner import OrtRunner
-from tests.conftest import make_clip, pattern_image
+from tests.conftest import make_clip, pattern_image, write_clip
 
 
 def _run(*args):
@@ -339,19 +339,9 @@ def test_truncated_image_is_one_error_line_without_decoder_noise(tmp_path, capfd
 
 
 def _ts_part(path: Path, size: tuple[int, int], first_pts: int, frames: int = 10) -> bytes:
-    import av
-
     w, h = size
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt, s.options = w, h, "yuv420p", {"bf": "0", "g": "5"}
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(pattern_image(h, w, seed=i), format="rgb24")
-            f.pts = first_pts + i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+    write_clip(path, [pattern_image(h, w, seed=i) for i in range(frames)], options={"bf": "0", "g": "5"},
+               first_pts=first_pts)
     return path.read_bytes()
 
 
@@ -424,16 +414,7 @@ def test_odd_output_size_is_cut_to_what_4_2_0_holds(tmp_path):
 
     x3 = save_checkpoint(tmp_path / "x3.pt", tiny_model(3))
     src = tmp_path / "odd.mkv"
-    with av.open(str(src), "w") as c:
-        s = c.add_stream("ffv1", rate=10)
-        s.width, s.height, s.pix_fmt = 33, 25, "yuv444p"
-        for i in range(4):
-            f = av.VideoFrame.from_ndarray(pattern_image(25, 33, seed=i), format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+    write_clip(src, [pattern_image(25, 33, seed=i) for i in range(4)], codec="ffv1", pix_fmt="yuv444p")
     for name, extra, size in (("o.mp4", [], (98, 74)), ("o.mkv", ["--pix-fmt", "yuv444p"], (99, 75))):
         code, out = _run(src, "-o", tmp_path / name, "--model", x3, "--backend", "onnxruntime", *extra)
         assert code == 0, out

@@ -18,7 +18,7 @@ from sr_deploy.cli import app
 from sr_deploy.errors import InputError
 from sr_deploy.media.segments import plan_segments
 from sr_deploy.media.video import VideoOptions, upscale_video
-from tests.conftest import make_clip, pattern_image
+from tests.conftest import make_clip, pattern_image, write_clip
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sr_deploy" / "assets" / "sample.mp4"
 
@@ -49,17 +49,8 @@ def _same_frames(a, b):
 
 def _long_gop_clip(path: Path, frames: int = 60, fps: int = 25) -> None:
     """H.264 with one keyframe for the whole clip, B-frames and open GOPs: no segment starts on a keyframe."""
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
-        vs.options = {"g": "1000", "bf": "3", "x264-params": "open-gop=1:scenecut=0"}
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(pattern_image(32, 48, seed=i), format="rgb24")
-            f.pts = i
-            for p in vs.encode(f):
-                c.mux(p)
-        for p in vs.encode(None):
-            c.mux(p)
+    write_clip(path, [pattern_image(32, 48, seed=i) for i in range(frames)], rate=fps,
+               options={"g": "1000", "bf": "3", "x264-params": "open-gop=1:scenecut=0"})
     with av.open(str(path)) as c:
         keys = sum(p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size)
     assert keys == 1

@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from sr_deploy.cli import app
-from tests.conftest import make_clip
+from tests.conftest import make_clip, write_clip
 
 
 def _streams(path):
@@ -87,19 +87,14 @@ def _bars_clip(path, *, colorspace, color_range, sws):
 
     rgb = np.zeros((32, 48, 3), np.uint8)
     rgb[:, :16], rgb[:, 16:32], rgb[:, 32:] = (220, 30, 40), (30, 200, 60), (40, 50, 210)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=10)
-        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
+
+    def tags(vs):
         cc = vs.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = colorspace, colorspace, colorspace, color_range
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace=Colorspace(sws), dst_color_range=color_range)
-            f.pts = i
-            for p in vs.encode(f):
-                c.mux(p)
-        for p in vs.encode(None):
-            c.mux(p)
+
+    yuv = [av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format="yuv420p", dst_colorspace=Colorspace(sws), dst_color_range=color_range) for _ in range(3)]
+    write_clip(path, yuv, configure=tags)
 
 
 def test_colours_keep_the_source_matrix_range_and_tags(tmp_path):
@@ -321,20 +316,13 @@ def test_interlaced_source_is_deinterlaced_first(tmp_path):
     from tests.conftest import pattern_image
 
     src = tmp_path / "tv.mp4"
-    with av.open(str(src), "w") as c:
-        vs = c.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        vs.options = {"x264-params": "interlaced=1:tff=1", "bf": "0", "crf": "0"}
-        base = pattern_image(48, 96, seed=3)
-        for i in range(8):
-            f = base[:, 4 * i:4 * i + 64].copy()
-            f[1::2] = base[1::2, 4 * i + 2:4 * i + 66]  # the second field, two pixels further on
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts = i
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode(None):
-            c.mux(p)
+    base = pattern_image(48, 96, seed=3)
+    frames = []
+    for i in range(8):
+        f = base[:, 4 * i:4 * i + 64].copy()
+        f[1::2] = base[1::2, 4 * i + 2:4 * i + 66]  # the second field, two pixels further on
+        frames.append(f)
+    write_clip(src, frames, rate=25, options={"x264-params": "interlaced=1:tff=1", "bf": "0", "crf": "0"})
 
     def comb(path):
         with av.open(str(path)) as c:
