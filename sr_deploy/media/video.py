@@ -71,8 +71,8 @@ ENCODER_LOOKAHEAD_BYTES = 1 << 30
 class VideoOptions:
     codec: str = "auto"  # auto: NVENC when the model runs on a GPU and the encoder opens, else libx264
     crf: int = 18
-    preset: str = "medium"
-    pix_fmt: str | None = None  # None: yuv420p, or yuv420p10le for a source deeper than 8 bits
+    preset: str | None = None  # None: the encoder's default here (x264/x265 medium, NVENC p5)
+    pix_fmt: str | None = None  # None: yuv420p, or a 10-bit 4:2:0 format for a source deeper than 8 bits
     bitrate: str | None = None
     tile: int | None = None  # None: whole frames while they fit the runner's memory budget, else tiles
     batch: int = 1
@@ -84,6 +84,75 @@ class VideoOptions:
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
     deinterlace: bool = True  # frames flagged interlaced go through FFmpeg's bwdif (deinterlaced) first
+
+    def check(self) -> None:
+        """One line for settings that are wrong whatever the codec, before a model is loaded."""
+        if self.batch < 1:
+            raise InputError(f"--batch must be at least 1, got {self.batch}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise InputError(f"--frames must be at least 1, got {self.max_frames}")
+        if self.start is not None and not self.start >= 0:
+            raise InputError(f"--start must be 0 or later, got {self.start}")
+        if self.duration is not None and not self.duration > 0:
+            raise InputError(f"--duration must be positive, got {self.duration}")
+        if self.bitrate is not None:
+            _parse_bitrate(self.bitrate)
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+# 4:2:0 formats deeper than 8 bits, in the order they are preferred for a deep source
+DEEP_420 = ("yuv420p10le", "p010le", "yuv420p12le")
+
+
+def encoder_formats(codec: str) -> tuple[str, ...]:
+    """The pixel formats FFmpeg's encoder ``codec`` takes (empty when it does not say)."""
+    import av
+
+    return tuple(f.name for f in (av.codec.Codec(codec, "w").video_formats or ()))
+
+
+def check_encoder(codec: str, options: VideoOptions) -> None:
+    """One line, before any work, for a --preset or --pix-fmt that ``codec`` does not take; the encoder
+    itself would refuse them only when the first segment opens it, in FFmpeg's words. ``codec`` may be
+    ``auto`` (before the model is loaded): then only what no encoder here takes is refused."""
+    import av
+
+    if options.preset is not None:
+        if codec == "auto":
+            takes = X264_PRESETS + NVENC_PRESETS
+        else:
+            takes = X264_PRESETS if codec in ("libx264", "libx265") else NVENC_PRESETS if codec.endswith("_nvenc") else ()
+        if not takes:
+            raise InputError(f"--preset: {codec} takes no preset here (x264/x265: ultrafast ... veryslow; "
+                             "NVENC: p1 ... p7)")
+        if options.preset not in takes:
+            raise InputError(f"--preset {options.preset!r}: {'the encoders' if codec == 'auto' else codec} take"
+                             f"{'' if codec == 'auto' else 's'} {', '.join(takes)}")
+    if options.pix_fmt is not None:
+        try:
+            av.VideoFormat(options.pix_fmt)
+        except ValueError:
+            raise InputError(f"--pix-fmt {options.pix_fmt!r} is not a pixel format FFmpeg knows "
+                             "(for example yuv420p, yuv444p, yuv420p10le)") from None
+        formats = encoder_formats(codec) if codec != "auto" else ()
+        if formats and options.pix_fmt not in formats:
+            raise InputError(f"--pix-fmt {options.pix_fmt}: {codec} does not encode it; it takes "
+                             f"{', '.join(formats)}")
+
+
+def output_pix_fmt(codec: str, requested: str | None, deep: bool) -> str:
+    """The format frames are encoded in: ``requested`` (checked by check_encoder), else 8-bit 4:2:0, or
+    for a source deeper than 8 bits the first 10/12-bit 4:2:0 format the encoder takes (NVENC: p010le),
+    else 8-bit (libvpx-vp9 in some FFmpeg builds has no 10-bit format)."""
+    if requested:
+        return requested
+    if deep:
+        formats = encoder_formats(codec)
+        for name in DEEP_420:
+            if not formats or name in formats:
+                return name
+    return "yuv420p"
 
 
 @dataclass(frozen=True)
@@ -147,6 +216,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
 
     from sr_deploy.media.segments import Parts, assemble, manifest_key, plan_segments
 
+    options.check()
     if Path(dst).resolve() == Path(src).resolve():
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
@@ -163,6 +233,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         codec = WEBM_CODEC  # the only family a .webm holds (VP8/VP9/AV1)
     codec = resolve_codec(codec, on_gpu=on_gpu, width=width, height=height, say=say)
     check_output_codec(dst, codec)  # now, not after the last segment
+    check_encoder(codec, options)
     if codec != options.codec:
         options = dataclasses.replace(options, codec=codec)
     key = manifest_key(src, identity or runner.describe(), options, codec, options.segment_seconds)
@@ -308,7 +379,10 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): decoded as 16-bit RGB, run through the float
         # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
         deep = _bit_depth(vin.codec_context.pix_fmt) > 8
-        pix_fmt = options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
+        pix_fmt = output_pix_fmt(options.codec, options.pix_fmt, deep)
+        if deep and _bit_depth(pix_fmt) <= 8 and not options.pix_fmt and seg.index == 0:
+            say(f"note: {options.codec} has no 10-bit 4:2:0 format in this FFmpeg build: "
+                f"{src.name} ({vin.codec_context.pix_fmt}) is written as 8-bit {pix_fmt}")
         deep = deep and _bit_depth(pix_fmt) > 8
         cut_w, cut_h = (a - b for a, b in zip((width, height), encodable_size(width, height, pix_fmt)))
         if cut_w or cut_h:
@@ -474,26 +548,14 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                                      f"(for example yuv420p, yuv420p10le)") from exc
                 vout.time_base = vin.time_base
                 vout.codec_context.time_base = vin.time_base
+                vout.options = encoder_options(codec, options, width, height, deep)
                 if options.bitrate:
                     vout.bit_rate = _parse_bitrate(options.bitrate)
-                elif codec in ("libx264", "libx265"):
-                    vout.options = {"crf": str(options.crf), "preset": options.preset}
-                elif codec in ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"):
-                    vout.options = {"crf": str(options.crf), "b": "0"}  # constant quality, as CRF means for x264
                 if codec in ("libx264", "libx265"):
                     threads = options.encoder_threads
                     threads = encoder_threads_for(runner) if threads is None else threads
                     if threads:
                         vout.codec_context.thread_count = threads
-                # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and
-                # beyond that alone passes gigabytes, so it is capped to ~1 GiB of frames there
-                look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
-                if look < 40 and codec == "libx264":
-                    vout.options = {**vout.options, "rc-lookahead": str(look)}
-                elif look < 40 and codec == "libx265":
-                    vout.options = {**vout.options, "x265-params": f"rc-lookahead={look}"}
-                elif codec.endswith("_nvenc"):
-                    vout.options = {"cq": str(options.crf), "preset": "p5"}
                 dec.start()
                 inf.start()
                 while True:
@@ -596,6 +658,32 @@ def display_matrix(frame, scale: int) -> list[int] | None:
             m[6], m[7] = m[6] * scale, m[7] * scale
             return [int(v) for v in m]
     return None
+
+
+def encoder_options(codec: str, options: VideoOptions, width: int, height: int, deep: bool) -> dict:
+    """FFmpeg private options for ``codec``: the preset (x264/x265, NVENC; kept with --bitrate too), the
+    constant-quality setting unless --bitrate asks for a rate, and x264/x265's lookahead capped for
+    huge frames."""
+    opts: dict = {}
+    preset = options.preset or ("p5" if codec.endswith("_nvenc") else "medium")
+    if codec in ("libx264", "libx265"):
+        opts["preset"] = preset
+        if not options.bitrate:
+            opts["crf"] = str(options.crf)
+    elif codec.endswith("_nvenc"):
+        opts["preset"] = preset
+        if not options.bitrate:
+            opts["cq"] = str(options.crf)
+    elif codec in ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1") and not options.bitrate:
+        opts.update(crf=str(options.crf), b="0")  # constant quality, as CRF means for x264
+    # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and beyond that
+    # alone passes gigabytes, so it is capped to ~1 GiB of frames there
+    look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
+    if look < 40 and codec == "libx264":
+        opts["rc-lookahead"] = str(look)
+    elif look < 40 and codec == "libx265":
+        opts["x265-params"] = f"rc-lookahead={look}"
+    return opts
 
 
 def encoder_threads_for(runner) -> int:

@@ -326,6 +326,65 @@ def test_encoder_lookahead_is_capped_for_huge_frames(tmp_path, tiny_onnx, monkey
     assert b"rc_lookahead=3" in (tmp_path / "capped.mp4").read_bytes()
 
 
+def test_preset_is_kept_with_a_bitrate(tmp_path, tiny_onnx):
+    """--bitrate replaces CRF, not the preset: x264's settings in the stream show the preset's choices."""
+    import sr_deploy.media.video as video
+
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=3, audio=False)
+    with OrtRunner(tiny_onnx, read_descriptor(tiny_onnx)) as runner:
+        for name, preset in (("fast.mp4", "ultrafast"), ("default.mp4", None)):
+            video.upscale_video(runner, clip, tmp_path / name, quiet=True,
+                                options=video.VideoOptions(codec="libx264", bitrate="200k", preset=preset))
+    fast, default = ((tmp_path / n).read_bytes() for n in ("fast.mp4", "default.mp4"))
+    assert b"rc=abr" in fast and b"bitrate=200" in fast
+    assert b"cabac=0" in fast and b"subme=0" in fast  # ultrafast
+    assert b"cabac=1" in default and b"subme=7" in default  # medium
+
+
+def test_encoder_options_per_codec():
+    from sr_deploy.media.video import VideoOptions, encoder_options
+
+    def opts(codec, **kw):
+        return encoder_options(codec, VideoOptions(**kw), 640, 480, False)
+
+    assert opts("libx264") == {"preset": "medium", "crf": "18"}
+    assert opts("libx265", preset="slow", bitrate="4M") == {"preset": "slow"}
+    assert opts("hevc_nvenc", crf=23) == {"preset": "p5", "cq": "23"}
+    assert opts("h264_nvenc", preset="p2", bitrate="8M") == {"preset": "p2"}
+    assert opts("libvpx-vp9") == {"crf": "18", "b": "0"}
+    assert opts("libvpx-vp9", bitrate="2M") == {}
+
+
+def test_deep_sources_get_a_deep_format_the_encoder_takes(monkeypatch):
+    import sr_deploy.media.video as video
+
+    assert video.output_pix_fmt("libx264", None, False) == "yuv420p"
+    assert video.output_pix_fmt("libx264", None, True) == "yuv420p10le"
+    assert video.output_pix_fmt("hevc_nvenc", None, True) == "p010le"  # NVENC has no planar 10-bit 4:2:0
+    assert video.output_pix_fmt("hevc_nvenc", "yuv444p", True) == "yuv444p"
+    monkeypatch.setattr(video, "encoder_formats", lambda codec: ("yuv420p", "yuv444p"))
+    assert video.output_pix_fmt("libvpx-vp9", None, True) == "yuv420p"  # an 8-bit-only encoder
+
+
+def test_10bit_source_to_an_8bit_only_encoder_is_written_8bit_with_a_note(tmp_path, tiny_ckpt, monkeypatch):
+    import av
+
+    import sr_deploy.media.video as video
+
+    src = tmp_path / "ten.mkv"
+    _clip_10bit(src)
+    # libvpx-vp9 takes no 10-bit format in some FFmpeg builds (PyAV's wheels among them): as if so here
+    real = video.encoder_formats
+    monkeypatch.setattr(video, "encoder_formats",
+                        lambda codec: tuple(f for f in real(codec) if video._bit_depth(f) == 8))
+    code, out = _run(src, "-o", tmp_path / "o.webm", "--model", tiny_ckpt)
+    assert code == 0 and "no 10-bit 4:2:0 format" in out, out
+    with av.open(str(tmp_path / "o.webm")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        assert len(list(c.decode(video=0))) == 3
+
+
 def test_truncated_image_is_one_error_line_without_decoder_noise(tmp_path, capfd):
     from sr_deploy.errors import InputError
     from sr_deploy.media.images import read_image
