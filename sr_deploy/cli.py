@@ -186,7 +186,8 @@ def run(
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
                                                        "the encoder opens, else libx264; VP9 for .webm), libx264, libx265, libvpx-vp9, hevc_nvenc, h264_nvenc..."),
     crf: int = typer.Option(18, "--crf", help="Video quality: x264/x265 CRF, NVENC CQ (lower is better, larger)."),
-    preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset: ultrafast ... veryslow."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Encoder speed preset: x264/x265 ultrafast ... "
+                                                                 "veryslow (default medium), NVENC p1 ... p7 (default p5)."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "
                                                                    "yuv420p10le when the source is deeper than 8 bits)."),
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
@@ -211,7 +212,7 @@ def run(
     """Upscale an image, a folder or a video."""
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
     from sr_deploy.media.tiling import check_tile
-    from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, is_video, upscale_video
+    from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, check_encoder, is_video, upscale_video
     from sr_deploy.runtime.select import make_runner, model_identity, resolve_model
 
     pool = None
@@ -242,6 +243,12 @@ def run(
                 check_size(input, header, 1, max_megapixels)
         if not segment_seconds > 0:
             raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
+        opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
+                            tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
+                            segment_seconds=segment_seconds, deinterlace=deinterlace)
+        if is_video(input):  # before the model loads; the codec-specific checks follow once it is chosen
+            opts.check()
+            check_encoder(codec, opts)
         source = resolve_model(model)
         pool = None
         if ray is not None:
@@ -276,9 +283,6 @@ def run(
                               max_megapixels=max_megapixels)
                 typer.echo(str(out))
             else:
-                opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
-                                    tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
-                                    segment_seconds=segment_seconds, deinterlace=deinterlace)
                 identity = model_identity(source, backend, precision, ensemble)
                 res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet,
                                     identity=identity, restart=restart, pool=pool)
@@ -335,7 +339,12 @@ def build_engine_cmd(
         if fp16 and int8:
             raise InputError("choose one precision: --fp16, or --int8 --calib DIR (neither: fp32)")
         src = onnx or onnx_for(resolve_model(None))
-        read_descriptor(src)  # an ONNX without srdeploy metadata is refused before any work
+        desc = read_descriptor(src)  # an ONNX without srdeploy metadata is refused before any work
+        shapes = {"min_hw": parse_hw(min_hw) if min_hw else None, "opt_hw": parse_hw(opt_hw) if opt_hw else None,
+                  "max_hw": parse_hw(max_hw) if max_hw else None}
+        if max_batch < 1:
+            raise InputError(f"--max-batch must be at least 1, got {max_batch}")
+        make_profile(desc, **shapes, max_batch=max_batch)  # min <= opt <= max, size multiples: before any work
         if output is not None and output.exists() and not overwrite:
             raise OutputError(f"{output}: output exists; pass --overwrite to replace it")
         if fp16 or int8:
@@ -353,6 +362,8 @@ def build_engine_cmd(
         else:
             model_onnx, precision = Path(src), "fp32"
         if onnx_only:
+            if precision == "fp32":
+                typer.echo(f"fp32: {model_onnx} is the model itself; nothing to write (--fp16 or --int8 make a variant)")
             return
         if not (tensorrt_available() and gpu_available()):
             missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]')"
@@ -362,10 +373,7 @@ def build_engine_cmd(
         if not float_io:
             model_onnx = uint8_onnx(model_onnx)
         edesc = read_descriptor(model_onnx)
-        profile = make_profile(edesc, min_hw=parse_hw(min_hw) if min_hw else None,
-                               opt_hw=parse_hw(opt_hw) if opt_hw else None,
-                               max_hw=parse_hw(max_hw) if max_hw else None, max_batch=max_batch,
-                               free_bytes=gpu_free_bytes())
+        profile = make_profile(edesc, **shapes, max_batch=max_batch, free_bytes=gpu_free_bytes())
         engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
         typer.echo(f"engine {engine} ({precision}, {edesc.io} I/O; profile min {profile.fmt(profile.min)}, "
                    f"opt {profile.fmt(profile.opt)}, max {profile.fmt(profile.max)})")
@@ -419,9 +427,15 @@ def bench(
 
         for name in model:  # so is a model that is not there
             resolve_model(name)
+        backend_list = tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else ()
+        precision_list = tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else ()
+        for flag, given, known in (("--backends", backend_list, ("torch", "onnxruntime", "openvino", "tensorrt")),
+                                   ("--precisions", precision_list, ("fp32", "bf16", "fp16", "int8"))):
+            for name in given:  # a typo is a mistake; a backend that is not installed here stays a note
+                if name not in known:
+                    raise InputError(f"{flag}: unknown {name!r} (pick from {', '.join(known)})")
         cfg = BenchConfig(models=tuple(model), data=tuple(str(d) for d in data),
-                          backends=tuple(b.strip() for b in backends.split(",")) if backends else (),
-                          precisions=tuple(p.strip() for p in precisions.split(",")) if precisions else (),
+                          backends=backend_list, precisions=precision_list,
                           sizes=tuple(parse_hw(s) for s in size) or ((128, 128), (270, 480)),
                           batches=tuple(batch) or (1,), video=str(video) if video else None,
                           calib=str(calib) if calib else None, speed=not no_speed, quality=not no_quality,

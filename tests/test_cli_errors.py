@@ -53,6 +53,28 @@ def test_bad_pix_fmt(tiny_ckpt, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
 
 
+@pytest.mark.parametrize("args,says", [
+    (["--batch", "0"], "error: --batch must be at least 1"),
+    (["--frames", "0"], "error: --frames must be at least 1"),
+    (["--frames", "-3"], "error: --frames must be at least 1"),
+    (["--start", "-1"], "error: --start must be 0 or later"),
+    (["--duration", "0"], "error: --duration must be positive"),
+    (["--preset", "turbo"], "error: --preset 'turbo'"),
+    (["--preset", "p3"], "error: --preset 'p3': libx264 takes"),  # NVENC's preset names, with x264
+    (["--pix-fmt", "rgb24"], "error: --pix-fmt rgb24: libx264 does not encode it"),
+    (["--codec", "libvpx-vp9", "--preset", "slow"], "error: --preset: libvpx-vp9 takes no preset"),
+])
+def test_video_settings_the_encoder_cannot_take(tiny_ckpt, tmp_path, args, says):
+    """Refused before any frame is decoded, with nothing left beside the output (no segments folder)."""
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=2)
+    out_name = "o.webm" if "libvpx-vp9" in args else "o.mp4"
+    code, out = _run(clip, "-o", tmp_path / out_name, "--model", tiny_ckpt, "--quiet", *args)
+    assert code != 0 and out.splitlines()[-1].startswith(says), out
+    assert "Traceback" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4"]
+
+
 def test_second_writer_never_clobbers_the_first(tmp_path):
     """Two runs writing one output: the one finishing second refuses, the first one's file survives."""
     target = tmp_path / "out.png"
@@ -132,6 +154,27 @@ def test_bad_precision_and_crf_values(tiny_ckpt, image, tmp_path):
 def test_bench_model_that_is_not_there_is_an_error(tmp_path):
     r = CliRunner().invoke(app, ["bench", "--model", str(tmp_path / "nope.pt"), "--no-quality"])
     assert r.exit_code != 0 and r.output.startswith("error:") and "nope.pt" in r.output, r.output
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--backends", "onnxruntim"], "error: --backends: unknown 'onnxruntim'"),
+    (["--precisions", "fp32,fp8"], "error: --precisions: unknown 'fp8'"),
+])
+def test_bench_backend_or_precision_typo_is_an_error(tiny_onnx, args, says):
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_onnx), "--no-quality", *args])
+    assert r.exit_code != 0 and r.output.startswith(says), r.output
+
+
+@pytest.mark.parametrize("command", [["triton", "{m}", "-o", "{tmp}/repo"], ["tune", "--model", "{m}"],
+                                     ["run", "{img}", "-o", "{tmp}/o.png", "--model", "{m}"],
+                                     ["bench", "--model", "{m}", "--no-quality"]])
+def test_a_file_that_is_not_onnx_is_one_line_in_every_command(tmp_path, image, command):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model\n")
+    args = [a.format(m=junk, tmp=tmp_path, img=image) for a in command]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and r.output == f"error: {junk}: not a readable ONNX model (DecodeError)\n", r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "junk.onnx"]
 
 
 def _external(tiny_onnx, folder, location):

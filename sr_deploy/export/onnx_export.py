@@ -150,6 +150,16 @@ def parity(model: nn.Module, onnx_path: str | os.PathLike, sizes=PARITY_SIZES, b
 
 def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
     """The srdeploy descriptor stored in an ONNX file; a clear error when it has none."""
+    proto = load_onnx(path)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ModelDescriptor.from_json(entry.value)
+    raise ModelError(f"{path}: ONNX model has no srdeploy metadata; export it with `srdeploy export CHECKPOINT`")
+
+
+def load_onnx(path: str | os.PathLike, *, external_data: bool = False):
+    """The ModelProto of ``path``, or one clear line when it is missing, not ONNX, or its external
+    weights are missing or point outside its folder."""
     import onnx
 
     path = Path(path)
@@ -160,10 +170,11 @@ def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from exc
     _check_external_data(path, proto)
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return ModelDescriptor.from_json(entry.value)
-    raise ModelError(f"{path}: ONNX model has no srdeploy metadata; export it with `srdeploy export CHECKPOINT`")
+    if external_data:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(proto, str(path.resolve().parent))
+    return proto
 
 
 def _check_external_data(path: Path, proto) -> None:

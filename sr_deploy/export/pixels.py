@@ -112,7 +112,9 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
         out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.{io_name(layout)}.onnx"
         if Path(out).exists():
             return Path(out)
-    proto = onnx.load(str(src))
+    from sr_deploy.export.onnx_export import load_onnx
+
+    proto = load_onnx(src, external_data=True)
     wrapped = wrap_uint8_io(proto, layout=layout)
     with atomic_path(out, overwrite=overwrite) as tmp:
         onnx.save(wrapped, str(tmp))

@@ -45,6 +45,9 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
     if suffix in CHECKPOINT_SUFFIXES:
         return ModelSource("checkpoint", path, path.stem)
     if suffix == ".onnx":
+        from sr_deploy.export.onnx_export import read_descriptor
+
+        read_descriptor(path)  # not ONNX, or not srdeploy's: one line now, before any command's work
         return ModelSource("onnx", path, path.name.split(".")[0])
     if suffix in (".engine", ".plan", ".trt"):
         return ModelSource("engine", path, path.name.split(".")[0])

@@ -129,6 +129,22 @@ def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
     onnx.save(m, str(plain))
     r = CliRunner().invoke(app, ["build-engine", str(plain), "--fp16", "--onnx-only"])
     assert r.exit_code != 0 and "no srdeploy metadata" in r.output
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--onnx-only"])  # fp32: says so, writes nothing
+    assert r.exit_code == 0 and r.output.startswith(f"fp32: {src} is the model itself"), r.output
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--min", "0x0"], "error: shape '0x0' is not HxW"),
+    (["--min", "64x64", "--opt", "32x32", "--max", "16x16"], "error: profile must satisfy min <= opt <= max"),
+    (["--max-batch", "0"], "error: --max-batch must be at least 1"),
+])
+def test_cli_bad_profile_is_refused_before_any_work(tiny_onnx, tmp_path, calib_dir, args, says):
+    """A profile TensorRT would refuse is found before the calibration (minutes on a real model) and
+    on machines without TensorRT too, where it was never checked."""
+    src = _copy(tiny_onnx, tmp_path)
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--onnx-only", *args])
+    assert r.exit_code != 0 and r.output.startswith(says), r.output
+    assert not precision_path(src, "int8").exists()
 
 
 def test_run_int8_onnx_on_cpu(tiny_onnx, tmp_path, calib_dir):
