@@ -187,7 +187,7 @@ def run(
                                                        "the encoder opens, else libx264; VP9 for .webm), libx264, libx265, libvpx-vp9, hevc_nvenc, h264_nvenc..."),
     crf: int = typer.Option(18, "--crf", help="Video quality: x264/x265 CRF, NVENC CQ (lower is better, larger)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Encoder speed preset: x264/x265 ultrafast ... "
-                                                                 "veryslow (default medium), NVENC p1 ... p7 (default p5)."),
+                                                                 "veryslow (default veryfast: the encoder shares the CPU), NVENC p1 ... p7 (default p5)."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "
                                                                    "yuv420p10le when the source is deeper than 8 bits)."),
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),

@@ -71,7 +71,7 @@ ENCODER_LOOKAHEAD_BYTES = 1 << 30
 class VideoOptions:
     codec: str = "auto"  # auto: NVENC when the model runs on a GPU and the encoder opens, else libx264
     crf: int = 18
-    preset: str | None = None  # None: the encoder's default here (x264/x265 medium, NVENC p5)
+    preset: str | None = None  # None: x264/x265 DEFAULT_X26X_PRESET, NVENC p5
     pix_fmt: str | None = None  # None: yuv420p, or a 10-bit 4:2:0 format for a source deeper than 8 bits
     bitrate: str | None = None
     tile: int | None = None  # None: whole frames while they fit the runner's memory budget, else tiles
@@ -665,7 +665,7 @@ def encoder_options(codec: str, options: VideoOptions, width: int, height: int, 
     constant-quality setting unless --bitrate asks for a rate, and x264/x265's lookahead capped for
     huge frames."""
     opts: dict = {}
-    preset = options.preset or ("p5" if codec.endswith("_nvenc") else "medium")
+    preset = options.preset or ("p5" if codec.endswith("_nvenc") else DEFAULT_X26X_PRESET)
     if codec in ("libx264", "libx265"):
         opts["preset"] = preset
         if not options.bitrate:
@@ -677,13 +677,25 @@ def encoder_options(codec: str, options: VideoOptions, width: int, height: int, 
     elif codec in ("libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1") and not options.bitrate:
         opts.update(crf=str(options.crf), b="0")  # constant quality, as CRF means for x264
     # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and beyond that
-    # alone passes gigabytes, so it is capped to ~1 GiB of frames there
+    # alone passes gigabytes, so it is capped to ~1 GiB of frames there (never raised above the preset's)
     look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
-    if look < 40 and codec == "libx264":
-        opts["rc-lookahead"] = str(look)
-    elif look < 40 and codec == "libx265":
-        opts["x265-params"] = f"rc-lookahead={look}"
+    if codec in ("libx264", "libx265") and look < PRESET_LOOKAHEAD[codec][X264_PRESETS.index(preset)]:
+        if codec == "libx264":
+            opts["rc-lookahead"] = str(look)
+        else:
+            opts["x265-params"] = f"rc-lookahead={look}"
     return opts
+
+
+# x264/x265 presets' default rc-lookahead (frames), in X264_PRESETS' order (x264 --fullhelp, x265 docs)
+PRESET_LOOKAHEAD = {"libx264": (0, 0, 10, 20, 30, 40, 50, 60, 60, 60),
+                    "libx265": (5, 10, 15, 15, 15, 20, 25, 40, 40, 60)}
+# x264/x265 preset when none is given. The encoder shares the CPU with a CPU model, or is the bottleneck
+# beside a GPU model without NVENC. medium's 40-frame lookahead is encoded after the model's last frame
+# (0.3-0.4 s of a 7 s sample-clip run with srresnet_x4, against 0.1 s at veryfast), and for light_x4
+# the encoder is the bottleneck (veryfast: 25% more frames/s); veryfast costs ~1 dB of encoding fidelity
+# at CRF 18, far inside the model's own error (benchmarks/results/video-budget-cpu.md, session 10)
+DEFAULT_X26X_PRESET = "veryfast"
 
 
 def encoder_threads_for(runner) -> int:

@@ -321,9 +321,16 @@ def test_encoder_lookahead_is_capped_for_huge_frames(tmp_path, tiny_onnx, monkey
         # as if each frame were huge: ~3 frames' worth of lookahead budget
         monkeypatch.setattr(video, "ENCODER_LOOKAHEAD_BYTES", 96 * 64 * 3 // 2 * 3)
         video.upscale_video(runner, clip, tmp_path / "capped.mp4", options=video.VideoOptions(codec="libx264"), quiet=True)
-    # x264 writes its settings into the stream (an SEI message)
-    assert b"rc_lookahead=40" in (tmp_path / "plain.mp4").read_bytes()
+        # a budget above the preset's own lookahead leaves it alone (never raised)
+        monkeypatch.setattr(video, "ENCODER_LOOKAHEAD_BYTES", 96 * 64 * 3 // 2 * 25)
+        video.upscale_video(runner, clip, tmp_path / "kept.mp4", options=video.VideoOptions(codec="libx264"), quiet=True)
+        video.upscale_video(runner, clip, tmp_path / "medium.mp4", quiet=True,
+                            options=video.VideoOptions(codec="libx264", preset="medium"))
+    # x264 writes its settings into the stream (an SEI message); the default preset looks 10 frames ahead
+    assert b"rc_lookahead=10" in (tmp_path / "plain.mp4").read_bytes()
     assert b"rc_lookahead=3" in (tmp_path / "capped.mp4").read_bytes()
+    assert b"rc_lookahead=10" in (tmp_path / "kept.mp4").read_bytes()
+    assert b"rc_lookahead=25" in (tmp_path / "medium.mp4").read_bytes()  # medium's 40, capped
 
 
 def test_preset_is_kept_with_a_bitrate(tmp_path, tiny_onnx):
@@ -333,13 +340,14 @@ def test_preset_is_kept_with_a_bitrate(tmp_path, tiny_onnx):
     clip = tmp_path / "c.mp4"
     make_clip(clip, frames=3, audio=False)
     with OrtRunner(tiny_onnx, read_descriptor(tiny_onnx)) as runner:
-        for name, preset in (("fast.mp4", "ultrafast"), ("default.mp4", None)):
+        for name, preset in (("fast.mp4", "ultrafast"), ("medium.mp4", "medium"), ("default.mp4", None)):
             video.upscale_video(runner, clip, tmp_path / name, quiet=True,
                                 options=video.VideoOptions(codec="libx264", bitrate="200k", preset=preset))
-    fast, default = ((tmp_path / n).read_bytes() for n in ("fast.mp4", "default.mp4"))
+    fast, medium, default = ((tmp_path / n).read_bytes() for n in ("fast.mp4", "medium.mp4", "default.mp4"))
     assert b"rc=abr" in fast and b"bitrate=200" in fast
     assert b"cabac=0" in fast and b"subme=0" in fast  # ultrafast
-    assert b"cabac=1" in default and b"subme=7" in default  # medium
+    assert b"cabac=1" in medium and b"subme=7" in medium
+    assert b"cabac=1" in default and b"subme=2" in default  # veryfast
 
 
 def test_encoder_options_per_codec():
@@ -348,7 +356,7 @@ def test_encoder_options_per_codec():
     def opts(codec, **kw):
         return encoder_options(codec, VideoOptions(**kw), 640, 480, False)
 
-    assert opts("libx264") == {"preset": "medium", "crf": "18"}
+    assert opts("libx264") == {"preset": "veryfast", "crf": "18"}
     assert opts("libx265", preset="slow", bitrate="4M") == {"preset": "slow"}
     assert opts("hevc_nvenc", crf=23) == {"preset": "p5", "cq": "23"}
     assert opts("h264_nvenc", preset="p2", bitrate="8M") == {"preset": "p2"}
