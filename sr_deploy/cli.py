@@ -140,6 +140,8 @@ def export(
     try:
         if pixels is not None and pixels not in LAYOUTS:
             raise InputError(f"--pixels must be one of {', '.join(LAYOUTS)}, got {pixels!r}")
+        if output is not None and output.suffix.lower() != ".onnx":
+            raise InputError(f"{output}: an ONNX output is named NAME.onnx (the runners and --model read it by that suffix)")
         fixed = _parse_shape(shape) if shape else None
         rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite, shape=fixed)
         d = rep.descriptor

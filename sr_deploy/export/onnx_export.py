@@ -52,6 +52,9 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
 
     if opset < 17:
         raise ModelError(f"opset {opset} is too old: srdeploy exports opset 17 or newer")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ModelError(f"opset {opset} is newer than this onnx {onnx.__version__} knows "
+                         f"(up to {onnx.defs.onnx_opset_version()})")
     model = model.eval()
     folded = inference_form(model)
     desc = descriptor_for(model, name=name, source_sha256=source_sha256)
@@ -63,6 +66,10 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
         proto, desc = _community_dynamic(model, desc, opset, name)
     else:
         proto = trace_dynamo(folded, desc, opset, None)
+    wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if wrote != opset:  # PyTorch's version converter falls back to its own opset with only a warning
+        raise ModelError(f"opset {opset}: PyTorch {torch.__version__} could not convert to it and wrote opset "
+                         f"{wrote} instead; pass another --opset (nothing was written)")
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, desc.to_json()

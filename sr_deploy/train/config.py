@@ -78,6 +78,26 @@ class TrainConfig:
             raise InputError(f"scale_aug must be between 0.25 and 1 (1 = off), got {self.scale_aug}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise InputError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
+        # numbers out of range end here, in one line, before a folder is made or an image read
+        # (batch_size 0 failed deep in the data loader, a negative lr inside torch's Adam)
+        at_least = {"scale": 2, "num_blocks": 1, "channels": 1, "hr_patch": 2 * self.scale, "batch_size": 1,
+                    "num_workers": 0, "steps": 1, "step_every": 1, "warmup_steps": 0, "start_step": 0,
+                    "d_blocks": 1, "val_every": 1, "ckpt_every": 1, "log_every": 1, "patience": 0, "stop_at": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise InputError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.hr_patch % self.scale:
+            raise InputError(f"hr_patch {self.hr_patch} is not a multiple of the scale {self.scale}")
+        for name in ("lr", "d_lr"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr_min", "grad_clip", "w_content", "w_adv", "w_pixel", "time_limit_min"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"ema_decay must be in [0, 1) (0 disables it), got {self.ema_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
     def arch_dict(self) -> dict:
         if self.arch == "light":
@@ -104,7 +124,8 @@ def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **over
     elif str(path_or_name) in RECIPES:
         values = {"recipe": str(path_or_name)}
     else:
-        raise InputError(f"recipe {path_or_name!r} not found (a TOML file or one of {', '.join(RECIPES)})")
+        names = sorted(p.stem for p in search_dir.glob("*.toml")) if search_dir is not None and search_dir.is_dir() else []
+        raise InputError(f"recipe {path_or_name!r} not found (a TOML file or one of {', '.join(names or RECIPES)})")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

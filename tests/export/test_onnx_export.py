@@ -48,6 +48,22 @@ def test_export_refuses_existing_output(tiny_ckpt, tmp_path):
     assert out.read_bytes() == b"keep"
 
 
+def test_output_that_is_not_onnx_and_opsets_out_of_reach(tiny_ckpt, tmp_path, monkeypatch):
+    import sr_deploy.export.onnx_export as ox
+
+    res = CliRunner().invoke(app, ["export", str(tiny_ckpt), "-o", str(tmp_path / "x.txt")])
+    assert res.exit_code != 0 and res.output.startswith(f"error: {tmp_path / 'x.txt'}: an ONNX output is named")
+    res = CliRunner().invoke(app, ["export", str(tiny_ckpt), "-o", str(tmp_path / "x.onnx"), "--opset", "99"])
+    assert res.exit_code != 0 and res.output.startswith("error: opset 99 is newer than this onnx"), res.output
+    # PyTorch's converter falling back to its own opset (as it does for opsets it cannot reach) is refused,
+    # not reported as the opset asked for
+    real = ox.trace_dynamo
+    monkeypatch.setattr(ox, "trace_dynamo", lambda model, desc, opset, shape: real(model, desc, 18, shape))
+    res = CliRunner().invoke(app, ["export", str(tiny_ckpt), "-o", str(tmp_path / "x.onnx"), "--opset", "20"])
+    assert res.exit_code != 0 and "could not convert to it and wrote opset 18" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_onnx_without_metadata(tmp_path):
     m = torch.nn.Conv2d(3, 3, 1)
     p = tmp_path / "plain.onnx"

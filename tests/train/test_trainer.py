@@ -152,6 +152,27 @@ def test_scale_augmentation_crops_a_downscaled_image(tmp_path):
         TrainConfig(scale_aug=0.1)
 
 
+@pytest.mark.parametrize("kw,says", [({"batch_size": 0}, "batch_size must be at least 1"),
+                                     ({"steps": 0}, "steps must be at least 1"),
+                                     ({"lr": -1.0}, "lr must be positive"),
+                                     ({"hr_patch": 30}, "hr_patch 30 is not a multiple of the scale 4"),
+                                     ({"ema_decay": 1.0}, "ema_decay must be in"),
+                                     ({"val_every": 0}, "val_every must be at least 1")])
+def test_numbers_out_of_range_are_refused(kw, says):
+    with pytest.raises(InputError, match=says):
+        TrainConfig(**kw)
+
+
+def test_cli_train_out_of_range_is_one_line_and_makes_no_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "0"])
+    assert r.exit_code != 0 and r.output == "error: steps must be at least 1, got 0\n", r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_inputs(hr_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
