@@ -172,7 +172,8 @@ def _parse_shape(text: str) -> tuple[int, int]:
 def run(
     input: Path = typer.Argument(..., help="An image, a folder of images, or a video."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file or folder (default: beside the input, "
-                                                                       "named NAME_x4.EXT or FOLDER_x4)."),
+                                                                       "named NAME_x4.EXT or FOLDER_x4; an existing "
+                                                                       "folder for one image or video: NAME_x4.EXT in it)."),
     model: Optional[str] = typer.Option(None, "--model", help="Shipped model name, checkpoint, ONNX or engine."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 | int8 (default: backend's choice)."),
@@ -231,7 +232,10 @@ def run(
             raise InputError(f"--crf {crf}: x264/x265 CRF and NVENC CQ run from 0 (best) to 51")
         if tile is not None:
             check_tile(tile)
-        if output is not None and not input.is_dir():
+        if not max_megapixels > 0:
+            raise InputError(f"--max-megapixels must be positive, got {max_megapixels:g}")
+        into_folder = output is not None and output.is_dir() and not input.is_dir()  # -o DIR: DIR/NAME_x4.EXT
+        if output is not None and not input.is_dir() and not into_folder:
             want = IMAGE_SUFFIXES if is_image(input) else VIDEO_SUFFIXES
             if output.suffix.lower() not in want:
                 kind = "an image" if is_image(input) else "a video"
@@ -266,7 +270,7 @@ def run(
             from sr_deploy.runtime.ensemble import EnsembleRunner
 
             runner = EnsembleRunner(runner)
-        out = output or default_output(input, runner.scale)
+        out = output / default_output(input, runner.scale).name if into_folder else output or default_output(input, runner.scale)
         with runner:
             if not quiet:
                 typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)

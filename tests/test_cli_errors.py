@@ -31,6 +31,18 @@ def test_tile_below_minimum_refused(tiny_ckpt, image, tmp_path, tile):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_output_folder_for_one_image_and_a_limit_that_is_not_positive(tiny_ckpt, image, tmp_path):
+    folder = tmp_path / "outs"
+    folder.mkdir()
+    code, out = _run(image, "-o", folder, "--model", tiny_ckpt)
+    assert code == 0 and out.strip().endswith(str(folder / "in_x2.png")), out
+    assert cv2.imread(str(folder / "in_x2.png")).shape == (40, 48, 3)
+    code, out = _run(image, "-o", folder, "--model", tiny_ckpt)  # the same again: kept, not overwritten
+    assert code != 0 and "output exists" in out
+    code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--max-megapixels", "0")
+    assert code != 0 and out == "error: --max-megapixels must be positive, got 0\n", out
+
+
 def test_output_suffix_not_a_format(tiny_ckpt, image, tmp_path):
     code, out = _run(image, "-o", tmp_path / "o.xyz", "--model", tiny_ckpt)
     assert code != 0 and out.startswith("error:") and "not an image format" in out
