@@ -42,6 +42,8 @@ def encoder_opens(name: str, width: int = 256, height: int = 256, pix_fmt: str =
         ctx = av.CodecContext.create(name, "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
         ctx.time_base = Fraction(1, 25)
+        if name == "libx265":
+            ctx.options = {"x265-params": X265_QUIET}
         ctx.open()
     except Exception:  # noqa: BLE001 - unknown codec, no device, driver too old: all mean "not here"
         return False
@@ -234,6 +236,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     codec = resolve_codec(codec, on_gpu=on_gpu, width=width, height=height, say=say)
     check_output_codec(dst, codec)  # now, not after the last segment
     check_encoder(codec, options)
+    if max(width, height) > 4096:  # size limits differ per encoder (x264: 16384 a side; NVENC: per GPU): ask it
+        fmt = options.pix_fmt or "yuv420p"
+        if not encoder_opens(codec, *encodable_size(width, height, fmt), fmt):
+            raise InputError(f"{dst}: {codec} does not open for {width}x{height} frames (x{runner.scale} of "
+                             f"{plan.size[0]}x{plan.size[1]}; beyond its size limit); pass another --codec "
+                             f"(libx265 and libvpx-vp9 go further)")
     if codec != options.codec:
         options = dataclasses.replace(options, codec=codec)
     key = manifest_key(src, identity or runner.describe(), options, codec, options.segment_seconds)
@@ -679,12 +687,15 @@ def encoder_options(codec: str, options: VideoOptions, width: int, height: int, 
     # the encoder's lookahead holds whole frames (40 at x264's medium preset): at 8K and beyond that
     # alone passes gigabytes, so it is capped to ~1 GiB of frames there (never raised above the preset's)
     look = max(2, ENCODER_LOOKAHEAD_BYTES // (width * height * 3 // 2 * (2 if deep else 1)))
-    if codec in ("libx264", "libx265") and look < PRESET_LOOKAHEAD[codec][X264_PRESETS.index(preset)]:
-        if codec == "libx264":
-            opts["rc-lookahead"] = str(look)
-        else:
-            opts["x265-params"] = f"rc-lookahead={look}"
+    capped = codec in ("libx264", "libx265") and look < PRESET_LOOKAHEAD[codec][X264_PRESETS.index(preset)]
+    if capped and codec == "libx264":
+        opts["rc-lookahead"] = str(look)
+    if codec == "libx265":  # x265 prints its statistics to stderr itself: only its errors, as FFmpeg's log
+        opts["x265-params"] = X265_QUIET + (f":rc-lookahead={look}" if capped else "")
     return opts
+
+
+X265_QUIET = "log-level=error"
 
 
 # x264/x265 presets' default rc-lookahead (frames), in X264_PRESETS' order (x264 --fullhelp, x265 docs)

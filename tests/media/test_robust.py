@@ -350,6 +350,17 @@ def test_preset_is_kept_with_a_bitrate(tmp_path, tiny_onnx):
     assert b"cabac=1" in default and b"subme=2" in default  # veryfast
 
 
+def test_output_beyond_the_encoders_size_limit_is_refused_before_any_work(tmp_path, tiny_ckpt):
+    """x264 takes at most 16384 pixels a side: an 8200-wide source at x2 was refused by the encoder
+    only when the first segment opened it, in FFmpeg's words."""
+    clip = tmp_path / "wide.mp4"
+    write_clip(clip, [pattern_image(16, 8200, seed=i) for i in range(2)])
+    code, out = _run(clip, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, "--quiet")
+    assert code != 0 and out.splitlines()[-1].startswith(
+        f"error: {tmp_path / 'o.mp4'}: libx264 does not open for 16400x32 frames (x2 of 8200x16"), out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.mp4"]
+
+
 def test_encoder_options_per_codec():
     from sr_deploy.media.video import VideoOptions, encoder_options
 
@@ -357,7 +368,7 @@ def test_encoder_options_per_codec():
         return encoder_options(codec, VideoOptions(**kw), 640, 480, False)
 
     assert opts("libx264") == {"preset": "veryfast", "crf": "18"}
-    assert opts("libx265", preset="slow", bitrate="4M") == {"preset": "slow"}
+    assert opts("libx265", preset="slow", bitrate="4M") == {"preset": "slow", "x265-params": "log-level=error"}
     assert opts("hevc_nvenc", crf=23) == {"preset": "p5", "cq": "23"}
     assert opts("h264_nvenc", preset="p2", bitrate="8M") == {"preset": "p2"}
     assert opts("libvpx-vp9") == {"crf": "18", "b": "0"}
