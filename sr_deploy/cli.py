@@ -192,7 +192,8 @@ def run(
     preset: Optional[str] = typer.Option(None, "--preset", help="Encoder speed preset: x264/x265 ultrafast ... "
                                                                  "veryslow (default veryfast: the encoder shares the CPU), NVENC p1 ... p7 (default p5)."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Video pixel format (default: yuv420p, or "
-                                                                   "yuv420p10le when the source is deeper than 8 bits)."),
+                                                                   "a 10-bit 4:2:0 format the encoder takes, yuv420p10le "
+                                                                   "or NVENC's p010le, when the source is deeper than 8 bits)."),
     bitrate: Optional[str] = typer.Option(None, "--bitrate", help="Video bitrate (e.g. 8M) instead of CRF."),
     batch: int = typer.Option(1, "--batch", help="Video frames per inference call."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video: stop after N frames."),
