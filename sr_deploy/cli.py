@@ -211,7 +211,7 @@ def run(
                                                           "workers: --ray (or --ray local) starts a local Ray, --ray HOST:PORT joins a cluster."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: workers (actors) to start "
                                                                   "(default: one per GPU, else per 2 CPUs)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress; errors still printed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress or notes; warnings and errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image

@@ -84,7 +84,9 @@ class RayPool:
         if workers is not None and workers < 1:
             raise InputError(f"--workers must be at least 1, got {workers}")
         self.ray = ray
-        self.say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
+        from sr_deploy.media.video import quiet_say
+
+        self.say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
         self.args = (model, backend, precision, ensemble, cuda_graph)
         self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels}
         self.started = address in ("", "local")

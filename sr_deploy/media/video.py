@@ -224,7 +224,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
-    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
+    say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
     plan = plan_segments(src, options, options.segment_seconds)
     for line in plan.notes:
         say(line)
@@ -278,6 +278,13 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
 
 
 WEBM_CODEC = "libvpx-vp9"
+
+
+def quiet_say(line: str) -> None:
+    """What --quiet still prints: warnings, which say that something of the input is not in the output
+    (a stream dropped); notes and progress stay quiet."""
+    if line.startswith("warning:"):
+        print(line, file=sys.stderr)
 
 
 def deinterlaced(frames, stream, say=None):

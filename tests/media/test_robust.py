@@ -259,6 +259,16 @@ def test_10bit_video_stays_10bit(tmp_path, tiny_ckpt):
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
 
 
+def test_quiet_still_warns_of_a_dropped_stream(tmp_path, tiny_ckpt):
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=3)  # H.264 + AAC: a .webm cannot hold the AAC
+    code, out = _run(clip, "-o", tmp_path / "o.webm", "--model", tiny_ckpt, "--quiet")
+    assert code == 0, out
+    lines = sorted(out.splitlines(), key=lambda line: not line.startswith("warning:"))  # stderr, stdout
+    assert len(lines) == 2 and lines[0].startswith("warning: audio stream #1 (aac) is dropped"), out
+    assert lines[1].startswith(f"{tmp_path / 'o.webm'}: 3 frames")
+
+
 def test_subtitles_the_container_cannot_hold_are_named(tmp_path, tiny_ckpt):
     import av
 
