@@ -10,6 +10,7 @@ execution accelerator. The config is parsed back with Triton's own protobuf sche
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def write_repository(onnx_path: str | Path, repo: str | Path, *, name: str | Non
     """Write (validated) ``repo/NAME/config.pbtxt`` and ``repo/NAME/1/model.onnx|model.plan``."""
     onnx_path = Path(onnx_path)
     name = name or onnx_path.name.split(".")[0]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        # Triton takes the model's folder name as its name: one folder, no separators or hidden names
+        raise InputError(f"--name {name!r}: a Triton model name is one folder name of letters, digits, "
+                         "'_', '.' and '-'")
     model_dir = Path(repo) / name
     if model_dir.exists() and not overwrite:
         raise OutputError(f"{model_dir}: exists; pass --overwrite to replace it")

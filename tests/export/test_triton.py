@@ -62,6 +62,10 @@ def test_bad_values_and_schema_errors(tiny_ckpt, tmp_path):
     assert code != 0 and out.startswith("error: instance kind") and not (tmp_path / "r").exists()
     code, out = _triton(tiny_ckpt, "-o", tmp_path / "r", "--trt-accelerator", "INT4")
     assert code != 0 and "FP32 or FP16" in out
+    for name in ("a/b", "../up", ".hidden", "two words"):
+        code, out = _triton(tiny_ckpt, "-o", tmp_path / "r", "--name", name)
+        assert code != 0 and out.startswith(f"error: --name {name!r}: a Triton model name is one folder"), out
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ModelError, match="model_config.proto"):
         validate('name: "x" max_batch_size: "many"')
     with pytest.raises(ModelError, match="model_config.proto"):
