@@ -427,6 +427,16 @@ def bench(
             return
         from sr_deploy.imagefiles import list_images
 
+        if no_speed and no_quality and not video:
+            raise InputError("--no-speed and --no-quality leave nothing to measure")
+        if not min_time > 0:
+            raise InputError(f"--min-time must be positive, got {min_time:g}")
+        if any(b < 1 for b in batch):
+            raise InputError(f"--batch must be at least 1, got {min(batch)}")
+        if video is not None:  # so is a clip that is not there, or not a video
+            from sr_deploy.media.container import open_input
+
+            open_input(video).close()
         for d in data:  # a dataset that is not there is a mistake, not a note: nothing runs
             if not list_images([d]):
                 raise InputError(f"{d}: no images in this --data folder")

@@ -30,5 +30,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 (grayscale expanded, alpha dropped)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's "cannot identify", truncation
+        raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from exc

@@ -31,13 +31,20 @@ class QualityResult:
     detail: float = float("nan")  # mean metrics.detail_ratio: 1.0 = as much fine detail as HR
 
 
-def load_eval_set(folder: str | Path, scale: int) -> list[EvalPair]:
-    """Read every image of ``folder`` as an (HR, LR) pair; images smaller than the scale are skipped."""
+def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | None = None) -> list[EvalPair]:
+    """Read every image of ``folder`` as an (HR, LR) pair; images smaller than the scale are skipped, and
+    unreadable ones too, named through ``say`` (the set's image count shows that it is smaller)."""
     from sr_deploy.imagefiles import list_images, read_rgb
 
     pairs = []
     for f in list_images([folder]):
-        hr = mod_crop(read_rgb(f), scale)
+        try:
+            img = read_rgb(f)
+        except InputError as exc:
+            if say:
+                say(f"skipped {exc}")
+            continue
+        hr = mod_crop(img, scale)
         if min(hr.shape[:2]) < 2 * scale + 7:  # SSIM's 7px+ window must fit after shaving
             continue
         pairs.append(EvalPair(f.stem, hr, make_lr(hr, scale)))

@@ -171,8 +171,12 @@ def test_bench_model_that_is_not_there_is_an_error(tmp_path):
 @pytest.mark.parametrize("args,says", [
     (["--backends", "onnxruntim"], "error: --backends: unknown 'onnxruntim'"),
     (["--precisions", "fp32,fp8"], "error: --precisions: unknown 'fp8'"),
+    (["--min-time", "0"], "error: --min-time must be positive"),
+    (["--batch", "0"], "error: --batch must be at least 1"),
+    (["--no-speed"], "error: --no-speed and --no-quality leave nothing to measure"),
+    (["--video", "missing.mp4"], "error: missing.mp4: file not found"),
 ])
-def test_bench_backend_or_precision_typo_is_an_error(tiny_onnx, args, says):
+def test_bench_flag_mistakes_are_one_line_before_any_work(tiny_onnx, args, says):
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_onnx), "--no-quality", *args])
     assert r.exit_code != 0 and r.output.startswith(says), r.output
 

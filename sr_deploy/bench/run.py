@@ -152,7 +152,7 @@ def _datasets(cfg: BenchConfig, scale: int, say) -> list[tuple[str, list]]:
         return [("generated", pairs)]
     for d in cfg.data:
         try:
-            out.append((Path(d).name, load_eval_set(d, scale)))
+            out.append((Path(d).name, load_eval_set(d, scale, say=say)))
         except SRDeployError as exc:
             say(f"skipped dataset {d}: {exc}")
     return out

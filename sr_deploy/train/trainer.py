@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
     dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
                           degradation=Degradation() if cfg.degradation == "degraded" else None)
-    val_pairs = load_eval_set(cfg.val, cfg.scale) if cfg.val else None
+    val_pairs = load_eval_set(cfg.val, cfg.scale, say=log.warning) if cfg.val else None
 
     rank, world, device = _distributed()
     main = rank == 0

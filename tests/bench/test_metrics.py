@@ -102,6 +102,7 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
     cv2.imwrite(str(d / "a.png"), pattern_image(40, 48, 3))
     cv2.imwrite(str(d / "b.png"), pattern_image(56, 60, 3))
     cv2.imwrite(str(d / "tiny.png"), pattern_image(3, 3, 3))  # smaller than the scale allows: skipped
+    (d / "cut.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # unreadable: skipped with a note, the rest measured
     out = tmp_path / "q.json"
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(d), "--backends", "onnxruntime",
                                  "--precisions", "fp32", "--size", "16x16", "--min-time", "0.05", "--json", str(out),
@@ -109,6 +110,7 @@ def test_bench_quality_rows(tmp_path, tiny_ckpt):
                                  "--markdown", str(tmp_path / "r.md")])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
+    assert any(n.startswith(f"skipped {d / 'cut.jpg'}: not a readable image") for n in res["notes"]), res["notes"]
     q = res["quality"]
     # the speed row carries the model's PSNR on the first dataset and its speed-up over ORT fp32 (itself: 1.00)
     auto = res["auto"]["tiny_x2"]
