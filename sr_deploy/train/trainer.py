@@ -15,6 +15,7 @@ import csv
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -261,6 +262,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         persistent_workers=cfg.num_workers > 0,
         prefetch_factor=4 if cfg.num_workers > 0 else None,
         pin_memory=device.type == "cuda",
+        worker_init_fn=_loader_worker_init,
     )
     pixel_fn = F.l1_loss if cfg.pixel_loss == "l1" else F.mse_loss
     use_bf16 = bf16_pays(cfg.bf16, device)
@@ -386,7 +388,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     except KeyboardInterrupt:
         if main:
             progress.write(f"interrupted: saving step {step} to {out / 'last.pt'}")
-            save(step, "last.pt")
+            # a second Ctrl-C or SIGTERM waits until the checkpoint is whole (then stops the run as the first did)
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                save(step, "last.pt")
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         raise
     finally:
         progress.close()
@@ -405,6 +412,15 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 def _plain(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _loader_worker_init(_worker_id: int) -> None:
+    """Data loader workers leave Ctrl-C and SIGTERM to the main process. A scheduler's preemption or a
+    ``kill`` of the process group reaches every process at once, and a worker that died of it made PyTorch
+    raise "DataLoader worker is killed" in the main process, mid-save: the interrupted step was lost, with a
+    traceback. The main process stops its workers on the way out, and they exit by themselves if it dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _save_best(path: Path, model: nn.Module, cfg: TrainConfig, step: int, res) -> None:

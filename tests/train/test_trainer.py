@@ -325,3 +325,34 @@ def test_resumed_log_drops_rows_of_a_lost_continuation(tmp_path):
     _open_log(path, keep=True, upto=100)  # the checkpoint is at step 100; step 150 was never saved
     with open(path, newline="") as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["50", "100"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_saves_the_step_it_stopped_at(hr_dir, tmp_path, sig):
+    # what a scheduler's preemption, `kill -- -PGID` or Ctrl-C in a terminal do: every process of the run,
+    # data loader workers included, gets the signal at once
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "train", "--data", str(hr_dir), "--scale", "2",
+                          "--blocks", "2", "--channels", "8", "--patch", "24", "--batch-size", "2", "--workers", "1",
+                          "--no-bf16", "--val-every", "100000", "--steps", "100000", "--out", str(out), "--quiet"],
+                         cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = out / "log.csv", time.monotonic() + 240
+    while (not log.exists() or len(log.read_text().splitlines()) < 3) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert p.poll() is None, p.communicate()
+    os.killpg(p.pid, getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err
+    logged = int(log.read_text().splitlines()[-1].split(",")[0])
+    assert read_checkpoint(out / "last.pt")["step"] >= logged >= 2  # the step it stopped at, not a periodic one
+    for _ in range(100):  # and no worker is left behind
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a data loader worker outlived the run")
