@@ -10,11 +10,23 @@ from typing import List, Optional
 import typing
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+class _Group(TyperGroup):
+    """`srdeploy --help` without a `<bool>` beside --help (see _Command)."""
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy super-resolution models.")
 
 

@@ -139,8 +139,8 @@ def test_help_names_every_option_and_shows_no_type_tags():
     missing = [(name, p.opts) for name, c in cmd.commands.items() for p in c.params
                if p.param_type_name == "option" and not p.help]
     assert not missing, missing
-    for name in cmd.commands:
-        out = CliRunner().invoke(app, [name, "--help"], terminal_width=120).output
+    for name in [None, *cmd.commands]:
+        out = CliRunner().invoke(app, [name, "--help"] if name else ["--help"], terminal_width=120).output
         assert "<bool>" not in out and "<float>" not in out and "<str>" not in out, (name, out)
     out_opt = next(p for p in cmd.commands["run"].params if p.name == "output")
     assert "default: beside the input" in out_opt.help  # where outputs go without -o
