@@ -10,6 +10,7 @@ conv that feeds the first pixel shuffle (at x4, the first upsampling step).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sr_deploy.errors import InputError
 from sr_deploy.imagefiles import list_images, read_rgb
 
 
+log = logging.getLogger(__name__)
 HOLD_OUT_EVERY = 5  # every 5th file of a calibration folder is held out (gate / percentile search)
 
 
@@ -43,16 +45,20 @@ def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, sc
     if not files:
         raise InputError(f"{folder}: no calibration images found (png/jpg/bmp/webp)")
     hr_size = lr_size * scale
-    images = []
+    images, unreadable = [], 0
     for f in files:
         try:
             img = read_rgb(f)
-        except Exception:  # noqa: BLE001 - unreadable files are skipped
+        except InputError as exc:  # one bad file in a folder of real images should not end the calibration
+            log.warning("warning: calibration skips %s", exc)
+            unreadable += 1
             continue
         if min(img.shape[:2]) >= hr_size:
             images.append(img)
     if not images:
-        raise InputError(f"{folder}: every calibration image is smaller than {hr_size}px "
+        if unreadable == len(files):
+            raise InputError(f"{folder}: none of the {len(files)} calibration images could be read")
+        raise InputError(f"{folder}: every readable calibration image is smaller than {hr_size}px "
                          f"({lr_size}px LR crops at x{scale}); give larger images or a smaller --calib-size")
     rng = np.random.default_rng(seed)
     out = []

@@ -231,3 +231,20 @@ def test_int8_qdq_placed_for_tensorrt(tiny_onnx, tmp_path, calib_dir):
     assert placed["outputs"]["conv_outputs_quantized"] > 0
     with pytest.raises(InputError, match="placement"):
         convert_int8(tiny_onnx, tmp_path / "x.onnx", batches, placement="everywhere")
+
+
+def test_an_unreadable_calibration_image_is_skipped_with_a_warning_and_none_readable_is_an_error(tmp_path, caplog):
+    from sr_deploy.errors import InputError
+    from sr_deploy.precision.int8 import calibration_batches
+
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"f{i:02d}.png"), np.full((64, 64, 3), 10 * i + 5, np.uint8))
+    (tmp_path / "f01.png").write_text("not an image")  # a calibration file (f00 is held out)
+    with caplog.at_level("WARNING"):
+        crops = calibration_batches(tmp_path, count=8, lr_size=8, scale=4)
+    assert {round(float(c.mean()) * 255 - 5) // 10 for c in crops} == {2, 3}
+    assert any("f01.png" in r.getMessage() and r.getMessage().startswith("warning:") for r in caplog.records)
+    for i in range(4):
+        (tmp_path / f"f{i:02d}.png").write_text("not an image")
+    with pytest.raises(InputError, match="none of the 3 calibration images could be read"):
+        calibration_batches(tmp_path, count=8, lr_size=8, scale=4)
