@@ -160,8 +160,34 @@ def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
     proto = load_onnx(path)
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
-            return ModelDescriptor.from_json(entry.value)
+            desc = ModelDescriptor.from_json(entry.value)
+            least = reflect_minimum(proto)
+            # graphs exported before the descriptor carried it (light_x4's first release) say 0
+            return desc.with_(size_minimum=least) if least > desc.size_minimum else desc
     raise ModelError(f"{path}: ONNX model has no srdeploy metadata; export it with `srdeploy export CHECKPOINT`")
+
+
+def reflect_minimum(proto) -> int:
+    """The smallest height and width the graph's reflect padding runs on (pad + 1; 0 without any).
+
+    ONNX Runtime, OpenVINO and TensorRT all refuse a reflect pad as wide as the input, so a 2x2 image
+    through a 5x5 reflect-padded conv failed inside the backend. Read from constant ``pads`` only.
+    """
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in proto.graph.initializer}
+    consts.update({n.output[0]: a.t for n in proto.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    least = 0
+    for n in proto.graph.node:
+        if n.op_type != "Pad" or not any(a.name == "mode" and a.s == b"reflect" for a in n.attribute):
+            continue
+        pads = [list(a.ints) for a in n.attribute if a.name == "pads"]  # opset < 11 kept them here
+        if not pads and len(n.input) > 1 and n.input[1] in consts:
+            pads = [numpy_helper.to_array(consts[n.input[1]]).tolist()]
+        if pads and pads[0]:
+            least = max(least, int(max(pads[0])) + 1)
+    return least
 
 
 def load_onnx(path: str | os.PathLike, *, external_data: bool = False):

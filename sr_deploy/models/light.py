@@ -54,6 +54,11 @@ class LightSRConfig:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    @property
+    def size_minimum(self) -> int:
+        """The first conv's reflect padding (2) needs 3 pixels a side; runners pad smaller inputs to it."""
+        return 3
+
 
 class LightSR(nn.Module):
     def __init__(self, config: LightSRConfig | None = None, **kwargs) -> None:
