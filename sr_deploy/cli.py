@@ -471,6 +471,8 @@ def bench(
                           min_time_s=min_time, ensemble=ensemble)
         res = run_bench(cfg, say=lambda line: typer.echo(line, err=True))
         typer.echo(markdown(res))
+        if not (res.quality or res.speed or res.video):  # every part skipped: the notes above say why
+            raise InputError("nothing was measured (see the notes above); no files written")
         if json_out:
             write_json(res, json_out)
         if markdown_out:

@@ -33,6 +33,12 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return 10.0 * np.log10(data_range**2 / mse)
 
 
+SSIM_SIGMA = 1.5
+# the side of scikit-image's Gaussian window for that sigma (2 * int(3.5 * sigma + 0.5) + 1): smaller images
+# have no SSIM
+SSIM_WINDOW = 2 * int(3.5 * SSIM_SIGMA + 0.5) + 1
+
+
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """Wang et al. 2004 SSIM on a single-channel image (scikit-image's implementation)."""
     from skimage.metrics import structural_similarity
@@ -43,7 +49,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
             b.astype(np.float64),
             data_range=data_range,
             gaussian_weights=True,
-            sigma=1.5,
+            sigma=SSIM_SIGMA,
             use_sample_covariance=False,
         )
     )

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sr_deploy.errors import InputError
-from sr_deploy.metrics import bicubic_resize, make_lr, mod_crop, y_scores
+from sr_deploy.metrics import SSIM_WINDOW, bicubic_resize, make_lr, mod_crop, y_scores
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class QualityResult:
 
 
 def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | None = None) -> list[EvalPair]:
-    """Read every image of ``folder`` as an (HR, LR) pair; images smaller than the scale are skipped, and
-    unreadable ones too, named through ``say`` (the set's image count shows that it is smaller)."""
+    """Read every image of ``folder`` as an (HR, LR) pair; images too small to score at ``scale`` and
+    unreadable ones are skipped, named through ``say`` (the set's image count shows that it is smaller)."""
     from sr_deploy.imagefiles import list_images, read_rgb
 
     pairs = []
@@ -45,7 +45,12 @@ def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | N
                 say(f"skipped {exc}")
             continue
         hr = mod_crop(img, scale)
-        if min(hr.shape[:2]) < 2 * scale + 7:  # SSIM's 7px+ window must fit after shaving
+        # SSIM's window must fit once the border is shaved; images are cut to a multiple of the scale first
+        least = -(-(2 * scale + SSIM_WINDOW) // scale) * scale
+        if min(hr.shape[:2]) < least:
+            if say:
+                say(f"skipped {f}: {img.shape[1]}x{img.shape[0]} is too small to score at x{scale} "
+                    f"(at least {least}x{least})")
             continue
         pairs.append(EvalPair(f.stem, hr, make_lr(hr, scale)))
     if not pairs:

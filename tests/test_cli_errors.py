@@ -154,6 +154,18 @@ def test_bench_data_that_is_not_there_is_an_error(tmp_path):
         assert r.exit_code != 0 and r.output.startswith("error:") and str(d) in r.output, r.output
 
 
+def test_a_bench_that_measures_nothing_is_an_error_and_writes_nothing(tmp_path, tiny_ckpt):
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "a.png"), pattern_image(12, 12, 3))  # below what x2 can be scored on
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(small), "--no-speed",
+                                 "--backends", "onnxruntime", "--json", str(out)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code != 0 and lines[-1].startswith("error: nothing was measured"), r.output
+    assert any("a.png" in line and "too small" in line for line in lines) and not out.exists()
+
+
 def test_bad_precision_and_crf_values(tiny_ckpt, image, tmp_path):
     code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--precision", "fp7")
     assert code != 0 and out.startswith("error: --precision") and not (tmp_path / "o.png").exists()

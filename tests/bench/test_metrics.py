@@ -1,12 +1,14 @@
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from sr_deploy.cli import app
 from sr_deploy.metrics import psnr, rgb_to_y, shave, ssim, y_psnr_ssim
+from tests.conftest import pattern_image
 
 
 def test_y_conversion_matches_matlab_rgb2ycbcr():
@@ -154,3 +156,21 @@ def test_conv_macs_per_pixel_counts_every_convolution(tmp_path):
 
     rep = export_onnx(LightSR(scale=2, channels=8, mid=4, depth=1), tmp_path / "l.onnx", name="l")
     assert conv_macs_per_pixel(rep.path) == 600 + 288 + 432
+
+
+def test_images_too_small_to_score_are_skipped_and_named(tmp_path):
+    # at x4 the border shave takes 8 px and SSIM's Gaussian window needs 11: a 17x18 image (16x16 after the
+    # mod-crop) once reached SSIM and ended the bench in scikit-image's words
+    from sr_deploy.errors import InputError
+    from sr_deploy.quality import evaluate, load_eval_set
+
+    for name, (h, w) in {"small": (17, 18), "edge": (19, 20), "ok": (20, 20)}.items():
+        cv2.imwrite(str(tmp_path / f"{name}.png"), pattern_image(h, w, 3))
+    said: list[str] = []
+    pairs = load_eval_set(tmp_path, 4, say=said.append)
+    assert [p.name for p in pairs] == ["ok"]
+    assert len(said) == 2 and all("too small to score at x4" in s for s in said) and any("small.png" in s for s in said)
+    assert evaluate(pairs, 4, lambda lr: np.repeat(np.repeat(lr, 4, 0), 4, 1)).images == 1
+    (tmp_path / "ok.png").unlink()
+    with pytest.raises(InputError, match="no images large enough"):
+        load_eval_set(tmp_path, 4)
