@@ -11,11 +11,13 @@ Runs as one process or under ``torchrun`` (DDP: gloo on CPU, nccl on GPUs).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -308,7 +310,13 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     stop = False
     G.train()
     try:
-        for lr_b, hr_b in loader:
+        batches = iter(loader)
+        while True:
+            with _signals_deferred():
+                batch = next(batches, None)
+            if batch is None:
+                break
+            lr_b, hr_b = batch
             lr_b = lr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
             hr_b = hr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
             losses: dict[str, float] = {}
@@ -388,12 +396,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     except KeyboardInterrupt:
         if main:
             progress.write(f"interrupted: saving step {step} to {out / 'last.pt'}")
-            # a second Ctrl-C or SIGTERM waits until the checkpoint is whole (then stops the run as the first did)
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
+            with _signals_deferred():  # a second Ctrl-C or SIGTERM waits until the checkpoint is whole
                 save(step, "last.pt")
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         raise
     finally:
         progress.close()
@@ -412,6 +416,33 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 def _plain(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM (where Python handles them) take effect when the block is done, not inside it.
+
+    Around taking a batch from the workers: a KeyboardInterrupt raised while a batch is being unpickled cuts
+    the worker's file-descriptor handshake short, and the worker prints an EOFError traceback of its own
+    after the run has stopped. Around the interrupt's save: the checkpoint stays whole. Python-level, because
+    blocking the signal in the main thread does not stop the kernel handing it to another thread of the
+    process, whose C handler still makes the main thread raise at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[tuple] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(sig)):  # ignored or default-action signals are left as they are
+            old[sig] = signal.signal(sig, lambda signum, frame: got.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if got:
+        signum, frame = got[0]
+        old[signum](signum, frame)
 
 
 def _loader_worker_init(_worker_id: int) -> None:

@@ -338,13 +338,21 @@ def test_a_signal_to_the_whole_process_group_saves_the_step_it_stopped_at(hr_dir
     p = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "train", "--data", str(hr_dir), "--scale", "2",
                           "--blocks", "2", "--channels", "8", "--patch", "24", "--batch-size", "2", "--workers", "1",
                           "--no-bf16", "--val-every", "100000", "--steps", "100000", "--out", str(out), "--quiet"],
-                         cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a shell without job control starts background jobs with SIGINT ignored, and the run
+                         # would inherit that: give it the disposition a terminal gives
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log, deadline = out / "log.csv", time.monotonic() + 240
-    while (not log.exists() or len(log.read_text().splitlines()) < 3) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert p.poll() is None, p.communicate()
-    os.killpg(p.pid, getattr(signal, sig))
-    _, err = p.communicate(timeout=120)
+    try:
+        while (not log.exists() or len(log.read_text().splitlines()) < 3) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, getattr(signal, sig))
+        _, err = p.communicate(timeout=120)
+    finally:  # a run that did not stop is not left training in the background
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
     assert p.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err
     logged = int(log.read_text().splitlines()[-1].split(",")[0])
     assert read_checkpoint(out / "last.pt")["step"] >= logged >= 2  # the step it stopped at, not a periodic one
