@@ -15,9 +15,8 @@ from typer.core import TyperCommand, TyperGroup
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 
 
-
-class _Group(TyperGroup):
-    """`srdeploy --help` without a `<bool>` beside --help (see _Command)."""
+class _BareHelp:
+    """--help is a flag: no `<bool>` beside it in the help (this Typer shows one by default)."""
 
     def get_help_option(self, ctx):
         opt = super().get_help_option(ctx)
@@ -26,11 +25,15 @@ class _Group(TyperGroup):
         return opt
 
 
+class _Group(_BareHelp, TyperGroup):
+    """`srdeploy --help` as conventional as the subcommands' (see _Command)."""
+
+
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, export and deploy super-resolution models.")
 
 
-class _Command(TyperCommand):
+class _Command(_BareHelp, TyperCommand):
     """Conventional help: flags take no value, so they show none; values show PATH, N, NUM or TEXT
     (this Typer shows `<bool>`, `<path>`... beside every option by default)."""
 
@@ -61,11 +64,7 @@ class _Command(TyperCommand):
             else:
                 param.metavar = self._NAMES.get(ann, "TEXT")
 
-    def get_help_option(self, ctx):
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
+
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "train"
 
 

@@ -36,6 +36,8 @@ def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | N
     unreadable ones are skipped, named through ``say`` (the set's image count shows that it is smaller)."""
     from sr_deploy.imagefiles import list_images, read_rgb
 
+    # SSIM's window must fit once the border is shaved; images are cut to a multiple of the scale first
+    least = -(-(2 * scale + SSIM_WINDOW) // scale) * scale
     pairs = []
     for f in list_images([folder]):
         try:
@@ -45,8 +47,6 @@ def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | N
                 say(f"skipped {exc}")
             continue
         hr = mod_crop(img, scale)
-        # SSIM's window must fit once the border is shaved; images are cut to a multiple of the scale first
-        least = -(-(2 * scale + SSIM_WINDOW) // scale) * scale
         if min(hr.shape[:2]) < least:
             if say:
                 say(f"skipped {f}: {img.shape[1]}x{img.shape[0]} is too small to score at x{scale} "
