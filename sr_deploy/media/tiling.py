@@ -95,6 +95,7 @@ def auto_tile(runner: Runner, h: int, w: int, overlap: int = 16) -> int | tuple[
 def tile_batch(runner: Runner, tile: int | tuple[int, int], most: int = 4) -> int:
     """Tiles per inference call: up to ``most`` while the call stays within the runner's memory budget."""
     th, tw = tile if isinstance(tile, tuple) else (tile, tile)
+    most = min(most, runner.input_spec().max_batch or most)  # an engine's profile caps its batch
     return int(max(1, min(most, runner.memory_budget() // max(1.0, th * tw * runner.bytes_per_pixel()))))
 
 

@@ -411,7 +411,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
         # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
         tile = options.tile if options.tile is not None else auto_tile(runner, src_h, src_w)
-        batch = max(1, options.batch)
+        # never more than the engine's profile takes: it would cut a larger batch into unequal chunks
+        batch = max(1, min(options.batch, runner.input_spec().max_batch or options.batch))
         if not tile and batch > 1:
             batch = max(1, min(batch, int(runner.memory_budget() // max(1.0, src_h * src_w * runner.bytes_per_pixel()))))
         stop = threading.Event()

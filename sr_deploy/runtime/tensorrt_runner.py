@@ -11,6 +11,7 @@ real 10.x and 11.x bindings, on a simulated CUDA device (tests/engine/).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,6 +22,12 @@ from sr_deploy.engine.profile import Profile
 from sr_deploy.errors import ModelError, SRDeployError
 from sr_deploy.runtime.base import InputSpec, Runner
 from sr_deploy.runtime.pipeline import CudaDevice, FramePipeline, TensorPlan, check_cuda
+
+
+# pipelines (pinned host and device buffers) of earlier input shapes stay allocated up to this many shapes
+# and this many bytes beside the current one
+PLANS_KEPT = 4
+PLAN_BYTES_KEPT = 1 << 30
 
 
 class TensorRTError(SRDeployError):
@@ -89,40 +96,47 @@ class TensorRTRunner(Runner):
         # dtypes come from the engine, never assumed: uint8 for graphs with pixels inside, else float32/16
         self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.in_name)))
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out_name)))
-        self.pipeline: FramePipeline | None = None
-        self.graphs: dict[int, tuple] = {}
-        self.shape: tuple[int, ...] | None = None
+        # buffers per input shape, kept while the shape recurs: a tiled frame alternates a full batch of tiles
+        # with a row's remainder, and re-allocating pinned memory at every change would stall the GPU
+        self.plans: OrderedDict[tuple[int, ...], FramePipeline] = OrderedDict()
+        self.graphs: dict[tuple, tuple] = {}  # (input shape, slot) -> captured CUDA graph and its exec
+        self.shape: tuple[int, ...] | None = None  # the shape set on the context now
 
     def _deactivate(self) -> None:
-        self._close_pipeline()
+        self._close_plans()
         del self.context, self.engine, self.trt_runtime
 
-    def _close_pipeline(self) -> None:
-        if getattr(self, "pipeline", None) is not None:
-            self.pipeline.close()
-            self.pipeline = None
+    def _close_plans(self, only: tuple[int, ...] | None = None) -> None:
         rt = getattr(self.device, "rt", None)
-        for graph, graph_exec in getattr(self, "graphs", {}).values():
-            check_cuda(rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
-            check_cuda(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
-        self.graphs = {}
+        for shape in [only] if only is not None else list(getattr(self, "plans", {})):
+            self.plans.pop(shape).close()  # synchronizes its streams before freeing
+            for key in [k for k in self.graphs if k[0] == shape]:
+                graph, graph_exec = self.graphs.pop(key)
+                check_cuda(rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+                check_cuda(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
 
-    def _plan(self, item_shape: tuple[int, ...], n: int) -> FramePipeline:
-        """Pipeline for batches of ``n`` of ``item_shape``: set the shape on the context, size buffers from
-        the engine's answer."""
-        shape = (n, *item_shape)
-        if self.pipeline is not None and shape == self.shape:
-            return self.pipeline
-        self.profile.check(shape)
-        self._close_pipeline()
-        _ok(self.context.set_input_shape(self.in_name, shape), f"set_input_shape({self.in_name}, {shape})")
+    def _plan(self, shape: tuple[int, ...]) -> FramePipeline:
+        """The pipeline for engine-layout batches of ``shape``, the context set to that shape. Called only
+        when the previous shape's pipeline has drained (``_stream``), so no enqueued work sees the change."""
+        pipe = self.plans.get(shape)
+        if pipe is None:
+            self.profile.check(shape)
+        if shape != self.shape:
+            _ok(self.context.set_input_shape(self.in_name, shape), f"set_input_shape({self.in_name}, {shape})")
+            self.shape = shape
+        if pipe is not None:
+            self.plans.move_to_end(shape)
+            return pipe
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.out_name))
         if any(d < 0 for d in out_shape):
             raise TensorRTError(f"TensorRT left the output shape unresolved ({out_shape}) for input {shape}")
-        self.pipeline = FramePipeline(self.device, self._enqueue, inp=TensorPlan(shape, self.in_dtype),
-                                      out=TensorPlan(out_shape, self.out_dtype), depth=self.depth)
-        self.shape = shape
-        return self.pipeline
+        inp, out = TensorPlan(shape, self.in_dtype), TensorPlan(out_shape, self.out_dtype)
+        while self.plans and (len(self.plans) >= PLANS_KEPT or PLAN_BYTES_KEPT < sum(
+                p.depth * (p.inp.nbytes + p.out.nbytes) for p in self.plans.values())):
+            self._close_plans(next(iter(self.plans)))
+        pipe = FramePipeline(self.device, self._enqueue, inp=inp, out=out, depth=self.depth)
+        self.plans[shape] = pipe
+        return pipe
 
     def _enqueue(self, slot, stream) -> None:
         ctx = self.context
@@ -131,8 +145,8 @@ class TensorRTRunner(Runner):
         if not self.cuda_graph:
             _ok(ctx.execute_async_v3(int(stream)), "execute_async_v3")
             return
-        rt = self.device.rt
-        if slot.index not in self.graphs:
+        rt, key = self.device.rt, (self.shape, slot.index)
+        if key not in self.graphs:
             # one plain enqueue first (TensorRT may allocate lazily), then capture this slot's enqueue
             _ok(ctx.execute_async_v3(int(stream)), "execute_async_v3")
             check_cuda(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
@@ -141,43 +155,64 @@ class TensorRTRunner(Runner):
                 _ok(ctx.execute_async_v3(int(stream)), "execute_async_v3 (graph capture)")
             finally:
                 graph = check_cuda(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-            self.graphs[slot.index] = (graph, check_cuda(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
+            self.graphs[key] = (graph, check_cuda(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
             return
-        check_cuda(rt.cudaGraphLaunch(self.graphs[slot.index][1], stream), "cudaGraphLaunch")
+        check_cuda(rt.cudaGraphLaunch(self.graphs[key][1], stream), "cudaGraphLaunch")
 
     # ---------------------------------------------------------------- Runner contract
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Batches flow through the pipeline with several in flight; a change of shape re-plans the buffers."""
+        """NHWC uint8 batches through the pipeline, several in flight, outputs in order."""
         if not self.active:
             self.activate()
         pixel_graph = self.in_dtype == np.uint8
         nhwc = self.descriptor.io == "uint8-nhwc"
-        s = self.scale
-        sizes: list[tuple[int, int]] = []
+        return self._stream(batches, hdim=1, to_engine=lambda b: self._to_engine(b, pixel_graph, nhwc),
+                            from_engine=lambda y: self._from_engine(y, pixel_graph, nhwc))
 
-        def padded():
+    def _stream(self, batches: Iterable[np.ndarray], *, hdim: int, to_engine, from_engine) -> Iterator[np.ndarray]:
+        """Each batch (spatial dims at ``hdim``) fitted to the profile: edge-padded up to its minimum size
+        (the output cropped back), so a small frame or a row's last tile never fails mid-video, and cut into
+        chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline."""
+        s, most = self.scale, self.profile.max[0]
+        mh, mw = self._hw(self.profile.min)
+        parts: deque[tuple[int, int, int]] = deque()  # per input batch: its height, width and chunk count
+
+        def chunks():
             for b in batches:
-                p, hw = self._pad_to_profile(b)
-                sizes.append(hw)
-                yield p
+                if len(b) == 0:
+                    raise ValueError("empty batch")
+                h, w = b.shape[hdim], b.shape[hdim + 1]
+                if h < mh or w < mw:
+                    pad = [(0, 0)] * b.ndim
+                    pad[hdim], pad[hdim + 1] = (0, max(0, mh - h)), (0, max(0, mw - w))
+                    b = np.pad(b, pad, mode="edge")
+                parts.append((h, w, -(-len(b) // most)))
+                for i in range(0, len(b), most):
+                    yield to_engine(b[i:i + most])
 
-        it = padded()
+        it, done = chunks(), []
         head = next(it, None)
         while head is not None:
-            shape, following = head.shape, [None]
+            following = [None]
 
-            def same_shape(first=head, shape=shape):
+            def same_shape(first=head, shape=head.shape):
                 yield first
-                for b in it:
-                    if b.shape != shape:
-                        following[0] = b
+                for c in it:
+                    if c.shape != shape:
+                        following[0] = c
                         return
-                    yield b
+                    yield c
 
-            pipe = self._plan(tuple(self._to_engine(head[:1], pixel_graph, nhwc).shape[1:]), head.shape[0])
-            for out in pipe.run(self._to_engine(b, pixel_graph, nhwc) for b in same_shape()):
-                h, w = sizes.pop(0)
-                yield self._from_engine(out, pixel_graph, nhwc)[:, : h * s, : w * s]
+            for out in self._plan(head.shape).run(same_shape()):
+                done.append(from_engine(out))
+                h, w, n = parts[0]
+                if len(done) == n:
+                    parts.popleft()
+                    y = done[0] if n == 1 else np.concatenate(done)
+                    done = []
+                    crop = [slice(None)] * y.ndim
+                    crop[hdim], crop[hdim + 1] = slice(0, h * s), slice(0, w * s)
+                    yield np.ascontiguousarray(y[tuple(crop)])
             head = following[0]
 
     def _to_engine(self, batch: np.ndarray, pixel_graph: bool, nhwc: bool) -> np.ndarray:
@@ -193,20 +228,11 @@ class TensorRTRunner(Runner):
         y = np.clip(np.rint(out.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
 
-    def _pad_to_profile(self, batch: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """Frames smaller than the profile's minimum are edge-padded up to it (the output is cropped back),
-        so a small frame or the last tile of a row never fails mid-video."""
-        h, w = batch.shape[1:3]
-        mh, mw = self._hw(self.profile.min)
-        if h >= mh and w >= mw:
-            return batch, (h, w)
-        return np.pad(batch, ((0, 0), (0, max(0, mh - h)), (0, max(0, mw - w)), (0, 0)), mode="edge"), (h, w)
-
     def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
         return next(iter(self.stream_u8([batch])))
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self.in_dtype == np.uint8:
             return self._u8_to_float(self._infer_u8, batch)
-        pipe = self._plan(tuple(batch.shape[1:]), batch.shape[0])
-        return next(iter(pipe.run([batch.astype(self.in_dtype)]))).astype(np.float32)
+        return next(self._stream([batch], hdim=2, to_engine=lambda b: b.astype(self.in_dtype),
+                                 from_engine=lambda y: y.astype(np.float32)))

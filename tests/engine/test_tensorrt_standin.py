@@ -11,7 +11,7 @@ from sr_deploy.engine.profile import make_profile
 from sr_deploy.errors import EngineMismatch, InputError, ModelError
 from sr_deploy.export.onnx_export import read_descriptor
 from sr_deploy.export.pixels import uint8_onnx
-from sr_deploy.media.tiling import quantize
+from sr_deploy.media.tiling import quantize, tile_batch
 from sr_deploy.runtime import pipeline as pipeline_mod
 from sr_deploy.runtime.ort_runner import OrtRunner
 from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
@@ -89,6 +89,46 @@ def test_float_engine_sizes_buffers_from_engine_dtypes(trt, tiny_onnx):
         y = r.infer(px.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     assert np.abs(got.astype(int) - _reference(tiny_onnx, px).astype(int)).max() <= 1
     assert y.shape == (2, 3, 18, 34)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, tmp_path, monkeypatch, cuda_graph):
+    """More frames than the profile's batch are cut into chunks, frames under its minimum padded and cropped;
+    buffers (and CUDA graphs) are kept per shape, so alternating shapes neither re-allocate nor mix."""
+    from sr_deploy.runtime import tensorrt_runner
+
+    made = []
+
+    class Counted(tensorrt_runner.FramePipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self.inp.shape)
+
+    monkeypatch.setattr(tensorrt_runner, "FramePipeline", Counted)
+    u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
+    engine, _ = _build(u8)  # batch 1-2, 8x8 to 32x32
+    rng = np.random.default_rng(5)
+    shapes = [(5, 12, 20), (1, 4, 6), (3, 12, 20), (2, 12, 20), (1, 4, 6), (5, 12, 20)]
+    batches = [rng.integers(0, 256, (*sh, 3), dtype=np.uint8) for sh in shapes]
+    with TensorRTRunner(engine, cuda_graph=cuda_graph) as r:
+        outs = list(r.stream_u8(iter(batches)))
+        assert r.infer_u8(batches[0]).shape == (5, 24, 40, 3)
+        assert tile_batch(r, (8, 8)) == 2  # tiles are batched within the profile, not cut by the runner
+    for b, o in zip(batches, outs, strict=True):
+        assert o.shape == (len(b), 2 * b.shape[1], 2 * b.shape[2], 3)
+        ref = _reference(tiny_onnx, np.pad(b, ((0, 0), (0, max(0, 8 - b.shape[1])), (0, max(0, 8 - b.shape[2])), (0, 0)),
+                                           mode="edge"))[:, : 2 * b.shape[1], : 2 * b.shape[2]]
+        assert np.abs(o.astype(int) - ref.astype(int)).max() <= 1
+    assert sorted(made) == [(1, 8, 8, 3), (1, 12, 20, 3), (2, 12, 20, 3)]  # one pipeline per shape, reused
+    assert trt._sim.live == 0
+
+    engine, _ = _build(tiny_onnx)  # float I/O: the float entry is fitted the same way
+    x = rng.random((3, 3, 5, 6), dtype=np.float32)
+    with TensorRTRunner(engine) as r:
+        y = r.infer(x)
+    ref = _reference(tiny_onnx, np.pad(quantize(x.transpose(0, 2, 3, 1)), ((0, 0), (0, 3), (0, 2), (0, 0)), mode="edge"))
+    assert y.shape == (3, 3, 10, 12)
+    assert np.abs(quantize(y.transpose(0, 2, 3, 1)).astype(int) - ref[:, :10, :12].astype(int)).max() <= 1
 
 
 def test_shape_outside_profile_and_bad_engines(trt, tiny_onnx, tmp_path):
