@@ -108,10 +108,22 @@ class Runner(ABC):
         """``run(batch)`` on a graph with size requirements (descriptor.fixed_hw, size_multiple,
         size_minimum) or a fixed batch (max_batch): inputs padded (edge) to the size and cropped after,
         batches split; otherwise ``run`` as is."""
-        d = self.descriptor
-        fixed, most, m, least = d.fixed_hw, d.max_batch, max(1, d.size_multiple), d.size_minimum
-        if not fixed and not most and m == 1 and not least:
+        most = self.descriptor.max_batch
+        batch, hw = self._fit(batch, hdim)
+        if hw is None and not most:
             return run(batch)
+        step = most or len(batch)
+        outs = [run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return self._crop(out, hw, hdim)
+
+    def _fit(self, batch: np.ndarray, hdim: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """``batch`` edge-padded to the graph's size requirements, and its own (h, w) to crop back to;
+        (batch, None) when it has none."""
+        d = self.descriptor
+        fixed, m, least = d.fixed_hw, max(1, d.size_multiple), d.size_minimum
+        if not fixed and m == 1 and not least:
+            return batch, None
         h, w = batch.shape[hdim], batch.shape[hdim + 1]
         if fixed:
             if h > fixed[0] or w > fixed[1]:
@@ -123,10 +135,12 @@ class Runner(ABC):
             pad = [(0, 0)] * 4
             pad[hdim], pad[hdim + 1] = (0, th - h), (0, tw - w)
             batch = np.pad(batch, pad, mode="edge")
-        step = most or len(batch)
-        outs = [run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        s = self.scale
+        return batch, (h, w)
+
+    def _crop(self, out: np.ndarray, hw: tuple[int, int] | None, hdim: int) -> np.ndarray:
+        if hw is None:
+            return out
+        h, w, s = hw[0], hw[1], self.scale
         return np.ascontiguousarray(out[:, :, : h * s, : w * s] if hdim == 2 else out[:, : h * s, : w * s])
 
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -76,6 +76,7 @@ class TorchRunner(Runner):
         try:
             with torch.inference_mode():
                 for b in batches:
+                    b, hw = self._fit(b, 1)  # the architecture's size requirements, as infer_u8 meets them
                     host_in = torch.from_numpy(np.ascontiguousarray(b)).pin_memory()
                     with torch.cuda.stream(up):
                         d_in = host_in.to(self.device, non_blocking=True)
@@ -90,15 +91,15 @@ class TorchRunner(Runner):
                         host_out.copy_(y, non_blocking=True)
                         done = torch.cuda.Event()
                         done.record(down)
-                    pending.append((done, host_out, host_in))
-                    if len(pending) > self.depth:
-                        done, out, _ = pending.popleft()
+                    pending.append((done, host_out, host_in, hw))
+                    if len(pending) >= self.depth:
+                        done, out, _, out_hw = pending.popleft()
                         done.synchronize()
-                        yield out.numpy()
+                        yield self._crop(out.numpy(), out_hw, 1)
                 while pending:
-                    done, out, _ = pending.popleft()
+                    done, out, _, out_hw = pending.popleft()
                     done.synchronize()
-                    yield out.numpy()
+                    yield self._crop(out.numpy(), out_hw, 1)
         finally:
             torch.cuda.synchronize(self.device)
             graphs.clear()  # the captured graphs and their static buffers are released here

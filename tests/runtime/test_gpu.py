@@ -42,3 +42,18 @@ def test_torch_cuda_stream_matches_cpu(tiny_ckpt, cuda_graph):
         outs = list(gpu.stream_u8(iter(px)))
     for r, o in zip(ref, outs, strict=True):
         assert o.shape == r.shape and np.abs(o.astype(int) - r.astype(int)).max() <= 3  # fp16
+
+
+@pytest.mark.needs_gpu
+def test_torch_cuda_stream_meets_size_requirements():
+    """The pipelined CUDA path pads to the architecture's size multiple and minimum like infer_u8 does."""
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.runtime.torch_runner import TorchRunner
+    from tests.models.test_community import _Strict
+
+    desc = ModelDescriptor(name="s", scale=2, size_multiple=8, size_minimum=16)
+    px = [np.random.default_rng(i).integers(0, 256, (2, 9 + i, 13, 3), dtype=np.uint8) for i in range(4)]
+    with TorchRunner(_Strict(), desc, device="cuda") as gpu:
+        outs = list(gpu.stream_u8(iter(px)))
+    for x, y in zip(px, outs, strict=True):
+        assert np.array_equal(y, x.repeat(2, axis=1).repeat(2, axis=2))
