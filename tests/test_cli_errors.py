@@ -154,7 +154,11 @@ def test_bench_data_that_is_not_there_is_an_error(tmp_path):
         assert r.exit_code != 0 and r.output.startswith("error:") and str(d) in r.output, r.output
 
 
-def test_a_bench_that_measures_nothing_is_an_error_and_writes_nothing(tmp_path, tiny_ckpt):
+def test_a_bench_that_measures_nothing_is_an_error_and_writes_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    from sr_deploy.bench import run as bench_run
+
+    converted = []  # and it finds that out before converting the model to other precisions
+    monkeypatch.setattr(bench_run, "_ensure_variants", lambda *a, **k: converted.append(a))
     small = tmp_path / "small"
     small.mkdir()
     cv2.imwrite(str(small / "a.png"), pattern_image(12, 12, 3))  # below what x2 can be scored on
@@ -164,6 +168,7 @@ def test_a_bench_that_measures_nothing_is_an_error_and_writes_nothing(tmp_path, 
     lines = r.output.strip().splitlines()
     assert r.exit_code != 0 and lines[-1].startswith("error: nothing was measured"), r.output
     assert any("a.png" in line and "too small" in line for line in lines) and not out.exists()
+    assert converted == [] and any("no dataset can be scored" in line for line in lines), r.output
 
 
 def test_bad_precision_and_crf_values(tiny_ckpt, image, tmp_path):

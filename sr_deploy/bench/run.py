@@ -254,11 +254,20 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
             note(f"skipped model {spec}: {exc}")
     rng = np.random.default_rng(0)
     bicubic_done: set[tuple[str, int]] = set()
+    loaded: dict[int, list] = {}  # evaluation sets per scale, read once
     for source in sources:
         try:
             base = onnx_for(source)
             macs_px = conv_macs_per_pixel(base)
             desc = read_descriptor(base)
+            scale = desc.scale
+            if cfg.quality and scale not in loaded:
+                loaded[scale] = _datasets(cfg, scale, note)
+            datasets = loaded.get(scale, [])
+            if cfg.quality and not datasets and not cfg.speed and not cfg.video:
+                # before any precision conversion: a quality-only bench with nothing to score has no use for it
+                note(f"skipped model {source.name}: no dataset can be scored at x{scale}")
+                continue
             _ensure_variants(base, source.path, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
         except SRDeployError as exc:
             note(f"skipped model {source.name}: {exc}")
@@ -268,8 +277,6 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
             res.auto[source.name] = {"backend": auto_runner.backend, "precision": auto_runner.precision, "why": why}
         except SRDeployError as exc:
             note(f"{source.name}: no auto choice ({exc})")
-        scale = desc.scale
-        datasets = _datasets(cfg, scale, note) if cfg.quality else []
         for name, pairs in datasets:
             if (name, scale) not in bicubic_done:
                 q = evaluate(pairs, scale, lambda lr: bicubic_upscale(lr, scale))
