@@ -207,6 +207,19 @@ def _utf8(text: str) -> bool:
 
 def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, tile: int | None = None,
                   alpha: str = "bicubic", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Path:
+    header, img = _prepare(runner, src, dst, overwrite=overwrite, max_megapixels=max_megapixels)
+    if img is None:
+        return _upscale_animation(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
+                                  max_megapixels=max_megapixels)
+    out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
+    del img
+    write_image(dst, out, overwrite=overwrite, gray_alpha=_gray_alpha(header))
+    return dst
+
+
+def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool,
+             max_megapixels: float) -> tuple[ImageHeader | None, np.ndarray | None]:
+    """upscale_image's checks and decode: (header, pixels), or (header, None) for an animation."""
     if dst.resolve() == src.resolve():
         raise OutputError(f"{dst}: output path is the input; choose another")
     if dst.exists() and not overwrite:
@@ -215,13 +228,12 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
         raise InputError(f"{src}: file not found")
     header = probe_image(src)  # read once: an animation goes its own way, a still image is decoded from it
     if header is not None and header.frames > 1:
-        return _upscale_animation(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
-                                  max_megapixels=max_megapixels)
-    img = _decode(src, header, runner.scale, max_megapixels)
-    out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
-    del img
-    write_image(dst, out, overwrite=overwrite, gray_alpha=bool(header and header.mode in ("LA", "La")))
-    return dst
+        return header, None
+    return header, _decode(src, header, runner.scale, max_megapixels)
+
+
+def _gray_alpha(header: ImageHeader | None) -> bool:
+    return bool(header and header.mode in ("LA", "La"))
 
 
 ANIMATION_SUFFIXES = (".webp", ".png", ".gif")
@@ -382,9 +394,79 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
         if pool is not None:
             pool.run_files(todo, on_result=done)
         else:
-            for f, out, ow in todo:
-                done(f, out, upscale_one(runner, f, out, overwrite=ow, tile=tile, alpha=alpha,
-                                         max_megapixels=max_megapixels))
+            _overlapped(runner, todo, done, tile=tile, alpha=alpha, max_megapixels=max_megapixels)
+
+
+DECODE_AHEAD = 2  # images decoded ahead of the model
+ENCODERS = 2  # outputs encoded behind it at once
+
+
+def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, tile, alpha, max_megapixels) -> None:
+    """The folder's images through the model with decoding ahead of it and encoding behind it, in threads
+    (OpenCV releases the GIL while it decodes and encodes): on a GPU the model no longer waits for the CPU
+    to read the next image and write the last one. The model runs on this thread only. Outputs are
+    published as before (whole or not at all) and reported as they finish; outputs waiting to be encoded
+    are bounded in count and in bytes (a quarter of the memory available, or one output), and an
+    interrupted run first finishes the files being written, so its journal lists them."""
+    import threading
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from sr_deploy.machine import available_memory_bytes
+
+    lock = threading.Lock()
+
+    def report(f: Path, out: Path, why: str | None) -> None:
+        with lock:
+            done(f, out, why)
+
+    def encode(f: Path, out: Path, ow: bool, header, up: np.ndarray) -> None:
+        try:
+            write_image(out, up, overwrite=ow, gray_alpha=_gray_alpha(header))
+            why = None
+        except Exception as exc:  # noqa: BLE001 - reported for this file only, as upscale_one does
+            why = _reason(f, exc)
+        report(f, out, why)
+
+    items = iter(todo)
+    reads: deque = deque()
+    writes: dict = {}  # future -> bytes of the output it holds
+    budget = available_memory_bytes() // 4
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder, \
+            ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode") as encoder:
+
+        def read_next() -> None:
+            item = next(items, None)
+            if item is not None:
+                f, out, ow = item
+                reads.append((item, decoder.submit(_prepare, runner, f, out, overwrite=ow,
+                                                   max_megapixels=max_megapixels)))
+
+        try:
+            for _ in range(DECODE_AHEAD):
+                read_next()
+            while reads:
+                (f, out, ow), job = reads.popleft()
+                read_next()
+                try:
+                    header, img = job.result()
+                    if img is None:  # an animation: decoded, upscaled and written frame by frame, here
+                        report(f, out, upscale_one(runner, f, out, overwrite=ow, tile=tile, alpha=alpha,
+                                                   max_megapixels=max_megapixels))
+                        continue
+                    up = upscale_image_array(runner, img, tile=tile, alpha=alpha)
+                    del img
+                except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
+                    report(f, out, _reason(f, exc))
+                    continue
+                while writes and (len(writes) >= ENCODERS or sum(writes.values()) + up.nbytes > budget):
+                    for fut in wait(writes, return_when=FIRST_COMPLETED).done:
+                        writes.pop(fut)
+                writes[encoder.submit(encode, f, out, ow, header, up)] = up.nbytes
+                del up
+        finally:
+            for _, job in reads:  # not started: dropped; the journal does not list them
+                job.cancel()
 
 
 def upscale_one(runner: Runner, f: Path, out: Path, **kw) -> str | None:
@@ -392,15 +474,20 @@ def upscale_one(runner: Runner, f: Path, out: Path, **kw) -> str | None:
     try:
         upscale_image(runner, f, out, **kw)
         return None
-    except SRDeployError as exc:
+    except Exception as exc:  # noqa: BLE001 - see _reason
+        return _reason(f, exc)
+
+
+def _reason(f: Path, exc: Exception) -> str:
+    """The one line a folder run reports for a file that failed; any error ends that file only."""
+    if isinstance(exc, SRDeployError):
         return str(exc)
-    except OSError as exc:  # permission denied, I/O error: this file only
+    if isinstance(exc, OSError):  # permission denied, I/O error
         return f"{f}: {exc.strerror or exc}"
-    except MemoryError:
+    if isinstance(exc, MemoryError):
         return f"{f}: out of memory (try --tile 256)"
-    except Exception as exc:  # noqa: BLE001 - a backend's own error on one file must not end the batch
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return f"{f}: {exc.__class__.__name__}: {first}"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]  # a backend's own error
+    return f"{f}: {exc.__class__.__name__}: {first}"
 
 
 def is_image(path: Path) -> bool:

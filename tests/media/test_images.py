@@ -106,3 +106,56 @@ def test_animations_keep_every_frame_their_timing_and_loop(tmp_path):
             assert got[0][0][32, 5, 3] < 30 and got[0][0][32, 60, 3] > 225  # the first frame's alpha kept
     r = CliRunner().invoke(app, ["run", str(src / "anim.gif"), "-o", str(tmp_path / "still.jpg"), "--model", "light_x4"])
     assert r.exit_code != 0 and "is an animation (4 frames)" in r.output and not (tmp_path / "still.jpg").exists()
+
+
+def test_folder_decodes_ahead_of_the_model_and_encodes_behind_it(tmp_path, monkeypatch):
+    """While the model runs on one image, the next is being decoded and the previous encoded (threads),
+    so a GPU is not left waiting on the CPU; a model that waits for that work to start would time out
+    (and fail its file) if the folder ran one step after another."""
+    import threading
+
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.media import images
+    from sr_deploy.runtime.base import Runner
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(src / f"{i}.png"), pattern_image(12, 14 + i, 3, seed=i))
+    decoding = {str(i): threading.Event() for i in range(4)}
+    encoding = {str(i): threading.Event() for i in range(4)}
+    real_prepare, real_write = images._prepare, images.write_image
+
+    def prepare(runner, f, out, **kw):
+        decoding[f.stem].set()
+        return real_prepare(runner, f, out, **kw)
+
+    def write(path, img, **kw):
+        encoding[path.stem].set()
+        return real_write(path, img, **kw)
+
+    monkeypatch.setattr(images, "_prepare", prepare)
+    monkeypatch.setattr(images, "write_image", write)
+
+    class Nearest(Runner):
+        calls = 0
+
+        def _activate(self):
+            pass
+
+        def _infer(self, batch):
+            k = Nearest.calls
+            Nearest.calls += 1
+            if k + 1 < 4:
+                assert decoding[str(k + 1)].wait(10), f"image {k + 1} not being decoded while the model ran on {k}"
+            if k >= 1:
+                assert encoding[str(k - 1)].wait(10), f"image {k - 1} not being encoded while the model ran on {k}"
+            return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    with Nearest(ModelDescriptor(name="n", scale=2)) as r:
+        s = images.upscale_folder(r, src, dst, quiet=True)
+    assert not s.failed, s.failed
+    assert len(s.done) == 4
+    for i in range(4):
+        a = cv2.imread(str(src / f"{i}.png"))
+        assert np.array_equal(cv2.imread(str(dst / f"{i}.png")), a.repeat(2, axis=0).repeat(2, axis=1))

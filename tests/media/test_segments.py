@@ -357,7 +357,7 @@ def test_folder_run_resumes_from_its_journal(tmp_path, tiny_ckpt, monkeypatch):
         cv2.imwrite(str(folder / f"{i}.png"), pattern_image(16, 16 + i, seed=i))
     out = tmp_path / "out"
     runner, _ = make_runner(resolve_model(tiny_ckpt), "onnxruntime")
-    real, calls = images.upscale_image, []
+    real, calls = images.upscale_image_array, []
 
     def dies_on_the_fourth(*a, **kw):
         calls.append(a[1])
@@ -365,11 +365,12 @@ def test_folder_run_resumes_from_its_journal(tmp_path, tiny_ckpt, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(images, "upscale_image", dies_on_the_fourth)
+    monkeypatch.setattr(images, "upscale_image_array", dies_on_the_fourth)
     with runner, pytest.raises(KeyboardInterrupt):
         images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
-    assert (out / ".srdeploy-run.jsonl").exists() and len(list(out.glob("*.png"))) == 3
-    monkeypatch.setattr(images, "upscale_image", real)
+    # the three finished before the interrupt are written whole and journaled; nothing else is left
+    assert sorted(p.name for p in out.iterdir()) == [".srdeploy-run.jsonl", "0.png", "1.png", "2.png"]
+    monkeypatch.setattr(images, "upscale_image_array", real)
     with runner:
         with pytest.raises(Exception, match="another model.*--restart"):
             images.upscale_folder(runner, folder, out, quiet=True, identity="m2")
