@@ -11,6 +11,16 @@ import numpy as np
 from sr_deploy.descriptor import ModelDescriptor
 
 
+def pad_edges(batch: np.ndarray, hdim: int, h: int, w: int) -> np.ndarray:
+    """``batch`` (spatial dims at ``hdim``) edge-padded at the bottom and right up to at least h x w."""
+    ph, pw = max(0, h - batch.shape[hdim]), max(0, w - batch.shape[hdim + 1])
+    if not ph and not pw:
+        return batch
+    pad = [(0, 0)] * batch.ndim
+    pad[hdim], pad[hdim + 1] = (0, ph), (0, pw)
+    return np.pad(batch, pad, mode="edge")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a runner accepts: NCHW float32 in [0, 1] within these bounds."""
@@ -131,11 +141,7 @@ class Runner(ABC):
             th, tw = fixed
         else:  # the architecture's size requirements (community models)
             th, tw = -(-max(h, least) // m) * m, -(-max(w, least) // m) * m
-        if (th, tw) != (h, w):
-            pad = [(0, 0)] * 4
-            pad[hdim], pad[hdim + 1] = (0, th - h), (0, tw - w)
-            batch = np.pad(batch, pad, mode="edge")
-        return batch, (h, w)
+        return pad_edges(batch, hdim, th, tw), (h, w)
 
     def _crop(self, out: np.ndarray, hw: tuple[int, int] | None, hdim: int) -> np.ndarray:
         if hw is None:

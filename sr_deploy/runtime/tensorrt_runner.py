@@ -20,7 +20,7 @@ import numpy as np
 from sr_deploy.engine.key import check_key, read_sidecar
 from sr_deploy.engine.profile import Profile
 from sr_deploy.errors import ModelError, SRDeployError
-from sr_deploy.runtime.base import InputSpec, Runner
+from sr_deploy.runtime.base import InputSpec, Runner, pad_edges
 from sr_deploy.runtime.pipeline import CudaDevice, FramePipeline, TensorPlan, check_cuda
 
 
@@ -182,10 +182,7 @@ class TensorRTRunner(Runner):
                 if len(b) == 0:
                     raise ValueError("empty batch")
                 h, w = b.shape[hdim], b.shape[hdim + 1]
-                if h < mh or w < mw:
-                    pad = [(0, 0)] * b.ndim
-                    pad[hdim], pad[hdim + 1] = (0, max(0, mh - h)), (0, max(0, mw - w))
-                    b = np.pad(b, pad, mode="edge")
+                b = pad_edges(b, hdim, mh, mw)
                 parts.append((h, w, -(-len(b) // most)))
                 for i in range(0, len(b), most):
                     yield to_engine(b[i:i + most])
