@@ -158,6 +158,13 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
     # strip buffer: rows [base, base + th*s) of the output, still receiving contributions
     strip = np.zeros((th * s, w * s, c), dtype=np.float32)
     base = 0
+    calls = [(y0, list(range(j0, min(j0 + batch, len(xs))))) for y0 in ys for j0 in range(0, len(xs), batch)]
+    if u8:  # every tile batch through stream_u8, in order: a GPU runner keeps several in flight
+        results = runner.stream_u8(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw] for j in cols])
+                                   for y0, cols in calls)
+    else:
+        results = (runner.infer(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols]))
+                   for y0, cols in calls)
 
     def flush(rows: int) -> None:
         blk = strip[:rows]
@@ -180,10 +187,7 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
         wy = _window(ys, i, th, s)
         for j0 in range(0, len(xs), batch):
             cols = list(range(j0, min(j0 + batch, len(xs))))
-            if u8:
-                res = runner.infer_u8(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw] for j in cols]))
-            else:
-                res = runner.infer(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw].transpose(2, 0, 1) for j in cols]))
+            res = next(results)
             for j, r in zip(cols, res):
                 r = r.astype(np.float32) * (1.0 / 255.0) if u8 else r.transpose(1, 2, 0)
                 win = (wy[:, None] * wxs[j][None, :])[..., None]

@@ -11,7 +11,7 @@ from sr_deploy.engine.profile import make_profile
 from sr_deploy.errors import EngineMismatch, InputError, ModelError
 from sr_deploy.export.onnx_export import read_descriptor
 from sr_deploy.export.pixels import uint8_onnx
-from sr_deploy.media.tiling import quantize, tile_batch
+from sr_deploy.media.tiling import quantize, tile_batch, upscale_frame
 from sr_deploy.runtime import pipeline as pipeline_mod
 from sr_deploy.runtime.ort_runner import OrtRunner
 from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
@@ -129,6 +129,21 @@ def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, t
     ref = _reference(tiny_onnx, np.pad(quantize(x.transpose(0, 2, 3, 1)), ((0, 0), (0, 3), (0, 2), (0, 0)), mode="edge"))
     assert y.shape == (3, 3, 10, 12)
     assert np.abs(quantize(y.transpose(0, 2, 3, 1)).astype(int) - ref[:, :10, :12].astype(int)).max() <= 1
+
+
+def test_the_tiles_of_a_frame_are_in_flight_together(trt, tiny_onnx, tmp_path):
+    """A frame larger than the profile is tiled, and its tile batches stream through the pipeline (several
+    uploaded before the host waits on one), blended as on any other backend."""
+    u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
+    engine, _ = _build(u8)  # up to 32x32, batch 2
+    frame = np.random.default_rng(8).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    with TensorRTRunner(engine) as r:
+        got = upscale_frame(r, frame, tile=(24, 24))
+    assert trt._sim.max_pending_h2d >= 2
+    with OrtRunner(tiny_onnx, read_descriptor(tiny_onnx), pixels=False) as ref:
+        want = upscale_frame(ref, frame, tile=(24, 24))
+    assert got.shape == want.shape == (120, 180, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
 def test_shape_outside_profile_and_bad_engines(trt, tiny_onnx, tmp_path):
