@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -9,6 +10,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from sr_deploy.descriptor import ModelDescriptor
+
+log = logging.getLogger(__name__)
 
 
 def pad_edges(batch: np.ndarray, hdim: int, h: int, w: int) -> np.ndarray:
@@ -176,8 +179,16 @@ class Runner(ABC):
     def _activate(self) -> None: ...
 
     def _u8_to_float(self, run_u8, batch: np.ndarray) -> np.ndarray:
-        """Float entry on a graph that only takes pixels: quantize to 8 bits (lossy), run, rescale."""
-        px = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        """Float entry on a graph that only takes pixels: quantize to 8 bits (lossy), run, rescale. Said
+        once per runner when the input had finer steps than 8 bits (16-bit images, 10-bit video)."""
+        scaled = batch * 255.0
+        px = np.clip(np.rint(scaled), 0, 255)
+        if not getattr(self, "_said_8bit", False) and float(np.abs(px - scaled).max(initial=0.0)) > 1e-3:
+            self._said_8bit = True
+            log.warning("note: the %s model takes 8-bit pixels only: input finer than 8 bits (16-bit images, 10-bit "
+                        "video) is rounded to 8 bits before the model; --backend torch keeps every bit",
+                        self.describe())
+        px = px.astype(np.uint8).transpose(0, 2, 3, 1)
         return run_u8(np.ascontiguousarray(px)).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
     def _deactivate(self) -> None:

@@ -146,6 +146,21 @@ def test_the_tiles_of_a_frame_are_in_flight_together(trt, tiny_onnx, tmp_path):
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_finer_than_8_bit_input_on_a_pixels_engine_is_said_once(trt, tiny_onnx, tmp_path, caplog):
+    """The engines srdeploy builds take uint8 pixels: 16-bit or 10-bit input through their float entry is
+    rounded to 8 bits, and the run says so (once), instead of quietly dropping the extra bits."""
+    engine, _ = _build(uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx"))
+    rng = np.random.default_rng(2)
+    eight = rng.integers(0, 256, (1, 3, 12, 12)).astype(np.float32) / 255.0
+    with TensorRTRunner(engine) as r, caplog.at_level("WARNING"):
+        r.infer(eight)
+        assert not caplog.records  # 8-bit values lose nothing
+        r.infer(rng.integers(0, 65536, (1, 3, 12, 12)).astype(np.float32) / 65535.0)
+        r.infer(rng.integers(0, 65536, (1, 3, 12, 12)).astype(np.float32) / 65535.0)
+    notes = [rec.getMessage() for rec in caplog.records]
+    assert len(notes) == 1 and "8-bit pixels only" in notes[0] and "tensorrt" in notes[0], notes
+
+
 def test_shape_outside_profile_and_bad_engines(trt, tiny_onnx, tmp_path):
     engine, _ = _build(tiny_onnx)
     with TensorRTRunner(engine) as r:
