@@ -172,7 +172,8 @@ class TensorRTRunner(Runner):
     def _stream(self, batches: Iterable[np.ndarray], *, hdim: int, to_engine, from_engine) -> Iterator[np.ndarray]:
         """Each batch (spatial dims at ``hdim``) fitted to the profile: edge-padded up to its minimum size
         (the output cropped back), so a small frame or a row's last tile never fails mid-video, and cut into
-        chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline."""
+        chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline. One stream
+        at a time per runner: two interleaved would share the context's shape and the pipelines' slots."""
         s, most = self.scale, self.profile.max[0]
         mh, mw = self._hw(self.profile.min)
         parts: deque[tuple[int, int, int]] = deque()  # per input batch: its height, width and chunk count
