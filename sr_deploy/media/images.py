@@ -462,8 +462,11 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
                 while writes and (len(writes) >= ENCODERS or sum(writes.values()) + up.nbytes > budget):
                     for fut in wait(writes, return_when=FIRST_COMPLETED).done:
                         writes.pop(fut)
+                        fut.result()  # the run's own bookkeeping failing (its journal) ends the run, as before
                 writes[encoder.submit(encode, f, out, ow, header, up)] = up.nbytes
                 del up
+            for fut in wait(writes).done:
+                fut.result()
         finally:
             for _, job in reads:  # not started: dropped; the journal does not list them
                 job.cancel()

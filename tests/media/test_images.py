@@ -159,3 +159,30 @@ def test_folder_decodes_ahead_of_the_model_and_encodes_behind_it(tmp_path, monke
     for i in range(4):
         a = cv2.imread(str(src / f"{i}.png"))
         assert np.array_equal(cv2.imread(str(dst / f"{i}.png")), a.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_a_folder_run_whose_journal_cannot_be_written_stops(tmp_path, monkeypatch):
+    """A failure of the run's own bookkeeping in the encoder threads is not swallowed: the run ends with it."""
+    import pytest
+
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.media import images, journal
+    from sr_deploy.runtime.base import Runner
+
+    class Nearest(Runner):
+        def _activate(self):
+            pass
+
+        def _infer(self, batch):
+            return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    def full(self, *a, **kw):
+        raise OSError(28, "No space left on device")
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i}.png"), pattern_image(10, 12, 3, seed=i))
+    monkeypatch.setattr(journal.Journal, "record", full)
+    with Nearest(ModelDescriptor(name="n", scale=2)) as r, pytest.raises(OSError, match="No space left"):
+        images.upscale_folder(r, src, tmp_path / "out", quiet=True)
