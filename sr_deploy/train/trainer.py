@@ -309,6 +309,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     step = start
     stop = False
     G.train()
+    batches = None
     try:
         batches = iter(loader)
         while True:
@@ -401,6 +402,13 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         raise
     finally:
         progress.close()
+        # The workers ignore SIGTERM (_loader_worker_init), so the SIGTERM multiprocessing sends them at
+        # interpreter exit does not stop them, and it then waits for them forever. Their iterator (held in a
+        # reference cycle with the loader) stops them only when collected, which may come after that. So
+        # they are stopped here; PyTorch has no public close for a DataLoader's workers.
+        stop_workers = getattr(batches, "_shutdown_workers", None)
+        if stop_workers is not None:
+            stop_workers()
     if main:
         if not stop and step % cfg.ckpt_every:
             save(step, "last.pt")

@@ -364,3 +364,26 @@ def test_a_signal_to_the_whole_process_group_saves_the_step_it_stopped_at(hr_dir
         time.sleep(0.1)
     else:
         pytest.fail("a data loader worker outlived the run")
+
+
+def test_a_run_with_loader_workers_exits_when_it_is_done(hr_dir, tmp_path):
+    """The workers ignore SIGTERM (so a signal to the group leaves the saving to the main process); the
+    trainer must stop them itself, or the interpreter's exit waits for them forever. The collector is off
+    here, as it may simply not run before exit in a long run (a 500-step run hung so)."""
+    import signal
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(hr_dir), "--scale", "2", "--blocks", "1", "--channels", "8", "--patch", "24",
+            "--batch-size", "2", "--workers", "1", "--no-bf16", "--steps", "6", "--stop-at", "3", "--out", str(out),
+            "--quiet"]
+    code = f"import gc, sys; gc.disable(); sys.argv = ['srdeploy'] + {args!r}; from sr_deploy.cli import main; main()"
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the run finished its steps but did not exit (its data loader worker was left running)")
+    assert p.returncode == 0, err
+    assert read_checkpoint(out / "last.pt")["step"] == 3
