@@ -158,7 +158,8 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
     # strip buffer: rows [base, base + th*s) of the output, still receiving contributions
     strip = np.zeros((th * s, w * s, c), dtype=np.float32)
     base = 0
-    calls = [(y0, list(range(j0, min(j0 + batch, len(xs))))) for y0 in ys for j0 in range(0, len(xs), batch)]
+    groups = [list(range(j0, min(j0 + batch, len(xs)))) for j0 in range(0, len(xs), batch)]  # tiles per call
+    calls = [(y0, cols) for y0 in ys for cols in groups]
     if u8:  # every tile batch through stream_u8, in order: a GPU runner keeps several in flight
         results = runner.stream_u8(np.stack([frame[y0:y0 + th, xs[j]:xs[j] + tw] for j in cols])
                                    for y0, cols in calls)
@@ -185,10 +186,8 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
                 strip[:] = 0.0
             base = y0 * s
         wy = _window(ys, i, th, s)
-        for j0 in range(0, len(xs), batch):
-            cols = list(range(j0, min(j0 + batch, len(xs))))
-            res = next(results)
-            for j, r in zip(cols, res):
+        for cols in groups:
+            for j, r in zip(cols, next(results)):
                 r = r.astype(np.float32) * (1.0 / 255.0) if u8 else r.transpose(1, 2, 0)
                 win = (wy[:, None] * wxs[j][None, :])[..., None]
                 x0 = xs[j] * s

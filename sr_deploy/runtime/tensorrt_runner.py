@@ -174,7 +174,7 @@ class TensorRTRunner(Runner):
         (the output cropped back), so a small frame or a row's last tile never fails mid-video, and cut into
         chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline. One stream
         at a time per runner: two interleaved would share the context's shape and the pipelines' slots."""
-        s, most = self.scale, self.profile.max[0]
+        most = self.profile.max[0]
         mh, mw = self._hw(self.profile.min)
         parts: deque[tuple[int, int, int]] = deque()  # per input batch: its height, width and chunk count
 
@@ -208,9 +208,7 @@ class TensorRTRunner(Runner):
                     parts.popleft()
                     y = done[0] if n == 1 else np.concatenate(done)
                     done = []
-                    crop = [slice(None)] * y.ndim
-                    crop[hdim], crop[hdim + 1] = slice(0, h * s), slice(0, w * s)
-                    yield np.ascontiguousarray(y[tuple(crop)])
+                    yield self._crop(y, (h, w), hdim)
             head = following[0]
 
     def _to_engine(self, batch: np.ndarray, pixel_graph: bool, nhwc: bool) -> np.ndarray:
