@@ -170,9 +170,10 @@ class TensorRTRunner(Runner):
                             from_engine=lambda y: self._from_engine(y, pixel_graph, nhwc))
 
     def _stream(self, batches: Iterable[np.ndarray], *, hdim: int, to_engine, from_engine) -> Iterator[np.ndarray]:
-        """Each batch (spatial dims at ``hdim``) fitted to the profile: edge-padded up to its minimum size
-        (the output cropped back), so a small frame or a row's last tile never fails mid-video, and cut into
-        chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline. One stream
+        """Each batch (spatial dims at ``hdim``) fitted to the model and the profile: edge-padded to the
+        descriptor's size multiple and minimum (a community graph exported by the TorchScript tracer relies on
+        the runner for them) and up to the profile's minimum size (the output cropped back), so a small frame
+        or a row's last tile never fails mid-video, and cut into chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline. One stream
         at a time per runner: two interleaved would share the context's shape and the pipelines' slots."""
         most = self.profile.max[0]
         mh, mw = self._hw(self.profile.min)
@@ -182,7 +183,8 @@ class TensorRTRunner(Runner):
             for b in batches:
                 if len(b) == 0:
                     raise ValueError("empty batch")
-                h, w = b.shape[hdim], b.shape[hdim + 1]
+                b, hw = self._fit(b, hdim)
+                h, w = hw or (b.shape[hdim], b.shape[hdim + 1])
                 b = pad_edges(b, hdim, mh, mw)
                 parts.append((h, w, -(-len(b) // most)))
                 for i in range(0, len(b), most):

@@ -131,6 +131,33 @@ def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, t
     assert np.abs(quantize(y.transpose(0, 2, 3, 1)).astype(int) - ref[:, :10, :12].astype(int)).max() <= 1
 
 
+def test_streamed_frames_meet_the_models_size_multiple(trt, tiny_onnx, tmp_path, monkeypatch):
+    """A model whose graph relies on the runner for its size multiple (community graphs from the TorchScript
+    tracer): frames streamed to the engine (video, tiles) are padded to the multiple like ``infer_u8``'s."""
+    from sr_deploy.runtime import tensorrt_runner
+
+    made = []
+
+    class Counted(tensorrt_runner.FramePipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self.inp.shape)
+
+    monkeypatch.setattr(tensorrt_runner, "FramePipeline", Counted)
+    u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
+    desc = read_descriptor(u8).with_(size_multiple=8)
+    profile = make_profile(desc, min_hw=(8, 8), opt_hw=(16, 16), max_hw=(32, 32), max_batch=2)
+    engine = build_mod.build_engine(u8, desc, profile)
+    frames = [np.random.default_rng(i).integers(0, 256, (1, 12, 20, 3), dtype=np.uint8) for i in range(3)]
+    with TensorRTRunner(engine) as r:
+        outs = list(r.stream_u8(iter(frames)))
+    assert made == [(1, 16, 24, 3)]
+    for f, o in zip(frames, outs, strict=True):
+        ref = _reference(tiny_onnx, np.pad(f, ((0, 0), (0, 4), (0, 4), (0, 0)), mode="edge"))[:, :24, :40]
+        assert o.shape == (1, 24, 40, 3)
+        assert np.abs(o.astype(int) - ref.astype(int)).max() <= 1
+
+
 def test_the_tiles_of_a_frame_are_in_flight_together(trt, tiny_onnx, tmp_path):
     """A frame larger than the profile is tiled, and its tile batches stream through the pipeline (several
     uploaded before the host waits on one), blended as on any other backend."""
