@@ -32,6 +32,22 @@ def trt(request, monkeypatch):
     return mod
 
 
+@pytest.fixture
+def pipeline_shapes(monkeypatch):
+    """The input shape of every pipeline (pinned and device buffers) a TensorRT runner makes."""
+    from sr_deploy.runtime import tensorrt_runner
+
+    made = []
+
+    class Counted(tensorrt_runner.FramePipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self.inp.shape)
+
+    monkeypatch.setattr(tensorrt_runner, "FramePipeline", Counted)
+    return made
+
+
 def _reference(onnx_path, px):
     r = OrtRunner(onnx_path, read_descriptor(onnx_path), pixels=False)
     with r:
@@ -92,19 +108,10 @@ def test_float_engine_sizes_buffers_from_engine_dtypes(trt, tiny_onnx):
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
-def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, tmp_path, monkeypatch, cuda_graph):
+def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, tmp_path, pipeline_shapes, cuda_graph):
     """More frames than the profile's batch are cut into chunks, frames under its minimum padded and cropped;
     buffers (and CUDA graphs) are kept per shape, so alternating shapes neither re-allocate nor mix."""
-    from sr_deploy.runtime import tensorrt_runner
-
-    made = []
-
-    class Counted(tensorrt_runner.FramePipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self.inp.shape)
-
-    monkeypatch.setattr(tensorrt_runner, "FramePipeline", Counted)
+    made = pipeline_shapes
     u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
     engine, _ = _build(u8)  # batch 1-2, 8x8 to 32x32
     rng = np.random.default_rng(5)
@@ -131,19 +138,10 @@ def test_batches_and_sizes_beyond_the_profile_are_fitted_to_it(trt, tiny_onnx, t
     assert np.abs(quantize(y.transpose(0, 2, 3, 1)).astype(int) - ref[:, :10, :12].astype(int)).max() <= 1
 
 
-def test_streamed_frames_meet_the_models_size_multiple(trt, tiny_onnx, tmp_path, monkeypatch):
+def test_streamed_frames_meet_the_models_size_multiple(trt, tiny_onnx, tmp_path, pipeline_shapes):
     """A model whose graph relies on the runner for its size multiple (community graphs from the TorchScript
     tracer): frames streamed to the engine (video, tiles) are padded to the multiple like ``infer_u8``'s."""
-    from sr_deploy.runtime import tensorrt_runner
-
-    made = []
-
-    class Counted(tensorrt_runner.FramePipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made.append(self.inp.shape)
-
-    monkeypatch.setattr(tensorrt_runner, "FramePipeline", Counted)
+    made = pipeline_shapes
     u8 = uint8_onnx(tiny_onnx, out=tmp_path / "m.uint8-nhwc.onnx")
     desc = read_descriptor(u8).with_(size_multiple=8)
     profile = make_profile(desc, min_hw=(8, 8), opt_hw=(16, 16), max_hw=(32, 32), max_batch=2)
