@@ -225,6 +225,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress or notes; warnings and errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
+    from sr_deploy.fsutil import check_destination
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
     from sr_deploy.media.tiling import check_tile
     from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, check_encoder, is_video, upscale_video
@@ -267,6 +268,8 @@ def run(
         if is_video(input):  # before the model loads; the codec-specific checks follow once it is chosen
             opts.check()
             check_encoder(codec, opts)
+        if output is not None and not into_folder:  # a wrong destination is said before a model loads
+            check_destination(input, output, overwrite=overwrite, folder=input.is_dir())
         source = resolve_model(model)
         pool = None
         if ray is not None:
@@ -283,6 +286,7 @@ def run(
 
             runner = EnsembleRunner(runner)
         out = output / default_output(input, runner.scale).name if into_folder else output or default_output(input, runner.scale)
+        check_destination(input, out, overwrite=overwrite, folder=input.is_dir())
         with runner:
             if not quiet:
                 typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)

@@ -16,6 +16,22 @@ from sr_deploy.errors import OutputError
 log = logging.getLogger(__name__)
 
 
+def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool,
+                      folder: bool = False) -> None:
+    """The output checks a run makes before any work: a file never replaces its input, nor an existing
+    output without ``overwrite``; an output folder is neither the input folder nor inside it (an existing
+    output folder is how a folder run resumes)."""
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if folder:
+        if d == s or d.is_relative_to(s):
+            raise OutputError(f"{dst}: output folder must not be the input folder or inside it")
+        return
+    if d == s:
+        raise OutputError(f"{dst}: output path is the input; choose another")
+    if Path(dst).exists() and not overwrite:
+        raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.

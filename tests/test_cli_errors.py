@@ -43,6 +43,33 @@ def test_output_folder_for_one_image_and_a_limit_that_is_not_positive(tiny_ckpt,
     assert code != 0 and out == "error: --max-megapixels must be positive, got 0\n", out
 
 
+def test_a_wrong_destination_is_the_only_line_and_comes_before_the_model(tiny_ckpt, image, tmp_path, monkeypatch):
+    """The output checks (the input itself, an existing file, a folder inside the input) are one line, said
+    before a model is chosen or loaded: on a GPU that can be an engine load or a measurement."""
+    from sr_deploy.runtime import select
+
+    def no_model(*a, **kw):
+        raise AssertionError("a model was loaded for a run that cannot write its output")
+
+    monkeypatch.setattr(select, "make_runner", no_model)
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"keep")
+    default = tmp_path / "in_x2.png"  # what `run in.png` writes for a x2 model
+    default.write_bytes(b"keep")
+    (tmp_path / "sub").mkdir()
+    cases = [((image, "-o", image), "output path is the input"),
+             ((image, "-o", taken), "output exists"),
+             ((tmp_path, "-o", tmp_path / "sub" / "out"), "must not be the input folder or inside it")]
+    for args, said in cases:
+        code, out = _run(*args, "--model", tiny_ckpt)
+        assert code != 0 and out.count("\n") == 1 and out.startswith("error:") and said in out, out
+    monkeypatch.undo()
+    # the default name is known once the model is (its scale): said before the model runs or is described
+    code, out = _run(image, "--model", tiny_ckpt, "--backend", "torch")
+    assert code != 0 and out == f"error: {default}: output exists; pass --overwrite to replace it\n", out
+    assert taken.read_bytes() == default.read_bytes() == b"keep"
+
+
 def test_output_suffix_not_a_format(tiny_ckpt, image, tmp_path):
     code, out = _run(image, "-o", tmp_path / "o.xyz", "--model", tiny_ckpt)
     assert code != 0 and out.startswith("error:") and "not an image format" in out

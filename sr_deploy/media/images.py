@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
-from sr_deploy.fsutil import atomic_path
+from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES  # noqa: F401  (re-exported)
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
@@ -220,10 +220,7 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
 def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool,
              max_megapixels: float) -> tuple[ImageHeader | None, np.ndarray | None]:
     """upscale_image's checks and decode: (header, pixels), or (header, None) for an animation."""
-    if dst.resolve() == src.resolve():
-        raise OutputError(f"{dst}: output path is the input; choose another")
-    if dst.exists() and not overwrite:
-        raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
+    check_destination(src, dst, overwrite=overwrite)
     if not src.is_file():
         raise InputError(f"{src}: file not found")
     header = probe_image(src)  # read once: an animation goes its own way, a still image is decoded from it
@@ -338,8 +335,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     """
     from sr_deploy.media.journal import Journal
 
-    if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
-        raise OutputError(f"{dst}: output folder must not be the input folder or inside it")
+    check_destination(src, dst, overwrite=overwrite, folder=True)
     files, problems = list_folder(src)
     if not files and not problems:
         raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif)")

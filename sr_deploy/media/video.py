@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
-from sr_deploy.fsutil import atomic_path
+from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.media.container import main_video, open_input
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
@@ -219,10 +219,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     from sr_deploy.media.segments import Parts, assemble, manifest_key, plan_segments
 
     options.check()
-    if Path(dst).resolve() == Path(src).resolve():
-        raise OutputError(f"{dst}: output path is the input; choose another")
-    if dst.exists() and not overwrite:
-        raise OutputError(f"{dst}: output exists; pass --overwrite to replace it")
+    check_destination(src, dst, overwrite=overwrite)
     t0 = time.perf_counter()
     say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
     plan = plan_segments(src, options, options.segment_seconds)
