@@ -194,7 +194,7 @@ def run(
                                                                "(TensorRT, or torch on CUDA)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in input pixels; 0: whole frames "
                                                            "(default: whole frames while they fit the memory budget, else tiles that do)."),
-    alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model."),
+    alpha: str = typer.Option("bicubic", "--alpha", help="Alpha channel: bicubic | model (images; a video's is bicubic)."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger input images before "
                                                                          "decoding them (decompression bombs)."),
     codec: str = typer.Option("auto", "--codec", help="Video codec: auto (NVENC when the model runs on a GPU and "
@@ -228,7 +228,8 @@ def run(
     from sr_deploy.fsutil import check_destination
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
     from sr_deploy.media.tiling import check_tile
-    from sr_deploy.media.video import VIDEO_SUFFIXES, VideoOptions, check_encoder, is_video, upscale_video
+    from sr_deploy.media.video import (VIDEO_SUFFIXES, VideoOptions, check_encoder, check_output_codec, is_video,
+                                       upscale_video)
     from sr_deploy.runtime.select import make_runner, model_identity, resolve_model
 
     pool = None
@@ -239,6 +240,8 @@ def run(
             raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
         if alpha not in ("bicubic", "model"):
             raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
+        if alpha == "model" and is_video(input):
+            raise InputError("--alpha model applies to images; a video's alpha channel is upscaled bicubic")
         if precision is not None and precision not in ("fp32", "bf16", "fp16", "int8"):
             raise InputError(f"--precision must be fp32, bf16, fp16 or int8, got {precision!r}")
         if not 0 <= crf <= 51:
@@ -268,6 +271,8 @@ def run(
         if is_video(input):  # before the model loads; the codec-specific checks follow once it is chosen
             opts.check()
             check_encoder(codec, opts)
+            if codec != "auto" and output is not None and not into_folder:
+                check_output_codec(output, codec)
         if output is not None and not into_folder:  # a wrong destination is said before a model loads
             check_destination(input, output, overwrite=overwrite, folder=input.is_dir())
         source = resolve_model(model)

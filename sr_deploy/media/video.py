@@ -157,6 +157,25 @@ def output_pix_fmt(codec: str, requested: str | None, deep: bool) -> str:
     return "yuv420p"
 
 
+def has_alpha(pix_fmt: str | None) -> bool:
+    """Whether an FFmpeg pixel format carries colour and an alpha plane (argb, rgba, yuva444p10le...)."""
+    import av
+
+    try:
+        comps = av.VideoFormat(pix_fmt).components
+    except (ValueError, TypeError):
+        return False
+    return len(comps) == 4 and any(c.is_alpha for c in comps)
+
+
+def alpha_pix_fmt(codec: str, deep: bool) -> str | None:
+    """The format ``codec`` keeps an alpha channel in (None when it has none): the first of the encoder's
+    own list with the source's depth (8 bits, or more for a deep source), else its first with alpha."""
+    formats = [f for f in encoder_formats(codec) if has_alpha(f)]
+    same = [f for f in formats if (_bit_depth(f) > 8) == deep]
+    return (same or formats or [None])[0]
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     frames: int
@@ -362,12 +381,24 @@ def check_output_codec(dst: Path, codec: str) -> None:
         # the MPEG program stream muxer takes H.264 packets, but readers then find no video in the file
         raise InputError(f"{dst}: {dst.suffix} files (MPEG program stream) hold MPEG-1/2 video, not {codec}; "
                          "write .ts, .mp4 or .mkv")
-    with av.open(io.BytesIO(), "w", format=format_for(dst) or "mp4") as probe:
-        try:
-            probe.add_stream(codec, rate=25)
-        except (av.error.FFmpegError, ValueError):
-            raise InputError(f"{dst}: {dst.suffix or 'this'} files cannot hold {codec} video; pass --codec "
-                             f"(e.g. {WEBM_CODEC} for .webm) or write .mp4 or .mkv") from None
+    def holds(fmt: str) -> bool:
+        with av.open(io.BytesIO(), "w", format=fmt) as probe:
+            try:
+                probe.add_stream(codec, rate=25)
+                return True
+            except (av.error.FFmpegError, ValueError):
+                return False
+
+    from sr_deploy.media.segments import segment_format
+
+    if not holds(segment_format(codec)):  # FFV1, say: QuickTime has no tag for it
+        raise InputError(f"video codec {codec!r}: the run's segment files ({segment_format(codec)}) cannot hold it; "
+                         f"pass another --codec")
+    if not holds(format_for(dst) or "mp4"):
+        others = [sfx for sfx in (".mp4", ".mkv", ".mov", ".webm") if sfx != dst.suffix.lower() and holds(format_for(Path("out" + sfx)))]
+        raise InputError(f"{dst}: {dst.suffix or 'this'} files cannot hold {codec} video; "
+                         + (f"write {' or '.join(others)}, or pass another --codec" if others
+                            else f"pass another --codec (e.g. {WEBM_CODEC} for .webm)"))
 
 
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
@@ -376,6 +407,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
     ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
     import av
+    import cv2
 
     from sr_deploy.media.segments import segment_format, window_of
 
@@ -392,6 +424,20 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
         deep = _bit_depth(vin.codec_context.pix_fmt) > 8
         pix_fmt = output_pix_fmt(options.codec, options.pix_fmt, deep)
+        # An alpha channel (ProRes 4444, QuickTime Animation, PNG in MOV) is kept where the encoder can hold
+        # one, upscaled bicubic beside the model's colour as for images; where it cannot, the run says so.
+        alpha = has_alpha(vin.codec_context.pix_fmt)
+        if alpha:
+            keep = options.pix_fmt or alpha_pix_fmt(options.codec, deep)
+            if keep and has_alpha(keep):
+                pix_fmt = keep
+            else:
+                alpha = False
+                if seg.index == 0:
+                    why = (f"--pix-fmt {options.pix_fmt} has none" if options.pix_fmt
+                           else f"{options.codec} cannot hold one")
+                    say(f"warning: {src.name} has an alpha channel ({vin.codec_context.pix_fmt}) and {why}: the output is "
+                        f"opaque; --codec prores_ks or qtrle (.mov) keeps it")
         if deep and _bit_depth(pix_fmt) <= 8 and not options.pix_fmt and seg.index == 0:
             say(f"note: {options.codec} has no 10-bit 4:2:0 format in this FFmpeg build: "
                 f"{src.name} ({vin.codec_context.pix_fmt}) is written as 8-bit {pix_fmt}")
@@ -415,7 +461,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         stop = threading.Event()
         # queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
         # one upscaled frame waiting for the encoder, not eight
-        px_bytes = 6 if deep else 3
+        px_bytes = (6 if deep else 3) + (2 if deep else 1) * alpha
+        rgb_fmt = ("rgba64le" if deep else "rgba") if alpha else ("rgb48le" if deep else "rgb24")
         q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (src_h * src_w * px_bytes))))
         q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (height * width * px_bytes))))
         start_s, end_s, frame_limit = window_of(options)
@@ -494,9 +541,11 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         say(f"note: {src.name} changes resolution to {frame.width}x{frame.height} near frame "
                             f"{seg.first_frame + n}; such frames are scaled to {src_w}x{src_h} before upscaling")
                     size = {"width": src_w, "height": src_h, "interpolation": "BICUBIC"}
-                dec.put(("frame", seg.first_frame + n, pts, frame.time_base,
-                         frame.to_ndarray(format="rgb48le" if deep else "rgb24", src_colorspace=colors.sws,
-                                          src_color_range=colors.range, **(size or {}))))
+                arr = frame.to_ndarray(format=rgb_fmt, src_colorspace=colors.sws, src_color_range=colors.range,
+                                       **(size or {}))
+                planes = (np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])) if alpha else (arr, None)
+                del arr
+                dec.put(("frame", seg.first_frame + n, pts, frame.time_base, *planes))
                 n += 1
 
         def infer() -> None:
@@ -534,7 +583,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 outputs = runner.stream_u8(batches())
             for res in outputs:
                 for p, o in zip(order.popleft(), res):
-                    inf.put(("frame", p[1], p[2], p[3], o))
+                    inf.put(("frame", p[1], p[2], p[3], o, p[5]))
 
         dec = _Stage(decode, q_dec, stop)
         inf = _Stage(infer, q_inf, stop)
@@ -577,7 +626,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         break
                     if isinstance(item, BaseException):
                         raise item
-                    _, idx, pts, tb, arr = item
+                    _, idx, pts, tb, arr, a = item
                     if not n:  # before the first frame is encoded: the stream's display matrix and colours
                         if seen.get("matrix"):
                             vout.set_display_matrix(seen["matrix"])
@@ -586,9 +635,13 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
                             colors.matrix, colors.primaries, colors.trc, colors.range)
                         to_yuv = not av.VideoFormat(pix_fmt).is_rgb
+                    if a is not None:  # bicubic in the alpha's own dtype, as for images (OpenCV saturates)
+                        a = cv2.resize(a, (a.shape[1] * s, a.shape[0] * s), interpolation=cv2.INTER_CUBIC)
+                        arr = np.concatenate((arr, a[..., None]), axis=2)
+                        del a
                     if cut_w or cut_h:
                         arr = np.ascontiguousarray(arr[:height, :width])
-                    frame = av.VideoFrame.from_ndarray(arr, format="rgb48le" if deep else "rgb24")
+                    frame = av.VideoFrame.from_ndarray(arr, format=rgb_fmt)
                     if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
                         frame = frame.reformat(format=pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,
                                                threads=vout.codec_context.thread_count)

@@ -259,6 +259,66 @@ def test_10bit_video_stays_10bit(tmp_path, tiny_ckpt):
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
 
 
+def _clip_alpha(path: Path, frames: int = 3, size: tuple[int, int] = (40, 24)) -> list[np.ndarray]:
+    """A QuickTime Animation clip (argb, lossless) whose alpha varies across the frame and in time;
+    returns each frame's alpha plane."""
+    import av
+
+    w, h = size
+    alphas = []
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("qtrle", rate=10)
+        s.width, s.height, s.pix_fmt = w, h, "argb"
+        yy, xx = np.mgrid[0:h, 0:w]
+        for i in range(frames):
+            a = ((xx * 6 + yy * 3 + 50 * i) % 256).astype(np.uint8)
+            alphas.append(a)
+            rgba = np.dstack([pattern_image(h, w, seed=i), a])
+            for p in s.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return alphas
+
+
+def test_video_alpha_is_kept_where_the_codec_holds_it_and_named_where_not(tmp_path, tiny_ckpt):
+    """ProRes 4444 / QuickTime Animation / PNG-in-MOV sources carry alpha: upscaled bicubic beside the model's
+    colour (as for images) when the output codec holds alpha; a warning, even with --quiet, when it cannot."""
+    import av
+
+    src = tmp_path / "a.mov"
+    alphas = _clip_alpha(src)
+    want = [cv2.resize(a, (a.shape[1] * 2, a.shape[0] * 2), interpolation=cv2.INTER_CUBIC) for a in alphas]
+    for codec, fmt, tol in (("qtrle", "argb", 0), ("prores_ks", "yuva444p10le", 2)):
+        out = tmp_path / f"{codec}.mov"
+        code, said = _run(src, "-o", out, "--model", tiny_ckpt, "--codec", codec, "--quiet")
+        assert code == 0, said
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == fmt
+            got = [f.to_ndarray(format="rgba")[..., 3] for f in c.decode(video=0)]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and np.abs(g.astype(int) - w.astype(int)).max() <= tol, codec
+    code, said = _run(src, "-o", tmp_path / "x264.mov", "--model", tiny_ckpt, "--quiet")
+    warned = [line for line in said.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warned) == 1, said
+    assert warned[0].startswith("warning: a.mov has an alpha channel (argb) and libx264 cannot hold one"), said
+    code, said = _run(src, "-o", tmp_path / "m.mov", "--model", tiny_ckpt, "--codec", "qtrle", "--alpha", "model")
+    assert code != 0 and said.startswith("error: --alpha model applies to images"), said
+
+
+def test_a_codec_the_files_cannot_hold_names_what_can(tmp_path, tiny_ckpt):
+    """A codec the run's segment files cannot hold is named as such (it is in FFmpeg); a container that
+    cannot hold the codec points to those that can, not to itself."""
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, frames=2, audio=False)
+    code, out = _run(clip, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt, "--codec", "ffv1")
+    assert code != 0 and out == "error: video codec 'ffv1': the run's segment files (mov) cannot hold it; pass another --codec\n", out
+    code, out = _run(clip, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt, "--codec", "qtrle")
+    assert code != 0 and out.endswith(": .mkv files cannot hold qtrle video; write .mov, or pass another --codec\n"), out
+    assert not any(p.name.startswith("o.") for p in tmp_path.iterdir())
+
+
 def test_quiet_still_warns_of_a_dropped_stream(tmp_path, tiny_ckpt):
     clip = tmp_path / "c.mp4"
     make_clip(clip, frames=3)  # H.264 + AAC: a .webm cannot hold the AAC
