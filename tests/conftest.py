@@ -100,9 +100,10 @@ def write_clip(path: Path, frames, *, codec: str = "libx264", rate: int = 10, pi
 
 def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32), fps: int = 12,
               audio: bool = True, subtitles: bool = False, vfr: bool = False,
-              rotation: tuple[int, bool] | None = None) -> list[int]:
+              rotation: tuple[int, bool] | None = None, tags: bool = False) -> list[int]:
     """Write an H.264 clip (+ AAC audio, + subtitle track) with PyAV; returns the video pts list.
-    ``rotation``: (degrees, hflip) stored as the stream's display matrix, as phones do."""
+    ``rotation``: (degrees, hflip) stored as the stream's display matrix, as phones do. ``tags``: a title
+    and comment, each stream's language and title, and two chapters splitting the clip in half."""
     import av
 
     w, h = size
@@ -116,6 +117,15 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32),
     if rotation:
         vs.set_display_rotation(rotation[0], hflip=rotation[1])
     aus = container.add_stream("aac", rate=44100) if audio else None
+    if tags:
+        container.metadata.update({"title": "A clip", "comment": "made by a test"})
+        vs.metadata.update({"language": "eng", "title": "picture"})
+        if aus is not None:
+            aus.metadata.update({"language": "fra", "title": "commentaire"})
+        half = Fraction(frames, 2 * fps)
+        container.set_chapters([{"id": i + 1, "start": int(i * half * 1000), "end": int((i + 1) * half * 1000),
+                                 "time_base": Fraction(1, 1000), "metadata": {"title": name}}
+                                for i, name in enumerate(("first", "second"))])
     # subtitle packets are pre-encoded SubRip text: a mux-only stream needs no encoder
     sub = container.add_mux_stream("subrip", time_base=Fraction(1, 1000)) if subtitles else None
     pts_list, t = [], 0

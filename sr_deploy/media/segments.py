@@ -305,6 +305,9 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                     say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
                         f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
 
+            carry_metadata(inp, out, [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()],
+                           start_s, end_s)
+
             def video_packets():
                 last_dts = None
                 for k, part in enumerate(parts):
@@ -364,6 +367,36 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                 c.close()
         inp.close()
     return len(mapping)
+
+
+# tags that describe the source file or its muxing rather than the content; the output's muxer writes its own
+_FILE_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps", "number_of_frames",
+              "number_of_bytes"}
+
+
+def _content_tags(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k.lower() not in _FILE_TAGS and not k.upper().startswith("_STATISTICS_")}
+
+
+def carry_metadata(inp, out, pairs, start_s: float, end_s: float) -> None:
+    """What ffmpeg keeps by default: the file's tags (title, comment, creation time), each kept stream's tags
+    (language, track title) and disposition (default, forced), and the chapters, shifted and cut to a
+    --start/--duration window. ``pairs``: (source stream, output stream)."""
+    out.metadata.update(_content_tags(inp.metadata))
+    for src_stream, dst_stream in pairs:
+        dst_stream.metadata.update(_content_tags(src_stream.metadata))
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            dst_stream.disposition = src_stream.disposition
+    chapters = []
+    for ch in inp.chapters():
+        tb = ch["time_base"] or Fraction(1, 1_000_000_000)
+        lo, hi = max(ch["start"] * tb, Fraction(start_s)), ch["end"] * tb
+        if end_s != float("inf"):
+            hi = min(hi, Fraction(end_s))
+        if hi > lo:
+            chapters.append({**ch, "start": int((lo - Fraction(start_s)) / tb), "end": int((hi - Fraction(start_s)) / tb)})
+    if chapters:
+        out.set_chapters(chapters)
 
 
 def _packets_for(dst: Path, part):

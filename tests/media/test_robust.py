@@ -319,6 +319,30 @@ def test_a_codec_the_files_cannot_hold_names_what_can(tmp_path, tiny_ckpt):
     assert not any(p.name.startswith("o.") for p in tmp_path.iterdir())
 
 
+def test_tags_track_languages_and_chapters_are_kept(tmp_path, tiny_ckpt):
+    """The file's title and comment, each stream's language and title, and the chapters (shifted and cut
+    to a --start/--duration window) reach the output, as ffmpeg keeps them by default."""
+    import av
+
+    clip = tmp_path / "c.mkv"
+    make_clip(clip, frames=24, fps=12, tags=True)  # 2 s: chapters 0-1 s and 1-2 s
+    for out, window in ((tmp_path / "o.mkv", ()), (tmp_path / "o.mp4", ()),
+                        (tmp_path / "w.mkv", ("--start", "0.5", "--duration", "1"))):
+        code, said = _run(clip, "-o", out, "--model", tiny_ckpt, "--quiet", *window)
+        assert code == 0, said
+        with av.open(str(out)) as c:
+            tags = {k.lower(): v for k, v in c.metadata.items()}  # Matroska writes COMMENT
+            assert tags.get("title") == "A clip" and tags.get("comment") == "made by a test", c.metadata
+            v, a = c.streams.video[0], c.streams.audio[0]
+            assert v.metadata.get("language") == "eng" and a.metadata.get("language") == "fra"
+            title = "name" if out.suffix == ".mp4" else "title"  # the mov muxer stores a track's title as its name
+            assert v.metadata.get(title) == "picture" and a.metadata.get(title) == "commentaire"
+            chapters = [(ch["metadata"]["title"], float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]))
+                        for ch in c.chapters()]
+        want = [("first", 0.0, 0.5), ("second", 0.5, 1.0)] if window else [("first", 0.0, 1.0), ("second", 1.0, 2.0)]
+        assert chapters == want, (out.name, chapters)
+
+
 def test_quiet_still_warns_of_a_dropped_stream(tmp_path, tiny_ckpt):
     clip = tmp_path / "c.mp4"
     make_clip(clip, frames=3)  # H.264 + AAC: a .webm cannot hold the AAC
