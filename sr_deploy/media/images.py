@@ -35,6 +35,8 @@ class ImageHeader:
     mode: str  # PIL's mode name ("RGB", "LA", "I;16"...); "" when PIL cannot read the header
     orientation: int = 1  # EXIF orientation, 1 = upright
     frames: int = 1  # more than one: an animation (WebP, APNG, GIF)
+    icc: bytes | None = None  # the colour profile: without it a Display P3 or Adobe RGB photo shows wrong colours
+    exif: bytes | None = None  # EXIF (camera, date, GPS...), as Pillow serializes it
 
 
 def probe_image(path: Path) -> ImageHeader | None:
@@ -46,11 +48,13 @@ def probe_image(path: Path) -> ImageHeader | None:
         Image.MAX_IMAGE_PIXELS = None  # srdeploy applies its own limit, with the size in the message
         with Image.open(path) as im:
             try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
-                orientation = 1
+                exif = im.getexif()
+                orientation = int(exif.get(0x0112, 1) or 1)
+                exif_bytes = exif.tobytes() if len(exif) else None
+            except Exception:  # noqa: BLE001 - a damaged EXIF block is only not carried over
+                orientation, exif_bytes = 1, None
             return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1,
-                               int(getattr(im, "n_frames", 1) or 1))
+                               int(getattr(im, "n_frames", 1) or 1), im.info.get("icc_profile") or None, exif_bytes)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
@@ -164,11 +168,13 @@ def _rgb_to_bgr_inplace(x: np.ndarray) -> None:
         x[r:r + ROW_CHUNK] = x[r:r + ROW_CHUNK, :, ::-1]
 
 
-def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: bool = False) -> None:
+def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: bool = False,
+                meta: ImageHeader | None = None) -> None:
     """Encode straight into a temporary file beside ``path`` (no encoded copy in memory), then publish it.
 
     ``gray_alpha``: ``img`` is BGRA of a gray+alpha source; written as gray+alpha where the format
-    has it (PNG, WebP via PIL's LA mode), else as BGRA."""
+    has it (PNG, WebP via PIL's LA mode), else as BGRA. ``meta``: the source's header, whose colour profile
+    and EXIF are carried into PNG and JPEG outputs (media/imagemeta.py)."""
     import cv2
 
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
@@ -195,6 +201,14 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
             raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
         if not ok:
             raise OutputError(f"{path}: cannot encode this image as {path.suffix} (or the disk refused the write)")
+        if meta is not None and (meta.icc or meta.exif):
+            from sr_deploy.media.imagemeta import carry_metadata
+
+            try:
+                carry_metadata(tmp, path.suffix.lower(), icc=meta.icc, exif=meta.exif, size=(img.shape[1], img.shape[0]),
+                               source=str(path))
+            except OSError as exc:
+                raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
 
 
 def _utf8(text: str) -> bool:
@@ -213,7 +227,7 @@ def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fal
                                   max_megapixels=max_megapixels)
     out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
     del img
-    write_image(dst, out, overwrite=overwrite, gray_alpha=_gray_alpha(header))
+    write_image(dst, out, overwrite=overwrite, gray_alpha=_gray_alpha(header), meta=header)
     return dst
 
 
@@ -272,6 +286,8 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
         frames = [f.convert("RGBA") for f in frames]
     fmt = Image.registered_extensions()[dst.suffix.lower()]
     extra = {"quality": 95} if fmt == "WEBP" else {}
+    if fmt in ("WEBP", "PNG") and header.icc:  # Pillow writes these itself (GIF has no colour profile)
+        extra["icc_profile"] = header.icc
     with atomic_path(dst, overwrite=overwrite) as tmp:
         try:
             frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=loop,
@@ -418,7 +434,7 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
 
     def encode(f: Path, out: Path, ow: bool, header, up: np.ndarray) -> None:
         try:
-            write_image(out, up, overwrite=ow, gray_alpha=_gray_alpha(header))
+            write_image(out, up, overwrite=ow, gray_alpha=_gray_alpha(header), meta=header)
             why = None
         except Exception as exc:  # noqa: BLE001 - reported for this file only, as upscale_one does
             why = _reason(f, exc)

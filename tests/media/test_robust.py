@@ -213,6 +213,64 @@ def test_exif_rotated_photo_comes_out_upright(tmp_path, tiny_ckpt):
     assert up.shape[:2] == (upright.shape[0] * 2, upright.shape[1] * 2) == (64, 40)
 
 
+def test_colour_profile_and_exif_are_carried_into_png_and_jpeg(tmp_path, tiny_ckpt, caplog):
+    """A photo's ICC profile (Display P3, Adobe RGB: without it the colours show wrong) and EXIF (camera, date,
+    GPS) reach PNG and JPEG outputs, single or in a folder, upright (orientation 1) and with the output's pixel
+    size; the pixels are those of the same image without metadata. Other formats say what they lose."""
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = Image.fromarray(pattern_image(20, 32))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Camera maker", 6
+    exif.get_ifd(0x8769).update({0xA002: 32, 0xA003: 20, 0x9003: "2026:01:02 03:04:05"})
+    exif.get_ifd(0x8825).update({1: "N", 2: (51.0, 30.0, 0.0)})
+    src, plain = tmp_path / "in", tmp_path / "plain"
+    src.mkdir(), plain.mkdir()
+    for suffix, kw in ((".png", {}), (".jpg", {"quality": 95})):
+        im.save(src / f"photo{suffix}", icc_profile=icc, exif=exif, **kw)
+        # the same pixels, decoded by OpenCV (which turns them by the orientation too), without metadata
+        cv2.imwrite(str(plain / f"photo{suffix}.png"), cv2.imread(str(src / f"photo{suffix}")))
+    code, said = _run(src, "-o", tmp_path / "folder", "--model", tiny_ckpt)  # the folder path writes too
+    assert code == 0, said
+    for suffix in (".png", ".jpg"):
+        outs = []
+        for name, source in (("one", src / f"photo{suffix}"), ("bare", plain / f"photo{suffix}.png")):
+            out = tmp_path / f"{name}{suffix}"
+            code, said = _run(source, "-o", out, "--model", tiny_ckpt)
+            assert code == 0, said
+            outs.append(out)
+        for out in (outs[0], tmp_path / "folder" / f"photo{suffix}"):
+            with Image.open(out) as o:
+                got = o.getexif()
+                assert o.info.get("icc_profile") == icc, out
+                assert got.get(0x010F) == "Camera maker" and got.get(0x0112) == 1, dict(got)
+                assert got.get_ifd(0x8769).get(0xA002) == 40 and got.get_ifd(0x8769).get(0xA003) == 64
+                assert got.get_ifd(0x8769).get(0x9003) == "2026:01:02 03:04:05"
+                assert got.get_ifd(0x8825).get(2) == (51.0, 30.0, 0.0)
+            assert np.array_equal(cv2.imread(str(out)), cv2.imread(str(outs[1]))), out  # same pixels as without
+    with caplog.at_level("WARNING"):
+        code, said = _run(src / "photo.png", "-o", tmp_path / "o.webp", "--model", tiny_ckpt)
+    assert code == 0 and (tmp_path / "o.webp").is_file()
+    assert any("colour profile and EXIF are not written to .webp" in r.getMessage() for r in caplog.records)
+
+
+def test_a_colour_profile_larger_than_a_jpeg_segment_is_split(tmp_path):
+    """ICC.1 Annex B: a profile over 64 KB spans numbered APP2 segments, which readers join again."""
+    from PIL import Image
+
+    from sr_deploy.media.imagemeta import ICC_CHUNK, carry_metadata
+
+    out = tmp_path / "o.jpg"
+    cv2.imwrite(str(out), pattern_image(16, 16))
+    icc = bytes(np.random.default_rng(0).integers(0, 256, 2 * ICC_CHUNK + 100, dtype=np.uint8))
+    carry_metadata(out, ".jpg", icc=icc, exif=None, size=(16, 16), source="o.jpg")
+    with Image.open(out) as o:
+        assert o.info.get("icc_profile") == icc
+        o.load()
+    assert cv2.imread(str(out)).shape == (16, 16, 3)  # still a JPEG OpenCV decodes
+
+
 def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
     from PIL import Image
 
