@@ -1,10 +1,11 @@
-"""A source image's colour profile and EXIF, carried into its PNG or JPEG output.
+"""A source image's metadata, carried into its PNG or JPEG output: the colour profile, EXIF, XMP, PNG text
+(a generator's prompt and settings, say) and JPEG comments.
 
 OpenCV encodes srdeploy's image outputs (16-bit colour PNG included, which Pillow cannot write) and writes
-no metadata; Pillow cannot add metadata to an encoded file without encoding it again. So the two blocks
-are spliced into the file OpenCV wrote, by each format's own rules: PNG, ``iCCP`` and ``eXIf`` chunks
-before the first ``IDAT``; JPEG, an APP1 ``Exif`` segment and APP2 ``ICC_PROFILE`` segments after the
-JFIF header. Pillow parses and serializes the EXIF itself.
+no metadata; Pillow cannot add metadata to an encoded file without encoding it again. So the blocks are
+spliced into the file OpenCV wrote, by each format's own rules: PNG, ``iCCP``, ``eXIf`` and ``iTXt``
+chunks before the first ``IDAT``; JPEG, APP1 ``Exif`` and XMP, APP2 ``ICC_PROFILE`` and COM segments
+after the JFIF header. Pillow reads all of it and serializes the EXIF.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,33 @@ _said: set[str] = set()  # output formats already warned about in this process (
 
 JPEG_SEGMENT_MAX = 65533  # a JPEG segment's payload, its two length bytes aside
 ICC_CHUNK = JPEG_SEGMENT_MAX - 14  # ICC.1 Annex B.4: "ICC_PROFILE\0", sequence number and count first
+XMP_KEY = "XML:com.adobe.xmp"  # XMP's PNG keyword
+XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\0"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    icc: bytes | None = None  # the colour profile: without it a Display P3 or Adobe RGB photo shows wrong colours
+    exif: bytes | None = None  # camera, date, GPS...: as Pillow serializes it
+    xmp: bytes | None = None
+    text: tuple[tuple[str, str], ...] = ()  # PNG text chunks other than XMP (Stable Diffusion's "parameters")
+    comment: bytes | None = None  # a JPEG comment
+
+
+def read_metadata(im) -> Metadata | None:
+    """What ``im`` (an open Pillow image, header only: no pixels are decoded) carries, None when nothing.
+    A damaged EXIF block is left out; the rest is kept."""
+    try:
+        ex = im.getexif()
+        exif = ex.tobytes() if len(ex) else None
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on broken EXIF
+        exif = None
+    info = im.info
+    text = tuple((k, v) for k, v in info.items() if im.format == "PNG" and isinstance(v, str) and k != XMP_KEY)
+    xmp = info.get("xmp") or (info[XMP_KEY].encode("utf-8") if isinstance(info.get(XMP_KEY), str) else None)
+    comment = info.get("comment") if im.format == "JPEG" and isinstance(info.get("comment"), bytes) else None
+    meta = Metadata(info.get("icc_profile") or None, exif, xmp or None, text, comment or None)
+    return meta if meta != Metadata() else None
 
 
 def output_exif(exif: bytes, width: int, height: int) -> bytes:
@@ -37,23 +66,23 @@ def output_exif(exif: bytes, width: int, height: int) -> bytes:
     return ex.tobytes()
 
 
-def carry_metadata(path: Path, suffix: str, *, icc: bytes | None, exif: bytes | None, size: tuple[int, int],
-                   source: str) -> None:
-    """Add ``icc`` and ``exif`` (a source's, see ``ImageHeader``) to the encoded image at ``path``, whose
-    format ``suffix`` names; other formats than PNG and JPEG are left as they are, with one warning."""
+def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str) -> None:
+    """Add a source's ``meta`` to the encoded image at ``path``, whose format ``suffix`` names; formats other
+    than PNG and JPEG are left as they are, with one warning when a colour profile or EXIF is lost. PNG text
+    reaches PNG outputs, a JPEG comment JPEG outputs; XMP either."""
     if suffix not in (".png", ".jpg", ".jpeg"):
-        if suffix not in _said:
+        lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
+        if lost and suffix not in _said:
             _said.add(suffix)
-            what = " and ".join(w for w, v in (("colour profile", icc), ("EXIF", exif)) if v)
             log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG and JPEG keep them)", source,
-                        what, "are" if icc and exif else "is", suffix)
+                        " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
         return
-    tiff = output_exif(exif, *size)[6:] if exif else None  # without the "Exif\0\0" that JPEG wants and PNG not
+    tiff = output_exif(meta.exif, *size)[6:] if meta.exif else None  # no "Exif\0\0": JPEG adds it, PNG not
     data = path.read_bytes()
     if suffix == ".png":
-        data = _png_with(data, icc, tiff)
+        data = _png_with(data, meta, tiff)
     else:
-        data = _jpeg_with(data, icc, tiff, source)
+        data = _jpeg_with(data, meta, tiff, source)
     path.write_bytes(data)
 
 
@@ -61,7 +90,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def _png_with(data: bytes, icc: bytes | None, tiff: bytes | None) -> bytes:
+def _png_with(data: bytes, meta: Metadata, tiff: bytes | None) -> bytes:
     pos = 8  # the signature
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
@@ -71,30 +100,44 @@ def _png_with(data: bytes, icc: bytes | None, tiff: bytes | None) -> bytes:
     else:
         raise ValueError("no IDAT chunk in the PNG just written")
     extra = b""
-    if icc:  # iCCP: a profile name, a NUL, compression method 0 (zlib), the compressed profile
-        extra += _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
+    if meta.icc:  # iCCP: a profile name, a NUL, compression method 0 (zlib), the compressed profile
+        extra += _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(meta.icc))
     if tiff:
         extra += _png_chunk(b"eXIf", tiff)
+    text = list(meta.text) + ([(XMP_KEY, meta.xmp.decode("utf-8", "replace"))] if meta.xmp else [])
+    for key, value in text:  # iTXt: keyword, NUL, uncompressed, no language or translated keyword, UTF-8 text
+        try:
+            keyword = key.encode("latin-1")
+        except UnicodeEncodeError:
+            continue  # not a PNG keyword; Pillow would not have read it as one
+        if 1 <= len(keyword) <= 79:
+            extra += _png_chunk(b"iTXt", keyword + b"\0\0\0\0\0" + value.encode("utf-8"))
     return data[:pos] + extra + data[pos:]
 
 
-def _jpeg_with(data: bytes, icc: bytes | None, tiff: bytes | None, source: str) -> bytes:
+def _jpeg_segment(marker: bytes, body: bytes) -> bytes:
+    return marker + struct.pack(">H", len(body) + 2) + body
+
+
+def _jpeg_with(data: bytes, meta: Metadata, tiff: bytes | None, source: str) -> bytes:
     if data[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG stream")
     pos = 2
     if data[2:4] == b"\xff\xe0":  # the JFIF header stays first, as readers expect
         pos = 4 + struct.unpack(">H", data[4:6])[0]
     extra = b""
-    if tiff:
-        body = b"Exif\0\0" + tiff
+    for what, marker, body in (("EXIF", b"\xff\xe1", b"Exif\0\0" + tiff if tiff else None),
+                               ("XMP", b"\xff\xe1", XMP_JPEG + meta.xmp if meta.xmp else None),
+                               ("comment", b"\xff\xfe", meta.comment)):
+        if body is None:
+            continue
         if len(body) <= JPEG_SEGMENT_MAX:
-            extra += b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
-        else:
-            log.warning("warning: %s: its EXIF (%d bytes) is larger than a JPEG segment holds and is not written",
-                        source, len(tiff))
-    if icc:
-        parts = [icc[i:i + ICC_CHUNK] for i in range(0, len(icc), ICC_CHUNK)]
+            extra += _jpeg_segment(marker, body)
+        else:  # EXIF and standard XMP must fit one segment (extended XMP is not written)
+            log.warning("warning: %s: the source's %s (%d bytes) is larger than a JPEG segment holds and is not "
+                        "written", source, what, len(body))
+    if meta.icc:
+        parts = [meta.icc[i:i + ICC_CHUNK] for i in range(0, len(meta.icc), ICC_CHUNK)]
         for n, part in enumerate(parts, 1):
-            body = b"ICC_PROFILE\0" + bytes((n, len(parts))) + part
-            extra += b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
+            extra += _jpeg_segment(b"\xff\xe2", b"ICC_PROFILE\0" + bytes((n, len(parts))) + part)
     return data[:pos] + extra + data[pos:]

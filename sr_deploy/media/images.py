@@ -10,6 +10,7 @@ import numpy as np
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES  # noqa: F401  (re-exported)
+from sr_deploy.media.imagemeta import Metadata, carry_metadata, read_metadata
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -35,8 +36,7 @@ class ImageHeader:
     mode: str  # PIL's mode name ("RGB", "LA", "I;16"...); "" when PIL cannot read the header
     orientation: int = 1  # EXIF orientation, 1 = upright
     frames: int = 1  # more than one: an animation (WebP, APNG, GIF)
-    icc: bytes | None = None  # the colour profile: without it a Display P3 or Adobe RGB photo shows wrong colours
-    exif: bytes | None = None  # EXIF (camera, date, GPS...), as Pillow serializes it
+    meta: Metadata | None = None  # colour profile, EXIF, XMP, text: carried into the output (media/imagemeta.py)
 
 
 def probe_image(path: Path) -> ImageHeader | None:
@@ -48,13 +48,11 @@ def probe_image(path: Path) -> ImageHeader | None:
         Image.MAX_IMAGE_PIXELS = None  # srdeploy applies its own limit, with the size in the message
         with Image.open(path) as im:
             try:
-                exif = im.getexif()
-                orientation = int(exif.get(0x0112, 1) or 1)
-                exif_bytes = exif.tobytes() if len(exif) else None
-            except Exception:  # noqa: BLE001 - a damaged EXIF block is only not carried over
-                orientation, exif_bytes = 1, None
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+                orientation = 1
             return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1,
-                               int(getattr(im, "n_frames", 1) or 1), im.info.get("icc_profile") or None, exif_bytes)
+                               int(getattr(im, "n_frames", 1) or 1), read_metadata(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
@@ -173,8 +171,8 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
     """Encode straight into a temporary file beside ``path`` (no encoded copy in memory), then publish it.
 
     ``gray_alpha``: ``img`` is BGRA of a gray+alpha source; written as gray+alpha where the format
-    has it (PNG, WebP via PIL's LA mode), else as BGRA. ``meta``: the source's header, whose colour profile
-    and EXIF are carried into PNG and JPEG outputs (media/imagemeta.py)."""
+    has it (PNG, WebP via PIL's LA mode), else as BGRA. ``meta``: the source's header, whose metadata is
+    carried into PNG and JPEG outputs (media/imagemeta.py)."""
     import cv2
 
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
@@ -201,12 +199,9 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
             raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
         if not ok:
             raise OutputError(f"{path}: cannot encode this image as {path.suffix} (or the disk refused the write)")
-        if meta is not None and (meta.icc or meta.exif):
-            from sr_deploy.media.imagemeta import carry_metadata
-
+        if meta is not None and meta.meta is not None:
             try:
-                carry_metadata(tmp, path.suffix.lower(), icc=meta.icc, exif=meta.exif, size=(img.shape[1], img.shape[0]),
-                               source=str(path))
+                carry_metadata(tmp, path.suffix.lower(), meta.meta, size=(img.shape[1], img.shape[0]), source=str(path))
             except OSError as exc:
                 raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
 
@@ -286,8 +281,8 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
         frames = [f.convert("RGBA") for f in frames]
     fmt = Image.registered_extensions()[dst.suffix.lower()]
     extra = {"quality": 95} if fmt == "WEBP" else {}
-    if fmt in ("WEBP", "PNG") and header.icc:  # Pillow writes these itself (GIF has no colour profile)
-        extra["icc_profile"] = header.icc
+    if fmt in ("WEBP", "PNG") and header.meta and header.meta.icc:  # Pillow writes it (GIF has no colour profile)
+        extra["icc_profile"] = header.meta.icc
     with atomic_path(dst, overwrite=overwrite) as tmp:
         try:
             frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=loop,

@@ -259,16 +259,45 @@ def test_a_colour_profile_larger_than_a_jpeg_segment_is_split(tmp_path):
     """ICC.1 Annex B: a profile over 64 KB spans numbered APP2 segments, which readers join again."""
     from PIL import Image
 
-    from sr_deploy.media.imagemeta import ICC_CHUNK, carry_metadata
+    from sr_deploy.media.imagemeta import ICC_CHUNK, Metadata, carry_metadata
 
     out = tmp_path / "o.jpg"
     cv2.imwrite(str(out), pattern_image(16, 16))
     icc = bytes(np.random.default_rng(0).integers(0, 256, 2 * ICC_CHUNK + 100, dtype=np.uint8))
-    carry_metadata(out, ".jpg", icc=icc, exif=None, size=(16, 16), source="o.jpg")
+    carry_metadata(out, ".jpg", Metadata(icc=icc), size=(16, 16), source="o.jpg")
     with Image.open(out) as o:
         assert o.info.get("icc_profile") == icc
         o.load()
     assert cv2.imread(str(out)).shape == (16, 16, 3)  # still a JPEG OpenCV decodes
+
+
+def test_png_text_xmp_and_jpeg_comments_are_carried(tmp_path, tiny_ckpt):
+    """A generator's prompt in PNG text (Stable Diffusion's "parameters"), XMP (ratings, edits) and a JPEG
+    comment reach the outputs that hold them; XMP crosses between PNG and JPEG."""
+    from PIL import Image, PngImagePlugin
+
+    xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a lighthouse at dusk, Steps: 30")
+    info.add_itxt("Description", "phare, crépuscule")
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    im = Image.fromarray(pattern_image(12, 16))
+    im.save(tmp_path / "gen.png", pnginfo=info)
+    im.save(tmp_path / "shot.jpg", quality=95, xmp=xmp.encode(), comment=b"scanned 1998")
+    for src, out in (("gen.png", "gen_x2.png"), ("gen.png", "gen_x2.jpg"), ("shot.jpg", "shot_x2.jpg"),
+                     ("shot.jpg", "shot_x2.png")):
+        code, said = _run(tmp_path / src, "-o", tmp_path / out, "--model", tiny_ckpt)
+        assert code == 0, said
+    with Image.open(tmp_path / "gen_x2.png") as o:
+        assert o.info.get("parameters") == "a lighthouse at dusk, Steps: 30"
+        assert o.info.get("Description") == "phare, crépuscule" and o.info.get("XML:com.adobe.xmp") == xmp
+    with Image.open(tmp_path / "gen_x2.jpg") as o:
+        assert o.info.get("xmp") == xmp.encode() and "parameters" not in o.info
+    with Image.open(tmp_path / "shot_x2.jpg") as o:
+        assert o.info.get("xmp") == xmp.encode() and o.info.get("comment") == b"scanned 1998"
+    with Image.open(tmp_path / "shot_x2.png") as o:
+        assert o.info.get("XML:com.adobe.xmp") == xmp and "comment" not in o.info
+        o.load()
 
 
 def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
