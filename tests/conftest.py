@@ -100,10 +100,12 @@ def write_clip(path: Path, frames, *, codec: str = "libx264", rate: int = 10, pi
 
 def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32), fps: int = 12,
               audio: bool = True, subtitles: bool = False, vfr: bool = False,
-              rotation: tuple[int, bool] | None = None, tags: bool = False) -> list[int]:
+              rotation: tuple[int, bool] | None = None, tags: bool = False, timecode: str | None = None,
+              attachment: tuple[str, str, bytes] | None = None) -> list[int]:
     """Write an H.264 clip (+ AAC audio, + subtitle track) with PyAV; returns the video pts list.
     ``rotation``: (degrees, hflip) stored as the stream's display matrix, as phones do. ``tags``: a title
-    and comment, each stream's language and title, and two chapters splitting the clip in half."""
+    and comment, each stream's language and title, and two chapters splitting the clip in half. ``timecode``:
+    the video's start timecode (QuickTime writes a timecode track); ``attachment``: (name, mimetype, data)."""
     import av
 
     w, h = size
@@ -116,6 +118,10 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (48, 32),
     vs.options = {"bf": "0"}
     if rotation:
         vs.set_display_rotation(rotation[0], hflip=rotation[1])
+    if timecode:
+        vs.metadata["timecode"] = timecode
+    if attachment:
+        container.add_attachment(name=attachment[0], mimetype=attachment[1], data=attachment[2])
     aus = container.add_stream("aac", rate=44100) if audio else None
     if tags:
         container.metadata.update({"title": "A clip", "comment": "made by a test"})

@@ -307,6 +307,12 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
 
             carry_metadata(inp, out, [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()],
                            start_s, end_s)
+            for st in inp.streams:
+                if st.type == "attachment" and options.copy_streams:  # fonts for the subtitles, cover art
+                    _attach(out, st, dst, say)
+                elif st.type == "data":  # timecode tracks, camera telemetry: not carried across
+                    what = st.metadata.get("handler_name") or (st.codec_context.name if st.codec_context else "data")
+                    say(f"warning: data stream #{st.index} ({what}) is not kept")
 
             def video_packets():
                 last_dts = None
@@ -369,9 +375,28 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
     return len(mapping)
 
 
-# tags that describe the source file or its muxing rather than the content; the output's muxer writes its own
+def _attach(out, st, dst: Path, say) -> None:
+    """Copy an attachment (a subtitle font, a cover) where the container holds attachments (Matroska), else
+    name it in a warning."""
+    import av
+
+    name = st.name or st.metadata.get("filename") or f"attachment-{st.index}"
+    if format_for(dst) == "matroska":
+        try:
+            out.add_attachment(name=name, mimetype=st.mimetype or st.metadata.get("mimetype") or
+                               "application/octet-stream", data=bytes(st.data))
+            return
+        except (av.error.FFmpegError, ValueError, TypeError):
+            pass
+    say(f"warning: attachment #{st.index} ({name}) is dropped: {dst.suffix or 'this'} files cannot hold it; "
+        "write to .mkv (-o NAME.mkv) to keep it")
+
+
+# tags that describe the source file or its muxing rather than the content; the output's muxer writes its own.
+# "timecode" too: QuickTime muxers turn it into a timecode track, which needs a frame rate a copied stream
+# does not carry (the join failed), and a --start window would make it wrong; the track itself is named below.
 _FILE_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps", "number_of_frames",
-              "number_of_bytes"}
+              "number_of_bytes", "timecode"}
 
 
 def _content_tags(meta: dict) -> dict:

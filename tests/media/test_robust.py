@@ -430,6 +430,29 @@ def test_tags_track_languages_and_chapters_are_kept(tmp_path, tiny_ckpt):
         assert chapters == want, (out.name, chapters)
 
 
+def test_attachments_are_kept_in_mkv_and_data_streams_named(tmp_path, tiny_ckpt):
+    """A Matroska file's attachments (the fonts its subtitles are drawn with) are kept in .mkv outputs and named
+    in a warning elsewhere; a timecode track is named in a warning, and the run still succeeds."""
+    import av
+
+    font = bytes(range(256)) * 4
+    mkv = tmp_path / "c.mkv"
+    make_clip(mkv, frames=4, audio=False, attachment=("subs.ttf", "font/ttf", font))
+    code, said = _run(mkv, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and "warning" not in said, said
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        kept = [(st.name, st.mimetype, bytes(st.data)) for st in c.streams if st.type == "attachment"]
+    assert kept == [("subs.ttf", "font/ttf", font)]
+    code, said = _run(mkv, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and "warning: attachment #1 (subs.ttf) is dropped: .mp4 files cannot hold it" in said, said
+    mov = tmp_path / "tc.mov"
+    make_clip(mov, frames=4, audio=False, timecode="01:00:00:00")
+    with av.open(str(mov)) as c:
+        assert [st.type for st in c.streams] == ["video", "data"]  # QuickTime's timecode track
+    code, said = _run(mov, "-o", tmp_path / "tc_x2.mov", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and "warning: data stream #1 (TimeCodeHandler) is not kept" in said, said
+
+
 def test_quiet_still_warns_of_a_dropped_stream(tmp_path, tiny_ckpt):
     clip = tmp_path / "c.mp4"
     make_clip(clip, frames=3)  # H.264 + AAC: a .webm cannot hold the AAC
