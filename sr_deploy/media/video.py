@@ -86,6 +86,9 @@ class VideoOptions:
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
     deinterlace: bool = True  # frames flagged interlaced go through FFmpeg's bwdif (deinterlaced) first
+    # set by upscale_video: the source's HDR10 static metadata (mastering display, content light level) in
+    # x264/x265's notation, for the encoder to write (read_hdr10)
+    hdr10: tuple[str | None, str | None] | None = None
 
     def check(self) -> None:
         """One line for settings that are wrong whatever the codec, before a model is loaded."""
@@ -260,6 +263,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                              f"(libx265 and libvpx-vp9 go further)")
     if codec != options.codec:
         options = dataclasses.replace(options, codec=codec)
+    hdr10 = read_hdr10(src)
+    if hdr10 and codec in HDR10_PARAMS:
+        options = dataclasses.replace(options, hdr10=hdr10)
+    elif hdr10:
+        say(f"warning: {src.name} carries HDR10 metadata (mastering display, light level) that {codec} is not given "
+            "here: the output's colours are tagged, that metadata is not; --codec libx265 or libx264 keeps it")
     key = manifest_key(src, identity or runner.describe(), options, codec, options.segment_seconds)
     parts = Parts(dst)
     reused = parts.open(key, plan, restart=restart, say=say)
@@ -750,7 +759,50 @@ def encoder_options(codec: str, options: VideoOptions, width: int, height: int, 
         opts["rc-lookahead"] = str(look)
     if codec == "libx265":  # x265 prints its statistics to stderr itself: only its errors, as FFmpeg's log
         opts["x265-params"] = X265_QUIET + (f":rc-lookahead={look}" if capped else "")
+    if options.hdr10 and codec in HDR10_PARAMS:
+        md, cll = options.hdr10
+        key, md_name, cll_name, extra = HDR10_PARAMS[codec]
+        params = [p for p in (opts.get(key), extra, md and f"{md_name}={md}", cll and f"{cll_name}={cll}") if p]
+        opts[key] = ":".join(params)
     return opts
+
+
+# the encoders that write HDR10 static metadata (SEI) from parameters: (option, mastering display's name,
+# content light level's name, what else turns it on)
+HDR10_PARAMS = {"libx264": ("x264-params", "mastering-display", "cll", None),
+                "libx265": ("x265-params", "master-display", "max-cll", "hdr10=1")}
+
+
+def read_hdr10(src: Path) -> tuple[str | None, str | None] | None:
+    """The HDR10 static metadata on the first frame of ``src``'s video (None when it has none): the mastering
+    display as x264/x265 write it, G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min) in 1/50000 and 1/10000 cd/m2 units,
+    and the content light level as "MaxCLL,MaxFALL". FFmpeg hands it over as its C structs
+    (AVMasteringDisplayMetadata: 11 AVRationals and two flags; AVContentLightMetadata: two unsigned ints),
+    which PyAV gives as bytes; they are read here by their layout."""
+    import struct
+
+    import av
+
+    try:
+        with open_input(src) as c:
+            frame = next(c.decode(main_video(c)), None)
+    except (av.error.FFmpegError, OSError, SRDeployError):
+        return None
+    md = cll = None
+    for sd in getattr(frame, "side_data", None) or ():
+        name, data = getattr(sd.type, "name", ""), bytes(sd)
+        if name == "MASTERING_DISPLAY_METADATA" and len(data) >= 88:
+            v = struct.unpack_from("<22i", data)
+            if v[20] and v[21] and all(v[i] > 0 for i in range(1, 20, 2)):  # has primaries and luminance
+
+                def q(i: int, unit: int) -> int:
+                    return round(v[i] / v[i + 1] * unit)
+
+                md = (f"G({q(4, 50000)},{q(6, 50000)})B({q(8, 50000)},{q(10, 50000)})R({q(0, 50000)},{q(2, 50000)})"
+                      f"WP({q(12, 50000)},{q(14, 50000)})L({q(18, 10000)},{q(16, 10000)})")
+        elif name == "CONTENT_LIGHT_LEVEL" and len(data) >= 8:
+            cll = "{},{}".format(*struct.unpack_from("<2I", data))
+    return (md, cll) if md or cll else None
 
 
 X265_QUIET = "log-level=error"

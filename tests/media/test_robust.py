@@ -453,6 +453,49 @@ def test_attachments_are_kept_in_mkv_and_data_streams_named(tmp_path, tiny_ckpt)
     assert code == 0 and "warning: data stream #1 (TimeCodeHandler) is not kept" in said, said
 
 
+def _side_data(path: Path) -> dict:
+    """The HDR10 side data on the first frame of ``path``, unpacked as FFmpeg's structs lay it out."""
+    import struct
+
+    import av
+
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+    got = {}
+    for sd in frame.side_data:
+        if sd.type.name == "MASTERING_DISPLAY_METADATA":
+            got["display"] = struct.unpack("<22i", bytes(sd))
+        elif sd.type.name == "CONTENT_LIGHT_LEVEL":
+            got["light"] = struct.unpack("<2I", bytes(sd))
+    return got
+
+
+def test_hdr10_metadata_reaches_the_output(tmp_path, tiny_ckpt):
+    """An HDR10 source's mastering display and content light level reach an x264/x265 output (players tone-map
+    with them); an encoder that is not given them is named in a warning."""
+    import av
+
+    src = tmp_path / "hdr.mkv"
+    display = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+    with av.open(str(src), "w") as c:  # x264, not x265: libx265 in this process aborted OpenVINO compiles
+        s = c.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p10le"
+        s.options = {"x264-params": f"mastering-display={display}:cll=1000,400"}
+        ramp = np.linspace(0, 65535, 32 * 48 * 3).reshape(32, 48, 3).astype(np.uint16)
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(ramp, format="rgb48le")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    want = _side_data(src)
+    assert want["light"] == (1000, 400) and want["display"][16:20] == (50, 10000, 10000000, 10000)
+    code, said = _run(src, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and "warning" not in said, said
+    assert _side_data(tmp_path / "o.mkv") == want
+    code, said = _run(src, "-o", tmp_path / "o.webm", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and "warning: hdr.mkv carries HDR10 metadata" in said, said
+
+
 def test_quiet_still_warns_of_a_dropped_stream(tmp_path, tiny_ckpt):
     clip = tmp_path / "c.mp4"
     make_clip(clip, frames=3)  # H.264 + AAC: a .webm cannot hold the AAC
