@@ -12,7 +12,8 @@ import numpy as np
 
 from sr_deploy.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
+PIL_ONLY_SUFFIXES = {".avif"}  # formats OpenCV's wheels neither read nor write: Pillow does both
 
 
 def list_images(folders: list[Path] | list[str]) -> list[Path]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
-from sr_deploy.imagefiles import IMAGE_SUFFIXES  # noqa: F401  (re-exported)
+from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
 from sr_deploy.media.imagemeta import Metadata, carry_metadata, read_metadata
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
@@ -95,14 +95,17 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
 
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels)
-    data = np.fromfile(path, dtype=np.uint8)
-    # Errors only: a damaged file gets srdeploy's one `error:` line, not OpenCV's decoder warnings too.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except cv2.error:  # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS) or a broken codec stream
-        img = None
-    del data
+    if path.suffix.lower() in PIL_ONLY_SUFFIXES:
+        img = _decode_pil(path)
+    else:
+        data = np.fromfile(path, dtype=np.uint8)
+        # Errors only: a damaged file gets srdeploy's one `error:` line, not OpenCV's decoder warnings too.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        except cv2.error:  # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS) or a broken codec stream
+            img = None
+        del data
     if img is None:
         raise InputError(f"{path}: not a readable image")
     if img.dtype not in (np.uint8, np.uint16):
@@ -112,6 +115,24 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
     elif header.orientation != 1:
         img = np.ascontiguousarray(_ORIENT[header.orientation](img))
     return img
+
+
+def _decode_pil(path: Path) -> np.ndarray | None:
+    """An image OpenCV cannot read (AVIF), decoded by Pillow into OpenCV's layout (gray, BGR or BGRA, 8-bit;
+    Pillow gives 10/12-bit AVIF as 8-bit), unrotated like OpenCV's (the header's orientation turns it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "LA", "RGBA", "RGB"):
+                arr = np.asarray(im.convert("RGBA" if im.mode == "LA" else im.mode))
+            else:
+                arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if arr.ndim == 3:
+        arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]
+    return np.ascontiguousarray(arr)
 
 
 def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic") -> np.ndarray:
@@ -181,6 +202,9 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
+            if path.suffix.lower() in PIL_ONLY_SUFFIXES:
+                _encode_pil(tmp, img, path, meta)
+                return
             if gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff"):
                 from PIL import Image
 
@@ -204,6 +228,26 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
                 carry_metadata(tmp, path.suffix.lower(), meta.meta, size=(img.shape[1], img.shape[0]), source=str(path))
             except OSError as exc:
                 raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
+
+
+def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None) -> None:
+    """Write ``img`` (OpenCV's layout) in a format only Pillow writes (AVIF, 8-bit: 16-bit input is rounded),
+    with the source's colour profile and EXIF, which Pillow writes itself."""
+    from PIL import Image
+
+    from sr_deploy.media.imagemeta import output_exif
+
+    if img.dtype == np.uint16:
+        img = np.rint(img / 257.0).astype(np.uint8)
+    arr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][: img.shape[2]]]
+    extra: dict = {"quality": 90}
+    m = meta.meta if meta is not None else None
+    if m is not None and m.icc:
+        extra["icc_profile"] = m.icc
+    if m is not None and m.exif:
+        extra["exif"] = output_exif(m.exif, img.shape[1], img.shape[0])
+    Image.fromarray(np.ascontiguousarray(arr.squeeze())).save(tmp, format=Image.registered_extensions()[path.suffix.lower()],
+                                                              **extra)
 
 
 def _utf8(text: str) -> bool:
@@ -349,7 +393,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     check_destination(src, dst, overwrite=overwrite, folder=True)
     files, problems = list_folder(src)
     if not files and not problems:
-        raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif)")
+        raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif/avif)")
     summary = FolderSummary()
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": {"tile": tile, "alpha": alpha}})
     journal.open(restart=restart)

@@ -300,6 +300,35 @@ def test_png_text_xmp_and_jpeg_comments_are_carried(tmp_path, tiny_ckpt):
         o.load()
 
 
+def test_avif_in_and_out(tmp_path, tiny_ckpt):
+    """AVIF (which OpenCV's wheels cannot read or write) goes through Pillow: read upright with its alpha, written
+    with the colour profile and EXIF, found in folders; the pixels are those of the same image as PNG."""
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgba = np.dstack([pattern_image(12, 20), np.linspace(0, 255, 12 * 20).reshape(12, 20).astype(np.uint8)])
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera maker"
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgba, "RGBA").save(src / "pic.avif", icc_profile=icc, exif=exif, quality=90)
+    with Image.open(src / "pic.avif") as im:  # the same decoded pixels, turned upright, as a PNG
+        upright = np.rot90(np.asarray(im.convert("RGBA")), -1)
+    Image.fromarray(np.ascontiguousarray(upright), "RGBA").save(tmp_path / "same.png")
+    for out in ("o.png", "o.avif", "same_x2.png"):
+        code, said = _run(tmp_path / ("same.png" if out.startswith("same") else "in/pic.avif"), "-o", tmp_path / out,
+                          "--model", tiny_ckpt)
+        assert code == 0, said
+    for out in ("o.png", "o.avif"):
+        with Image.open(tmp_path / out) as o:
+            assert o.mode == "RGBA" and o.size == (24, 40), (out, o.mode, o.size)  # upright: 20x12 shown 12x20
+            assert o.info.get("icc_profile") == icc and o.getexif().get(0x010F) == "Camera maker"
+    assert np.array_equal(cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED),
+                          cv2.imread(str(tmp_path / "same_x2.png"), cv2.IMREAD_UNCHANGED))
+    code, said = _run(src, "-o", tmp_path / "folder", "--model", tiny_ckpt)
+    assert code == 0 and (tmp_path / "folder" / "pic.avif").is_file(), said
+
+
 def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
     from PIL import Image
 
