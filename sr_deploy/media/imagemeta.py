@@ -38,9 +38,13 @@ class Metadata:
 def read_metadata(im) -> Metadata | None:
     """What ``im`` (an open Pillow image, header only: no pixels are decoded) carries, None when nothing.
     A damaged EXIF block is left out; the rest is kept."""
+    import warnings
+
     try:
-        ex = im.getexif()
-        exif = ex.tobytes() if len(ex) else None
+        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data": what it can read is kept
+            warnings.simplefilter("ignore")
+            ex = im.getexif()
+            exif = ex.tobytes() if len(ex) else None
     except Exception:  # noqa: BLE001 - Pillow raises many kinds on broken EXIF
         exif = None
     info = im.info
@@ -54,16 +58,20 @@ def read_metadata(im) -> Metadata | None:
 def output_exif(exif: bytes, width: int, height: int) -> bytes:
     """The source's EXIF as the output's: upright (srdeploy turned the pixels by the orientation tag) and
     with the output's pixel size where the source gave one; Pillow's serialization (``Exif\\0\\0`` + TIFF)."""
+    import warnings
+
     from PIL import Image
 
-    ex = Image.Exif()
-    ex.load(exif)
-    if 0x0112 in ex:
-        ex[0x0112] = 1
-    sub = ex.get_ifd(0x8769)  # the Exif sub-IFD, where PixelXDimension/PixelYDimension live
-    if 0xA002 in sub or 0xA003 in sub:
-        sub[0xA002], sub[0xA003] = width, height
-    return ex.tobytes()
+    with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data" on stderr: what it can read is kept
+        warnings.simplefilter("ignore")
+        ex = Image.Exif()
+        ex.load(exif)
+        if 0x0112 in ex:
+            ex[0x0112] = 1
+        sub = ex.get_ifd(0x8769)  # the Exif sub-IFD, where PixelXDimension/PixelYDimension live
+        if 0xA002 in sub or 0xA003 in sub:
+            sub[0xA002], sub[0xA003] = width, height
+        return ex.tobytes()
 
 
 def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str) -> None:
@@ -77,7 +85,11 @@ def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, 
             log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG and JPEG keep them)", source,
                         " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
         return
-    tiff = output_exif(meta.exif, *size)[6:] if meta.exif else None  # no "Exif\0\0": JPEG adds it, PNG not
+    try:
+        tiff = output_exif(meta.exif, *size)[6:] if meta.exif else None  # no "Exif\0\0": JPEG adds it, PNG not
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on EXIF it read but cannot rewrite
+        tiff = None
+        log.warning("warning: %s: the source's EXIF cannot be rewritten and is left out", source)
     data = path.read_bytes()
     if suffix == ".png":
         data = _png_with(data, meta, tiff)

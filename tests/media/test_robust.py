@@ -271,6 +271,25 @@ def test_a_colour_profile_larger_than_a_jpeg_segment_is_split(tmp_path):
     assert cv2.imread(str(out)).shape == (16, 16, 3)  # still a JPEG OpenCV decodes
 
 
+def test_a_damaged_exif_keeps_what_can_be_read_and_prints_nothing(tmp_path, tiny_ckpt):
+    """EXIF whose Exif sub-IFD points past its end: the output is written, with the tags that can be read,
+    and Pillow's "Corrupt EXIF data" warning does not reach the user."""
+    from PIL import Image
+
+    ifd0 = (b"\x00\x02" + b"\x01\x0f\x00\x02\x00\x00\x00\x04Cam\x00"  # Make = "Cam"
+            + b"\x87\x69\x00\x04\x00\x00\x00\x01\x00\x00\xff\xff" + b"\x00\x00\x00\x00")  # Exif IFD at 65535
+    Image.fromarray(pattern_image(10, 12)).save(tmp_path / "in.jpg", exif=b"Exif\0\0MM\x00*\x00\x00\x00\x08" + ifd0)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # pytest would otherwise keep them from stderr
+        warnings.simplefilter("always")
+        code, said = _run(tmp_path / "in.jpg", "-o", tmp_path / "o.jpg", "--model", tiny_ckpt, "--quiet")
+    assert code == 0 and said == f"{tmp_path / 'o.jpg'}\n", said
+    assert not [w for w in caught if "EXIF" in str(w.message)], [str(w.message) for w in caught]
+    with Image.open(tmp_path / "o.jpg") as o:
+        assert o.getexif().get(0x010F) == "Cam"
+
+
 def test_png_text_xmp_and_jpeg_comments_are_carried(tmp_path, tiny_ckpt):
     """A generator's prompt in PNG text (Stable Diffusion's "parameters"), XMP (ratings, edits) and a JPEG
     comment reach the outputs that hold them; XMP crosses between PNG and JPEG."""
