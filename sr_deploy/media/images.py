@@ -246,8 +246,8 @@ def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None
         extra["icc_profile"] = m.icc
     if m is not None and m.exif:
         extra["exif"] = output_exif(m.exif, img.shape[1], img.shape[0])
-    Image.fromarray(np.ascontiguousarray(arr.squeeze())).save(tmp, format=Image.registered_extensions()[path.suffix.lower()],
-                                                              **extra)
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    Image.fromarray(np.ascontiguousarray(arr.squeeze())).save(tmp, format=fmt, **extra)
 
 
 def _utf8(text: str) -> bool:

@@ -305,8 +305,8 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                     say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
                         f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
 
-            carry_metadata(inp, out, [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()],
-                           start_s, end_s)
+            pairs = [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()]
+            carry_metadata(inp, out, pairs, start_s, end_s)
             for st in inp.streams:
                 if st.type == "attachment" and options.copy_streams:  # fonts for the subtitles, cover art
                     _attach(out, st, dst, say)
@@ -419,7 +419,8 @@ def carry_metadata(inp, out, pairs, start_s: float, end_s: float) -> None:
         if end_s != float("inf"):
             hi = min(hi, Fraction(end_s))
         if hi > lo:
-            chapters.append({**ch, "start": int((lo - Fraction(start_s)) / tb), "end": int((hi - Fraction(start_s)) / tb)})
+            start = Fraction(start_s)
+            chapters.append({**ch, "start": int((lo - start) / tb), "end": int((hi - start) / tb)})
     if chapters:
         out.set_chapters(chapters)
 

@@ -404,7 +404,8 @@ def check_output_codec(dst: Path, codec: str) -> None:
         raise InputError(f"video codec {codec!r}: the run's segment files ({segment_format(codec)}) cannot hold it; "
                          f"pass another --codec")
     if not holds(format_for(dst) or "mp4"):
-        others = [sfx for sfx in (".mp4", ".mkv", ".mov", ".webm") if sfx != dst.suffix.lower() and holds(format_for(Path("out" + sfx)))]
+        others = [sfx for sfx in (".mp4", ".mkv", ".mov", ".webm")
+                  if sfx != dst.suffix.lower() and holds(format_for(Path("out" + sfx)))]
         raise InputError(f"{dst}: {dst.suffix or 'this'} files cannot hold {codec} video; "
                          + (f"write {' or '.join(others)}, or pass another --codec" if others
                             else f"pass another --codec (e.g. {WEBM_CODEC} for .webm)"))
@@ -552,7 +553,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     size = {"width": src_w, "height": src_h, "interpolation": "BICUBIC"}
                 arr = frame.to_ndarray(format=rgb_fmt, src_colorspace=colors.sws, src_color_range=colors.range,
                                        **(size or {}))
-                planes = (np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])) if alpha else (arr, None)
+                planes = ((np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])) if alpha
+                          else (arr, None))
                 del arr
                 dec.put(("frame", seg.first_frame + n, pts, frame.time_base, *planes))
                 n += 1

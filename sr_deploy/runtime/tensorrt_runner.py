@@ -173,8 +173,9 @@ class TensorRTRunner(Runner):
         """Each batch (spatial dims at ``hdim``) fitted to the model and the profile: edge-padded to the
         descriptor's size multiple and minimum (a community graph exported by the TorchScript tracer relies on
         the runner for them) and up to the profile's minimum size (the output cropped back), so a small frame
-        or a row's last tile never fails mid-video, and cut into chunks of at most its batch. Consecutive chunks of one shape flow through one pipeline. One stream
-        at a time per runner: two interleaved would share the context's shape and the pipelines' slots."""
+        or a row's last tile never fails mid-video, and cut into chunks of at most its batch. Consecutive
+        chunks of one shape flow through one pipeline. One stream at a time per runner: two interleaved
+        would share the context's shape and the pipelines' slots."""
         most = self.profile.max[0]
         mh, mw = self._hw(self.profile.min)
         parts: deque[tuple[int, int, int]] = deque()  # per input batch: its height, width and chunk count
