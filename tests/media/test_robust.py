@@ -361,13 +361,15 @@ def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
         assert np.asarray(o)[..., 1].min() >= 170  # the alpha survived
 
 
-def _clip_10bit(path: Path) -> None:
+def _clip_10bit(path: Path, x264_params: str | None = None) -> None:
     import av
 
     with av.open(str(path), "w") as c:
         # H.264 High 10 (libx265 in the same process as OpenVINO aborted a later OpenVINO compile here)
         s = c.add_stream("libx264", rate=12)
         s.width, s.height, s.pix_fmt = 48, 32, "yuv420p10le"
+        if x264_params:
+            s.options = {"x264-params": x264_params}
         ramp = np.linspace(0, 65535, 32 * 48 * 3).reshape(32, 48, 3).astype(np.uint16)
         for _ in range(3):
             for p in s.encode(av.VideoFrame.from_ndarray(ramp, format="rgb48le")):
@@ -521,20 +523,9 @@ def _side_data(path: Path) -> dict:
 def test_hdr10_metadata_reaches_the_output(tmp_path, tiny_ckpt):
     """An HDR10 source's mastering display and content light level reach an x264/x265 output (players tone-map
     with them); an encoder that is not given them is named in a warning."""
-    import av
-
     src = tmp_path / "hdr.mkv"
     display = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
-    with av.open(str(src), "w") as c:  # x264, not x265: libx265 in this process aborted OpenVINO compiles
-        s = c.add_stream("libx264", rate=12)
-        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p10le"
-        s.options = {"x264-params": f"mastering-display={display}:cll=1000,400"}
-        ramp = np.linspace(0, 65535, 32 * 48 * 3).reshape(32, 48, 3).astype(np.uint16)
-        for _ in range(3):
-            for p in s.encode(av.VideoFrame.from_ndarray(ramp, format="rgb48le")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    _clip_10bit(src, f"mastering-display={display}:cll=1000,400")
     want = _side_data(src)
     assert want["light"] == (1000, 400) and want["display"][16:20] == (50, 10000, 10000000, 10000)
     code, said = _run(src, "-o", tmp_path / "o.mkv", "--model", tiny_ckpt, "--quiet")
