@@ -74,6 +74,18 @@ def output_exif(exif: bytes, width: int, height: int) -> bytes:
         return ex.tobytes()
 
 
+def exif_for_output(exif: bytes | None, size: tuple[int, int], source: str) -> bytes | None:
+    """``output_exif``, or None (with one warning) for EXIF Pillow read but cannot write again: the image is
+    still written, without it."""
+    if not exif:
+        return None
+    try:
+        return output_exif(exif, *size)
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on EXIF it read but cannot rewrite
+        log.warning("warning: %s: the source's EXIF cannot be rewritten and is left out", source)
+        return None
+
+
 def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str) -> None:
     """Add a source's ``meta`` to the encoded image at ``path``, whose format ``suffix`` names; formats other
     than PNG and JPEG are left as they are, with one warning when a colour profile or EXIF is lost. PNG text
@@ -85,11 +97,8 @@ def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, 
             log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG and JPEG keep them)", source,
                         " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
         return
-    try:
-        tiff = output_exif(meta.exif, *size)[6:] if meta.exif else None  # no "Exif\0\0": JPEG adds it, PNG not
-    except Exception:  # noqa: BLE001 - Pillow raises many kinds on EXIF it read but cannot rewrite
-        tiff = None
-        log.warning("warning: %s: the source's EXIF cannot be rewritten and is left out", source)
+    exif = exif_for_output(meta.exif, size, source)
+    tiff = exif[6:] if exif else None  # without "Exif\0\0": JPEG's segment adds it, PNG's chunk has none
     data = path.read_bytes()
     if suffix == ".png":
         data = _png_with(data, meta, tiff)

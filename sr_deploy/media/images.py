@@ -10,7 +10,7 @@ import numpy as np
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
-from sr_deploy.media.imagemeta import Metadata, carry_metadata, read_metadata
+from sr_deploy.media.imagemeta import Metadata, carry_metadata, exif_for_output, read_metadata
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -235,8 +235,6 @@ def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None
     with the source's colour profile and EXIF, which Pillow writes itself."""
     from PIL import Image
 
-    from sr_deploy.media.imagemeta import output_exif
-
     if img.dtype == np.uint16:
         img = np.rint(img / 257.0).astype(np.uint8)
     arr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][: img.shape[2]]]
@@ -244,8 +242,9 @@ def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None
     m = meta.meta if meta is not None else None
     if m is not None and m.icc:
         extra["icc_profile"] = m.icc
-    if m is not None and m.exif:
-        extra["exif"] = output_exif(m.exif, img.shape[1], img.shape[0])
+    exif = exif_for_output(m.exif if m is not None else None, (img.shape[1], img.shape[0]), str(path))
+    if exif:
+        extra["exif"] = exif
     fmt = Image.registered_extensions()[path.suffix.lower()]
     Image.fromarray(np.ascontiguousarray(arr.squeeze())).save(tmp, format=fmt, **extra)
 

@@ -290,6 +290,25 @@ def test_a_damaged_exif_keeps_what_can_be_read_and_prints_nothing(tmp_path, tiny
         assert o.getexif().get(0x010F) == "Cam"
 
 
+def test_exif_that_cannot_be_rewritten_is_left_out_and_the_image_written(tmp_path, tiny_ckpt, monkeypatch, caplog):
+    from PIL import Image
+
+    from sr_deploy.media import imagemeta
+
+    def cannot(*a, **kw):
+        raise ValueError("an EXIF Pillow cannot write again")
+
+    monkeypatch.setattr(imagemeta, "output_exif", cannot)
+    exif = Image.Exif()
+    exif[0x010F] = "Cam"
+    Image.fromarray(pattern_image(10, 12)).save(tmp_path / "in.png", exif=exif)
+    for out in ("o.png", "o.jpg", "o.avif"):
+        with caplog.at_level("WARNING"):
+            code, said = _run(tmp_path / "in.png", "-o", tmp_path / out, "--model", tiny_ckpt, "--quiet")
+        assert code == 0 and (tmp_path / out).is_file(), said
+    assert sum("EXIF cannot be rewritten and is left out" in r.getMessage() for r in caplog.records) == 3
+
+
 def test_png_text_xmp_and_jpeg_comments_are_carried(tmp_path, tiny_ckpt):
     """A generator's prompt in PNG text (Stable Diffusion's "parameters"), XMP (ratings, edits) and a JPEG
     comment reach the outputs that hold them; XMP crosses between PNG and JPEG."""
