@@ -438,14 +438,16 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         # one, upscaled bicubic beside the model's colour as for images; where it cannot, the run says so.
         alpha = has_alpha(vin.codec_context.pix_fmt)
         if alpha:
-            keep = options.pix_fmt or alpha_pix_fmt(options.codec, deep)
+            # VP9's alpha travels as Matroska block side data, which the MP4 segment files do not carry
+            keep = (None if segment_format(options.codec) == "mp4"
+                    else options.pix_fmt or alpha_pix_fmt(options.codec, deep))
             if keep and has_alpha(keep):
                 pix_fmt = keep
             else:
                 alpha = False
                 if seg.index == 0:
-                    why = (f"--pix-fmt {options.pix_fmt} has none" if options.pix_fmt
-                           else f"{options.codec} cannot hold one")
+                    why = (f"--pix-fmt {options.pix_fmt} has none" if options.pix_fmt and keep is not None
+                           else f"{options.codec} cannot keep one here")
                     say(f"warning: {src.name} has an alpha channel ({vin.codec_context.pix_fmt}) and {why}: the output is "
                         f"opaque; --codec prores_ks or qtrle (.mov) keeps it")
         if deep and _bit_depth(pix_fmt) <= 8 and not options.pix_fmt and seg.index == 0:

@@ -458,7 +458,9 @@ def test_video_alpha_is_kept_where_the_codec_holds_it_and_named_where_not(tmp_pa
     code, said = _run(src, "-o", tmp_path / "x264.mov", "--model", tiny_ckpt, "--quiet")
     warned = [line for line in said.splitlines() if line.startswith("warning:")]
     assert code == 0 and len(warned) == 1, said
-    assert warned[0].startswith("warning: a.mov has an alpha channel (argb) and libx264 cannot hold one"), said
+    assert warned[0].startswith("warning: a.mov has an alpha channel (argb) and libx264 cannot keep one here"), said
+    code, said = _run(src, "-o", tmp_path / "vp9.webm", "--model", tiny_ckpt, "--quiet")  # VP9 alpha: not in MP4
+    assert code == 0 and "warning: a.mov has an alpha channel (argb) and libvpx-vp9 cannot keep one here" in said, said
     code, said = _run(src, "-o", tmp_path / "m.mov", "--model", tiny_ckpt, "--codec", "qtrle", "--alpha", "model")
     assert code != 0 and said.startswith("error: --alpha model applies to images"), said
 
