@@ -306,7 +306,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                         f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
 
             pairs = [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()]
-            carry_metadata(inp, out, pairs, start_s, end_s)
+            carry_container_metadata(inp, out, pairs, start_s, end_s)
             for st in inp.streams:
                 if st.type == "attachment" and options.copy_streams:  # fonts for the subtitles, cover art
                     _attach(out, st, dst, say)
@@ -403,7 +403,7 @@ def _content_tags(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k.lower() not in _FILE_TAGS and not k.upper().startswith("_STATISTICS_")}
 
 
-def carry_metadata(inp, out, pairs, start_s: float, end_s: float) -> None:
+def carry_container_metadata(inp, out, pairs, start_s: float, end_s: float) -> None:
     """What ffmpeg keeps by default: the file's tags (title, comment, creation time), each kept stream's tags
     (language, track title) and disposition (default, forced), and the chapters, shifted and cut to a
     --start/--duration window. ``pairs``: (source stream, output stream)."""
@@ -412,14 +412,13 @@ def carry_metadata(inp, out, pairs, start_s: float, end_s: float) -> None:
         dst_stream.metadata.update(_content_tags(src_stream.metadata))
         with contextlib.suppress(AttributeError, TypeError, ValueError):
             dst_stream.disposition = src_stream.disposition
+    start, end = Fraction(start_s), (Fraction(end_s) if end_s != float("inf") else None)
     chapters = []
     for ch in inp.chapters():
         tb = ch["time_base"] or Fraction(1, 1_000_000_000)
-        lo, hi = max(ch["start"] * tb, Fraction(start_s)), ch["end"] * tb
-        if end_s != float("inf"):
-            hi = min(hi, Fraction(end_s))
+        lo, hi = max(ch["start"] * tb, start), ch["end"] * tb
+        hi = hi if end is None else min(hi, end)
         if hi > lo:
-            start = Fraction(start_s)
             chapters.append({**ch, "start": int((lo - start) / tb), "end": int((hi - start) / tb)})
     if chapters:
         out.set_chapters(chapters)
