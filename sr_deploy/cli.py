@@ -222,11 +222,16 @@ def run(
                                                           "workers: --ray (or --ray local) starts a local Ray, --ray HOST:PORT joins a cluster."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: workers (actors) to start "
                                                                   "(default: one per GPU, else per 2 CPUs)."),
+    outscale: Optional[float] = typer.Option(None, "--outscale", metavar="F", help="Output size as a multiple of "
+                                             "the input's (default: the model's scale): 2 with a x4 model takes "
+                                             "1080p to 4K; the model's output is resized (area when shrinking, "
+                                             "Lanczos when enlarging)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress or notes; warnings and errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
     from sr_deploy.fsutil import check_destination
     from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
+    from sr_deploy.media.resize import check_outscale
     from sr_deploy.media.tiling import check_tile
     from sr_deploy.media.video import (VIDEO_SUFFIXES, VideoOptions, check_encoder, check_output_codec, is_video,
                                        upscale_video)
@@ -248,6 +253,7 @@ def run(
             raise InputError(f"--crf {crf}: x264/x265 CRF and NVENC CQ run from 0 (best) to 51")
         if tile is not None:
             check_tile(tile)
+        check_outscale(outscale)
         if not max_megapixels > 0:
             raise InputError(f"--max-megapixels must be positive, got {max_megapixels:g}")
         into_folder = output is not None and output.is_dir() and not input.is_dir()  # -o DIR: DIR/NAME_x4.EXT
@@ -262,12 +268,12 @@ def run(
 
             header = probe_image(input)
             if header is not None:
-                check_size(input, header, 1, max_megapixels)
+                check_size(input, header, 1, max_megapixels, outscale=outscale)  # the model's own scale: once loaded
         if not segment_seconds > 0:
             raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
-                            segment_seconds=segment_seconds, deinterlace=deinterlace)
+                            segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale)
         if is_video(input):  # before the model loads; the codec-specific checks follow once it is chosen
             opts.check()
             check_encoder(codec, opts)
@@ -284,13 +290,14 @@ def run(
 
             pool = RayPool(ray, str(model) if model else None, backend, precision, ensemble=ensemble,
                            cuda_graph=cuda_graph, workers=workers, tile=tile, alpha=alpha,
-                           max_megapixels=max_megapixels, quiet=quiet)
+                           max_megapixels=max_megapixels, outscale=outscale, quiet=quiet)
         runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
         if ensemble:
             from sr_deploy.runtime.ensemble import EnsembleRunner
 
             runner = EnsembleRunner(runner)
-        out = output / default_output(input, runner.scale).name if into_folder else output or default_output(input, runner.scale)
+        named = default_output(input, runner.scale, outscale)
+        out = output / named.name if into_folder else output or named
         check_destination(input, out, overwrite=overwrite, folder=input.is_dir())
         with runner:
             if not quiet:
@@ -299,7 +306,7 @@ def run(
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
                                          tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
                                          pool=pool, identity=model_identity(source, backend, precision, ensemble),
-                                         restart=restart)
+                                         restart=restart, outscale=outscale)
                 typer.echo(f"{out}: {summary.line()}")
                 for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
                     typer.echo(f"error: {why}", err=True)
@@ -307,7 +314,7 @@ def run(
                     raise typer.Exit(1)
             elif is_image(input):
                 upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha,
-                              max_megapixels=max_megapixels)
+                              max_megapixels=max_megapixels, outscale=outscale)
                 typer.echo(str(out))
             else:
                 identity = model_identity(source, backend, precision, ensemble)
@@ -427,6 +434,9 @@ def bench(
     min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Also score each model with the x8 self-ensemble "
                                                            "(quality rows of their own)."),
+    outscale: Optional[int] = typer.Option(None, "--outscale", metavar="N", help="Score quality at xN (LR images "
+                                           "downscaled by N) with each model's output resized to it, as `run "
+                                           "--outscale N` makes it (e.g. a x4 model for x2)."),
     host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
                                                           "(default 270x480 → 1080x1920): float I/O vs pixels in the graph."),
 ) -> None:
@@ -453,6 +463,10 @@ def bench(
             raise InputError(f"--min-time must be positive, got {min_time:g}")
         if any(b < 1 for b in batch):
             raise InputError(f"--batch must be at least 1, got {min(batch)}")
+        if outscale is not None and outscale < 1:
+            raise InputError(f"--outscale must be at least 1, got {outscale}")
+        if outscale is not None and montage:
+            raise InputError("--montage shows each model at its own scale; run it without --outscale")
         if video is not None:  # so is a clip that is not there, or not a video
             from sr_deploy.media.container import open_input
 
@@ -476,7 +490,7 @@ def bench(
                           sizes=tuple(parse_hw(s) for s in size) or ((128, 128), (270, 480)),
                           batches=tuple(batch) or (1,), video=str(video) if video else None,
                           calib=str(calib) if calib else None, speed=not no_speed, quality=not no_quality,
-                          min_time_s=min_time, ensemble=ensemble)
+                          min_time_s=min_time, ensemble=ensemble, outscale=outscale)
         res = run_bench(cfg, say=lambda line: typer.echo(line, err=True))
         typer.echo(markdown(res))
         if not (res.quality or res.speed or res.video):  # every part skipped: the notes above say why

@@ -40,6 +40,7 @@ class BenchConfig:
     quality: bool = True
     speed: bool = True
     ensemble: bool = False  # also score the x8 self-ensemble (rows of their own, precision "P+x8")
+    outscale: int | None = None  # score at this factor (LR downscaled by it; the model's output resized to it)
 
 
 @dataclass
@@ -128,11 +129,14 @@ def _runner(source, backend: str, precision: str):
     return make_runner(source, backend, precision)[0]
 
 
-def _uint8_upscaler(runner) -> Callable[[np.ndarray], np.ndarray]:
+def _uint8_upscaler(runner, outscale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """LR RGB uint8 → the runner's output as uint8; with ``outscale``, resized as ``run --outscale`` does."""
+    from sr_deploy.media.resize import resize_to
+
     def run(lr: np.ndarray) -> np.ndarray:
         x = (lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        y = runner.infer(x)[0].transpose(1, 2, 0)
-        return quantize(y)
+        y = quantize(runner.infer(x)[0].transpose(1, 2, 0))
+        return resize_to(y, (lr.shape[1] * outscale, lr.shape[0] * outscale)) if outscale else y
 
     return run
 
@@ -260,7 +264,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
             base = onnx_for(source)
             macs_px = conv_macs_per_pixel(base)
             desc = read_descriptor(base)
-            scale = desc.scale
+            scale = cfg.outscale or desc.scale  # the factor scored (the model runs at desc.scale)
             if cfg.quality and scale not in loaded:
                 loaded[scale] = _datasets(cfg, scale, note)
             datasets = loaded.get(scale, [])
@@ -298,7 +302,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                 continue
             try:
                 for name, pairs in datasets:
-                    q = evaluate(pairs, scale, _uint8_upscaler(runner))
+                    q = evaluate(pairs, scale, _uint8_upscaler(runner, cfg.outscale))
                     res.quality.append({"dataset": name, "method": "model", "model": source.name, "backend": backend,
                                         "precision": precision, "scale": scale, "psnr_y": q.psnr_y,
                                         "ssim_y": q.ssim_y, "detail": q.detail, "images": q.images})
@@ -306,7 +310,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                     if cfg.ensemble:
                         from sr_deploy.runtime.ensemble import EnsembleRunner
 
-                        q = evaluate(pairs, scale, _uint8_upscaler(EnsembleRunner(runner)))
+                        q = evaluate(pairs, scale, _uint8_upscaler(EnsembleRunner(runner), cfg.outscale))
                         res.quality.append({"dataset": name, "method": "model", "model": source.name,
                                             "backend": backend, "precision": f"{precision}+x8", "scale": scale,
                                             "psnr_y": q.psnr_y, "ssim_y": q.ssim_y, "detail": q.detail,
@@ -324,7 +328,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                             row = {"model": source.name, "backend": backend, "precision": precision,
                                    "input": f"{h}x{w}", "batch": b, "latency_ms_p50": 1000 * p50,
                                    "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
-                                   "mpix_per_s": fps * h * w * scale * scale / 1e6, "peak_mem_mb": peak_rss_mb(),
+                                   "mpix_per_s": fps * h * w * desc.scale * desc.scale / 1e6, "peak_mem_mb": peak_rss_mb(),
                                    "runs": len(times), "gflops": 2 * macs_px * h * w * fps / 1e9}
                             if runner.on_gpu:
                                 row.update(_gpu_stream(runner, rng.integers(0, 256, (b, h, w, desc.in_channels),

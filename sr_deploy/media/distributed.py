@@ -76,7 +76,7 @@ class RayPool:
     def __init__(self, address: str, model: str | None, backend: str, precision: str | None, *,
                  ensemble: bool = False, cuda_graph: bool = False, workers: int | None = None,
                  tile: int | None = None, alpha: str = "bicubic", max_megapixels: float = 100.0,
-                 quiet: bool = False) -> None:
+                 outscale: float | None = None, quiet: bool = False) -> None:
         try:
             import ray
         except ImportError:
@@ -88,7 +88,7 @@ class RayPool:
 
         self.say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
         self.args = (model, backend, precision, ensemble, cuda_graph)
-        self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels}
+        self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels, "outscale": outscale}
         self.started = address in ("", "local")
         if not self.started:
             _check_address(address)

@@ -11,6 +11,7 @@ from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
 from sr_deploy.media.imagemeta import Metadata, carry_metadata, exif_for_output, read_metadata
+from sr_deploy.media.resize import final_size, label, resize_to
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -57,20 +58,27 @@ def probe_image(path: Path) -> ImageHeader | None:
         return None
 
 
-def check_size(path: Path, header: ImageHeader, scale: int, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
-    """Refuse, before decoding, an image over the pixel limit or whose output cannot fit in memory."""
+def check_size(path: Path, header: ImageHeader, scale: int, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, *,
+               outscale: float | None = None) -> None:
+    """Refuse, before decoding, an image over the pixel limit or whose output cannot fit in memory (the
+    model's output and, with ``outscale``, its resized copy)."""
     from sr_deploy.machine import available_memory_bytes
 
     mp = header.width * header.height / 1e6
     if mp > max_megapixels:
         raise InputError(f"{path}: {header.width}x{header.height} ({mp:.0f} MP) is over the {max_megapixels:g} MP "
                          f"limit for one image (a decompression bomb?); raise it with --max-megapixels")
-    out_bytes = header.width * header.height * scale * scale * 4 * 2  # up to 4 channels, 16-bit
+    px = header.width * header.height * scale * scale
+    if outscale is not None:
+        w, h = final_size(header.width, header.height, scale=scale, outscale=outscale)
+        px += w * h
+    out_bytes = px * 4 * 2  # up to 4 channels, 16-bit
     if "16" not in header.mode and header.mode not in ("I", "F"):
         out_bytes //= 2
     avail = available_memory_bytes()
     if out_bytes > 0.8 * avail:
-        raise InputError(f"{path}: the x{scale} output of {header.width}x{header.height} needs {out_bytes / 2**30:.1f} GiB "
+        raise InputError(f"{path}: the x{label(scale, outscale)} output of {header.width}x{header.height} needs "
+                         f"{out_bytes / 2**30:.1f} GiB "
                          f"of memory and {avail / 2**30:.1f} GiB is available")
 
 
@@ -89,12 +97,13 @@ def _read_image(path: Path, scale: int | None, max_megapixels: float) -> tuple[n
     return _decode(path, header, scale, max_megapixels), header
 
 
-def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megapixels: float) -> np.ndarray:
+def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megapixels: float,
+            outscale: float | None = None) -> np.ndarray:
     """The pixels of ``path``, whose header ``probe_image`` has read, checked against the limits first."""
     import cv2
 
     if header is not None:
-        check_size(path, header, scale or 1, max_megapixels)
+        check_size(path, header, scale or 1, max_megapixels, outscale=outscale)
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
         img = _decode_pil(path)
     else:
@@ -111,7 +120,7 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
     if img.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: unsupported pixel type {img.dtype} (8- or 16-bit images only)")
     if header is None:
-        check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels)
+        check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels, outscale=outscale)
     elif header.orientation != 1:
         img = np.ascontiguousarray(_ORIENT[header.orientation](img))
     return img
@@ -132,13 +141,21 @@ def _decode_pil(path: Path) -> np.ndarray | None:
     return np.ascontiguousarray(arr)
 
 
-def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic") -> np.ndarray:
-    """Upscale an OpenCV image array, keeping its dtype and channel count.
+def upscale_image_array(runner: Runner, img: np.ndarray, *, tile: int | None = None, alpha: str = "bicubic",
+                        outscale: float | None = None) -> np.ndarray:
+    """Upscale an OpenCV image array, keeping its dtype and channel count; ``outscale``: resized to that
+    multiple of the input's size (media/resize.py), else the model's scale.
 
     Memory: besides the output, only tile-sized buffers and a copy of the input exist: 8-bit images go
     through the runner as bytes (pixels in the graph), 16-bit ones are rounded into uint16 strip by strip,
-    and channel reordering, gray averaging and alpha are done in place or in row chunks.
+    and channel reordering, gray averaging and alpha are done in place or in row chunks; with ``outscale``,
+    the resized output exists beside the model's while it is made.
     """
+    up = _upscale_array(runner, img, tile=tile, alpha=alpha)
+    return resize_to(up, final_size(img.shape[1], img.shape[0], scale=runner.scale, outscale=outscale))
+
+
+def _upscale_array(runner: Runner, img: np.ndarray, *, tile: int | None, alpha: str) -> np.ndarray:
     import cv2
 
     planes = img if img.ndim == 3 else img[..., None]
@@ -256,19 +273,20 @@ def _utf8(text: str) -> bool:
 
 
 def upscale_image(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, tile: int | None = None,
-                  alpha: str = "bicubic", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Path:
-    header, img = _prepare(runner, src, dst, overwrite=overwrite, max_megapixels=max_megapixels)
+                  alpha: str = "bicubic", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                  outscale: float | None = None) -> Path:
+    header, img = _prepare(runner, src, dst, overwrite=overwrite, max_megapixels=max_megapixels, outscale=outscale)
     if img is None:
         return _upscale_animation(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
-                                  max_megapixels=max_megapixels)
-    out = upscale_image_array(runner, img, tile=tile, alpha=alpha)
+                                  max_megapixels=max_megapixels, outscale=outscale)
+    out = upscale_image_array(runner, img, tile=tile, alpha=alpha, outscale=outscale)
     del img
     write_image(dst, out, overwrite=overwrite, gray_alpha=_gray_alpha(header), meta=header)
     return dst
 
 
-def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool,
-             max_megapixels: float) -> tuple[ImageHeader | None, np.ndarray | None]:
+def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool, max_megapixels: float,
+             outscale: float | None = None) -> tuple[ImageHeader | None, np.ndarray | None]:
     """upscale_image's checks and decode: (header, pixels), or (header, None) for an animation."""
     check_destination(src, dst, overwrite=overwrite)
     if not src.is_file():
@@ -276,7 +294,7 @@ def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool,
     header = probe_image(src)  # read once: an animation goes its own way, a still image is decoded from it
     if header is not None and header.frames > 1:
         return header, None
-    return header, _decode(src, header, runner.scale, max_megapixels)
+    return header, _decode(src, header, runner.scale, max_megapixels, outscale)
 
 
 def _gray_alpha(header: ImageHeader | None) -> bool:
@@ -287,7 +305,7 @@ ANIMATION_SUFFIXES = (".webp", ".png", ".gif")
 
 
 def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader, *, overwrite: bool,
-                       tile: int | None, alpha: str, max_megapixels: float) -> Path:
+                       tile: int | None, alpha: str, max_megapixels: float, outscale: float | None = None) -> Path:
     """Every frame of an animated WebP, PNG (APNG) or GIF, written as an animation with the source's frame
     durations and loop count. OpenCV decodes only the first frame, which would silently drop the rest;
     PIL reads each frame composed (disposal and blending applied) and writes the animation."""
@@ -298,11 +316,12 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
     if dst.suffix.lower() not in ANIMATION_SUFFIXES:
         raise OutputError(f"{dst}: {src.name} is an animation ({header.frames} frames) and {dst.suffix or 'this'} "
                           f"files cannot hold one; write {', '.join(ANIMATION_SUFFIXES)}")
-    check_size(src, header, runner.scale, max_megapixels)
-    need = header.width * header.height * runner.scale ** 2 * 4 * header.frames  # every upscaled frame, RGBA
+    check_size(src, header, runner.scale, max_megapixels, outscale=outscale)
+    out_w, out_h = final_size(header.width, header.height, scale=runner.scale, outscale=outscale)
+    need = out_w * out_h * 4 * header.frames  # every upscaled frame, RGBA
     if need > 0.5 * available_memory_bytes():
-        raise InputError(f"{src}: {header.frames} frames of {header.width * runner.scale}x"
-                         f"{header.height * runner.scale} need {need / 2**30:.1f} GiB to write as one animation; "
+        raise InputError(f"{src}: {header.frames} frames of {out_w}x{out_h} need {need / 2**30:.1f} GiB to write as "
+                         f"one animation; "
                          f"convert it to a video and run that")
     frames, durations = [], []
     try:
@@ -314,7 +333,8 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
                 rgba = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in frame.info
                 arr = np.asarray(frame.convert("RGBA" if rgba else "RGB"))
                 order = [2, 1, 0, 3] if rgba else [2, 1, 0]  # OpenCV's channel order, as read_image gives
-                up = upscale_image_array(runner, np.ascontiguousarray(arr[..., order]), tile=tile, alpha=alpha)
+                up = upscale_image_array(runner, np.ascontiguousarray(arr[..., order]), tile=tile, alpha=alpha,
+                                         outscale=outscale)
                 frames.append(Image.fromarray(np.ascontiguousarray(up[..., order])))
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{src}: animation frame {len(frames) + 1} cannot be read ({exc})") from exc
@@ -375,7 +395,7 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, skip_existing: bool = False,
                    tile: int | None = None, alpha: str = "bicubic", quiet: bool = False,
                    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, pool=None, identity: str | None = None,
-                   restart: bool = False) -> FolderSummary:
+                   restart: bool = False, outscale: float | None = None) -> FolderSummary:
     """Upscale every image under ``src`` into ``dst`` with the same relative paths.
 
     Every per-file failure (unreadable, permission denied, decode error, too large, out of memory, a
@@ -392,12 +412,13 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     if not files and not problems:
         raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif/avif)")
     summary = FolderSummary()
-    journal = Journal(dst, {"model": identity or runner.describe(), "settings": {"tile": tile, "alpha": alpha}})
+    settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {})}
+    journal = Journal(dst, {"model": identity or runner.describe(), "settings": settings})
     journal.open(restart=restart)
     complete = False
     try:
         _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite, skip_existing=skip_existing,
-                tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels, pool=pool)
+                tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels, pool=pool, outscale=outscale)
         complete = not summary.failed
     finally:
         # kept when the run failed somewhere or was interrupted after files were finished: the rerun resumes
@@ -406,7 +427,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
 
 
 def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, skip_existing, tile, alpha, quiet,
-            max_megapixels, pool) -> None:
+            max_megapixels, pool, outscale) -> None:
     with Progress(len(files), desc="images", unit="file", quiet=quiet) as bar:
         for path, why in problems:
             summary.failed.append((path, why))
@@ -442,14 +463,15 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
         if pool is not None:
             pool.run_files(todo, on_result=done)
         else:
-            _overlapped(runner, todo, done, tile=tile, alpha=alpha, max_megapixels=max_megapixels)
+            _overlapped(runner, todo, done, tile=tile, alpha=alpha, max_megapixels=max_megapixels, outscale=outscale)
 
 
 DECODE_AHEAD = 2  # images decoded ahead of the model
 ENCODERS = 2  # outputs encoded behind it at once
 
 
-def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, tile, alpha, max_megapixels) -> None:
+def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, tile, alpha, max_megapixels,
+                outscale=None) -> None:
     """The folder's images through the model with decoding ahead of it and encoding behind it, in threads
     (OpenCV releases the GIL while it decodes and encodes): on a GPU the model no longer waits for the CPU
     to read the next image and write the last one. The model runs on this thread only. Outputs are
@@ -488,7 +510,7 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
             if item is not None:
                 f, out, ow = item
                 reads.append((item, decoder.submit(_prepare, runner, f, out, overwrite=ow,
-                                                   max_megapixels=max_megapixels)))
+                                                   max_megapixels=max_megapixels, outscale=outscale)))
 
         try:
             for _ in range(DECODE_AHEAD):
@@ -500,9 +522,9 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
                     header, img = job.result()
                     if img is None:  # an animation: decoded, upscaled and written frame by frame, here
                         report(f, out, upscale_one(runner, f, out, overwrite=ow, tile=tile, alpha=alpha,
-                                                   max_megapixels=max_megapixels))
+                                                   max_megapixels=max_megapixels, outscale=outscale))
                         continue
-                    up = upscale_image_array(runner, img, tile=tile, alpha=alpha)
+                    up = upscale_image_array(runner, img, tile=tile, alpha=alpha, outscale=outscale)
                     del img
                 except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
                     report(f, out, _reason(f, exc))
@@ -545,7 +567,8 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def default_output(src: Path, scale: int) -> Path:
+def default_output(src: Path, scale: int, outscale: float | None = None) -> Path:
+    x = label(scale, outscale)
     if src.is_dir():
-        return src.with_name(f"{src.name}_x{scale}")
-    return src.with_name(f"{src.stem}_x{scale}{src.suffix}")
+        return src.with_name(f"{src.name}_x{x}")
+    return src.with_name(f"{src.stem}_x{x}{src.suffix}")

@@ -22,6 +22,7 @@ import numpy as np
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.media.container import main_video, open_input
+from sr_deploy.media.resize import check_outscale, final_size, label, resize_to
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -86,6 +87,7 @@ class VideoOptions:
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
     deinterlace: bool = True  # frames flagged interlaced go through FFmpeg's bwdif (deinterlaced) first
+    outscale: float | None = None  # the output's size as a multiple of the input's (media/resize.py); None: x scale
     # set by upscale_video: the source's HDR10 static metadata (mastering display, content light level) in
     # x264/x265's notation, for the encoder to write (read_hdr10)
     hdr10: tuple[str | None, str | None] | None = None
@@ -102,6 +104,7 @@ class VideoOptions:
             raise InputError(f"--duration must be positive, got {self.duration}")
         if self.bitrate is not None:
             _parse_bitrate(self.bitrate)
+        check_outscale(self.outscale)
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
@@ -247,7 +250,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     plan = plan_segments(src, options, options.segment_seconds)
     for line in plan.notes:
         say(line)
-    width, height = plan.size[0] * runner.scale, plan.size[1] * runner.scale
+    width, height = output_size(*plan.size, runner.scale, options)
     on_gpu = pool.on_gpu if pool is not None else runner.on_gpu
     codec = options.codec
     if codec == "auto" and dst.suffix.lower() == ".webm":
@@ -258,7 +261,8 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     if max(width, height) > 4096:  # size limits differ per encoder (x264: 16384 a side; NVENC: per GPU): ask it
         fmt = options.pix_fmt or "yuv420p"
         if not encoder_opens(codec, *encodable_size(width, height, fmt), fmt):
-            raise InputError(f"{dst}: {codec} does not open for {width}x{height} frames (x{runner.scale} of "
+            raise InputError(f"{dst}: {codec} does not open for {width}x{height} frames "
+                             f"(x{label(runner.scale, options.outscale)} of "
                              f"{plan.size[0]}x{plan.size[1]}; beyond its size limit); pass another --codec "
                              f"(libx265 and libvpx-vp9 go further)")
     if codec != options.codec:
@@ -288,6 +292,9 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                     n = encode_segment(runner, src, plan, seg, tmp, options, say=say, on_frame=bar.update)
                     parts.record(seg.index, n, tmp)
         frames = sum(int(parts.done[s.index]["frames"]) for s in plan.segments)
+        with open_input(parts.path(plan.segments[0].index)) as first:  # the size as encoded (even, or cut)
+            cc = main_video(first).codec_context
+            width, height = cc.width, cc.height
         with atomic_path(dst, overwrite=overwrite) as tmp:
             copied = assemble(src, [parts.path(s.index) for s in plan.segments], tmp, dst, options, say)
         finished = True
@@ -298,7 +305,6 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         raise
     finally:
         parts.close(remove=finished or not parts.done)
-    width, height = encodable_size(width, height, options.pix_fmt or "yuv420p")
     return VideoSummary(frames, width, height, copied, time.perf_counter() - t0, reused, len(plan.segments))
 
 
@@ -364,14 +370,28 @@ def encodable_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
     """The frame size ``pix_fmt`` can hold: 4:2:0 and 4:2:2 need even sizes (an odd source at x3, say), so
     the last column/row is cut, as ffmpeg users do by hand, rather than the encoder failing after the
     first segment's work. An unknown --pix-fmt is left alone (refused with its own message)."""
+    mw, mh = _chroma_multiple(pix_fmt)
+    return width - width % mw, height - height % mh
+
+
+def _chroma_multiple(pix_fmt: str) -> tuple[int, int]:
+    """What a frame's width and height must be multiples of in ``pix_fmt``: 2 where chroma is subsampled."""
     import av
 
     try:
         fmt = av.VideoFormat(pix_fmt)
     except ValueError:
-        return width, height
-    return (width - (width % 2 if fmt.chroma_width(2) == 1 else 0),
-            height - (height % 2 if fmt.chroma_height(2) == 1 else 0))
+        return 1, 1
+    return 2 if fmt.chroma_width(2) == 1 else 1, 2 if fmt.chroma_height(2) == 1 else 1
+
+
+def output_size(src_w: int, src_h: int, scale: int, options: VideoOptions, pix_fmt: str | None = None) -> tuple[int, int]:
+    """The output frame size: ``scale`` times the source's (odd sizes are cut by ``encodable_size``), or with
+    --outscale, that multiple rounded to a size ``pix_fmt`` holds (the frames are resized anyway: nothing cut)."""
+    if options.outscale is None:
+        return src_w * scale, src_h * scale
+    return final_size(src_w, src_h, scale=scale, outscale=options.outscale,
+                      multiple=_chroma_multiple(pix_fmt or options.pix_fmt or "yuv420p"))
 
 
 def check_output_codec(dst: Path, codec: str) -> None:
@@ -428,7 +448,6 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         vin = main_video(inp)
         vin.thread_type = "AUTO"
         s = runner.scale
-        width, height = vin.codec_context.width * s, vin.codec_context.height * s
         src_h, src_w = vin.codec_context.height, vin.codec_context.width
         # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): decoded as 16-bit RGB, run through the float
         # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
@@ -454,6 +473,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
             say(f"note: {options.codec} has no 10-bit 4:2:0 format in this FFmpeg build: "
                 f"{src.name} ({vin.codec_context.pix_fmt}) is written as 8-bit {pix_fmt}")
         deep = deep and _bit_depth(pix_fmt) > 8
+        width, height = output_size(src_w, src_h, s, options, pix_fmt)
         cut_w, cut_h = (a - b for a, b in zip((width, height), encodable_size(width, height, pix_fmt)))
         if cut_w or cut_h:
             if seg.index == 0:
@@ -542,7 +562,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 if pts is not None:
                     pts -= shift_pts
                 if not n:
-                    seen["matrix"] = display_matrix(frame, s)
+                    seen["matrix"] = display_matrix(frame, width / src_w)
                     seen["colors"] = colors = source_colors(frame, src_w, src_h)
                 size = None
                 if (frame.width, frame.height) != (src_w, src_h):
@@ -648,8 +668,10 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
                             colors.matrix, colors.primaries, colors.trc, colors.range)
                         to_yuv = not av.VideoFormat(pix_fmt).is_rgb
+                    if options.outscale is not None:
+                        arr = resize_to(arr, (width, height))
                     if a is not None:  # bicubic in the alpha's own dtype, as for images (OpenCV saturates)
-                        a = cv2.resize(a, (a.shape[1] * s, a.shape[0] * s), interpolation=cv2.INTER_CUBIC)
+                        a = cv2.resize(a, (arr.shape[1], arr.shape[0]), interpolation=cv2.INTER_CUBIC)
                         arr = np.concatenate((arr, a[..., None]), axis=2)
                         del a
                     if cut_w or cut_h:
@@ -725,7 +747,7 @@ def source_colors(frame, width: int, height: int) -> Colors:
 _IDENTITY = [1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]
 
 
-def display_matrix(frame, scale: int) -> list[int] | None:
+def display_matrix(frame, scale: float) -> list[int] | None:
     """The frame's display matrix (FFmpeg's 3x3 int32 AV_FRAME_DATA_DISPLAYMATRIX: rotation and flips a
     player applies, e.g. a phone's portrait video stored landscape), for an output ``scale`` times larger
     (its translation is in pixels); None without one or for the identity."""
@@ -734,7 +756,7 @@ def display_matrix(frame, scale: int) -> list[int] | None:
             m = np.frombuffer(bytes(sd), dtype=np.int32)[:9].tolist()
             if len(m) < 9 or m == _IDENTITY:
                 return None
-            m[6], m[7] = m[6] * scale, m[7] * scale
+            m[6], m[7] = round(m[6] * scale), round(m[7] * scale)
             return [int(v) for v in m]
     return None
 

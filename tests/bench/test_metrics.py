@@ -174,3 +174,35 @@ def test_images_too_small_to_score_are_skipped_and_named(tmp_path):
     (tmp_path / "ok.png").unlink()
     with pytest.raises(InputError, match="no images large enough"):
         load_eval_set(tmp_path, 4)
+
+
+def test_bench_outscale_scores_the_resized_output_at_that_factor(tmp_path, tiny_ckpt):
+    """`bench --outscale 4` of a x2 model: LR images downscaled by 4, the model's x2 output resized to x4
+    (Lanczos, as `run --outscale` does), scored with a border of 4; bicubic at x4 beside it."""
+    from sr_deploy.metrics import make_lr, mod_crop, y_psnr_ssim
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    data = tmp_path / "set"
+    data.mkdir()
+    hrs = [pattern_image(64, 72, 3, seed=i) for i in range(2)]
+    for i, hr in enumerate(hrs):
+        cv2.imwrite(str(data / f"{i}.png"), hr[..., ::-1])
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--data", str(data), "--no-speed",
+                                 "--backends", "onnxruntime", "--precisions", "fp32", "--outscale", "4",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {q["method"]: q for q in json.loads(out.read_text())["quality"]}
+    assert rows["model"]["scale"] == rows["bicubic"]["scale"] == 4
+    runner, _ = make_runner(resolve_model(str(tiny_ckpt)), "onnxruntime", "fp32")
+    want = []
+    with runner:
+        for hr in hrs:
+            hr = mod_crop(hr, 4)
+            lr = make_lr(hr, 4)
+            y = runner.infer((lr.astype(np.float32) / 255).transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+            y = np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+            want.append(y_psnr_ssim(cv2.resize(y, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_LANCZOS4), hr, 4)[0])
+    assert rows["model"]["psnr_y"] == pytest.approx(np.mean(want), abs=1e-6)
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--outscale", "0", "--no-speed"])
+    assert r.exit_code != 0 and r.output.startswith("error: --outscale must be at least 1"), r.output
