@@ -250,6 +250,9 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         say(line)
 
     combos = _combos(cfg, note)
+    if cfg.outscale and cfg.quality:
+        note(f"quality at x{cfg.outscale}: LR images downscaled by {cfg.outscale}; each model ran at its own scale and "
+             f"its output was resized to x{cfg.outscale}, as `run --outscale {cfg.outscale}` does")
     sources = []
     for spec in cfg.models or (None,):
         try:
