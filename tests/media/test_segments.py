@@ -268,11 +268,11 @@ def test_ray_two_local_workers_match_single_process(tmp_path, tiny_ckpt):
         cv2.imwrite(str(folder / ("sub" if i % 2 else "") / f"i{i}.png"), pattern_image(20 + i, 24))
     (folder / "bad.png").write_bytes(b"not a png")
     r = _run(folder, "-o", tmp_path / "out", "--ray", "local", "--workers", "2", "--model", tiny_ckpt,
-             "--backend", "onnxruntime")
+             "--backend", "onnxruntime", "--outscale", "1.5")
     assert r.exit_code == 1 and "bad.png" in r.output
     for i in range(5):
         out = cv2.imread(str(tmp_path / "out" / ("sub" if i % 2 else "") / f"i{i}.png"))
-        assert out.shape == (2 * (20 + i), 48, 3)
+        assert out.shape == (int(1.5 * (20 + i) + 0.5), 36, 3)  # --outscale reaches the workers
     assert not (tmp_path / "out" / "bad.png").exists()
 
 
