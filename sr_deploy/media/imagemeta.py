@@ -10,6 +10,7 @@ after the JFIF header. Pillow reads all of it and serializes the EXIF.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import zlib
@@ -55,6 +56,25 @@ def read_metadata(im) -> Metadata | None:
     return meta if meta != Metadata() else None
 
 
+def icc_for(icc: bytes | None, *, gray: bool, source: str) -> bytes | None:
+    """``icc`` when its colour space (the header's data colour space field) is the output's: "RGB " for a
+    colour output, "GRAY" for a gray one; else None, with one warning. A CMYK photo's profile describes
+    CMYK numbers: written into the RGB output that decoding made of them, it would be an invalid file
+    that colour-managed viewers reject or misread (and so would an RGB profile on a gray PNG)."""
+    if not icc:
+        return None
+    space = icc[16:20].decode("latin-1").strip() if len(icc) >= 128 else "?"
+    want = "GRAY" if gray else "RGB"
+    if space == want:
+        return icc
+    key = f"icc:{space}>{want}"
+    if key not in _said:
+        _said.add(key)
+        log.warning("warning: %s: the source's colour profile is for %s data and the output is %s: it is not "
+                    "written (the colours were converted without it)", source, space or "unknown", want)
+    return None
+
+
 def output_exif(exif: bytes, width: int, height: int) -> bytes:
     """The source's EXIF as the output's: upright (srdeploy turned the pixels by the orientation tag) and
     with the output's pixel size where the source gave one; Pillow's serialization (``Exif\\0\\0`` + TIFF)."""
@@ -86,10 +106,12 @@ def exif_for_output(exif: bytes | None, size: tuple[int, int], source: str) -> b
         return None
 
 
-def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str) -> None:
+def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str,
+                   gray: bool = False) -> None:
     """Add a source's ``meta`` to the encoded image at ``path``, whose format ``suffix`` names; formats other
     than PNG and JPEG are left as they are, with one warning when a colour profile or EXIF is lost. PNG text
-    reaches PNG outputs, a JPEG comment JPEG outputs; XMP either."""
+    reaches PNG outputs, a JPEG comment JPEG outputs; XMP either. ``gray``: the output is gray (its colour
+    profile must be a gray one)."""
     if suffix not in (".png", ".jpg", ".jpeg"):
         lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
         if lost and suffix not in _said:
@@ -97,6 +119,7 @@ def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, 
             log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG and JPEG keep them)", source,
                         " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
         return
+    meta = dataclasses.replace(meta, icc=icc_for(meta.icc, gray=gray, source=source))
     exif = exif_for_output(meta.exif, size, source)
     tiff = exif[6:] if exif else None  # without "Exif\0\0": JPEG's segment adds it, PNG's chunk has none
     data = path.read_bytes()

@@ -10,7 +10,7 @@ import numpy as np
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
-from sr_deploy.media.imagemeta import Metadata, carry_metadata, exif_for_output, read_metadata
+from sr_deploy.media.imagemeta import Metadata, carry_metadata, exif_for_output, icc_for, read_metadata
 from sr_deploy.media.resize import final_size, label, resize_to
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
@@ -214,12 +214,14 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise OutputError(f"{path}: {path.suffix or 'no suffix'} is not an image format "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    la = gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff")
+    gray_out = la or img.ndim == 2 or img.shape[2] == 1
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             if path.suffix.lower() in PIL_ONLY_SUFFIXES:
                 _encode_pil(tmp, img, path, meta)
                 return
-            if gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff"):
+            if la:
                 from PIL import Image
 
                 la = np.dstack([np.rint(img[..., :3].mean(axis=2)).astype(np.uint8), img[..., 3]])
@@ -239,7 +241,8 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
             raise OutputError(f"{path}: cannot encode this image as {path.suffix} (or the disk refused the write)")
         if meta is not None and meta.meta is not None:
             try:
-                carry_metadata(tmp, path.suffix.lower(), meta.meta, size=(img.shape[1], img.shape[0]), source=str(path))
+                carry_metadata(tmp, path.suffix.lower(), meta.meta, size=(img.shape[1], img.shape[0]), source=str(path),
+                               gray=gray_out)
             except OSError as exc:
                 raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc
 
@@ -255,8 +258,9 @@ def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None
     arr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][: img.shape[2]]]
     extra: dict = {"quality": 90}
     m = meta.meta if meta is not None else None
-    if m is not None and m.icc:
-        extra["icc_profile"] = m.icc
+    icc = icc_for(m.icc if m is not None else None, gray=img.ndim == 2 or img.shape[2] == 1, source=str(path))
+    if icc:
+        extra["icc_profile"] = icc
     exif = exif_for_output(m.exif if m is not None else None, (img.shape[1], img.shape[0]), str(path))
     if exif:
         extra["exif"] = exif
@@ -342,8 +346,9 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
         frames = [f.convert("RGBA") for f in frames]
     fmt = Image.registered_extensions()[dst.suffix.lower()]
     extra = {"quality": 95} if fmt == "WEBP" else {}
-    if fmt in ("WEBP", "PNG") and header.meta and header.meta.icc:  # Pillow writes it (GIF has no colour profile)
-        extra["icc_profile"] = header.meta.icc
+    icc = icc_for(header.meta.icc if header.meta else None, gray=False, source=str(src))  # frames are RGB(A)
+    if fmt in ("WEBP", "PNG") and icc:  # Pillow writes it (GIF has no colour profile)
+        extra["icc_profile"] = icc
     with atomic_path(dst, overwrite=overwrite) as tmp:
         try:
             frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=loop,

@@ -263,12 +263,52 @@ def test_a_colour_profile_larger_than_a_jpeg_segment_is_split(tmp_path):
 
     out = tmp_path / "o.jpg"
     cv2.imwrite(str(out), pattern_image(16, 16))
-    icc = bytes(np.random.default_rng(0).integers(0, 256, 2 * ICC_CHUNK + 100, dtype=np.uint8))
+    icc = bytearray(np.random.default_rng(0).integers(0, 256, 2 * ICC_CHUNK + 100, dtype=np.uint8).tobytes())
+    icc[16:20] = b"RGB "  # the header's colour space, which must be the output's
+    icc = bytes(icc)
     carry_metadata(out, ".jpg", Metadata(icc=icc), size=(16, 16), source="o.jpg")
     with Image.open(out) as o:
         assert o.info.get("icc_profile") == icc
         o.load()
     assert cv2.imread(str(out)).shape == (16, 16, 3)  # still a JPEG OpenCV decodes
+
+
+def _icc_header(space: bytes) -> bytes:
+    """The 128-byte header of an ICC profile (and an empty tag table) whose data colour space is ``space``."""
+    import struct
+
+    hdr = bytearray(132)
+    struct.pack_into(">I", hdr, 0, len(hdr))
+    hdr[12:16], hdr[16:20], hdr[20:24], hdr[36:40] = b"prtr", space, b"Lab ", b"acsp"
+    return bytes(hdr)
+
+
+def test_a_colour_profile_of_another_colour_space_is_not_written(tmp_path, tiny_ckpt, caplog, monkeypatch):
+    """A CMYK JPEG decodes to RGB: its CMYK profile would make the RGB output an invalid file (so would an RGB
+    profile on a gray PNG); such a profile is left out, with one warning. A gray profile on a gray output stays."""
+    from PIL import Image
+
+    from sr_deploy.media import imagemeta
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    Image.fromarray(rgb, "CMYK").save(tmp_path / "print.jpg", icc_profile=_icc_header(b"CMYK"), quality=95)
+    gray = Image.fromarray(pattern_image(20, 24, 1))
+    gray.save(tmp_path / "wrong.png", icc_profile=_icc_header(b"RGB "))
+    gray.save(tmp_path / "right.png", icc_profile=_icc_header(b"GRAY"))
+    for name, out, kept, warning in (
+            ("print.jpg", "o.jpg", None, "colour profile is for CMYK data and the output is RGB"),
+            ("print.jpg", "o.png", None, "colour profile is for CMYK data and the output is RGB"),
+            ("wrong.png", "w.png", None, "colour profile is for RGB data and the output is GRAY"),
+            ("right.png", "r.png", _icc_header(b"GRAY"), None)):
+        monkeypatch.setattr(imagemeta, "_said", set())  # warned once per process: here, once per run
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            code, said = _run(tmp_path / name, "-o", tmp_path / out, "--model", tiny_ckpt)
+        assert code == 0, said
+        with Image.open(tmp_path / out) as o:
+            assert o.info.get("icc_profile") == kept, out
+        warned = [r.getMessage() for r in caplog.records if "colour profile" in r.getMessage()]
+        assert len(warned) == (1 if warning else 0) and (not warning or warning in warned[0]), (out, warned)
 
 
 def test_a_damaged_exif_keeps_what_can_be_read_and_prints_nothing(tmp_path, tiny_ckpt):
