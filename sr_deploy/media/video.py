@@ -267,6 +267,7 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
                              f"(libx265 and libvpx-vp9 go further)")
     if codec != options.codec:
         options = dataclasses.replace(options, codec=codec)
+    check_sar_kept(src, dst, codec, say)
     hdr10 = read_hdr10(src)
     if hdr10 and codec in HDR10_PARAMS:
         options = dataclasses.replace(options, hdr10=hdr10)
@@ -643,6 +644,9 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                                      f"(for example yuv420p, yuv420p10le)") from exc
                 vout.time_base = vin.time_base
                 vout.codec_context.time_base = vin.time_base
+                sar = output_sar(vin, src_w, src_h, width, height)
+                if sar is not None:
+                    vout.codec_context.sample_aspect_ratio = sar
                 vout.options = encoder_options(codec, options, width, height, deep)
                 if options.bitrate:
                     vout.bit_rate = _parse_bitrate(options.bitrate)
@@ -711,6 +715,46 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     finally:
         inp.close()
     return n
+
+
+# encoders that write the sample aspect ratio into the bitstream (H.264/HEVC VUI, MPEG-2/4 headers); other
+# codecs (VP9, AV1, ProRes...) rely on the container, and only MP4/MOV ('pasp') take it from the stream here
+SAR_IN_BITSTREAM = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mpeg2video", "mpeg4", "libxvid")
+
+
+def _source_sar(vin) -> Fraction | None:
+    sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar and sar > 0 else None
+
+
+def check_sar_kept(src: Path, dst: Path, codec: str, say) -> None:
+    """One warning when the source's pixels are not square and the output cannot say so: Matroska/WebM
+    store it as a display size that FFmpeg writes only from a stream field PyAV does not reach, so a VP9
+    or AV1 .webm/.mkv would show an anamorphic DVD (16:9) squeezed to 3:2."""
+    from sr_deploy.media.container import format_for
+
+    with open_input(src) as c:
+        v = main_video(c)
+        sar, w, h = _source_sar(v), v.codec_context.width, v.codec_context.height
+    if sar is None or sar == 1 or codec in SAR_IN_BITSTREAM or format_for(dst) in ("mp4", "mov"):
+        return
+    dar = sar * w / h
+    say(f"warning: {src.name} has non-square pixels (aspect ratio {sar.numerator}:{sar.denominator}, shown at "
+        f"{dar.numerator}:{dar.denominator}) and {codec} in {dst.suffix} files cannot carry that here: the output "
+        f"shows at {Fraction(w, h).numerator}:{Fraction(w, h).denominator}; write .mp4 or .mov, or --codec libx264")
+
+
+def output_sar(vin, src_w: int, src_h: int, width: int, height: int) -> Fraction | None:
+    """The output's sample (pixel) aspect ratio, so that it shows at the source's display aspect: an
+    anamorphic source (a 16:9 DVD is 720x480 with 32:27 pixels) upscaled without it would show squeezed
+    (3:2). The container's value first, as FFmpeg does, else the bitstream's; None for square pixels. An
+    output whose size is not an exact multiple of the source's (--outscale rounding, a cut column) gets
+    the ratio that keeps the display aspect."""
+    sar = _source_sar(vin)
+    if sar is None:
+        return None
+    out = (sar * src_w * height / (src_h * width)).limit_denominator(65535)  # H.264/HEVC VUI: 16 bits
+    return None if out == 1 else out
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,36 @@ def test_rotation_and_flip_of_a_phone_clip_are_kept(tmp_path, tiny_ckpt):
     assert r.exit_code == 0 and _matrix(tmp_path / "p.mp4") == _matrix(plain), "no matrix is invented"
 
 
+def test_anamorphic_source_keeps_its_display_aspect(tmp_path, tiny_ckpt):
+    """A 16:9 DVD is 720x480 with 32:27 pixels: the output carries the pixel aspect (adjusted where
+    --outscale rounds the size), so that it still shows at 16:9; where the codec and container cannot
+    carry it (VP9 in WebM), a warning says so."""
+    from fractions import Fraction
+
+    from tests.conftest import pattern_image
+
+    src = tmp_path / "dvd.mp4"
+    write_clip(src, [pattern_image(48, 64, seed=i) for i in range(4)],
+               configure=lambda s: setattr(s.codec_context, "sample_aspect_ratio", Fraction(32, 27)))
+    common = ("--model", str(tiny_ckpt), "--backend", "onnxruntime", "--quiet")
+    for name, extra in (("o.mp4", ()), ("o.mkv", ()), ("o.mov", ("--outscale", "1.3"))):
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / name), *common, *extra])
+        assert r.exit_code == 0 and "warning" not in r.output, r.output
+        with av.open(str(tmp_path / name)) as c:
+            v = c.streams.video[0]
+            size = (v.codec_context.width, v.codec_context.height)
+            assert size == ((128, 96) if not extra else (84, 62)), name
+            assert v.display_aspect_ratio == Fraction(32 * 64, 27 * 48), (name, v.sample_aspect_ratio)
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.webm"), *common])
+    assert r.exit_code == 0 and "warning: dvd.mp4 has non-square pixels (aspect ratio 32:27" in r.output, r.output
+    square = tmp_path / "square.mp4"
+    write_clip(square, [pattern_image(48, 64)] * 2)
+    r = CliRunner().invoke(app, ["run", str(square), "-o", str(tmp_path / "s.webm"), *common])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    with av.open(str(tmp_path / "s.webm")) as c:
+        assert c.streams.video[0].sample_aspect_ratio in (None, 1)
+
+
 def _bars_clip(path, *, colorspace, color_range, sws):
     """Flat colour bars encoded with the given YUV matrix and range, and tagged with them (red, green and
     blue, where BT.601 and BT.709 differ by 15-25 levels)."""
