@@ -573,7 +573,12 @@ def is_image(path: Path) -> bool:
 
 
 def default_output(src: Path, scale: int, outscale: float | None = None) -> Path:
+    """NAME_x4.EXT beside ``src`` (FOLDER_x4 for a folder); a video format srdeploy reads but does not
+    write (.vob, .m2ts...) gives NAME_x4.mkv."""
+    from sr_deploy.media.video import DEFAULT_VIDEO_SUFFIX, INPUT_ONLY_VIDEO_SUFFIXES
+
     x = label(scale, outscale)
     if src.is_dir():
         return src.with_name(f"{src.name}_x{x}")
-    return src.with_name(f"{src.stem}_x{x}{src.suffix}")
+    suffix = DEFAULT_VIDEO_SUFFIX if src.suffix.lower() in INPUT_ONLY_VIDEO_SUFFIXES else src.suffix
+    return src.with_name(f"{src.stem}_x{x}{suffix}")

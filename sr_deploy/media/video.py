@@ -27,7 +27,13 @@ from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}  # written
+# read too (FFmpeg demuxes them), not written: DVD (.vob), Blu-ray and camcorders (.m2ts, .mts, .mod, .tod),
+# DV, broadcast (.mxf), old phones (.3gp), raw streams (.y4m, .h264, .hevc, .m2v, .ivf), and the rest
+INPUT_ONLY_VIDEO_SUFFIXES = {".vob", ".m2ts", ".mts", ".mod", ".tod", ".dv", ".mxf", ".3gp", ".3g2", ".y4m",
+                             ".h264", ".264", ".hevc", ".265", ".m2v", ".ivf", ".asf", ".f4v", ".ogv", ".divx",
+                             ".nut", ".rm", ".rmvb"}
+DEFAULT_VIDEO_SUFFIX = ".mkv"  # the output of an input-only format (Matroska holds DVD audio and subtitles)
 _END = object()
 
 
@@ -194,7 +200,7 @@ class VideoSummary:
 
 
 def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
+    return path.suffix.lower() in VIDEO_SUFFIXES | INPUT_ONLY_VIDEO_SUFFIXES
 
 
 class _Stage(threading.Thread):

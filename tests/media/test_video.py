@@ -5,6 +5,7 @@ import sys
 import time
 
 import av
+import pytest
 import numpy as np
 from typer.testing import CliRunner
 
@@ -108,6 +109,36 @@ def test_anamorphic_source_keeps_its_display_aspect(tmp_path, tiny_ckpt):
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     with av.open(str(tmp_path / "s.webm")) as c:
         assert c.streams.video[0].sample_aspect_ratio in (None, 1)
+
+
+@pytest.mark.parametrize("name,fmt,codec", [("dvd.vob", "vob", "mpeg2video"), ("cam.m2ts", "mpegts", "libx264"),
+                                              ("phone.3gp", "3gp", "libx264"), ("raw.y4m", "yuv4mpegpipe", "rawvideo"),
+                                              ("es.h264", "h264", "libx264"), ("web.ivf", "ivf", "libvpx-vp9")])
+def test_formats_read_but_not_written_are_upscaled_into_mkv(tmp_path, tiny_ckpt, name, fmt, codec):
+    """DVD, Blu-ray/camcorder, old-phone and raw-stream files are videos too: read, upscaled and, by default,
+    written as NAME_x2.mkv (Matroska holds what such sources carry)."""
+    from tests.conftest import pattern_image
+
+    src = tmp_path / name
+    with av.open(str(src), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for i in range(6):
+            f = av.VideoFrame.from_ndarray(pattern_image(32, 48, seed=i), format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    r = CliRunner().invoke(app, ["run", str(src), "--model", str(tiny_ckpt), "--backend", "onnxruntime", "--quiet"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / f"{src.stem}_x2.mkv"
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (96, 64)
+        assert sum(1 for _ in c.decode(v)) == 6
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.vob"), "--model", str(tiny_ckpt)])
+    assert r.exit_code != 0 and "is not a video format" in r.output, r.output  # read, not written
 
 
 def _bars_clip(path, *, colorspace, color_range, sws):
