@@ -12,8 +12,11 @@ import numpy as np
 
 from sr_deploy.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif"}
-PIL_ONLY_SUFFIXES = {".avif"}  # formats OpenCV's wheels neither read nor write: Pillow does both
+# formats OpenCV's wheels neither read nor write, which Pillow does: AVIF, JPEG saved as .jfif (browsers),
+# game textures (TGA, DDS), QOI and JPEG 2000 (OpenCV's OpenJPEG refuses small images)
+PIL_ONLY_SUFFIXES = {".avif", ".jfif", ".tga", ".dds", ".qoi", ".jp2"}
+IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
+                  ".pnm"} | PIL_ONLY_SUFFIXES
 
 
 def list_images(folders: list[Path] | list[str]) -> list[Path]:

@@ -23,6 +23,7 @@ _said: set[str] = set()  # output formats already warned about in this process (
 
 JPEG_SEGMENT_MAX = 65533  # a JPEG segment's payload, its two length bytes aside
 ICC_CHUNK = JPEG_SEGMENT_MAX - 14  # ICC.1 Annex B.4: "ICC_PROFILE\0", sequence number and count first
+PIL_METADATA_FORMATS = ("AVIF", "JPEG")  # formats Pillow writes with a colour profile and EXIF (as .avif, .jfif)
 XMP_KEY = "XML:com.adobe.xmp"  # XMP's PNG keyword
 XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\0"
 
@@ -106,18 +107,23 @@ def exif_for_output(exif: bytes | None, size: tuple[int, int], source: str) -> b
         return None
 
 
+def warn_lost(suffix: str, meta: Metadata, source: str) -> None:
+    """One warning per output format (per process) that a colour profile or EXIF is not written to it."""
+    lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
+    if lost and suffix not in _said:
+        _said.add(suffix)
+        log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG, JPEG and AVIF keep them)",
+                    source, " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
+
+
 def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str,
                    gray: bool = False) -> None:
     """Add a source's ``meta`` to the encoded image at ``path``, whose format ``suffix`` names; formats other
     than PNG and JPEG are left as they are, with one warning when a colour profile or EXIF is lost. PNG text
     reaches PNG outputs, a JPEG comment JPEG outputs; XMP either. ``gray``: the output is gray (its colour
     profile must be a gray one)."""
-    if suffix not in (".png", ".jpg", ".jpeg"):
-        lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
-        if lost and suffix not in _said:
-            _said.add(suffix)
-            log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG and JPEG keep them)", source,
-                        " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
+    if suffix not in (".png", ".jpg", ".jpeg", ".jpe"):
+        warn_lost(suffix, meta, source)
         return
     meta = dataclasses.replace(meta, icc=icc_for(meta.icc, gray=gray, source=source))
     exif = exif_for_output(meta.exif, size, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import numpy as np
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
-from sr_deploy.media.imagemeta import Metadata, carry_metadata, exif_for_output, icc_for, read_metadata
+from sr_deploy.media.imagemeta import (PIL_METADATA_FORMATS, Metadata, carry_metadata, exif_for_output, icc_for,
+                                       read_metadata, warn_lost)
 from sr_deploy.media.resize import final_size, label, resize_to
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
+
+log = logging.getLogger(__name__)
 
 ALPHA_MODES = ("bicubic", "model")
 
@@ -210,11 +214,18 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
     carried into PNG and JPEG outputs (media/imagemeta.py)."""
     import cv2
 
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg", ".jpe") else []
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise OutputError(f"{path}: {path.suffix or 'no suffix'} is not an image format "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    la = gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff")
+    if img.ndim == 3 and img.shape[2] == 4 and path.suffix.lower() in NO_ALPHA_SUFFIXES:
+        if path.suffix.lower() not in _said_alpha:  # once per format: a folder of icons says it once
+            _said_alpha.add(path.suffix.lower())
+            log.warning("warning: %s: %s files hold no alpha channel: the source's transparency is dropped "
+                        "(PNG, WebP, TIFF, TGA, QOI and AVIF keep it)", path, path.suffix.lower())
+        img = np.rint(img[..., :3].mean(axis=2)).astype(img.dtype) if gray_alpha else img[..., :3]
+        gray_alpha = False
+    la = gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".apng", ".webp", ".tif", ".tiff")
     gray_out = la or img.ndim == 2 or img.shape[2] == 1
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
@@ -248,23 +259,27 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
 
 
 def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None) -> None:
-    """Write ``img`` (OpenCV's layout) in a format only Pillow writes (AVIF, 8-bit: 16-bit input is rounded),
-    with the source's colour profile and EXIF, which Pillow writes itself."""
+    """Write ``img`` (OpenCV's layout) in a format only Pillow writes (8-bit: 16-bit input is rounded), with
+    the source's colour profile and EXIF where the format holds them (AVIF, JPEG), which Pillow writes."""
     import cv2
     from PIL import Image
 
     if img.dtype == np.uint16:  # rounded like np.rint(img / 257) (checked over every value), with no float copy
         img = cv2.convertScaleAbs(img, alpha=1 / 257.0)
     arr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][: img.shape[2]]]
-    extra: dict = {"quality": 90}
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    extra: dict = {"quality": 95 if fmt == "JPEG" else 90}  # JPEG: as OpenCV's JPEG outputs
     m = meta.meta if meta is not None else None
+    if fmt not in PIL_METADATA_FORMATS:
+        if m is not None:
+            warn_lost(path.suffix.lower(), m, str(path))
+        m = None
     icc = icc_for(m.icc if m is not None else None, gray=img.ndim == 2 or img.shape[2] == 1, source=str(path))
     if icc:
         extra["icc_profile"] = icc
     exif = exif_for_output(m.exif if m is not None else None, (img.shape[1], img.shape[0]), str(path))
     if exif:
         extra["exif"] = exif
-    fmt = Image.registered_extensions()[path.suffix.lower()]
     Image.fromarray(np.ascontiguousarray(arr.squeeze())).save(tmp, format=fmt, **extra)
 
 
@@ -305,7 +320,10 @@ def _gray_alpha(header: ImageHeader | None) -> bool:
     return bool(header and header.mode in ("LA", "La"))
 
 
-ANIMATION_SUFFIXES = (".webp", ".png", ".gif")
+NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".ppm", ".pgm", ".pnm")
+_said_alpha: set[str] = set()
+
+ANIMATION_SUFFIXES = (".webp", ".png", ".apng", ".gif")
 
 
 def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader, *, overwrite: bool,
@@ -415,7 +433,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     check_destination(src, dst, overwrite=overwrite, folder=True)
     files, problems = list_folder(src)
     if not files and not problems:
-        raise InputError(f"{src}: no images found (png/jpg/bmp/webp/tif/gif/avif)")
+        raise InputError(f"{src}: no images found ({'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
     summary = FolderSummary()
     settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {})}
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": settings})

@@ -186,3 +186,53 @@ def test_a_folder_run_whose_journal_cannot_be_written_stops(tmp_path, monkeypatc
     monkeypatch.setattr(journal.Journal, "record", full)
     with Nearest(ModelDescriptor(name="n", scale=2)) as r, pytest.raises(OSError, match="No space left"):
         images.upscale_folder(r, src, tmp_path / "out", quiet=True)
+
+
+def test_texture_web_and_netpbm_formats_round_trip(tmp_path, tiny_ckpt):
+    """TGA, DDS and QOI (game textures, with alpha), JPEG 2000, .jfif/.jpe (JPEG under browser names),
+    PPM/PGM/PNM and .apng: read, upscaled and written in their own format; the lossless ones hold exactly
+    the pixels the same image gives as PNG."""
+    from PIL import Image
+
+    src, ref = tmp_path / "in", tmp_path / "ref"
+    src.mkdir(), ref.mkdir()
+    rgb, rgba, gray = pattern_image(20, 26, 3), pattern_image(18, 22, 4, seed=1), pattern_image(21, 17, 1, seed=2)
+    cases = {"t.tga": rgba, "t.dds": rgba, "t.qoi": rgba, "t.jp2": rgb, "t.ppm": rgb, "t.pnm": rgb, "t.pgm": gray,
+             "t.apng": rgb, "t.jfif": rgb, "t.jpe": rgb}
+    for name, img in cases.items():
+        Image.fromarray(img).save(src / name)
+        Image.fromarray(img).save(ref / f"{name}.png")
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    code, said = _run_cli(src, "-o", tmp_path / "out", *model)
+    assert code == 0 and f"{len(cases)} upscaled" in said, said
+    code, said = _run_cli(ref, "-o", tmp_path / "refout", *model)
+    assert code == 0, said
+    for name, img in cases.items():
+        with Image.open(tmp_path / "out" / name) as o, Image.open(tmp_path / "refout" / f"{name}.png") as r:
+            assert o.size == (img.shape[1] * 2, img.shape[0] * 2) and o.mode == r.mode, (name, o.mode, r.mode)
+            if name not in ("t.jfif", "t.jpe"):  # JPEG is lossy
+                assert np.array_equal(np.asarray(o), np.asarray(r)), name
+
+
+def test_alpha_into_a_format_without_one_is_dropped_with_a_warning(tmp_path, tiny_ckpt, caplog, monkeypatch):
+    from PIL import Image
+
+    from sr_deploy.media import images
+
+    src = tmp_path / "icon.png"
+    Image.fromarray(pattern_image(16, 18, 4)).save(src)
+    for out in ("o.jpg", "o.jfif", "o.ppm"):
+        monkeypatch.setattr(images, "_said_alpha", set())
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            code, said = _run_cli(src, "-o", tmp_path / out, "--model", tiny_ckpt)
+        assert code == 0, said
+        with Image.open(tmp_path / out) as o:
+            assert o.mode == "RGB" and o.size == (36, 32), out
+        warned = [r.getMessage() for r in caplog.records if "alpha" in r.getMessage()]
+        assert len(warned) == 1 and "transparency is dropped" in warned[0], (out, warned)
+
+
+def _run_cli(*args):
+    r = CliRunner().invoke(app, ["run", *map(str, args)])
+    return r.exit_code, r.output
