@@ -14,9 +14,30 @@ from sr_deploy.errors import InputError
 
 # formats OpenCV's wheels neither read nor write, which Pillow does: AVIF, JPEG saved as .jfif (browsers),
 # game textures (TGA, DDS), QOI and JPEG 2000 (OpenCV's OpenJPEG refuses small images)
-PIL_ONLY_SUFFIXES = {".avif", ".jfif", ".tga", ".dds", ".qoi", ".jp2"}
+HEIF_SUFFIXES = {".heic", ".heif"}  # iPhone photos: Pillow reads and writes them with pillow-heif's plugin
+PIL_ONLY_SUFFIXES = {".avif", ".jfif", ".tga", ".dds", ".qoi", ".jp2"} | HEIF_SUFFIXES
 IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
                   ".pnm"} | PIL_ONLY_SUFFIXES
+
+
+def heif_support(path: Path | None = None) -> bool:
+    """Register pillow-heif's Pillow plugin (once) and say whether it is there. With ``path`` a HEIC/HEIF
+    file and the plugin missing, raise the one-line error that says how to add it."""
+    global _heif
+    if _heif is None:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()  # libheif turns the picture upright and resets EXIF orientation to 1
+            _heif = True
+        except ImportError:
+            _heif = False
+    if path is not None and not _heif and Path(path).suffix.lower() in HEIF_SUFFIXES:
+        raise InputError(f"{path}: HEIC/HEIF images need pillow-heif: pip install 'srdeploy[heif]'")
+    return _heif
+
+
+_heif: bool | None = None
 
 
 def list_images(folders: list[Path] | list[str]) -> list[Path]:
@@ -34,6 +55,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 (grayscale expanded, alpha dropped)."""
     from PIL import Image
 
+    heif_support(path)
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

@@ -23,7 +23,7 @@ _said: set[str] = set()  # output formats already warned about in this process (
 
 JPEG_SEGMENT_MAX = 65533  # a JPEG segment's payload, its two length bytes aside
 ICC_CHUNK = JPEG_SEGMENT_MAX - 14  # ICC.1 Annex B.4: "ICC_PROFILE\0", sequence number and count first
-PIL_METADATA_FORMATS = ("AVIF", "JPEG")  # formats Pillow writes with a colour profile and EXIF (as .avif, .jfif)
+PIL_METADATA_FORMATS = ("AVIF", "JPEG", "HEIF")  # Pillow writes these with a colour profile and EXIF
 XMP_KEY = "XML:com.adobe.xmp"  # XMP's PNG keyword
 XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\0"
 

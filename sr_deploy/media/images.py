@@ -10,7 +10,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
-from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES  # noqa: F401  (re-exported)
+from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES, heif_support  # noqa: F401  (re-exported)
 from sr_deploy.media.imagemeta import (PIL_METADATA_FORMATS, Metadata, carry_metadata, exif_for_output, icc_for,
                                        read_metadata, warn_lost)
 from sr_deploy.media.resize import final_size, label, resize_to
@@ -49,6 +49,7 @@ def probe_image(path: Path) -> ImageHeader | None:
     (None when PIL does not know the format; OpenCV may still decode it)."""
     from PIL import Image, UnidentifiedImageError
 
+    heif_support()
     try:
         Image.MAX_IMAGE_PIXELS = None  # srdeploy applies its own limit, with the size in the message
         with Image.open(path) as im:
@@ -109,6 +110,7 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels, outscale=outscale)
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
+        heif_support(path)
         img = _decode_pil(path)
     else:
         data = np.fromfile(path, dtype=np.uint8)
@@ -264,6 +266,7 @@ def _encode_pil(tmp: Path, img: np.ndarray, path: Path, meta: ImageHeader | None
     import cv2
     from PIL import Image
 
+    heif_support(path)
     if img.dtype == np.uint16:  # rounded like np.rint(img / 257) (checked over every value), with no float copy
         img = cv2.convertScaleAbs(img, alpha=1 / 257.0)
     arr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][: img.shape[2]]]

@@ -236,3 +236,50 @@ def test_alpha_into_a_format_without_one_is_dropped_with_a_warning(tmp_path, tin
 def _run_cli(*args):
     r = CliRunner().invoke(app, ["run", *map(str, args)])
     return r.exit_code, r.output
+
+
+def test_heic_photos_are_read_upright_and_written_with_their_metadata(tmp_path, tiny_ckpt, monkeypatch):
+    """iPhone photos (HEIC): decoded upright by libheif (its rotation applied, EXIF orientation then 1),
+    upscaled like any photo, written as HEIC or PNG with the colour profile and EXIF; without pillow-heif,
+    one line says what to install."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from PIL import Image, ImageCms
+
+    from sr_deploy import imagefiles
+
+    # Written as a phone writes it (Pillow's plugin turns EXIF orientation 6 into HEIF's own rotation), in
+    # another process: in this one, registering the plugin is srdeploy's job, which this test checks.
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "IMG_0001.HEIC"
+    np.save(tmp_path / "px.npy", pattern_image(20, 30))
+    (tmp_path / "p.icc").write_bytes(icc)
+    subprocess.run([sys.executable, "-c", f"""
+import numpy as np, pillow_heif
+from PIL import Image
+pillow_heif.register_heif_opener()
+exif = Image.Exif()
+exif[0x0112], exif[0x010F] = 6, "Phone maker"
+Image.fromarray(np.load({str(tmp_path / "px.npy")!r})).save({str(src)!r}, exif=exif.tobytes(), quality=95,
+                                                           icc_profile=open({str(tmp_path / "p.icc")!r}, "rb").read())
+"""], check=True)
+    upright = np.asarray(pillow_heif.open_heif(src))
+    assert upright.shape == (30, 20, 3)  # stored landscape, shown portrait
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    for out in ("o.heic", "o.png"):
+        code, said = _run_cli(src, "-o", tmp_path / out, *model)
+        assert code == 0, said
+        with Image.open(tmp_path / out) as o:
+            assert o.size == (40, 60) and o.getexif().get(0x0112) in (None, 1), out
+            assert o.getexif().get(0x010F) == "Phone maker" and o.info.get("icc_profile") == icc, out
+    code, said = _run_cli(tmp_path / "plain.png", "-o", tmp_path / "plain_x2.png", *model)
+    assert code == 0, said
+    assert np.array_equal(cv2.imread(str(tmp_path / "o.png")), cv2.imread(str(tmp_path / "plain_x2.png")))
+    monkeypatch.setattr(imagefiles, "_heif", False)
+    code, said = _run_cli(src, "-o", tmp_path / "again.png", *model)
+    assert code != 0 and said.strip().endswith("HEIC/HEIF images need pillow-heif: pip install 'srdeploy[heif]'"), said
