@@ -600,7 +600,8 @@ def info() -> None:
     typer.echo(f"srdeploy {__version__} on Python {platform.python_version()}, {platform.machine()}")
     m = machine_info()
     typer.echo(f"CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; ISA: {', '.join(m['isa']) or 'baseline x86-64'}")
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "av", "tensorrt", "cuda-python"):
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "av", "tensorrt", "cuda-python",
+                "spandrel", "ray", "pillow-heif"):  # the optional ones: community models, --ray, HEIC images
         try:
             typer.echo(f"  {pkg:16s} {md.version(pkg)}")
         except md.PackageNotFoundError:
