@@ -274,7 +274,7 @@ def run(
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
                             segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale)
-        if is_video(input):  # before the model loads; the codec-specific checks follow once it is chosen
+        if is_video(input) or input.is_dir():  # before the model loads; codec-specific checks once it is chosen
             opts.check()
             check_encoder(codec, opts)
             if codec != "auto" and output is not None and not into_folder:
@@ -306,7 +306,7 @@ def run(
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
                                          tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
                                          pool=pool, identity=model_identity(source, backend, precision, ensemble),
-                                         restart=restart, outscale=outscale)
+                                         restart=restart, outscale=outscale, video=opts)
                 typer.echo(f"{out}: {summary.line()}")
                 for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
                     typer.echo(f"error: {why}", err=True)

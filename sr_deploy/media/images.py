@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,8 +393,9 @@ class FolderSummary:
 
 
 def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``src`` (sorted; hidden files and folders left out), and what could not be listed
-    or is not a readable file: an unreadable subfolder, a broken link, a FIFO or device named like an image."""
+    """Image and video files under ``src`` (sorted; hidden files and folders left out), and what could not be
+    listed or is not a readable file: an unreadable subfolder, a broken link, a FIFO or device named like an
+    image."""
     import os
 
     files: list[Path] = []
@@ -408,7 +410,7 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             f = Path(root) / name
-            if f.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("."):
+            if not (is_image(f) or _is_video(f)) or name.startswith("."):
                 continue
             if f.is_file():
                 files.append(f)
@@ -421,8 +423,10 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, skip_existing: bool = False,
                    tile: int | None = None, alpha: str = "bicubic", quiet: bool = False,
                    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, pool=None, identity: str | None = None,
-                   restart: bool = False, outscale: float | None = None) -> FolderSummary:
-    """Upscale every image under ``src`` into ``dst`` with the same relative paths.
+                   restart: bool = False, outscale: float | None = None, video=None) -> FolderSummary:
+    """Upscale every image and video under ``src`` into ``dst`` with the same relative paths (a video format
+    srdeploy does not write, .vob say, as .mkv); videos after the images, each as ``upscale_video`` with
+    ``video`` (its VideoOptions; default settings when None).
 
     Every per-file failure (unreadable, permission denied, decode error, too large, out of memory, a
     backend error) is reported on one line and the rest are still processed; unreadable subfolders are
@@ -434,17 +438,27 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     from sr_deploy.media.journal import Journal
 
     check_destination(src, dst, overwrite=overwrite, folder=True)
+    from sr_deploy.media.video import VideoOptions
+
     files, problems = list_folder(src)
     if not files and not problems:
-        raise InputError(f"{src}: no images found ({'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
+        raise InputError(f"{src}: no images or videos found ({'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}, "
+                         "mp4/mkv/mov...)")
     summary = FolderSummary()
+    video = video or VideoOptions()
     settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {})}
+    if any(not is_image(f) for f in files):  # what changes a video's pixels or encoding, as its manifest says
+        settings["video"] = {k: getattr(video, k) for k in ("codec", "crf", "preset", "pix_fmt", "bitrate", "batch",
+                                                            "deinterlace", "start", "duration", "max_frames")}
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": settings})
     journal.open(restart=restart)
     complete = False
     try:
-        _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite, skip_existing=skip_existing,
-                tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels, pool=pool, outscale=outscale)
+        videos = _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite,
+                         skip_existing=skip_existing, tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
+                         pool=pool, outscale=outscale)
+        _folder_videos(runner, src, videos, summary, journal, quiet=quiet, pool=pool, identity=identity,
+                       restart=restart, options=dataclasses.replace(video, outscale=outscale, tile=tile))
         complete = not summary.failed
     finally:
         # kept when the run failed somewhere or was interrupted after files were finished: the rerun resumes
@@ -453,17 +467,24 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
 
 
 def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, skip_existing, tile, alpha, quiet,
-            max_megapixels, pool, outscale) -> None:
-    with Progress(len(files), desc="images", unit="file", quiet=quiet) as bar:
+            max_megapixels, pool, outscale) -> list[tuple[Path, Path, bool]]:
+    """The images of a folder run; returns its videos still to do, as (input, output, overwrite)."""
+    from sr_deploy.media.video import DEFAULT_VIDEO_SUFFIX, VIDEO_SUFFIXES
+
+    videos = []
+    with Progress(sum(map(is_image, files)), desc="images", unit="file", quiet=quiet) as bar:
         for path, why in problems:
             summary.failed.append((path, why))
             bar.write(f"error: {why}")
         todo = []
         for f in files:
             out = dst / f.relative_to(src)
+            step = bar.update if is_image(f) else (lambda n: None)
+            if not is_image(f) and f.suffix.lower() not in VIDEO_SUFFIXES:
+                out = out.with_name(out.name + DEFAULT_VIDEO_SUFFIX)  # dvd.vob -> dvd.vob.mkv: two sources, two names
             if journal.done_before(str(f.relative_to(src)), f, out):
                 summary.resumed.append(out)
-                bar.update(1)
+                step(1)
                 continue
             # an output this run's journal lists, whose input changed since, is this run's to replace
             ours = str(f.relative_to(src)) in journal.finished
@@ -473,9 +494,9 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
                 else:
                     summary.failed.append((f, f"{out}: output exists; pass --overwrite or --skip-existing"))
                     bar.write(f"error: {summary.failed[-1][1]}")
-                bar.update(1)
+                step(1)
                 continue
-            todo.append((f, out, overwrite or ours))
+            (todo if is_image(f) else videos).append((f, out, overwrite or ours))
 
         def done(f: Path, out: Path, why: str | None) -> None:
             if why is None:
@@ -490,6 +511,30 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
             pool.run_files(todo, on_result=done)
         else:
             _overlapped(runner, todo, done, tile=tile, alpha=alpha, max_megapixels=max_megapixels, outscale=outscale)
+    return videos
+
+
+def _folder_videos(runner, src, videos, summary, journal, *, quiet, pool, identity, restart, options) -> None:
+    """A folder run's videos, one after another, each resumable by its own segments; a failure is that
+    video's alone."""
+    import sys
+
+    from sr_deploy.media.video import upscale_video
+
+    for i, (f, out, ow) in enumerate(videos, 1):
+        if not quiet:
+            print(f"video {i} of {len(videos)}: {f.relative_to(src)}", file=sys.stderr)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            upscale_video(runner, f, out, options=options, overwrite=ow, quiet=quiet, identity=identity,
+                          restart=restart, pool=pool)
+        except Exception as exc:  # noqa: BLE001 - one video's failure, reported; the rest go on
+            summary.failed.append((f, _reason(f, exc)))
+            if not quiet:  # with --quiet the caller lists the failures at the end, as for images
+                print(f"error: {summary.failed[-1][1]}", file=sys.stderr)
+            continue
+        summary.done.append(out)
+        journal.record(str(f.relative_to(src)), f, out)
 
 
 DECODE_AHEAD = 2  # images decoded ahead of the model
@@ -591,6 +636,12 @@ def _reason(f: Path, exc: Exception) -> str:
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_video(path: Path) -> bool:
+    from sr_deploy.media.video import is_video
+
+    return is_video(path)
 
 
 def default_output(src: Path, scale: int, outscale: float | None = None) -> Path:

@@ -404,3 +404,45 @@ def test_interlaced_source_is_deinterlaced_first(tmp_path):
         assert got[flag][0] == src_pts
     assert got["--no-deinterlace"][1] > 0.5 * src_comb  # the model keeps the combing
     assert got["--deinterlace"][1] < 0.5 * got["--no-deinterlace"][1], got
+
+
+def test_a_folder_run_upscales_its_videos_too(tmp_path, tiny_ckpt):
+    """Videos in a folder are upscaled after its images, into the same relative paths (a format srdeploy does
+    not write as NAME.EXT.mkv); a broken one fails alone; the journal resumes them like images; a video
+    setting no encoder takes is refused before any work."""
+    import cv2
+
+    from tests.conftest import pattern_image
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    cv2.imwrite(str(src / "a.png"), pattern_image(12, 16))
+    make_clip(src / "sub" / "clip.mp4", frames=6, audio=False)
+    with av.open(str(src / "dvd.vob"), "w", format="vob") as c:
+        s = c.add_stream("mpeg2video", rate=25)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for i in range(4):
+            f = av.VideoFrame.from_ndarray(pattern_image(32, 48, seed=i), format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    (src / "broken.mp4").write_bytes(b"not a video")
+    dst = tmp_path / "out"
+    common = ["--model", str(tiny_ckpt), "--backend", "onnxruntime", "--quiet"]
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), *common])
+    assert r.exit_code == 1 and "3 upscaled, 0 skipped (existing), 1 failed" in r.output, r.output
+    assert "broken.mp4: not a readable video" in r.output
+    for rel, size, frames in (("sub/clip.mp4", (96, 64), 6), ("dvd.vob.mkv", (96, 64), 4)):
+        with av.open(str(dst / rel)) as c:
+            v = c.streams.video[0]
+            assert (v.codec_context.width, v.codec_context.height) == size, rel
+            assert sum(1 for _ in c.decode(v)) == frames, rel
+    assert cv2.imread(str(dst / "a.png")).shape == (24, 32, 3)
+    assert not (dst / "broken.mp4").exists()
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), *common])
+    assert "0 upscaled, 0 skipped (existing), 1 failed, 3 resumed" in r.output, r.output
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o2"), *common, "--preset", "bogus"])
+    assert r.exit_code != 0 and r.output.startswith("error: --preset 'bogus'"), r.output
+    assert not (tmp_path / "o2").exists()
