@@ -226,6 +226,9 @@ def run(
                                              "the input's (default: the model's scale): 2 with a x4 model takes "
                                              "1080p to 4K; the model's output is resized (area when shrinking, "
                                              "Lanczos when enlarging)."),
+    image_format: Optional[str] = typer.Option(None, "--format", metavar="EXT", help="Write images in this format "
+                                               "(png, jpg, webp, tif, avif, heic...) instead of each input's own: a "
+                                               "folder's images, or one image's default name."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress or notes; warnings and errors still printed."),
 ) -> None:
     """Upscale an image, a folder or a video."""
@@ -254,6 +257,16 @@ def run(
         if tile is not None:
             check_tile(tile)
         check_outscale(outscale)
+        image_suffix = None
+        if image_format is not None:
+            image_suffix = "." + image_format.lower().lstrip(".")
+            if image_suffix not in IMAGE_SUFFIXES:
+                raise InputError(f"--format {image_format}: not an image format srdeploy writes "
+                                 f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
+            if is_video(input):
+                raise InputError("--format sets the format of images; a video's is its output name's (-o NAME.mkv)")
+            if output is not None and is_image(input) and not output.is_dir() and output.suffix.lower() != image_suffix:
+                raise InputError(f"--format {image_format} and -o {output.name} disagree; give one of them")
         if not max_megapixels > 0:
             raise InputError(f"--max-megapixels must be positive, got {max_megapixels:g}")
         into_folder = output is not None and output.is_dir() and not input.is_dir()  # -o DIR: DIR/NAME_x4.EXT
@@ -296,7 +309,7 @@ def run(
             from sr_deploy.runtime.ensemble import EnsembleRunner
 
             runner = EnsembleRunner(runner)
-        named = default_output(input, runner.scale, outscale)
+        named = default_output(input, runner.scale, outscale, image_suffix)
         out = output / named.name if into_folder else output or named
         check_destination(input, out, overwrite=overwrite, folder=input.is_dir())
         with runner:
@@ -306,7 +319,7 @@ def run(
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
                                          tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
                                          pool=pool, identity=model_identity(source, backend, precision, ensemble),
-                                         restart=restart, outscale=outscale, video=opts)
+                                         restart=restart, outscale=outscale, video=opts, image_suffix=image_suffix)
                 typer.echo(f"{out}: {summary.line()}")
                 for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
                     typer.echo(f"error: {why}", err=True)

@@ -423,10 +423,12 @@ def list_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = False, skip_existing: bool = False,
                    tile: int | None = None, alpha: str = "bicubic", quiet: bool = False,
                    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, pool=None, identity: str | None = None,
-                   restart: bool = False, outscale: float | None = None, video=None) -> FolderSummary:
+                   restart: bool = False, outscale: float | None = None, video=None,
+                   image_suffix: str | None = None) -> FolderSummary:
     """Upscale every image and video under ``src`` into ``dst`` with the same relative paths (a video format
     srdeploy does not write, .vob say, as .mkv); videos after the images, each as ``upscale_video`` with
-    ``video`` (its VideoOptions; default settings when None).
+    ``video`` (its VideoOptions; default settings when None). ``image_suffix`` (".png"): every image written
+    in that format instead of its own; two images that would then share a name (a.jpg, a.png) are refused.
 
     Every per-file failure (unreadable, permission denied, decode error, too large, out of memory, a
     backend error) is reported on one line and the rest are still processed; unreadable subfolders are
@@ -446,7 +448,8 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
                          "mp4/mkv/mov...)")
     summary = FolderSummary()
     video = video or VideoOptions()
-    settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {})}
+    settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {}),
+                **({"format": image_suffix} if image_suffix else {})}
     if any(not is_image(f) for f in files):  # what changes a video's pixels or encoding, as its manifest says
         settings["video"] = {k: getattr(video, k) for k in ("codec", "crf", "preset", "pix_fmt", "bitrate", "batch",
                                                             "deinterlace", "start", "duration", "max_frames")}
@@ -456,7 +459,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     try:
         videos = _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite,
                          skip_existing=skip_existing, tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
-                         pool=pool, outscale=outscale)
+                         pool=pool, outscale=outscale, image_suffix=image_suffix)
         _folder_videos(runner, src, videos, summary, journal, quiet=quiet, pool=pool, identity=identity,
                        restart=restart, options=dataclasses.replace(video, outscale=outscale, tile=tile))
         complete = not summary.failed
@@ -467,11 +470,12 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
 
 
 def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, skip_existing, tile, alpha, quiet,
-            max_megapixels, pool, outscale) -> list[tuple[Path, Path, bool]]:
+            max_megapixels, pool, outscale, image_suffix=None) -> list[tuple[Path, Path, bool]]:
     """The images of a folder run; returns its videos still to do, as (input, output, overwrite)."""
     from sr_deploy.media.video import DEFAULT_VIDEO_SUFFIX, VIDEO_SUFFIXES
 
     videos = []
+    named: dict[Path, Path] = {}  # output → the input writing it
     with Progress(sum(map(is_image, files)), desc="images", unit="file", quiet=quiet) as bar:
         for path, why in problems:
             summary.failed.append((path, why))
@@ -482,6 +486,14 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
             step = bar.update if is_image(f) else (lambda n: None)
             if not is_image(f) and f.suffix.lower() not in VIDEO_SUFFIXES:
                 out = out.with_name(out.name + DEFAULT_VIDEO_SUFFIX)  # dvd.vob -> dvd.vob.mkv: two sources, two names
+            elif is_image(f) and image_suffix:
+                out = out.with_suffix(image_suffix)
+                if out in named:  # a.jpg and a.png, both as a.png: the second would replace the first
+                    summary.failed.append((f, f"{f}: its output {out} is also {named[out]}'s; rename one of them"))
+                    bar.write(f"error: {summary.failed[-1][1]}")
+                    step(1)
+                    continue
+                named[out] = f
             if journal.done_before(str(f.relative_to(src)), f, out):
                 summary.resumed.append(out)
                 step(1)
@@ -644,13 +656,15 @@ def _is_video(path: Path) -> bool:
     return is_video(path)
 
 
-def default_output(src: Path, scale: int, outscale: float | None = None) -> Path:
+def default_output(src: Path, scale: int, outscale: float | None = None, image_suffix: str | None = None) -> Path:
     """NAME_x4.EXT beside ``src`` (FOLDER_x4 for a folder); a video format srdeploy reads but does not
-    write (.vob, .m2ts...) gives NAME_x4.mkv."""
+    write (.vob, .m2ts...) gives NAME_x4.mkv, an image NAME_x4``image_suffix`` when one is given."""
     from sr_deploy.media.video import DEFAULT_VIDEO_SUFFIX, INPUT_ONLY_VIDEO_SUFFIXES
 
     x = label(scale, outscale)
     if src.is_dir():
         return src.with_name(f"{src.name}_x{x}")
     suffix = DEFAULT_VIDEO_SUFFIX if src.suffix.lower() in INPUT_ONLY_VIDEO_SUFFIXES else src.suffix
+    if image_suffix and is_image(src):
+        suffix = image_suffix
     return src.with_name(f"{src.stem}_x{x}{suffix}")

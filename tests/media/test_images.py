@@ -283,3 +283,33 @@ Image.fromarray(np.load({str(tmp_path / "px.npy")!r})).save({str(src)!r}, exif=e
     monkeypatch.setattr(imagefiles, "_heif", False)
     code, said = _run_cli(src, "-o", tmp_path / "again.png", *model)
     assert code != 0 and said.strip().endswith("HEIC/HEIF images need pillow-heif: pip install 'srdeploy[heif]'"), said
+
+
+def test_format_writes_every_image_in_one_format(tmp_path, tiny_ckpt):
+    """--format png: a folder's JPEG/TGA images come out as PNG (the same pixels as a PNG run of the same
+    decoded image), two inputs that would share an output name are refused rather than one replacing the
+    other, a single image's default name takes the format, and contradictions are one line."""
+    from PIL import Image
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(pattern_image(20, 26)).save(src / "a.jpg", quality=90)
+    Image.fromarray(pattern_image(18, 22, 4, seed=3)).save(src / "sub" / "t.tga")  # would also be sub/t.png
+    Image.fromarray(pattern_image(12, 14, seed=4)).save(src / "sub" / "t.png")
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    code, said = _run_cli(src, "-o", tmp_path / "out", *model, "--format", "png")
+    assert code == 1 and "2 upscaled" in said and "is also" in said, said
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
+        ["a.png", "sub/t.png"]
+    assert "t.tga: its output" in said  # sorted: sub/t.png came first and kept its name
+    with Image.open(tmp_path / "out" / "sub" / "t.png") as o:
+        assert o.mode == "RGB" and o.size == (28, 24)
+    cv2.imwrite(str(tmp_path / "a_decoded.png"), cv2.imread(str(src / "a.jpg")))
+    code, said = _run_cli(tmp_path / "a_decoded.png", "-o", tmp_path / "ref.png", *model)
+    assert code == 0 and np.array_equal(cv2.imread(str(tmp_path / "out" / "a.png")), cv2.imread(str(tmp_path / "ref.png")))
+    code, said = _run_cli(src / "a.jpg", *model, "--format", "webp")
+    assert code == 0 and (src / "a_x2.webp").is_file(), said
+    for args, msg in ((("--format", "xyz"), "error: --format xyz: not an image format"),
+                      (("-o", tmp_path / "q.jpg", "--format", "png"), "error: --format png and -o q.jpg disagree")):
+        code, said = _run_cli(src / "a.jpg", *model, *args)
+        assert code != 0 and said.startswith(msg), said
