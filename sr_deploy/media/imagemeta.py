@@ -52,7 +52,7 @@ def read_metadata(im) -> Metadata | None:
     info = im.info
     text = tuple((k, v) for k, v in info.items() if im.format == "PNG" and isinstance(v, str) and k != XMP_KEY)
     xmp = info.get("xmp") or (info[XMP_KEY].encode("utf-8") if isinstance(info.get(XMP_KEY), str) else None)
-    comment = info.get("comment") if im.format == "JPEG" and isinstance(info.get("comment"), bytes) else None
+    comment = info.get("comment") if im.format in ("JPEG", "MPO") and isinstance(info.get("comment"), bytes) else None
     meta = Metadata(info.get("icc_profile") or None, exif, xmp or None, text, comment or None)
     return meta if meta != Metadata() else None
 

@@ -43,6 +43,7 @@ class ImageHeader:
     orientation: int = 1  # EXIF orientation, 1 = upright
     frames: int = 1  # more than one: an animation (WebP, APNG, GIF)
     meta: Metadata | None = None  # colour profile, EXIF, XMP, text: carried into the output (media/imagemeta.py)
+    gain_map: bool = False  # an Ultra HDR JPEG: its HDR gain map (a second image) is not carried
 
 
 def probe_image(path: Path) -> ImageHeader | None:
@@ -58,8 +59,18 @@ def probe_image(path: Path) -> ImageHeader | None:
                 orientation = int(im.getexif().get(0x0112, 1) or 1)
             except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
                 orientation = 1
+            frames, meta = int(getattr(im, "n_frames", 1) or 1), read_metadata(im)
+            if im.format == "MPO":
+                # A JPEG with more images behind it (MPF): a camera's large preview or a stereo camera's second
+                # view. The first is the picture, not a frame of an animation.
+                frames = 1
+            # An Ultra HDR photo (Android phones since 2023; Pillow opens it as a plain JPEG): an MPF gain map
+            # that its XMP describes. The output has no gain map, so that XMP is not carried either.
+            gain_map = bool("mp" in im.info and meta and meta.xmp and b"hdrgm" in meta.xmp)
+            if gain_map:
+                meta = dataclasses.replace(meta, xmp=None)
             return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1,
-                               int(getattr(im, "n_frames", 1) or 1), read_metadata(im))
+                               frames, meta, gain_map)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
 
@@ -110,6 +121,10 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
 
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels, outscale=outscale)
+        if header.gain_map and "gain map" not in _said_once:
+            _said_once.add("gain map")  # once per run
+            log.warning("warning: %s is an Ultra HDR photo: its HDR gain map is not kept, the output is the SDR "
+                        "picture", path)
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
         heif_support(path)
         img = _decode_pil(path)
@@ -222,8 +237,8 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
         raise OutputError(f"{path}: {path.suffix or 'no suffix'} is not an image format "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     if img.ndim == 3 and img.shape[2] == 4 and path.suffix.lower() in NO_ALPHA_SUFFIXES:
-        if path.suffix.lower() not in _said_alpha:  # once per format: a folder of icons says it once
-            _said_alpha.add(path.suffix.lower())
+        if path.suffix.lower() not in _said_once:  # once per format: a folder of icons says it once
+            _said_once.add(path.suffix.lower())
             log.warning("warning: %s: %s files hold no alpha channel: the source's transparency is dropped "
                         "(PNG, WebP, TIFF, TGA, QOI and AVIF keep it)", path, path.suffix.lower())
         img = np.rint(img[..., :3].mean(axis=2)).astype(img.dtype) if gray_alpha else img[..., :3]
@@ -325,7 +340,7 @@ def _gray_alpha(header: ImageHeader | None) -> bool:
 
 
 NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".ppm", ".pgm", ".pnm")
-_said_alpha: set[str] = set()
+_said_once: set[str] = set()  # what a run has warned about once: formats that drop alpha, gain maps
 
 ANIMATION_SUFFIXES = (".webp", ".png", ".apng", ".gif")
 

@@ -222,7 +222,7 @@ def test_alpha_into_a_format_without_one_is_dropped_with_a_warning(tmp_path, tin
     src = tmp_path / "icon.png"
     Image.fromarray(pattern_image(16, 18, 4)).save(src)
     for out in ("o.jpg", "o.jfif", "o.ppm"):
-        monkeypatch.setattr(images, "_said_alpha", set())
+        monkeypatch.setattr(images, "_said_once", set())
         caplog.clear()
         with caplog.at_level("WARNING"):
             code, said = _run_cli(src, "-o", tmp_path / out, "--model", tiny_ckpt)
@@ -313,3 +313,38 @@ def test_format_writes_every_image_in_one_format(tmp_path, tiny_ckpt):
                       (("-o", tmp_path / "q.jpg", "--format", "png"), "error: --format png and -o q.jpg disagree")):
         code, said = _run_cli(src / "a.jpg", *model, *args)
         assert code != 0 and said.startswith(msg), said
+
+
+def test_jpegs_with_more_images_behind_them_are_photos_not_animations(tmp_path, tiny_ckpt, caplog, monkeypatch):
+    """A JPEG with an MPF second image (a camera's preview, a stereo view) is one photo: its first image is
+    upscaled (it was refused as a 2-frame animation). An Ultra HDR photo's gain map is not kept: one warning,
+    and its XMP, which describes that gain map, is not carried."""
+    from PIL import Image
+
+    from sr_deploy.media import images
+    from sr_deploy.media.imagemeta import Metadata, _jpeg_with
+
+    first = Image.fromarray(pattern_image(24, 32))
+    first.save(tmp_path / "camera.jpg", format="MPO", save_all=True,
+               append_images=[Image.fromarray(pattern_image(12, 16, seed=1))])
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" hdrgm:Version="1.0"/></rdf:RDF>'
+           b'</x:xmpmeta>')
+    (tmp_path / "uhdr.jpg").write_bytes(_jpeg_with((tmp_path / "camera.jpg").read_bytes(), Metadata(xmp=xmp), None, ""))
+    cv2.imwrite(str(tmp_path / "primary.png"), cv2.imread(str(tmp_path / "camera.jpg")))
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    code, said = _run_cli(tmp_path / "primary.png", "-o", tmp_path / "primary_x2.jpg", *model)
+    assert code == 0, said
+    for name, warns in (("camera", False), ("uhdr", True)):
+        monkeypatch.setattr(images, "_said_once", set())
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            code, said = _run_cli(tmp_path / f"{name}.jpg", "-o", tmp_path / f"{name}_x2.jpg", *model)
+        assert code == 0, said
+        assert np.array_equal(cv2.imread(str(tmp_path / f"{name}_x2.jpg")), cv2.imread(str(tmp_path / "primary_x2.jpg")))
+        warned = [r.getMessage() for r in caplog.records if "gain map" in r.getMessage()]
+        assert len(warned) == warns, (name, warned)
+        with Image.open(tmp_path / f"{name}_x2.jpg") as o:  # a JPEG output, which an animation cannot be
+            assert b"hdrgm" not in (o.info.get("xmp") or b""), name
