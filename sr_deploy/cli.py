@@ -277,11 +277,13 @@ def run(
                 raise InputError(f"{output}: {output.suffix or 'no suffix'} is not {kind} format "
                                  f"({', '.join(sorted(want))})")
         if is_image(input):  # over the size limit: refused before a model is loaded or a pixel decoded
-            from sr_deploy.media.images import check_size, probe_image
+            from sr_deploy.media.images import check_frames_fit, check_size, probe_image
 
             header = probe_image(input)
             if header is not None:
                 check_size(input, header, 1, max_megapixels, outscale=outscale)  # the model's own scale: once loaded
+                if header.frames > 1 and output is not None and not into_folder:
+                    check_frames_fit(input, output, header)
         if not segment_seconds > 0:
             raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,

@@ -143,8 +143,11 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
         raise InputError(f"{path}: unsupported pixel type {img.dtype} (8- or 16-bit images only)")
     if header is None:
         check_size(path, ImageHeader(img.shape[1], img.shape[0], ""), scale or 1, max_megapixels, outscale=outscale)
-    elif header.orientation != 1:
-        img = np.ascontiguousarray(_ORIENT[header.orientation](img))
+    else:
+        if header.mode == "CMYK" and img.ndim == 3 and img.shape[2] == 4:  # OpenCV gives a CMYK TIFF as BGRA,
+            img = np.ascontiguousarray(img[..., :3])  # its alpha all opaque: an RGB picture, as a CMYK JPEG gives
+        if header.orientation != 1:
+            img = np.ascontiguousarray(_ORIENT[header.orientation](img))
     return img
 
 
@@ -345,6 +348,20 @@ _said_once: set[str] = set()  # what a run has warned about once: formats that d
 ANIMATION_SUFFIXES = (".webp", ".png", ".apng", ".gif")
 
 
+def check_frames_fit(src: Path, dst: Path, header: ImageHeader) -> str:
+    """How ``dst`` holds the frames of ``src`` (``header.frames`` > 1): "pages" (a multi-page TIFF into a
+    TIFF) or "animation"; one line when its format cannot hold them."""
+    pages = src.suffix.lower() in (".tif", ".tiff")  # a multi-page TIFF (a scan, a fax): pages, not frames
+    if pages and dst.suffix.lower() in (".tif", ".tiff"):
+        return "pages"
+    if dst.suffix.lower() not in ANIMATION_SUFFIXES:
+        what = f"has {header.frames} pages" if pages else f"is an animation ({header.frames} frames)"
+        holds = ".tif" if pages else ", ".join(ANIMATION_SUFFIXES)
+        raise OutputError(f"{dst}: {src.name} {what} and {dst.suffix or 'this'} files cannot hold "
+                          f"{'them' if pages else 'one'}; write {holds}")
+    return "animation"
+
+
 def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader, *, overwrite: bool,
                        tile: int | None, alpha: str, max_megapixels: float, outscale: float | None = None) -> Path:
     """Every frame of an animated WebP, PNG (APNG) or GIF, written as an animation with the source's frame
@@ -354,9 +371,9 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
 
     from sr_deploy.machine import available_memory_bytes
 
-    if dst.suffix.lower() not in ANIMATION_SUFFIXES:
-        raise OutputError(f"{dst}: {src.name} is an animation ({header.frames} frames) and {dst.suffix or 'this'} "
-                          f"files cannot hold one; write {', '.join(ANIMATION_SUFFIXES)}")
+    if check_frames_fit(src, dst, header) == "pages":
+        return _upscale_pages(runner, src, dst, header, overwrite=overwrite, tile=tile, alpha=alpha,
+                              max_megapixels=max_megapixels, outscale=outscale)
     check_size(src, header, runner.scale, max_megapixels, outscale=outscale)
     out_w, out_h = final_size(header.width, header.height, scale=runner.scale, outscale=outscale)
     need = out_w * out_h * 4 * header.frames  # every upscaled frame, RGBA
@@ -390,6 +407,42 @@ def _upscale_animation(runner: Runner, src: Path, dst: Path, header: ImageHeader
         try:
             frames[0].save(tmp, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=loop,
                            **extra)
+        except OSError as exc:
+            raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
+    return dst
+
+
+def _upscale_pages(runner: Runner, src: Path, dst: Path, header: ImageHeader, *, overwrite: bool, tile: int | None,
+                   alpha: str, max_megapixels: float, outscale: float | None) -> Path:
+    """Every page of a multi-page TIFF, each in its own form (gray, RGB, RGBA, 8 or 16 bits; pages may differ
+    in size), written as a multi-page TIFF. Pages are upscaled and kept one at a time in memory as output."""
+    from PIL import Image, ImageSequence
+
+    from sr_deploy.machine import available_memory_bytes
+
+    check_size(src, header, runner.scale, max_megapixels, outscale=outscale)
+    out: list = []
+    held = 0
+    try:
+        with Image.open(src) as im:
+            for page in ImageSequence.Iterator(im):
+                mode = page.mode if page.mode in ("L", "RGB", "RGBA", "I;16") else (
+                    "RGBA" if "A" in page.mode or "transparency" in page.info else "RGB")
+                arr = np.asarray(page if page.mode == mode else page.convert(mode))
+                if arr.ndim == 3:  # OpenCV's channel order, as read_image gives
+                    arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]
+                up = upscale_image_array(runner, np.ascontiguousarray(arr), tile=tile, alpha=alpha, outscale=outscale)
+                held += up.nbytes
+                if held > 0.5 * available_memory_bytes():
+                    raise InputError(f"{src}: its upscaled pages do not fit in memory together (page {len(out) + 1})")
+                if up.ndim == 3:
+                    up = up[..., [2, 1, 0, 3][: up.shape[2]]]
+                out.append(Image.fromarray(np.ascontiguousarray(up)))  # uint16 gray: I;16
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{src}: page {len(out) + 1} cannot be read ({exc})") from exc
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        try:
+            out[0].save(tmp, format="TIFF", save_all=True, append_images=out[1:], compression="tiff_deflate")
         except OSError as exc:
             raise OutputError(f"{dst}: write failed ({exc.strerror or exc})") from exc
     return dst

@@ -348,3 +348,40 @@ def test_jpegs_with_more_images_behind_them_are_photos_not_animations(tmp_path, 
         assert len(warned) == warns, (name, warned)
         with Image.open(tmp_path / f"{name}_x2.jpg") as o:  # a JPEG output, which an animation cannot be
             assert b"hdrgm" not in (o.info.get("xmp") or b""), name
+
+
+def test_multi_page_tiffs_keep_every_page_in_its_own_form(tmp_path, tiny_ckpt):
+    """A multi-page TIFF (a scan, a fax) was refused as an 'animation': every page is upscaled in its own
+    form (RGB, gray, 16-bit gray, RGBA; sizes may differ) into a multi-page TIFF, each page exactly what the
+    same page gives on its own; a format that holds one page is refused in one line."""
+    from PIL import Image, ImageSequence
+
+    pages = [pattern_image(20, 30), pattern_image(10, 12, 1, seed=1), pattern_image(8, 9, 1, np.uint16, seed=2),
+             pattern_image(6, 7, 4, seed=3)]
+    ims = [Image.fromarray(p) for p in pages]
+    src = tmp_path / "scan.tif"
+    ims[0].save(src, save_all=True, append_images=ims[1:])
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    code, said = _run_cli(src, *model)
+    assert code == 0, said
+    with Image.open(tmp_path / "scan_x2.tif") as out:
+        got = [(p.mode, np.asarray(p).copy()) for p in ImageSequence.Iterator(out)]
+    assert [m for m, _ in got] == ["RGB", "L", "I;16", "RGBA"]
+    for i, (im, (mode, arr)) in enumerate(zip(ims, got)):
+        im.save(tmp_path / f"page{i}.png")
+        code, said = _run_cli(tmp_path / f"page{i}.png", *model)
+        assert code == 0, said
+        with Image.open(tmp_path / f"page{i}_x2.png") as alone:
+            assert np.array_equal(arr, np.asarray(alone)), (i, mode)
+    code, said = _run_cli(src, "-o", tmp_path / "scan.jpg", *model)
+    assert code != 0 and said.startswith("error: ") and "has 4 pages and .jpg files cannot hold them" in said, said
+
+
+def test_a_cmyk_tiff_comes_out_rgb_without_an_alpha_it_never_had(tmp_path, tiny_ckpt):
+    from PIL import Image
+
+    Image.fromarray(pattern_image(16, 20)).convert("CMYK").save(tmp_path / "print.tif")
+    code, said = _run_cli(tmp_path / "print.tif", "--model", tiny_ckpt)
+    assert code == 0, said
+    with Image.open(tmp_path / "print_x2.tif") as o:
+        assert o.mode == "RGB" and o.size == (40, 32)
