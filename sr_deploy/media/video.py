@@ -491,6 +491,10 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         if deep and seg.index == 0:
             say(f"note: {src.name} is {_bit_depth(vin.codec_context.pix_fmt)}-bit ({vin.codec_context.pix_fmt}): "
                 f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
+        if (seg.index == 0 and not options.pix_fmt and _chroma_multiple(pix_fmt) != (1, 1)
+                and _chroma_multiple(vin.codec_context.pix_fmt) == (1, 1)):  # 4:4:4 or RGB into 4:2:0
+            say(f"note: {src.name} has full-resolution colour ({vin.codec_context.pix_fmt}); the output is {pix_fmt}, "
+                f"which players take everywhere; --pix-fmt yuv444p keeps every colour sample")
         # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
         tile = options.tile if options.tile is not None else auto_tile(runner, src_h, src_w)
         # never more than the engine's profile takes: it would cut a larger batch into unequal chunks

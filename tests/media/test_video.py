@@ -427,3 +427,21 @@ def test_a_folder_run_upscales_its_videos_too(tmp_path, tiny_ckpt):
     r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o2"), *common, "--preset", "bogus"])
     assert r.exit_code != 0 and r.output.startswith("error: --preset 'bogus'"), r.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_full_resolution_colour_written_as_420_is_said(tmp_path, tiny_ckpt):
+    from tests.conftest import pattern_image
+
+    frames = [pattern_image(32, 48, seed=i) for i in range(3)]
+    full, sub = tmp_path / "444.mp4", tmp_path / "420.mp4"
+    write_clip(full, frames, pix_fmt="yuv444p")
+    write_clip(sub, frames)
+    common = ["--model", str(tiny_ckpt), "--backend", "onnxruntime"]
+    r = CliRunner().invoke(app, ["run", str(full), "-o", str(tmp_path / "a.mp4"), *common])
+    assert r.exit_code == 0 and "note: 444.mp4 has full-resolution colour (yuv444p); the output is yuv420p" in r.output
+    r = CliRunner().invoke(app, ["run", str(sub), "-o", str(tmp_path / "b.mp4"), *common])
+    assert r.exit_code == 0 and "full-resolution colour" not in r.output, r.output
+    r = CliRunner().invoke(app, ["run", str(full), "-o", str(tmp_path / "c.mp4"), *common, "--pix-fmt", "yuv444p"])
+    assert r.exit_code == 0 and "full-resolution colour" not in r.output, r.output
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
