@@ -58,6 +58,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     heif_support(path)
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I"):  # 16-bit gray: Pillow's convert("RGB") would clip it to white
+                g = np.clip(np.rint(np.asarray(im, dtype=np.float32) / 257.0), 0, 255).astype(np.uint8)
+                return np.repeat(g[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's "cannot identify", truncation
         raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from exc
