@@ -112,7 +112,7 @@ def warn_lost(suffix: str, meta: Metadata, source: str) -> None:
     lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
     if lost and suffix not in _said:
         _said.add(suffix)
-        log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG, JPEG and AVIF keep them)",
+        log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG, JPEG, AVIF and HEIC keep them)",
                     source, " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
 
 
