@@ -420,12 +420,14 @@ def _upscale_pages(runner: Runner, src: Path, dst: Path, header: ImageHeader, *,
 
     from sr_deploy.machine import available_memory_bytes
 
-    check_size(src, header, runner.scale, max_megapixels, outscale=outscale)
     out: list = []
     held = 0
     try:
         with Image.open(src) as im:
             for page in ImageSequence.Iterator(im):
+                # every page against the limits, before it is decoded: the first page's size says nothing of the rest
+                check_size(src, ImageHeader(page.width, page.height, page.mode), runner.scale, max_megapixels,
+                           outscale=outscale)
                 mode = page.mode if page.mode in ("L", "RGB", "RGBA", "I;16") else (
                     "RGBA" if "A" in page.mode or "transparency" in page.info else "RGB")
                 arr = np.asarray(page if page.mode == mode else page.convert(mode))
@@ -519,7 +521,7 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
     settings = {"tile": tile, "alpha": alpha, **({"outscale": outscale} if outscale is not None else {}),
                 **({"format": image_suffix} if image_suffix else {})}
     if any(not is_image(f) for f in files):  # what changes a video's pixels or encoding, as its manifest says
-        settings["video"] = {k: getattr(video, k) for k in ("codec", "crf", "preset", "pix_fmt", "bitrate", "batch",
+        settings["video"] = {k: getattr(video, k) for k in ("codec", "crf", "preset", "pix_fmt", "bitrate",
                                                             "deinterlace", "start", "duration", "max_frames")}
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": settings})
     journal.open(restart=restart)

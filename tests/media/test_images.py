@@ -375,6 +375,11 @@ def test_multi_page_tiffs_keep_every_page_in_its_own_form(tmp_path, tiny_ckpt):
             assert np.array_equal(arr, np.asarray(alone)), (i, mode)
     code, said = _run_cli(src, "-o", tmp_path / "scan.jpg", *model)
     assert code != 0 and said.startswith("error: ") and "has 4 pages and .jpg files cannot hold them" in said, said
+    Image.fromarray(pattern_image(10, 10)).save(tmp_path / "bomb.tif", save_all=True,
+                                                append_images=[Image.fromarray(pattern_image(40, 40))])
+    code, said = _run_cli(tmp_path / "bomb.tif", *model, "--max-megapixels", "0.001")  # every page is checked
+    assert code != 0 and "40x40 (0 MP) is over the 0.001 MP limit" in said, said
+    assert not (tmp_path / "bomb_x2.tif").exists()
 
 
 def test_a_cmyk_tiff_comes_out_rgb_without_an_alpha_it_never_had(tmp_path, tiny_ckpt):
