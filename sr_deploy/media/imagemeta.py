@@ -19,7 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_said: set[str] = set()  # output formats already warned about in this process (a folder: once, not per file)
+_said: set[str] = set()  # what this process has warned about (a folder: once, not per file); see warn_once
 
 JPEG_SEGMENT_MAX = 65533  # a JPEG segment's payload, its two length bytes aside
 ICC_CHUNK = JPEG_SEGMENT_MAX - 14  # ICC.1 Annex B.4: "ICC_PROFILE\0", sequence number and count first
@@ -68,12 +68,16 @@ def icc_for(icc: bytes | None, *, gray: bool, source: str) -> bytes | None:
     want = "GRAY" if gray else "RGB"
     if space == want:
         return icc
-    key = f"icc:{space}>{want}"
+    warn_once(f"icc:{space}>{want}", "warning: %s: the source's colour profile is for %s data and the output is "
+              "%s: it is not written (the colours were converted without it)", source, space or "unknown", want)
+    return None
+
+
+def warn_once(key: str, message: str, *args) -> None:
+    """Log ``message % args`` as a warning the first time this process meets ``key``."""
     if key not in _said:
         _said.add(key)
-        log.warning("warning: %s: the source's colour profile is for %s data and the output is %s: it is not "
-                    "written (the colours were converted without it)", source, space or "unknown", want)
-    return None
+        log.warning(message, *args)
 
 
 def output_exif(exif: bytes, width: int, height: int) -> bytes:
@@ -110,10 +114,9 @@ def exif_for_output(exif: bytes | None, size: tuple[int, int], source: str) -> b
 def warn_lost(suffix: str, meta: Metadata, source: str) -> None:
     """One warning per output format (per process) that a colour profile or EXIF is not written to it."""
     lost = [w for w, v in (("colour profile", meta.icc), ("EXIF", meta.exif)) if v]
-    if lost and suffix not in _said:
-        _said.add(suffix)
-        log.warning("warning: %s: the source's %s %s not written to %s outputs (PNG, JPEG, AVIF and HEIC keep them)",
-                    source, " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
+    if lost:
+        warn_once(f"lost:{suffix}", "warning: %s: the source's %s %s not written to %s outputs (PNG, JPEG, AVIF and "
+                  "HEIC keep them)", source, " and ".join(lost), "are" if len(lost) > 1 else "is", suffix)
 
 
 def carry_metadata(path: Path, suffix: str, meta: Metadata, *, size: tuple[int, int], source: str,

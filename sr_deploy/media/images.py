@@ -13,7 +13,7 @@ from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.imagefiles import IMAGE_SUFFIXES, PIL_ONLY_SUFFIXES, heif_support  # noqa: F401  (re-exported)
 from sr_deploy.media.imagemeta import (PIL_METADATA_FORMATS, Metadata, carry_metadata, exif_for_output, icc_for,
-                                       read_metadata, warn_lost)
+                                       read_metadata, warn_lost, warn_once)
 from sr_deploy.media.resize import final_size, label, resize_to
 from sr_deploy.media.tiling import upscale_frame
 from sr_deploy.progress import Progress
@@ -121,10 +121,9 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
 
     if header is not None:
         check_size(path, header, scale or 1, max_megapixels, outscale=outscale)
-        if header.gain_map and "gain map" not in _said_once:
-            _said_once.add("gain map")  # once per run
-            log.warning("warning: %s is an Ultra HDR photo: its HDR gain map is not kept, the output is the SDR "
-                        "picture", path)
+        if header.gain_map:
+            warn_once("gain map", "warning: %s is an Ultra HDR photo: its HDR gain map is not kept, the output is "
+                      "the SDR picture", path)
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
         heif_support(path)
         img = _decode_pil(path)
@@ -240,10 +239,8 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
         raise OutputError(f"{path}: {path.suffix or 'no suffix'} is not an image format "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     if img.ndim == 3 and img.shape[2] == 4 and path.suffix.lower() in NO_ALPHA_SUFFIXES:
-        if path.suffix.lower() not in _said_once:  # once per format: a folder of icons says it once
-            _said_once.add(path.suffix.lower())
-            log.warning("warning: %s: %s files hold no alpha channel: the source's transparency is dropped "
-                        "(PNG, WebP, TIFF, TGA, QOI and AVIF keep it)", path, path.suffix.lower())
+        warn_once(f"alpha:{path.suffix.lower()}", "warning: %s: %s files hold no alpha channel: the source's "
+                  "transparency is dropped (PNG, WebP, TIFF, TGA, QOI and AVIF keep it)", path, path.suffix.lower())
         img = np.rint(img[..., :3].mean(axis=2)).astype(img.dtype) if gray_alpha else img[..., :3]
         gray_alpha = False
     la = gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".apng", ".webp", ".tif", ".tiff")
@@ -343,7 +340,6 @@ def _gray_alpha(header: ImageHeader | None) -> bool:
 
 
 NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".ppm", ".pgm", ".pnm")
-_said_once: set[str] = set()  # what a run has warned about once: formats that drop alpha, gain maps
 
 ANIMATION_SUFFIXES = (".webp", ".png", ".apng", ".gif")
 

@@ -217,12 +217,12 @@ def test_texture_web_and_netpbm_formats_round_trip(tmp_path, tiny_ckpt):
 def test_alpha_into_a_format_without_one_is_dropped_with_a_warning(tmp_path, tiny_ckpt, caplog, monkeypatch):
     from PIL import Image
 
-    from sr_deploy.media import images
+    from sr_deploy.media import imagemeta
 
     src = tmp_path / "icon.png"
     Image.fromarray(pattern_image(16, 18, 4)).save(src)
     for out in ("o.jpg", "o.jfif", "o.ppm"):
-        monkeypatch.setattr(images, "_said_once", set())
+        monkeypatch.setattr(imagemeta, "_said", set())  # warned once per process: here, once per run
         caplog.clear()
         with caplog.at_level("WARNING"):
             code, said = _run_cli(src, "-o", tmp_path / out, "--model", tiny_ckpt)
@@ -321,7 +321,7 @@ def test_jpegs_with_more_images_behind_them_are_photos_not_animations(tmp_path, 
     and its XMP, which describes that gain map, is not carried."""
     from PIL import Image
 
-    from sr_deploy.media import images
+    from sr_deploy.media import imagemeta
     from sr_deploy.media.imagemeta import Metadata, _jpeg_with
 
     first = Image.fromarray(pattern_image(24, 32))
@@ -338,7 +338,7 @@ def test_jpegs_with_more_images_behind_them_are_photos_not_animations(tmp_path, 
     code, said = _run_cli(tmp_path / "primary.png", "-o", tmp_path / "primary_x2.jpg", *model)
     assert code == 0, said
     for name, warns in (("camera", False), ("uhdr", True)):
-        monkeypatch.setattr(images, "_said_once", set())
+        monkeypatch.setattr(imagemeta, "_said", set())  # warned once per process: here, once per run
         caplog.clear()
         with caplog.at_level("WARNING"):
             code, said = _run_cli(tmp_path / f"{name}.jpg", "-o", tmp_path / f"{name}_x2.jpg", *model)
