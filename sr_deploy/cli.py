@@ -306,7 +306,7 @@ def run(
             pool = RayPool(ray, str(model) if model else None, backend, precision, ensemble=ensemble,
                            cuda_graph=cuda_graph, workers=workers, tile=tile, alpha=alpha,
                            max_megapixels=max_megapixels, outscale=outscale, quiet=quiet)
-        runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph)
+        runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph, outscale=outscale)
         if ensemble:
             from sr_deploy.runtime.ensemble import EnsembleRunner
 

@@ -32,6 +32,14 @@ class ModelDescriptor:
     # runners pad smaller inputs to it and crop; media tiles larger frames to it
     fixed_hw: tuple[int, int] | None = None
     max_batch: int = 0  # 0: any batch; 1: a graph whose batch dimension is fixed
+    # a graph that averages the model's output over reduce x reduce blocks (export/pixels.pool_output, for
+    # `--outscale`): ``scale`` is the graph's, the network itself works at scale * reduce
+    reduce: int = 1
+
+    @property
+    def model_scale(self) -> int:
+        """The scale the network itself upscales by (``scale`` before the graph's output averaging)."""
+        return self.scale * max(1, self.reduce)
 
     @property
     def pixel_io(self) -> bool:

@@ -123,14 +123,15 @@ def _ensure_variants(onnx_path: Path, source_path: Path, precisions: set[str], c
                 tmpdir.cleanup()
 
 
-def _runner(source, backend: str, precision: str):
+def _runner(source, backend: str, precision: str, outscale: int | None = None):
     from sr_deploy.runtime.select import make_runner
 
-    return make_runner(source, backend, precision)[0]
+    return make_runner(source, backend, precision, outscale=outscale)[0]
 
 
 def _uint8_upscaler(runner, outscale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """LR RGB uint8 → the runner's output as uint8; with ``outscale``, resized as ``run --outscale`` does."""
+    """LR RGB uint8 → the runner's output as uint8; with ``outscale``, resized as ``run --outscale`` does
+    (a no-op where the runner averaged its output to that size in its graph)."""
     from sr_deploy.media.resize import resize_to
 
     def run(lr: np.ndarray) -> np.ndarray:
@@ -252,7 +253,8 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
     combos = _combos(cfg, note)
     if cfg.outscale and cfg.quality:
         note(f"quality at x{cfg.outscale}: LR images downscaled by {cfg.outscale}; each model ran at its own scale and "
-             f"its output was resized to x{cfg.outscale}, as `run --outscale {cfg.outscale}` does")
+             f"its output was resized to x{cfg.outscale} (averaged in the graph where {cfg.outscale} divides the scale), "
+             f"as `run --outscale {cfg.outscale}` does")
     sources = []
     for spec in cfg.models or (None,):
         try:
@@ -295,7 +297,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         for backend, precision in combos:
             try:
                 src = source if backend == "torch" else ModelSource("onnx", base, source.name)
-                runner = _runner(src, backend, precision)
+                runner = _runner(src, backend, precision, cfg.outscale)  # as `run --outscale` makes it
                 runner.activate()
             except SRDeployError as exc:
                 note(f"skipped {source.name} {backend} {precision}: {exc}")

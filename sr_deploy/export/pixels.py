@@ -1,4 +1,5 @@
-"""Pixels in the graph: wrap a float-I/O srdeploy ONNX so that it takes and returns uint8 RGB.
+"""Pixels in the graph: wrap a float-I/O srdeploy ONNX so that it takes and returns uint8 RGB; and
+average its output over k x k blocks (``--outscale`` at a divisor of the model's scale).
 
 The float model takes NCHW float32 in [0, 1]. The wrapped graph takes uint8
 (NHWC by default, the layout decoders and image readers produce) and does the
@@ -20,6 +21,7 @@ from sr_deploy.errors import ModelError
 
 LAYOUTS = ("nhwc", "nchw")
 PIXEL_INPUT, PIXEL_OUTPUT = "pixels", "pixels_out"
+POOL_FORM = 1  # pool_output's version (clamp, then AveragePool)
 
 
 def io_name(layout: str) -> str:
@@ -81,6 +83,71 @@ def wrap_uint8_io(proto, *, layout: str = "nhwc"):
     g.value_info.extend([src_in, src_out])
     _set_descriptor(out, desc.with_(io=io_name(layout)))
     onnx.checker.check_model(out)
+    return out
+
+
+def pool_output(proto, k: int):
+    """A copy of ``proto`` (a float-I/O srdeploy ONNX) whose output is averaged over ``k`` x ``k`` blocks
+    (AveragePool, stride k): a x4 model that gives x2 (k = 2) or x1 (k = 4) frames.
+
+    This is what ``--outscale`` at a divisor of the model's scale asks for (an area resize: for a whole
+    factor, each output pixel the mean of the k x k it covers, as OpenCV's INTER_AREA), done on the
+    float output inside the graph, before the uint8 wrap rounds it: on a GPU, k² times fewer bytes come
+    back over PCIe and the host resizes nothing; everywhere, the rounding, clamping and cast run on
+    k² times fewer values, and the result is rounded once instead of twice. The output is always a
+    whole number of blocks (height and width are input sizes times the scale, which k divides)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    desc = descriptor_of(proto)
+    if desc.io != "float":
+        raise ModelError(f"pool the float-I/O ONNX, not one with {desc.io} I/O")
+    if k < 2 or desc.scale % k:
+        raise ModelError(f"cannot average a x{desc.scale} model's output over {k}x{k} blocks "
+                         f"(a divisor of the scale above 1 is needed)")
+    if len(proto.graph.output) != 1:
+        raise ModelError("expected one output in an srdeploy ONNX")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    src_out = g.output[0]
+    inner = f"{src_out.name}_full"
+    for node in g.node:  # the model's last node now writes the full-scale output under another name
+        node.output[:] = [inner if o == src_out.name else o for o in node.output]
+    # clamped to the value range first, as the image the host would resize is: a model's overshoot at
+    # an edge must not darken or lighten its neighbours in the average
+    lo, hi = desc.value_range
+    g.initializer.extend([numpy_helper.from_array(np.array(lo, dtype=np.float32), "px_pool_lo"),
+                          numpy_helper.from_array(np.array(hi, dtype=np.float32), "px_pool_hi")])
+    g.node.append(helper.make_node("Clip", [inner, "px_pool_lo", "px_pool_hi"], [f"{inner}_clip"],
+                                   name="px_out_pool_clip"))
+    g.node.append(helper.make_node("AveragePool", [f"{inner}_clip"], [src_out.name], kernel_shape=[k, k],
+                                   strides=[k, k], name="px_out_pool"))
+    dims = src_out.type.tensor_type.shape.dim
+    for d, name in zip(dims[2:], ("pooled_height", "pooled_width")):  # NCHW: no longer the full-scale sizes
+        d.ClearField("dim_value")
+        d.dim_param = name
+    _set_descriptor(out, desc.with_(scale=desc.scale // k, reduce=desc.reduce * k))
+    onnx.checker.check_model(out)
+    return out
+
+
+def pooled_onnx(onnx_path: str | os.PathLike, k: int) -> Path:
+    """The form of ``onnx_path`` with its output averaged over ``k`` x ``k`` blocks (``pool_output``),
+    written once into the cache, keyed by the source's hash."""
+    import onnx
+
+    from sr_deploy.export.onnx_export import load_onnx
+    from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
+
+    src = Path(onnx_path)
+    # the form's version in the name: a cache made by an older pool_output is never reused
+    out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.pool{k}v{POOL_FORM}.onnx"
+    if not out.exists():
+        pooled = pool_output(load_onnx(src, external_data=True), k)
+        with atomic_path(out, overwrite=True) as tmp:
+            onnx.save(pooled, str(tmp))
     return out
 
 

@@ -26,10 +26,10 @@ FILES_PER_TASK = 4
 class _Worker:
     """One runner per Ray actor: the model is loaded once, then segments or files are sent to it."""
 
-    def __init__(self, model, backend, precision, ensemble, cuda_graph) -> None:
+    def __init__(self, model, backend, precision, ensemble, cuda_graph, outscale=None) -> None:
         from sr_deploy.runtime.select import make_runner, resolve_model
 
-        runner, _ = make_runner(resolve_model(model), backend, precision, cuda_graph=cuda_graph)
+        runner, _ = make_runner(resolve_model(model), backend, precision, cuda_graph=cuda_graph, outscale=outscale)
         if ensemble:
             from sr_deploy.runtime.ensemble import EnsembleRunner
 
@@ -87,7 +87,7 @@ class RayPool:
         from sr_deploy.media.video import quiet_say
 
         self.say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
-        self.args = (model, backend, precision, ensemble, cuda_graph)
+        self.args = (model, backend, precision, ensemble, cuda_graph, outscale)
         self.image_kw = {"tile": tile, "alpha": alpha, "max_megapixels": max_megapixels, "outscale": outscale}
         self.started = address in ("", "local")
         if not self.started:

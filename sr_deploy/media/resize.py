@@ -2,7 +2,10 @@
 the model's own scale, e.g. 2 with a x4 model (1080p to 4K, where a x4 output would be 8K) or 3 for 720p
 to 4K.
 
-The model still runs at its own scale and OpenCV resizes its output: by area averaging when shrinking
+Where the factor is the model's scale over a whole k (2 or 1 with a x4 model), the runner averages k x k
+blocks inside its graph (graph_reduction; export/pixels.pool_output), on the GPU where it runs there, and
+the output comes back at the final size. Otherwise the model runs at its own scale and OpenCV resizes its
+output: by area averaging when shrinking
 (each output pixel the mean of what it covers; a fixed-support kernel such as OpenCV's Lanczos aliases
 when shrinking) and by Lanczos (8x8) when enlarging past the model's scale. The size is rounded half up;
 a video's is then made even where its pixel format subsamples chroma (media/video.encodable_size).
@@ -20,6 +23,15 @@ from sr_deploy.errors import InputError
 def check_outscale(outscale: float | None) -> None:
     if outscale is not None and not (math.isfinite(outscale) and outscale > 0):
         raise InputError(f"--outscale must be a positive number (2: twice the input's size), got {outscale:g}")
+
+
+def graph_reduction(scale: int, outscale: float | None) -> int:
+    """k when ``outscale`` is the model's ``scale`` over a whole k > 1 (a x4 model at --outscale 2 or 1): the
+    area resize is then a k x k average that the graph itself can do (export/pixels.pool_output); else 1."""
+    if outscale is None or outscale <= 0 or outscale >= scale:
+        return 1
+    k = scale / outscale
+    return int(round(k)) if abs(k - round(k)) < 1e-9 and scale % int(round(k)) == 0 else 1
 
 
 def final_size(width: int, height: int, *, scale: int, outscale: float | None,

@@ -152,6 +152,24 @@ class Runner(ABC):
         h, w, s = hw[0], hw[1], self.scale
         return np.ascontiguousarray(out[:, :, : h * s, : w * s] if hdim == 2 else out[:, : h * s, : w * s])
 
+    def reduce_output(self, k: int) -> bool:
+        """Average the model's output over ``k`` x ``k`` blocks inside the graph from now on (``--outscale``
+        at a divisor of the model's scale; ``scale`` becomes the scale over k). Call it before the runner is
+        active. False where this runner cannot: the caller then resizes on the host."""
+        return False
+
+    def _reduce_onnx(self, k: int) -> bool:
+        """reduce_output for runners on an ONNX file (``self.path``): run its pooled form instead. A graph
+        with pixels already inside (given by path) rounds before any pool could run: left as it is."""
+        if self.active or self.descriptor.pixel_io or k < 2 or self.scale % k:
+            return False
+        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.pixels import pooled_onnx
+
+        self.path = pooled_onnx(self.path, k)
+        self.descriptor = read_descriptor(self.path)
+        return True
+
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
         several batches in flight (runtime/pipeline.py); on the CPU one at a time is all there is."""

@@ -86,6 +86,9 @@ class OpenVINORunner(Runner):
             self._requests[u8] = self.core.compile_model(str(path), "CPU", self.config).create_infer_request()
         return self._requests[u8]
 
+    def reduce_output(self, k: int) -> bool:
+        return self._reduce_onnx(k)
+
     def _deactivate(self) -> None:
         del self.request
         self._requests.clear()

@@ -68,6 +68,9 @@ class OrtRunner(Runner):
                                                       providers=self.providers(self.device))
         return self._sessions[u8]
 
+    def reduce_output(self, k: int) -> bool:
+        return self._reduce_onnx(k)
+
     def _deactivate(self) -> None:
         del self.session
         self._sessions.clear()

@@ -126,11 +126,18 @@ def gpu_available() -> bool:
 
 
 def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None, *,
-                cuda_graph: bool = False) -> tuple[Runner, str]:
+                cuda_graph: bool = False, outscale: float | None = None) -> tuple[Runner, str]:
     """Build the runner for ``source`` on ``backend``; returns it and a one-line reason.
 
-    ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA)."""
-    runner, why = _make_runner(source, backend, precision)
+    ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA).
+    ``outscale``: the run's output factor; where it is the model's scale over a whole k, the runner averages
+    k x k blocks of the output in its graph (its ``scale`` is then the outscale; media/resize.graph_reduction)."""
+    from sr_deploy.media.resize import graph_reduction
+
+    runner, why = _make_runner(source, backend, precision, outscale)
+    k = graph_reduction(runner.scale, outscale)
+    if k > 1 and runner.reduce_output(k):
+        why += f"; the x{runner.scale * k} output averaged to x{runner.scale} in the graph (--outscale)"
     if cuda_graph:
         if not (runner.on_gpu or runner.backend == "tensorrt") or not hasattr(runner, "cuda_graph"):
             raise InputError(f"--cuda-graph needs a GPU runner (tensorrt, or torch on CUDA); this one is {runner.describe()}")
@@ -139,7 +146,8 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
     return runner, why
 
 
-def _make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None) -> tuple[Runner, str]:
+def _make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None,
+                 outscale: float | None = None) -> tuple[Runner, str]:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; pick one of {', '.join(BACKENDS)}")
     if source.kind == "engine":
@@ -149,7 +157,7 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
 
         return TensorRTRunner(source.path), "a TensorRT engine was given"
     if backend == "auto":
-        return _auto(source, precision)
+        return _auto(source, precision, outscale)
     if backend == "torch":
         if source.kind != "checkpoint":
             raise InputError(f"{source.path}: the torch backend needs a checkpoint (.pt/.safetensors), not ONNX")
@@ -165,7 +173,7 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
         model, _ = load_checkpoint(source.path)
         return TorchRunner(model, descriptor_for(model, name=source.name), precision=precision or "fp32"), "asked for"
     if backend == "tensorrt":
-        return cached_engine_runner(source, precision)
+        return cached_engine_runner(source, precision, outscale=outscale)
     onnx_path = _onnx_at_precision(source, precision, backend)
     from sr_deploy.export.onnx_export import read_descriptor
 
@@ -212,14 +220,14 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _auto(source: ModelSource, precision: str | None) -> tuple[Runner, str]:
+def _auto(source: ModelSource, precision: str | None, outscale: float | None = None) -> tuple[Runner, str]:
     """TensorRT engine > ONNX Runtime CUDA > fastest CPU runner installed, at a precision that passed its gate."""
     from sr_deploy.runtime.openvino_runner import OpenVINORunner
     from sr_deploy.runtime.ort_runner import OrtRunner
 
     if tensorrt_ready() and source.kind in ("checkpoint", "onnx"):
         try:
-            runner, why = cached_engine_runner(source, precision, say=_note)
+            runner, why = cached_engine_runner(source, precision, say=_note, outscale=outscale)
             return runner, f"a GPU and TensorRT are present: {why}"
         except QualityGateError as exc:  # auto never runs an engine that failed its gate
             _note(f"note: {exc}")
@@ -302,13 +310,15 @@ def tensorrt_ready() -> bool:
     return tensorrt_available() and gpu_available()
 
 
-def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None) -> tuple[Runner, str]:
+def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None,
+                         outscale: float | None = None) -> tuple[Runner, str]:
     """The TensorRT runner for ``source``: its engine from the cache, built there on first use.
 
     The engine is built from the uint8-I/O form of the model's ONNX at the asked precision
     (default: fp16 where a gate-passed fp16 ONNX ships beside the model, else fp32) and keyed by
     that ONNX's hash, the precision, the profile, TensorRT's version and the GPU: a new TensorRT or
-    GPU gets a new engine, never a mismatched one.
+    GPU gets a new engine, never a mismatched one. With ``outscale`` at the model's scale over a whole k,
+    the engine averages k x k output blocks on the GPU (a graph of its own, so an engine of its own).
     """
     if not tensorrt_ready():
         from sr_deploy.engine.build import tensorrt_available
@@ -330,7 +340,11 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         base = _onnx_at_precision(source, precision, "tensorrt")
     desc = read_descriptor(base)
     if not desc.pixel_io:
-        base = uint8_onnx(base)
+        from sr_deploy.export.pixels import pooled_onnx
+        from sr_deploy.media.resize import graph_reduction
+
+        k = graph_reduction(desc.scale, outscale)
+        base = uint8_onnx(pooled_onnx(base, k) if k > 1 else base)
         desc = read_descriptor(base)
     profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
@@ -339,6 +353,10 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
         sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")
         reference = sibling if sibling.exists() else None
+    if reference is not None and desc.reduce > 1:  # the gate compares like with like: pooled outputs
+        from sr_deploy.export.pixels import pooled_onnx
+
+        reference = pooled_onnx(reference, desc.reduce)
     if target.exists() and target.with_suffix(".json").exists():
         runner = TensorRTRunner(target)
         how = "from the cache"

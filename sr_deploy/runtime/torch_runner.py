@@ -37,7 +37,18 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         from sr_deploy.export.fold import inference_form
 
-        self.net = inference_form(self._model).to(self.device, memory_format=torch.channels_last)
+        net = inference_form(self._model)
+        if self.descriptor.reduce > 1:  # --outscale at a divisor of the scale: averaged on the device
+            lo, hi = self.descriptor.value_range  # clamped first, as export/pixels.pool_output does
+            net = nn.Sequential(net, nn.Hardtanh(lo, hi), nn.AvgPool2d(self.descriptor.reduce))
+        self.net = net.to(self.device, memory_format=torch.channels_last)
+
+    def reduce_output(self, k: int) -> bool:
+        if self.active or k < 2 or self.scale % k:
+            return False
+        d = self.descriptor
+        self.descriptor = d.with_(scale=d.scale // k, reduce=d.reduce * k)
+        return True
 
     def _deactivate(self) -> None:
         del self.net

@@ -278,3 +278,25 @@ def test_engine_that_drifts_from_fp32_is_refused(gpu_here, tiny_ckpt, monkeypatc
     with pytest.raises(QualityGateError):  # the recorded verdict is reused, not re-measured into a pass
         monkeypatch.setattr(TensorRTRunner, "_from_engine", real)
         make_runner(resolve_model(str(tiny_ckpt)), "tensorrt")
+
+
+def test_outscale_at_a_divisor_builds_an_engine_that_averages_on_the_gpu(gpu_here, tiny_ckpt, tiny_onnx):
+    """`run --outscale 1` with a x2 model: the engine is built from the pooled pixels graph (its own engine,
+    beside the x2 one), returns x1 bytes, and is gated against the pooled fp32 graph."""
+    import cv2
+
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = resolve_model(str(tiny_ckpt))
+    px = np.random.default_rng(6).integers(0, 256, (1, 16, 20, 3), dtype=np.uint8)
+    full, _ = make_runner(src, "tensorrt")
+    pooled, why = make_runner(src, "tensorrt", outscale=1)
+    assert "built on first use" in why and pooled.path != full.path
+    assert pooled.scale == 1 and pooled.descriptor.reduce == 2 and pooled.in_dtype == pooled.out_dtype == np.uint8
+    with full, pooled:
+        out, big = pooled.infer_u8(px), full.infer_u8(px)
+    assert out.shape == px.shape
+    area = cv2.resize(big[0], (20, 16), interpolation=cv2.INTER_AREA)  # what the host resize would give
+    assert np.abs(out[0].astype(int) - area.astype(int)).max() <= 1
+    gate = json.loads(pooled.path.with_suffix(".json").read_text())["gate"]
+    assert gate["passed"] and gate["psnr_vs_fp32_db"] >= 50

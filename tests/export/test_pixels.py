@@ -98,3 +98,85 @@ def test_onnx_runner_uses_the_uint8_graph(tiny_onnx, monkeypatch):
         out = r.infer_u8(np.zeros((1, 8, 8, 3), dtype=np.uint8))
         assert out.shape == (1, 16, 16, 3)
         assert r._session(True).get_inputs()[0].type == "tensor(uint8)"
+
+
+@pytest.fixture(scope="module")
+def tiny_x4_onnx(tmp_path_factory):
+    from sr_deploy.export import export_checkpoint
+    from sr_deploy.models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_model
+
+    d = tmp_path_factory.mktemp("x4")
+    save_checkpoint(d / "tiny_x4.pt", tiny_model(4))
+    return export_checkpoint(d / "tiny_x4.pt", d / "tiny_x4.onnx").path
+
+
+def _block_mean(y: np.ndarray, k: int) -> np.ndarray:
+    n, c, h, w = y.shape
+    return y.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5))
+
+
+def test_pooled_graph_is_the_block_mean_of_the_clamped_output(tiny_x4_onnx, tmp_path):
+    """pool_output: each output pixel the mean of the k x k full-scale pixels it covers, after the clamp to
+    the value range (the tiny random model overshoots it often); the descriptor says the graph's scale and
+    keeps the network's; its uint8 form rounds that mean once."""
+    import onnxruntime as ort
+
+    from sr_deploy.export.pixels import pool_output, pooled_onnx
+
+    full = ort.InferenceSession(str(tiny_x4_onnx), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((2, 3, 9, 13), dtype=np.float32)
+    y = full.run(None, {full.get_inputs()[0].name: x})[0]
+    assert y.min() < 0 or y.max() > 1  # the clamp is exercised
+    for k in (2, 4):
+        path = pooled_onnx(tiny_x4_onnx, k)
+        desc = read_descriptor(path)
+        assert (desc.scale, desc.reduce, desc.model_scale) == (4 // k, k, 4)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        assert got.shape == (2, 3, 9 * 4 // k, 13 * 4 // k)
+        assert np.allclose(got, _block_mean(np.clip(y, 0, 1), k), atol=1e-6)
+        u8 = uint8_onnx(path, out=tmp_path / f"p{k}.onnx")
+        sess = ort.InferenceSession(str(u8), providers=["CPUExecutionProvider"])
+        px = np.random.default_rng(2).integers(0, 256, (1, 9, 13, 3), dtype=np.uint8)
+        got = sess.run(None, {sess.get_inputs()[0].name: px})[0]
+        want = _block_mean(np.clip(full.run(None, {full.get_inputs()[0].name: px.transpose(0, 3, 1, 2).astype(
+            np.float32) / 255.0})[0], 0, 1), k)
+        diff = np.abs(got.astype(int) - quantize(want.transpose(0, 2, 3, 1)).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
+    proto = onnx.load(str(tiny_x4_onnx))
+    with pytest.raises(ModelError, match="divisor of the scale"):
+        pool_output(proto, 3)
+    with pytest.raises(ModelError, match="float-I/O"):
+        pool_output(wrap_uint8_io(proto), 2)
+
+
+def test_every_runner_averages_in_its_graph_at_a_divisor_outscale(tiny_x4_onnx):
+    """make_runner(outscale=F) with F the scale over a whole k: every CPU backend runs the pooled graph
+    (torch an AvgPool on the module); the float output is the block mean of the full one, the bytes are
+    within a level of the host's area resize; the memory estimate stays the full-scale network's.
+    Other factors leave the runner at the model's scale (the host resizes)."""
+    import cv2
+
+    from sr_deploy.runtime.select import ModelSource
+
+    ckpt = tiny_x4_onnx.with_suffix(".pt")
+    x = np.random.default_rng(3).random((1, 3, 10, 14), dtype=np.float32)
+    px = quantize(x.transpose(0, 2, 3, 1))
+    for backend in available_backends():
+        if backend == "tensorrt":
+            continue
+        src = ModelSource("checkpoint", ckpt, "tiny_x4") if backend == "torch" else resolve_model(str(tiny_x4_onnx))
+        full, _ = make_runner(src, backend)
+        for f in (2, 1):
+            pooled, why = make_runner(src, backend, outscale=f)
+            assert pooled.scale == f and f"averaged to x{f} in the graph" in why, (backend, why)
+            assert pooled.bytes_per_pixel() == full.bytes_per_pixel()
+            with full, pooled:
+                assert np.allclose(pooled.infer(x), _block_mean(full.infer(x), 4 // f), atol=1e-5), backend
+                got, big = pooled.infer_u8(px)[0], full.infer_u8(px)[0]
+            area = cv2.resize(big, (14 * f, 10 * f), interpolation=cv2.INTER_AREA)
+            assert got.shape == area.shape and np.abs(got.astype(int) - area.astype(int)).max() <= 1, backend
+        for f in (1.5, 3, 8):
+            runner, why = make_runner(src, backend, outscale=f)
+            assert runner.scale == 4 and "averaged" not in why

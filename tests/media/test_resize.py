@@ -105,3 +105,40 @@ def test_video_frames_are_resized_before_encoding(tmp_path, tiny_ckpt):
         v = c.streams.video[0]
         assert (v.codec_context.width, v.codec_context.height) == (54, 32)
         assert sum(1 for _ in c.decode(v)) == len(alphas)
+
+
+def test_a_divisor_of_the_scale_is_averaged_in_the_graph(tmp_path, tiny_ckpt):
+    """--outscale 1 with a x2 model: the runner says it averages in its graph; images and video frames come
+    out at the final size within a level of the host's area resize of the x2 output (one rounding instead
+    of two), alpha resized from the source as before."""
+    import av
+
+    model = ("--model", tiny_ckpt, "--backend", "onnxruntime")
+    src = tmp_path / "rgba.png"
+    cv2.imwrite(str(src), pattern_image(18, 22, 4))
+    code, said = _run(src, "-o", tmp_path / "x2.png", *model)
+    assert code == 0, said
+    code, said = _run(src, "-o", tmp_path / "x1.png", *model, "--outscale", 1)
+    assert code == 0 and "averaged to x1 in the graph" in said, said
+    at2 = cv2.imread(str(tmp_path / "x2.png"), cv2.IMREAD_UNCHANGED)
+    got = cv2.imread(str(tmp_path / "x1.png"), cv2.IMREAD_UNCHANGED)
+    area = cv2.resize(at2, (22, 18), interpolation=cv2.INTER_AREA)
+    assert got.shape == area.shape == (18, 22, 4)
+    assert np.abs(got[..., :3].astype(int) - area[..., :3].astype(int)).max() <= 1
+    assert not np.array_equal(got[..., :3], area[..., :3])  # rounded once, in the graph: not the host's resize
+
+    clip = tmp_path / "a.mov"
+    alphas = _clip_alpha(clip, size=(40, 24))
+    code, said = _run(clip, "-o", tmp_path / "v2.mov", *model, "--codec", "qtrle", "--quiet")
+    assert code == 0, said
+    code, said = _run(clip, "-o", tmp_path / "v1.mov", *model, "--codec", "qtrle", "--outscale", 1)
+    assert code == 0 and "averaged to x1 in the graph" in said and "40x24" in said, said
+
+    def frames(path: Path) -> list[np.ndarray]:
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="rgba") for f in c.decode(video=0)]
+
+    for g, x2, a in zip(frames(tmp_path / "v1.mov"), frames(tmp_path / "v2.mov"), alphas, strict=True):
+        area = cv2.resize(np.ascontiguousarray(x2[..., :3]), (40, 24), interpolation=cv2.INTER_AREA)
+        assert g.shape == (24, 40, 4) and np.abs(g[..., :3].astype(int) - area.astype(int)).max() <= 1
+        assert np.array_equal(g[..., 3], cv2.resize(a, (40, 24), interpolation=cv2.INTER_CUBIC))
