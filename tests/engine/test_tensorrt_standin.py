@@ -300,3 +300,22 @@ def test_outscale_at_a_divisor_builds_an_engine_that_averages_on_the_gpu(gpu_her
     assert np.abs(out[0].astype(int) - area.astype(int)).max() <= 1
     gate = json.loads(pooled.path.with_suffix(".json").read_text())["gate"]
     assert gate["passed"] and gate["psnr_vs_fp32_db"] >= 50
+
+
+def test_build_engine_outscale_makes_the_averaged_engine(gpu_here, tiny_onnx, tmp_path):
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    out = tmp_path / "half.engine"
+    r = CliRunner().invoke(app, ["build-engine", str(tiny_onnx), "--outscale", "1", "-o", str(out)])
+    assert r.exit_code == 0 and "x1: the x2 output averaged in the graph" in r.output, r.output
+    runner = TensorRTRunner(out)
+    px = np.random.default_rng(7).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    with runner:
+        got = runner.infer_u8(px)
+    assert runner.scale == 1 and got.shape == px.shape
+    full = _reference(tiny_onnx, px).astype(np.float64).reshape(1, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    assert np.abs(got - full).max() <= 1.0
+    r = CliRunner().invoke(app, ["build-engine", str(tiny_onnx), "--outscale", "3", "-o", str(tmp_path / "b.engine")])
+    assert r.exit_code != 0 and "x1 only" in r.output and not (tmp_path / "b.engine").exists(), r.output

@@ -70,3 +70,32 @@ def test_bad_values_and_schema_errors(tiny_ckpt, tmp_path):
         validate('name: "x" max_batch_size: "many"')
     with pytest.raises(ModelError, match="model_config.proto"):
         validate('name: "x" no_such_field: 1')
+
+
+def test_outscale_serves_the_averaged_graph(tiny_ckpt, tmp_path):
+    """--outscale 1 with a x2 model: the served graph answers at the input's size, the block mean of the
+    x2 graph's clamped output rounded once; a factor the graph cannot make, or a plan beside it, is refused."""
+    import onnxruntime as ort
+
+    repo = tmp_path / "repo"
+    code, out = _triton(tiny_ckpt, "-o", repo, "--name", "full")
+    assert code == 0, out
+    code, out = _triton(tiny_ckpt, "-o", repo, "--name", "half", "--outscale", "1")
+    assert code == 0, out
+    cfg = validate((repo / "half" / "config.pbtxt").read_text())
+    x = np.random.default_rng(1).integers(0, 256, (2, 10, 12, 3), dtype=np.uint8)
+    run = {}
+    for name in ("full", "half"):
+        sess = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        run[name] = sess.run(None, {cfg.input[0].name: x})[0]
+    assert run["half"].shape == x.shape
+    mean = run["full"].astype(np.float64).reshape(2, 10, 2, 12, 2, 3).mean(axis=(2, 4))
+    assert np.abs(run["half"] - mean).max() <= 1.0  # each within a level of the mean of its 2x2 block
+    for bad in ("3", "0"):
+        code, out = _triton(tiny_ckpt, "-o", repo, "--name", "bad", "--outscale", bad)
+        assert code != 0 and out.startswith("error: --outscale") and "x1 only" in out, out
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"engine bytes")
+    code, out = _triton(tiny_ckpt, "-o", repo, "--name", "p", "--plan", plan, "--outscale", "1")
+    assert code != 0 and "build-engine --outscale" in out, out
+    assert not (repo / "bad").exists() and not (repo / "p").exists()
