@@ -708,7 +708,9 @@ def main() -> None:
     try:
         app(args=_ray_default(sys.argv[1:]))
     except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback
-        typer.echo(f"error: {exc}", err=True)
+        # "PATH: No such file or directory", not Python's "[Errno 2] No such file or directory: 'PATH'"
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
 
 

@@ -269,3 +269,22 @@ def test_external_data_must_sit_beside_the_model(tiny_onnx, image, tmp_path):
     (tmp_path / "ok" / "w.bin").unlink()
     code, out = _run(image, "-o", tmp_path / "o2.png", "--model", inside)
     assert code != 0 and "is missing beside the model" in out
+
+
+def test_an_os_error_anywhere_is_one_line_naming_the_path(tmp_path):
+    """What the library does not catch itself (here: a training run's folder under a regular file) reaches
+    main's last resort, which names the path and the reason, not Python's "[Errno N] ...: 'PATH'"."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cv2.imwrite(str(data / "a.png"), pattern_image(64, 64))
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "run"
+    args = ["train", "--data", str(data), "--scale", "2", "--blocks", "1", "--channels", "8", "--patch", "24",
+            "--batch-size", "2", "--workers", "0", "--no-bf16", "--steps", "2", "--out", str(out), "--quiet"]
+    code = f"import sys; sys.argv = ['srdeploy'] + {args!r}; from sr_deploy.cli import main; main()"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and lines == [f"error: {out}: Not a directory"], p.stderr
