@@ -351,7 +351,7 @@ def run(
 def _graph_reduction_or_fail(scale: int, outscale: int | None) -> int:
     """k for a graph that averages k x k output blocks (``--outscale`` of build-engine and triton, which
     make graphs: only the model's scale over a whole number; `run` resizes other factors on the host)."""
-    from sr_deploy.media.resize import graph_reduction
+    from sr_deploy.export.pixels import graph_reduction
 
     if outscale is None or outscale == scale:
         return 1

@@ -86,6 +86,15 @@ def wrap_uint8_io(proto, *, layout: str = "nhwc"):
     return out
 
 
+def graph_reduction(scale: int, outscale: float | None) -> int:
+    """k when ``outscale`` is the model's ``scale`` over a whole k > 1 (a x4 model at --outscale 2 or 1): the
+    area resize is then a k x k average that the graph itself can do (pool_output); else 1."""
+    if outscale is None or outscale <= 0 or outscale >= scale:
+        return 1
+    k = scale / outscale
+    return int(round(k)) if abs(k - round(k)) < 1e-9 and scale % int(round(k)) == 0 else 1
+
+
 def pool_output(proto, k: int):
     """A copy of ``proto`` (a float-I/O srdeploy ONNX) whose output is averaged over ``k`` x ``k`` blocks
     (AveragePool, stride k): a x4 model that gives x2 (k = 2) or x1 (k = 4) frames.

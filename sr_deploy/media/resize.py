@@ -3,7 +3,7 @@ the model's own scale, e.g. 2 with a x4 model (1080p to 4K, where a x4 output wo
 to 4K.
 
 Where the factor is the model's scale over a whole k (2 or 1 with a x4 model), the runner averages k x k
-blocks inside its graph (graph_reduction; export/pixels.pool_output), on the GPU where it runs there, and
+blocks inside its graph (export/pixels.graph_reduction and pool_output), on the GPU where it runs there, and
 the output comes back at the final size. Otherwise the model runs at its own scale and OpenCV resizes its
 output: by area averaging when shrinking
 (each output pixel the mean of what it covers; a fixed-support kernel such as OpenCV's Lanczos aliases
@@ -23,15 +23,6 @@ from sr_deploy.errors import InputError
 def check_outscale(outscale: float | None) -> None:
     if outscale is not None and not (math.isfinite(outscale) and outscale > 0):
         raise InputError(f"--outscale must be a positive number (2: twice the input's size), got {outscale:g}")
-
-
-def graph_reduction(scale: int, outscale: float | None) -> int:
-    """k when ``outscale`` is the model's ``scale`` over a whole k > 1 (a x4 model at --outscale 2 or 1): the
-    area resize is then a k x k average that the graph itself can do (export/pixels.pool_output); else 1."""
-    if outscale is None or outscale <= 0 or outscale >= scale:
-        return 1
-    k = scale / outscale
-    return int(round(k)) if abs(k - round(k)) < 1e-9 and scale % int(round(k)) == 0 else 1
 
 
 def final_size(width: int, height: int, *, scale: int, outscale: float | None,

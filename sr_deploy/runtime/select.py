@@ -131,8 +131,8 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
 
     ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA).
     ``outscale``: the run's output factor; where it is the model's scale over a whole k, the runner averages
-    k x k blocks of the output in its graph (its ``scale`` is then the outscale; media/resize.graph_reduction)."""
-    from sr_deploy.media.resize import graph_reduction
+    k x k blocks of the output in its graph (its ``scale`` is then the outscale; export/pixels.graph_reduction)."""
+    from sr_deploy.export.pixels import graph_reduction
 
     runner, why = _make_runner(source, backend, precision, outscale)
     k = graph_reduction(runner.scale, outscale)
@@ -341,7 +341,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     desc = read_descriptor(base)
     if not desc.pixel_io:
         from sr_deploy.export.pixels import pooled_onnx
-        from sr_deploy.media.resize import graph_reduction
+        from sr_deploy.export.pixels import graph_reduction
 
         k = graph_reduction(desc.scale, outscale)
         base = uint8_onnx(pooled_onnx(base, k) if k > 1 else base)
