@@ -316,7 +316,7 @@ def run(
         check_destination(input, out, overwrite=overwrite, folder=input.is_dir())
         with runner:
             if not quiet:
-                typer.echo(f"model {source.name} x{runner.scale} on {runner.describe()}: {why}", err=True)
+                typer.echo(f"model {source.name} x{runner.descriptor.model_scale} on {runner.describe()}: {why}", err=True)
             if input.is_dir():
                 summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
                                          tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,

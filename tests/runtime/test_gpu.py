@@ -57,3 +57,27 @@ def test_torch_cuda_stream_meets_size_requirements():
         outs = list(gpu.stream_u8(iter(px)))
     for x, y in zip(px, outs, strict=True):
         assert np.array_equal(y, x.repeat(2, axis=1).repeat(2, axis=2))
+
+
+@pytest.mark.needs_gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_torch_cuda_stream_averages_on_the_device(tiny_ckpt, cuda_graph):
+    """--outscale 1 with a x2 model on CUDA: the pooled module (clamp, 2x2 average) runs on the device,
+    pipelined and graph-captured; x1 bytes come back, within a level of the CPU's pooled fp32 output."""
+    from sr_deploy.export.onnx_export import descriptor_for
+    from sr_deploy.models.checkpoint import load_checkpoint
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    model, _ = load_checkpoint(tiny_ckpt)
+    desc = descriptor_for(model, name="tiny")
+    px = [np.random.default_rng(i).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8) for i in range(5)]
+    cpu = TorchRunner(model, desc, device="cpu")
+    assert cpu.reduce_output(2)
+    with cpu:
+        ref = [cpu.infer_u8(b) for b in px]
+    gpu = TorchRunner(model, desc, precision="fp16", device="cuda", cuda_graph=cuda_graph)
+    assert gpu.reduce_output(2) and gpu.scale == 1
+    with gpu:
+        outs = list(gpu.stream_u8(iter(px)))
+    for x, r, o in zip(px, ref, outs, strict=True):
+        assert o.shape == r.shape == x.shape and np.abs(o.astype(int) - r.astype(int)).max() <= 3  # fp16
