@@ -21,7 +21,10 @@ from sr_deploy.errors import ModelError
 
 LAYOUTS = ("nhwc", "nchw")
 PIXEL_INPUT, PIXEL_OUTPUT = "pixels", "pixels_out"
-POOL_FORM = 1  # pool_output's version (clamp, then AveragePool)
+# The versions of the two rewrites, carried in their cache names: a cache file made by an older srdeploy's
+# rewrite is never reused by a newer one (the cache outlives upgrades; the key is otherwise the source's hash)
+PIXELS_FORM = 1  # wrap_uint8_io
+POOL_FORM = 1  # pool_output (clamp, then AveragePool)
 
 
 def io_name(layout: str) -> str:
@@ -151,7 +154,6 @@ def pooled_onnx(onnx_path: str | os.PathLike, k: int) -> Path:
     from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
 
     src = Path(onnx_path)
-    # the form's version in the name: a cache made by an older pool_output is never reused
     out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.pool{k}v{POOL_FORM}.onnx"
     if not out.exists():
         pooled = pool_output(load_onnx(src, external_data=True), k)
@@ -185,7 +187,7 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
 
     src = Path(onnx_path)
     if out is None:
-        out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.{io_name(layout)}.onnx"
+        out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.{io_name(layout)}v{PIXELS_FORM}.onnx"
         if Path(out).exists():
             return Path(out)
     from sr_deploy.export.onnx_export import load_onnx

@@ -180,3 +180,15 @@ def test_every_runner_averages_in_its_graph_at_a_divisor_outscale(tiny_x4_onnx):
         for f in (1.5, 3, 8):
             runner, why = make_runner(src, backend, outscale=f)
             assert runner.scale == 4 and "averaged" not in why
+
+
+def test_cached_rewrites_are_named_by_their_form(tiny_x4_onnx, monkeypatch):
+    """The cache outlives upgrades: a newer wrap or pool (a bumped form) writes a new file instead of
+    reusing the one an older srdeploy made from the same source."""
+    from sr_deploy.export import pixels
+
+    u8, pooled = uint8_onnx(tiny_x4_onnx), pixels.pooled_onnx(tiny_x4_onnx, 2)
+    assert uint8_onnx(tiny_x4_onnx) == u8 and pixels.pooled_onnx(tiny_x4_onnx, 2) == pooled  # reused
+    monkeypatch.setattr(pixels, "PIXELS_FORM", pixels.PIXELS_FORM + 1)
+    monkeypatch.setattr(pixels, "POOL_FORM", pixels.POOL_FORM + 1)
+    assert uint8_onnx(tiny_x4_onnx) != u8 and pixels.pooled_onnx(tiny_x4_onnx, 2) != pooled
