@@ -340,8 +340,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         base = _onnx_at_precision(source, precision, "tensorrt")
     desc = read_descriptor(base)
     if not desc.pixel_io:
-        from sr_deploy.export.pixels import pooled_onnx
-        from sr_deploy.export.pixels import graph_reduction
+        from sr_deploy.export.pixels import graph_reduction, pooled_onnx
 
         k = graph_reduction(desc.scale, outscale)
         base = uint8_onnx(pooled_onnx(base, k) if k > 1 else base)
