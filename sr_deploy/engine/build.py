@@ -87,7 +87,7 @@ def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, ou
     """Build (or reuse) the engine for this ONNX, profile, TensorRT and GPU; returns its path."""
     trt = require_tensorrt()
     key = current_key(onnx_path, desc, profile)
-    out = out or engine_path(onnx_path, key)
+    out = out or engine_path(onnx_path, key, desc)
     if out.exists() and not overwrite:
         return out
     logger = trt.Logger(trt.Logger.WARNING)

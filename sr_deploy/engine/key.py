@@ -26,9 +26,12 @@ class EngineKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def engine_path(onnx_path: Path, key: EngineKey) -> Path:
-    """``NAME.<precision>.<sm>.<digest>.engine`` beside the ONNX."""
+def engine_path(onnx_path: Path, key: EngineKey, desc: ModelDescriptor | None = None) -> Path:
+    """``NAME.<precision>.<sm>.<digest>.engine`` beside the ONNX; ``NAME.x2.<precision>...`` for a graph
+    that averages its output to x2 (``--outscale``), so that the name says what the engine returns."""
     name = onnx_path.name.split(".")[0]
+    if desc is not None and desc.reduce > 1:
+        name += f".x{desc.scale}"
     return onnx_path.with_name(f"{name}.{key.precision}.sm{key.compute_capability.replace('.', '')}.{key.digest()}.engine")
 
 

@@ -347,7 +347,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         desc = read_descriptor(base)
     profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
-    target = cache_root() / "tensorrt" / engine_path(base, key).name
+    target = cache_root() / "tensorrt" / engine_path(base, key, desc).name
     reference = onnx_for(source)
     if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
         sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")

@@ -292,6 +292,7 @@ def test_outscale_at_a_divisor_builds_an_engine_that_averages_on_the_gpu(gpu_her
     full, _ = make_runner(src, "tensorrt")
     pooled, why = make_runner(src, "tensorrt", outscale=1)
     assert "built on first use" in why and pooled.path != full.path
+    assert pooled.path.name.split(".")[1] == "x1" and ".x" not in full.path.name  # the name says what it returns
     assert pooled.scale == 1 and pooled.descriptor.reduce == 2 and pooled.in_dtype == pooled.out_dtype == np.uint8
     with full, pooled:
         out, big = pooled.infer_u8(px), full.infer_u8(px)
