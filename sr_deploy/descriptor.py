@@ -36,6 +36,11 @@ class ModelDescriptor:
     # `--outscale`): ``scale`` is the graph's, the network itself works at scale * reduce
     reduce: int = 1
 
+    def reduced(self, k: int) -> "ModelDescriptor":
+        """The descriptor of this model's graph with its output averaged over k x k blocks (export/pixels.
+        pool_output, or the torch runner's AvgPool): the scale over k, the network's own scale kept."""
+        return self.with_(scale=self.scale // k, reduce=self.reduce * k)
+
     @property
     def model_scale(self) -> int:
         """The scale the network itself upscales by (``scale`` before the graph's output averaging)."""

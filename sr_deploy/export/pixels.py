@@ -140,7 +140,7 @@ def pool_output(proto, k: int):
     for d, name in zip(dims[2:], ("pooled_height", "pooled_width")):  # NCHW: no longer the full-scale sizes
         d.ClearField("dim_value")
         d.dim_param = name
-    _set_descriptor(out, desc.with_(scale=desc.scale // k, reduce=desc.reduce * k))
+    _set_descriptor(out, desc.reduced(k))
     onnx.checker.check_model(out)
     return out
 

@@ -46,8 +46,7 @@ class TorchRunner(Runner):
     def reduce_output(self, k: int) -> bool:
         if self.active or k < 2 or self.scale % k:
             return False
-        d = self.descriptor
-        self.descriptor = d.with_(scale=d.scale // k, reduce=d.reduce * k)
+        self.descriptor = self.descriptor.reduced(k)
         return True
 
     def _deactivate(self) -> None:
