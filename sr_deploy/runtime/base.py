@@ -158,10 +158,14 @@ class Runner(ABC):
         active. False where this runner cannot: the caller then resizes on the host."""
         return False
 
+    def _reducible(self, k: int) -> bool:
+        """What every reduce_output asks first: not yet active, and k a divisor (>= 2) of the scale."""
+        return not self.active and k >= 2 and self.scale % k == 0
+
     def _reduce_onnx(self, k: int) -> bool:
         """reduce_output for runners on an ONNX file (``self.path``): run its pooled form instead. A graph
         with pixels already inside (given by path) rounds before any pool could run: left as it is."""
-        if self.active or self.descriptor.pixel_io or k < 2 or self.scale % k:
+        if not self._reducible(k) or self.descriptor.pixel_io:
             return False
         from sr_deploy.export.onnx_export import read_descriptor
         from sr_deploy.export.pixels import pooled_onnx

@@ -44,7 +44,7 @@ class TorchRunner(Runner):
         self.net = net.to(self.device, memory_format=torch.channels_last)
 
     def reduce_output(self, k: int) -> bool:
-        if self.active or k < 2 or self.scale % k:
+        if not self._reducible(k):
             return False
         self.descriptor = self.descriptor.reduced(k)
         return True
