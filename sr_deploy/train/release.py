@@ -62,6 +62,20 @@ def _machine_line() -> str:
     return f"{m.get('cpu')} ({m.get('cores')} cores; {', '.join(m.get('isa', []))}), GPU: {m.get('gpu') or 'none'}"
 
 
+def repo_relative_report(report: Path, root: Path = REPO, *, path: Path | None = None) -> None:
+    """A precision report names its files by absolute path (right for a user's own run); a shipped one
+    names them from the repository's root, so that the package holds no path of the release machine.
+    ``path``: where the variant it reports on now lives (the packaged copy)."""
+    data = json.loads(report.read_text())
+    if path is not None:
+        data["path"] = str(path.resolve())
+    for key in ("path", "source"):
+        p = Path(data.get(key) or "")
+        if p.is_absolute() and p.is_relative_to(root.resolve()):
+            data[key] = p.relative_to(root.resolve()).as_posix()
+    _write_json(report, data)
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -123,8 +137,11 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
                                          "excluded_nodes": list(r.excluded_nodes)}
             if precision == "int8":
                 card["int8_gate"].update(calib_percentile=r.calib_percentile, percentile_search=r.percentile_search)
+        repo_relative_report(REPO / "export" / f"{name}.fp16.quality.json")  # the file build-engine makes there
         for suffix in (".int8.onnx", ".int8.quality.json"):
             shutil.copyfile(REPO / "export" / f"{name}{suffix}", weights_dir / f"{name}{suffix}")
+        for d in (REPO / "export", weights_dir):
+            repo_relative_report(d / f"{name}.int8.quality.json", path=weights_dir / f"{name}.int8.onnx")
         (REPO / "export" / f"{name}.int8.onnx").unlink()  # one copy: the packaged one
         (REPO / "export" / f"{name}.fp16.onnx").unlink()  # made on demand by build-engine; its report stays
     _write_json(weights_dir / f"{name}.json", card)

@@ -41,3 +41,38 @@ def test_fresh_run_replaces_the_record(tmp_path):
     with open(record) as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]
 
+
+
+def test_shipped_precision_reports_name_files_from_the_repository(tmp_path):
+    import json
+
+    from sr_deploy.train.release import repo_relative_report
+
+    root = tmp_path / "repo"
+    (root / "export").mkdir(parents=True)
+    report = root / "export" / "m.int8.quality.json"
+    elsewhere = tmp_path / "runs" / "m.onnx"
+    report.write_text(json.dumps({"path": str(root / "export" / "m.int8.onnx"), "source": str(elsewhere),
+                                  "passed": True, "delta_psnr_db": 0.05}))
+    repo_relative_report(report, root)
+    data = json.loads(report.read_text())
+    assert data == {"path": "export/m.int8.onnx", "source": str(elsewhere), "passed": True, "delta_psnr_db": 0.05}
+
+
+def test_no_shipped_file_holds_a_path_of_the_release_machine():
+    import json
+    from pathlib import Path
+
+    from sr_deploy.train.release import REPO
+
+    reports = [*(REPO / "export").glob("*.quality.json"), *(REPO / "sr_deploy" / "weights").glob("*.quality.json")]
+    assert reports
+    for report in reports:
+        data = json.loads(report.read_text())
+        name = report.name.split(".")[0]
+        for key in ("path", "source"):
+            assert not Path(data[key]).is_absolute(), (report.name, data[key])
+            assert Path(data[key]).name.startswith(f"{name}."), (report.name, data[key])
+        assert (REPO / data["source"]).is_file(), (report.name, data["source"])
+        if data["precision"] == "int8":  # packaged; the fp16 variant is made on demand where it says
+            assert (REPO / data["path"]).is_file(), (report.name, data["path"])
