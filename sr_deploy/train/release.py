@@ -69,10 +69,11 @@ def repo_relative_report(report: Path, root: Path = REPO, *, path: Path | None =
     data = json.loads(report.read_text())
     if path is not None:
         data["path"] = str(path.resolve())
+    root = root.resolve()
     for key in ("path", "source"):
         p = Path(data.get(key) or "")
-        if p.is_absolute() and p.is_relative_to(root.resolve()):
-            data[key] = p.relative_to(root.resolve()).as_posix()
+        if p.is_absolute() and p.is_relative_to(root):
+            data[key] = p.relative_to(root).as_posix()
     _write_json(report, data)
 
 
@@ -138,10 +139,9 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
             if precision == "int8":
                 card["int8_gate"].update(calib_percentile=r.calib_percentile, percentile_search=r.percentile_search)
         repo_relative_report(REPO / "export" / f"{name}.fp16.quality.json")  # the file build-engine makes there
+        repo_relative_report(REPO / "export" / f"{name}.int8.quality.json", path=weights_dir / f"{name}.int8.onnx")
         for suffix in (".int8.onnx", ".int8.quality.json"):
             shutil.copyfile(REPO / "export" / f"{name}{suffix}", weights_dir / f"{name}{suffix}")
-        for d in (REPO / "export", weights_dir):
-            repo_relative_report(d / f"{name}.int8.quality.json", path=weights_dir / f"{name}.int8.onnx")
         (REPO / "export" / f"{name}.int8.onnx").unlink()  # one copy: the packaged one
         (REPO / "export" / f"{name}.fp16.onnx").unlink()  # made on demand by build-engine; its report stays
     _write_json(weights_dir / f"{name}.json", card)

@@ -42,7 +42,6 @@ def test_fresh_run_replaces_the_record(tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]
 
 
-
 def test_shipped_precision_reports_name_files_from_the_repository(tmp_path):
     import json
 
