@@ -77,6 +77,28 @@ def repo_relative_report(report: Path, root: Path = REPO, *, path: Path | None =
     _write_json(report, data)
 
 
+CONFIG_PATH_KEYS = ("data", "val", "out", "init", "resume", "vgg_weights")
+
+
+def portable_config(config: dict, root: Path = REPO) -> dict:
+    """The run's config as a card shows it: paths inside the repository from its root, paths outside it
+    (the run folder, a checkpoint in it) by their last two parts, so that no card holds a path of the
+    machine that trained or released it."""
+    root = root.resolve()
+
+    def portable(value):
+        if isinstance(value, list):
+            return [portable(v) for v in value]
+        if not isinstance(value, str) or not Path(value).is_absolute():
+            return value
+        p = Path(value)
+        if p.resolve().is_relative_to(root):
+            return p.resolve().relative_to(root).as_posix()
+        return Path(*p.parts[-2:]).as_posix()
+
+    return {k: portable(v) if k in CONFIG_PATH_KEYS else v for k, v in config.items()}
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -107,7 +129,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "parameters": sum(p.numel() for p in model.parameters()),
         "scale": model.scale,
         "recipe": last.get("recipe"),
-        "config": last.get("config", {}),
+        "config": portable_config(last.get("config", {})),
         "checkpoint_step": payload.get("step"),
         "trained_steps": steps,
         "train_hours_cpu_wall": round(hours, 2),

@@ -58,11 +58,24 @@ def test_shipped_precision_reports_name_files_from_the_repository(tmp_path):
     assert data == {"path": "export/m.int8.onnx", "source": str(elsewhere), "passed": True, "delta_psnr_db": 0.05}
 
 
+def test_card_config_holds_no_path_of_the_training_machine(tmp_path):
+    from sr_deploy.train.release import portable_config
+
+    root = tmp_path / "repo"
+    (root / "sr_deploy" / "weights").mkdir(parents=True)
+    config = {"out": str(tmp_path / "runs" / "c5"), "resume": str(tmp_path / "runs" / "c5" / "last.pt"),
+              "init": str(root / "sr_deploy" / "weights" / "m.safetensors"), "vgg_weights": None,
+              "data": [str(tmp_path / "shared" / "yang91"), "../shared/datasets/bsd200"], "lr": 0.001, "scale": 4}
+    assert portable_config(config, root) == {
+        "out": "runs/c5", "resume": "c5/last.pt", "init": "sr_deploy/weights/m.safetensors", "vgg_weights": None,
+        "data": ["shared/yang91", "../shared/datasets/bsd200"], "lr": 0.001, "scale": 4}
+
+
 def test_no_shipped_file_holds_a_path_of_the_release_machine():
     import json
     from pathlib import Path
 
-    from sr_deploy.train.release import REPO
+    from sr_deploy.train.release import CONFIG_PATH_KEYS, REPO
 
     reports = [*(REPO / "export").glob("*.quality.json"), *(REPO / "sr_deploy" / "weights").glob("*.quality.json")]
     assert reports
@@ -75,3 +88,11 @@ def test_no_shipped_file_holds_a_path_of_the_release_machine():
         assert (REPO / data["source"]).is_file(), (report.name, data["source"])
         if data["precision"] == "int8":  # packaged; the fp16 variant is made on demand where it says
             assert (REPO / data["path"]).is_file(), (report.name, data["path"])
+    cards = [p for d in ("export", "sr_deploy/weights") for p in (REPO / d).glob("*.json")
+             if not p.name.endswith(".quality.json")]
+    assert cards
+    for card in cards:
+        config = json.loads(card.read_text())["config"]
+        for key in CONFIG_PATH_KEYS:
+            for value in config.get(key) if isinstance(config.get(key), list) else [config.get(key)]:
+                assert value is None or not Path(value).is_absolute(), (card, key, value)
