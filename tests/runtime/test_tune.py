@@ -119,3 +119,72 @@ def test_fidelity_is_psnr_against_onnxruntime_fp32(tiny_ckpt):
 
     with same:
         assert 20 < tune._fidelity(source, Coarse()) < 40
+
+
+def test_other_load_counts_other_processes_not_this_one(monkeypatch):
+    # /proc/stat ticks (busy, total) before and after; this process and its children used 1.0 s of CPU
+    ticks = iter([(1000, 5000), (1300, 5400)])
+    times = iter([0.0, 1.0])
+    monkeypatch.setattr(tune, "_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(tune, "_own_cpu_s", lambda: next(times))
+    monkeypatch.setattr(tune.os, "sysconf", lambda name: 100)
+    with tune.OtherLoad() as load:
+        pass
+    assert load.share == pytest.approx((300 - 100) / 400)
+    monkeypatch.setattr(tune, "_cpu_ticks", lambda: None)  # no /proc/stat: unknown, never "busy"
+    monkeypatch.setattr(tune, "_own_cpu_s", lambda: 0.0)
+    with tune.OtherLoad() as load:
+        pass
+    assert load.share is None
+
+
+@pytest.mark.skipif(tune._cpu_ticks() is None, reason="no /proc/stat here")
+def test_other_load_sees_a_process_spinning_beside_it():
+    import subprocess
+    import sys
+    import time
+
+    with open("/proc/stat") as f:
+        cpus = sum(1 for line in f if line.startswith("cpu") and line[3].isdigit())
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        with tune.OtherLoad() as load:
+            time.sleep(0.6)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert load.share is not None and load.share >= 0.5 / cpus
+
+
+def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measuring, monkeypatch):
+    class Busy:
+        share = 0.6
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    source = resolve_model(str(tiny_ckpt))
+    monkeypatch.setattr(tune, "OtherLoad", Busy)
+    notes = []
+    ranking = tune.measure(source, say=notes.append)
+    assert ranking and any("provisional" in n and "60%" in n for n in notes)
+    assert json.loads(tune.cache_path(source).read_text())["busy_share"] == 0.6
+    # still busy: the provisional ranking is followed, and said to be provisional
+    monkeypatch.setattr(tune, "quiet_now", lambda: False)
+    got, why = tune.cached_ranking(source)
+    assert got == ranking and "provisional" in why
+    # quiet now: timed again, and the quiet ranking is kept as final
+    monkeypatch.setattr(tune, "quiet_now", lambda: True)
+    assert tune.cached_ranking(source)[0] is None and "quiet now" in tune.cached_ranking(source)[1]
+
+    class Quiet(Busy):
+        share = 0.02
+
+    monkeypatch.setattr(tune, "OtherLoad", Quiet)
+    runner, why = make_runner(source, "auto")
+    assert "measured just now" in why
+    assert tune.cached_ranking(source)[1].startswith("measured on this machine earlier")
