@@ -426,11 +426,14 @@ def markdown(res: BenchResult) -> str:
         psnr = {(q["model"], q["backend"], q["precision"]): q["psnr_y"] for q in res.quality if q["dataset"] == ds}
         ref = {(s["model"], s["input"], s["batch"]): s["latency_ms_p50"] for s in res.speed
                if (s["backend"], s["precision"]) == ("onnxruntime", "fp32")}
-        lines += [f"Speed per backend x precision; PSNR-Y on {ds or '-'} beside each row; x ORT fp32 = speed-up over "
-                  "ONNX Runtime fp32 on the same model and input; **auto** marks what `--backend auto` runs here.", "",
+        # without quality (--no-quality) the PSNR columns would be empty: left out
+        q_head, q_rule = (f" PSNR-Y {ds} | ΔPSNR vs fp32 |", "---|---|") if ds else ("", "")
+        lines += [(f"Speed per backend x precision; PSNR-Y on {ds} beside each row" if ds else "Speed per backend x precision")
+                  + "; x ORT fp32 = speed-up over ONNX Runtime fp32 on the same model and input; **auto** marks what "
+                  "`--backend auto` runs here.", "",
                   f"| model | backend | precision | input | batch | p50 ms | p95 ms | fps | Mpix/s | GFLOP/s | peak MB "
-                  f"| PSNR-Y {ds or ''} | ΔPSNR vs fp32 | x ORT fp32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"|{q_head} x ORT fp32 |",
+                  f"|---|---|---|---|---|---|---|---|---|---|---|{q_rule}---|"]
         for s in res.speed:
             key = (s["model"], s["backend"], s["precision"])
             p, p32 = psnr.get(key), psnr.get((s["model"], "onnxruntime", "fp32"))
@@ -442,7 +445,8 @@ def markdown(res: BenchResult) -> str:
             ratio_cell = f"{r / s['latency_ms_p50']:.2f}" if r else "-"
             lines.append(f"| {s['model']} | {s['backend']}{mark} | {s['precision']} | {s['input']} | {s['batch']} | "
                          f"{s['latency_ms_p50']:.1f} | {s['latency_ms_p95']:.1f} | {s['fps']:.2f} | {s['mpix_per_s']:.2f} | "
-                         f"{s.get('gflops', float('nan')):.1f} | {s['peak_mem_mb']:.0f} | {p_cell} | {delta_cell} | {ratio_cell} |")
+                         f"{s.get('gflops', float('nan')):.1f} | {s['peak_mem_mb']:.0f} | "
+                         + (f"{p_cell} | {delta_cell} | " if ds else "") + f"{ratio_cell} |")
         lines.append("")
         from sr_deploy.machine import fp32_peak_gflops
 

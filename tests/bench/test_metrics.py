@@ -206,3 +206,19 @@ def test_bench_outscale_scores_the_resized_output_at_that_factor(tmp_path, tiny_
     assert rows["model"]["psnr_y"] == pytest.approx(np.mean(want), abs=1e-6)
     r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--outscale", "0", "--no-speed"])
     assert r.exit_code != 0 and r.output.startswith("error: --outscale must be at least 1"), r.output
+
+
+def test_speed_table_has_psnr_columns_only_with_quality():
+    from sr_deploy.bench.run import BenchResult, markdown
+
+    row = {"model": "m", "backend": "onnxruntime", "precision": "fp32", "input": "32x32", "batch": 1,
+           "latency_ms_p50": 2.0, "latency_ms_p95": 2.5, "fps": 500.0, "mpix_per_s": 0.5, "gflops": 1.0,
+           "peak_mem_mb": 100.0}
+    q = {"dataset": "set", "model": "m", "method": "m", "backend": "onnxruntime", "precision": "fp32", "scale": 4,
+         "psnr_y": 30.1234, "ssim_y": 0.9, "detail": 0.5, "images": 2}
+    speed_only = [l for l in markdown(BenchResult(machine={}, speed=[row])).splitlines() if l.startswith("| m |")]
+    assert speed_only == ["| m | onnxruntime | fp32 | 32x32 | 1 | 2.0 | 2.5 | 500.00 | 0.50 | 1.0 | 100 | 1.00 |"]
+    both = markdown(BenchResult(machine={}, speed=[row], quality=[q])).splitlines()
+    header = next(l for l in both if l.startswith("| model | backend |"))
+    assert header.endswith("| PSNR-Y set | ΔPSNR vs fp32 | x ORT fp32 |")
+    assert "| m | onnxruntime | fp32 | 32x32 | 1 | 2.0 | 2.5 | 500.00 | 0.50 | 1.0 | 100 | 30.123 | 0.000 | 1.00 |" in both
