@@ -162,18 +162,6 @@ class Runner(ABC):
         """What every reduce_output asks first: not yet active, and k a divisor (>= 2) of the scale."""
         return not self.active and k >= 2 and self.scale % k == 0
 
-    def _reduce_onnx(self, k: int) -> bool:
-        """reduce_output for runners on an ONNX file (``self.path``): run its pooled form instead. A graph
-        with pixels already inside (given by path) rounds before any pool could run: left as it is."""
-        if not self._reducible(k) or self.descriptor.pixel_io:
-            return False
-        from sr_deploy.export.onnx_export import read_descriptor
-        from sr_deploy.export.pixels import pooled_onnx
-
-        self.path = pooled_onnx(self.path, k)
-        self.descriptor = read_descriptor(self.path)
-        return True
-
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
         several batches in flight (runtime/pipeline.py); on the CPU one at a time is all there is."""
@@ -218,3 +206,35 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxFileRunner(Runner):
+    """A runner of an ONNX file (``self.path``) compiled in two forms: float I/O, and uint8 pixel I/O
+    (export/pixels.py) when ``self.pixels``. Subclasses give ``_run(u8, batch)``; the entries are shared."""
+
+    pixels: bool = True
+
+    @abstractmethod
+    def _run(self, u8: bool, batch: np.ndarray) -> np.ndarray: ...
+
+    def reduce_output(self, k: int) -> bool:
+        """Run the file's pooled form instead. A graph with pixels already inside (given by path) rounds
+        before any pool could run: left as it is."""
+        if not self._reducible(k) or self.descriptor.pixel_io:
+            return False
+        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.pixels import pooled_onnx
+
+        self.path = pooled_onnx(self.path, k)
+        self.descriptor = read_descriptor(self.path)
+        return True
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.descriptor.pixel_io:
+            return self._u8_to_float(lambda b: self._run(True, b), batch)
+        return self._run(False, batch).astype(np.float32, copy=False)
+
+    def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
+        if self.pixels or self.descriptor.pixel_io:
+            return self._run(True, batch)
+        return super()._infer_u8(batch)

@@ -9,7 +9,7 @@ import numpy as np
 
 from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import BackendUnavailable
-from sr_deploy.runtime.base import Runner
+from sr_deploy.runtime.base import OnnxFileRunner
 from sr_deploy.machine import default_threads
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
@@ -28,7 +28,7 @@ def cpu_supports_bf16() -> bool:
     return cpu_has_bf16()
 
 
-class OpenVINORunner(Runner):
+class OpenVINORunner(OnnxFileRunner):
     """``precision`` is the compute precision: for an fp32 ONNX, fp32 or bf16 (the hint);
     an fp16 or int8 ONNX runs as stored, its non-quantized parts in f32.
     OpenVINO may default to bf16 on capable CPUs, so the hint is always set explicitly."""
@@ -86,9 +86,6 @@ class OpenVINORunner(Runner):
             self._requests[u8] = self.core.compile_model(str(path), "CPU", self.config).create_infer_request()
         return self._requests[u8]
 
-    def reduce_output(self, k: int) -> bool:
-        return self._reduce_onnx(k)
-
     def _deactivate(self) -> None:
         del self.request
         self._requests.clear()
@@ -102,12 +99,3 @@ class OpenVINORunner(Runner):
         req.infer({0: batch})
         return np.array(req.get_output_tensor(0).data, copy=True)
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.descriptor.pixel_io:
-            return self._u8_to_float(lambda b: self._run(True, b), batch)
-        return self._run(False, batch).astype(np.float32, copy=False)
-
-    def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
-        if self.pixels or self.descriptor.pixel_io:
-            return self._run(True, batch)
-        return super()._infer_u8(batch)

@@ -9,11 +9,11 @@ import numpy as np
 
 from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import BackendUnavailable
-from sr_deploy.runtime.base import Runner
+from sr_deploy.runtime.base import OnnxFileRunner
 from sr_deploy.machine import default_threads
 
 
-class OrtRunner(Runner):
+class OrtRunner(OnnxFileRunner):
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike, descriptor: ModelDescriptor, *,
@@ -68,9 +68,6 @@ class OrtRunner(Runner):
                                                       providers=self.providers(self.device))
         return self._sessions[u8]
 
-    def reduce_output(self, k: int) -> bool:
-        return self._reduce_onnx(k)
-
     def _deactivate(self) -> None:
         del self.session
         self._sessions.clear()
@@ -79,15 +76,6 @@ class OrtRunner(Runner):
         sess = self._session(u8)
         return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.descriptor.pixel_io:
-            return self._u8_to_float(lambda b: self._run(True, b), batch)
-        return self._run(False, batch).astype(np.float32, copy=False)
-
-    def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
-        if self.pixels or self.descriptor.pixel_io:
-            return self._run(True, batch)
-        return super()._infer_u8(batch)
 
     def describe(self) -> str:
         where = "cuda" if getattr(self, "active_provider", "").startswith("CUDA") else "cpu"
