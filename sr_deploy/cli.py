@@ -399,7 +399,7 @@ def build_engine_cmd(
     from sr_deploy.engine.build import build_engine, gpu_free_bytes, tensorrt_available
     from sr_deploy.engine.profile import make_profile, parse_hw
     from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.export.pixels import uint8_onnx
+    from sr_deploy.export.pixels import deployed_onnx
     from sr_deploy.precision.convert import make_precision_onnx
     from sr_deploy.runtime.select import gpu_available, onnx_for, resolve_model
 
@@ -439,12 +439,7 @@ def build_engine_cmd(
             typer.echo(f"error: building a TensorRT engine needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                        f"The {precision} ONNX runs on this machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
             raise typer.Exit(3)
-        if reduce > 1:
-            from sr_deploy.export.pixels import pooled_onnx
-
-            model_onnx = pooled_onnx(model_onnx, reduce)
-        if not float_io:
-            model_onnx = uint8_onnx(model_onnx)
+        model_onnx = deployed_onnx(model_onnx, reduce=reduce, pixels=not float_io)
         edesc = read_descriptor(model_onnx)
         profile = make_profile(edesc, **shapes, max_batch=max_batch, free_bytes=gpu_free_bytes())
         engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
@@ -568,7 +563,7 @@ def triton(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model's folder in the repository."),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt checked against Triton's schema)."""
-    from sr_deploy.export.pixels import uint8_onnx
+    from sr_deploy.export.pixels import deployed_onnx
     from sr_deploy.export.triton import write_repository
     from sr_deploy.runtime.select import onnx_for, resolve_model
 
@@ -578,15 +573,10 @@ def triton(
         from sr_deploy.export.onnx_export import read_descriptor
 
         reduce = _graph_reduction_or_fail(read_descriptor(onnx_path).scale, outscale)
-        if reduce > 1:
-            if plan is not None:
-                raise InputError("--outscale with --plan: build the plan with `srdeploy build-engine --outscale N` "
-                                 "and serve it without --outscale")
-            from sr_deploy.export.pixels import pooled_onnx
-
-            onnx_path = pooled_onnx(onnx_path, reduce)
-        if not float_io:
-            onnx_path = uint8_onnx(onnx_path)
+        if reduce > 1 and plan is not None:
+            raise InputError("--outscale with --plan: build the plan with `srdeploy build-engine --outscale N` "
+                             "and serve it without --outscale")
+        onnx_path = deployed_onnx(onnx_path, reduce=reduce, pixels=not float_io)
         out = write_repository(onnx_path, output, name=name or source.name, plan=plan, overwrite=overwrite,
                                max_batch=max_batch, instances=instances, kind=kind, trt_accelerator=trt_accelerator)
         typer.echo(f"{out}: config.pbtxt (validated against Triton's model_config.proto), "

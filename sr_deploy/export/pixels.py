@@ -197,3 +197,10 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
     with atomic_path(out, overwrite=overwrite) as tmp:
         onnx.save(wrapped, str(tmp))
     return Path(out)
+
+
+def deployed_onnx(onnx_path: str | os.PathLike, *, reduce: int = 1, pixels: bool = True) -> Path:
+    """The form an engine or a server takes (both cached): the output averaged by ``reduce`` in the graph
+    (``graph_reduction``), then uint8 pixel I/O unless ``pixels`` is False."""
+    path = pooled_onnx(onnx_path, reduce) if reduce > 1 else Path(onnx_path)
+    return uint8_onnx(path) if pixels else path

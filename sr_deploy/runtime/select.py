@@ -330,7 +330,6 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     from sr_deploy.engine.key import engine_path
     from sr_deploy.engine.profile import make_profile
     from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.export.pixels import uint8_onnx
     from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
     if precision is None:
@@ -340,10 +339,9 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         base = _onnx_at_precision(source, precision, "tensorrt")
     desc = read_descriptor(base)
     if not desc.pixel_io:
-        from sr_deploy.export.pixels import graph_reduction, pooled_onnx
+        from sr_deploy.export.pixels import deployed_onnx, graph_reduction
 
-        k = graph_reduction(desc.scale, outscale)
-        base = uint8_onnx(pooled_onnx(base, k) if k > 1 else base)
+        base = deployed_onnx(base, reduce=graph_reduction(desc.scale, outscale))
         desc = read_descriptor(base)
     profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
