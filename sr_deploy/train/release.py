@@ -69,12 +69,17 @@ def repo_relative_report(report: Path, root: Path = REPO, *, path: Path | None =
     data = json.loads(report.read_text())
     if path is not None:
         data["path"] = str(path.resolve())
-    root = root.resolve()
     for key in ("path", "source"):
-        p = Path(data.get(key) or "")
-        if p.is_absolute() and p.is_relative_to(root):
-            data[key] = p.relative_to(root).as_posix()
+        data[key] = _from_repo(data.get(key), root) or data.get(key)
     _write_json(report, data)
+
+
+def _from_repo(value: str | None, root: Path) -> str | None:
+    """An absolute path inside the repository ``root``, written from the root; None for anything else."""
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        return None
+    p, root = Path(value).resolve(), root.resolve()
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else None
 
 
 CONFIG_PATH_KEYS = ("data", "val", "out", "init", "resume", "vgg_weights")
@@ -84,17 +89,12 @@ def portable_config(config: dict, root: Path = REPO) -> dict:
     """The run's config as a card shows it: paths inside the repository from its root, paths outside it
     (the run folder, a checkpoint in it) by their last two parts, so that no card holds a path of the
     machine that trained or released it."""
-    root = root.resolve()
-
     def portable(value):
         if isinstance(value, list):
             return [portable(v) for v in value]
         if not isinstance(value, str) or not Path(value).is_absolute():
             return value
-        p = Path(value)
-        if p.resolve().is_relative_to(root):
-            return p.resolve().relative_to(root).as_posix()
-        return Path(*p.parts[-2:]).as_posix()
+        return _from_repo(value, root) or Path(*Path(value).parts[-2:]).as_posix()
 
     return {k: portable(v) if k in CONFIG_PATH_KEYS else v for k, v in config.items()}
 
