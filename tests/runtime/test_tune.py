@@ -8,10 +8,24 @@ from sr_deploy.runtime import tune
 from sr_deploy.runtime.select import make_runner, resolve_model
 
 
+class _QuietCPU:
+    """Stands in for tune.OtherLoad: the tests not about load must not depend on what else runs on the
+    machine (a busy CI host would make every ranking provisional and re-timed)."""
+
+    share = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
 @pytest.fixture
 def measuring(monkeypatch):
     monkeypatch.setenv("SRDEPLOY_TUNE", "1")
     monkeypatch.setenv("SRDEPLOY_TUNE_SECONDS", "0.05")
+    monkeypatch.setattr(tune, "OtherLoad", _QuietCPU)
 
 
 def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
@@ -158,14 +172,8 @@ def test_other_load_sees_a_process_spinning_beside_it():
 
 
 def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measuring, monkeypatch):
-    class Busy:
+    class Busy(_QuietCPU):
         share = 0.6
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
 
     source = resolve_model(str(tiny_ckpt))
     monkeypatch.setattr(tune, "OtherLoad", Busy)
