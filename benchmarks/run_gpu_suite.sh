@@ -2,7 +2,7 @@
 # The GPU suite, for any machine with an NVIDIA GPU (TensorRT optional):
 #   the needs_gpu / needs_tensorrt tests; model-only fps (latency and pipelined) for 270x480 → 1080x1920 and
 #   540x960 → 2160x3840 per GPU backend and precision; end-to-end fps of `srdeploy run` with NVENC on and off,
-#   and at --outscale 2 (the average on the GPU);
+#   and at --outscale 2 and 3 (the area resize on the GPU);
 #   results in benchmarks/results/<model>-gpu.{json,md} (and $OUT when set, for a lent machine).
 # Usage: bash benchmarks/run_gpu_suite.sh [MODEL]   (default srresnet_x4; run from the repository root)
 set -euo pipefail
@@ -51,9 +51,11 @@ PYEOF
       echo "| ${h}p | $codec | $line |"
     done
   done
-  for h in 270 540; do  # x2 of a x4 model: the 2x2 average runs on the GPU, a quarter of the bytes come back
-    line=$($SRD run "$TMP/clip$h.mp4" -o "$TMP/out$h-x2.mp4" --model "$MODEL" --outscale 2 --quiet 2>&1 | tail -1)
-    echo "| ${h}p | auto, --outscale 2 | $line |"
+  for h in 270 540; do  # x2 / x3 of a x4 model: area-resized on the GPU, 1/4 or 9/16 of the bytes come back
+    for f in 2 3; do
+      line=$($SRD run "$TMP/clip$h.mp4" -o "$TMP/out$h-x$f.mp4" --model "$MODEL" --outscale $f --quiet 2>&1 | tail -1)
+      echo "| ${h}p | auto, --outscale $f | $line |"
+    done
   done
   echo ""; echo "GPU tests: $(tail -1 "$TMP/tests.txt")"
   echo ""; echo "\`srdeploy info\`:"; echo '```'; cat "$TMP/info.txt"; echo '```'

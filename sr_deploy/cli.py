@@ -348,20 +348,19 @@ def run(
             pool.close()
 
 
-def _graph_reduction_or_fail(scale: int, outscale: int | None) -> int:
-    """k for a graph that averages k x k output blocks (``--outscale`` of build-engine and triton, which
-    make graphs: only the model's scale over a whole number; `run` resizes other factors on the host)."""
-    from sr_deploy.export.pixels import graph_reduction
+def _graph_outscale_or_fail(scale: int, outscale: int | None) -> int | None:
+    """The factor a graph resamples its output to (``--outscale`` of build-engine and triton, which make
+    graphs: a whole number below the model's scale; `run` resizes other factors on the host); None for none."""
+    from sr_deploy.export.pixels import graph_outscale
 
     if outscale is None or outscale == scale:
-        return 1
-    k = graph_reduction(scale, outscale)
-    if k == 1:
-        divisors = ", ".join(f"x{scale // d}" for d in range(2, scale + 1) if scale % d == 0)
-        raise InputError(f"--outscale {outscale}: a graph of this x{scale} model can average its output to "
-                         f"{divisors} only (the scale over a whole number); `srdeploy run --outscale` resizes "
-                         f"to any other factor")
-    return k
+        return None
+    to_scale = graph_outscale(scale, outscale)
+    if to_scale is None:
+        choices = ", ".join(f"x{o}" for o in range(scale - 1, 0, -1))
+        raise InputError(f"--outscale {outscale}: a graph of this x{scale} model can resize its output to {choices} "
+                         f"only (a whole number below its scale); `srdeploy run --outscale` resizes to any other factor")
+    return to_scale
 
 
 @app.command("build-engine", cls=_Command)
@@ -388,8 +387,8 @@ def build_engine_cmd(
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT builder workspace limit in GiB."),
     float_io: bool = typer.Option(False, "--float-io", help="Build from the float-I/O ONNX (default: uint8 pixels in the graph)."),
     outscale: Optional[int] = typer.Option(None, "--outscale", metavar="N", help="An engine whose output is N times "
-                                           "the input, N the model's scale over a whole number (2 or 1 for x4): "
-                                           "the output averaged in the graph, as `run --outscale N` does."),
+                                           "the input, N a whole number below the model's scale (3, 2 or 1 for x4): "
+                                           "the output area-resized in the graph, as `run --outscale N` does."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (precision ONNX, engine)."),
 ) -> None:
     """Make an FP16 or INT8 ONNX (with a quality gate), then a TensorRT engine where TensorRT and a GPU exist.
@@ -413,7 +412,7 @@ def build_engine_cmd(
         if max_batch < 1:
             raise InputError(f"--max-batch must be at least 1, got {max_batch}")
         make_profile(desc, **shapes, max_batch=max_batch)  # min <= opt <= max, size multiples: before any work
-        reduce = _graph_reduction_or_fail(desc.scale, outscale)
+        to_scale = _graph_outscale_or_fail(desc.scale, outscale)
         if output is not None and output.exists() and not overwrite:
             raise OutputError(f"{output}: output exists; pass --overwrite to replace it")
         if fp16 or int8:
@@ -439,12 +438,12 @@ def build_engine_cmd(
             typer.echo(f"error: building a TensorRT engine needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                        f"The {precision} ONNX runs on this machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
             raise typer.Exit(3)
-        model_onnx = deployed_onnx(model_onnx, reduce=reduce, pixels=not float_io)
+        model_onnx = deployed_onnx(model_onnx, outscale=to_scale, pixels=not float_io)
         edesc = read_descriptor(model_onnx)
         profile = make_profile(edesc, **shapes, max_batch=max_batch, free_bytes=gpu_free_bytes())
         engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
-        pooled = f", x{edesc.scale}: the x{edesc.model_scale} output averaged in the graph" if reduce > 1 else ""
-        typer.echo(f"engine {engine} ({precision}, {edesc.io} I/O{pooled}; profile min {profile.fmt(profile.min)}, "
+        resized = f", x{edesc.scale}: the x{edesc.model_scale} output area-resized in the graph" if to_scale else ""
+        typer.echo(f"engine {engine} ({precision}, {edesc.io} I/O{resized}; profile min {profile.fmt(profile.min)}, "
                    f"opt {profile.fmt(profile.opt)}, max {profile.fmt(profile.max)})")
     except SRDeployError as exc:
         _fail(exc)
@@ -558,8 +557,8 @@ def triton(
     trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator", help="ONNX on a GPU: let ONNX "
                                                                                    "Runtime use TensorRT: FP32 | FP16."),
     outscale: Optional[int] = typer.Option(None, "--outscale", metavar="N", help="Serve outputs at N times the "
-                                           "input, N the model's scale over a whole number (2 or 1 for x4): "
-                                           "averaged in the graph, as `run --outscale N` does."),
+                                           "input, N a whole number below the model's scale (3, 2 or 1 for x4): "
+                                           "area-resized in the graph, as `run --outscale N` does."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model's folder in the repository."),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt checked against Triton's schema)."""
@@ -572,11 +571,11 @@ def triton(
         onnx_path = onnx_for(source)
         from sr_deploy.export.onnx_export import read_descriptor
 
-        reduce = _graph_reduction_or_fail(read_descriptor(onnx_path).scale, outscale)
-        if reduce > 1 and plan is not None:
+        to_scale = _graph_outscale_or_fail(read_descriptor(onnx_path).scale, outscale)
+        if to_scale and plan is not None:
             raise InputError("--outscale with --plan: build the plan with `srdeploy build-engine --outscale N` "
                              "and serve it without --outscale")
-        onnx_path = deployed_onnx(onnx_path, reduce=reduce, pixels=not float_io)
+        onnx_path = deployed_onnx(onnx_path, outscale=to_scale, pixels=not float_io)
         out = write_repository(onnx_path, output, name=name or source.name, plan=plan, overwrite=overwrite,
                                max_batch=max_batch, instances=instances, kind=kind, trt_accelerator=trt_accelerator)
         typer.echo(f"{out}: config.pbtxt (validated against Triton's model_config.proto), "

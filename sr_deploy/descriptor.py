@@ -32,19 +32,19 @@ class ModelDescriptor:
     # runners pad smaller inputs to it and crop; media tiles larger frames to it
     fixed_hw: tuple[int, int] | None = None
     max_batch: int = 0  # 0: any batch; 1: a graph whose batch dimension is fixed
-    # a graph that averages the model's output over reduce x reduce blocks (export/pixels.pool_output, for
-    # `--outscale`): ``scale`` is the graph's, the network itself works at scale * reduce
-    reduce: int = 1
+    # a graph whose output is area-resampled to ``scale`` from the network's own, larger scale (export/pixels.
+    # resample_output, for `--outscale`): ``network_scale`` is the network's (0: the same as ``scale``)
+    network_scale: int = 0
 
-    def reduced(self, k: int) -> "ModelDescriptor":
-        """The descriptor of this model's graph with its output averaged over k x k blocks (export/pixels.
-        pool_output, or the torch runner's AvgPool): the scale over k, the network's own scale kept."""
-        return self.with_(scale=self.scale // k, reduce=self.reduce * k)
+    def resampled(self, to_scale: int) -> "ModelDescriptor":
+        """The descriptor of this model's graph with its output area-resampled to ``to_scale`` (export/pixels.
+        resample_output, or the torch runner's module): the graph's scale changes, the network's is kept."""
+        return self.with_(scale=to_scale, network_scale=self.model_scale)
 
     @property
     def model_scale(self) -> int:
-        """The scale the network itself upscales by (``scale`` before the graph's output averaging)."""
-        return self.scale * max(1, self.reduce)
+        """The scale the network itself upscales by (``scale`` before the graph's output resampling)."""
+        return self.network_scale or self.scale
 
     @property
     def pixel_io(self) -> bool:
@@ -58,6 +58,8 @@ class ModelDescriptor:
     def from_json(cls, text: str) -> "ModelDescriptor":
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
+        if data.get("reduce", 1) > 1:  # the older form: an averaging factor k (cached graphs, engine sidecars)
+            data["network_scale"] = data["scale"] * data["reduce"]
         data = {k: v for k, v in data.items() if k in known}
         if "value_range" in data:
             data["value_range"] = tuple(data["value_range"])

@@ -131,7 +131,7 @@ def _runner(source, backend: str, precision: str, outscale: int | None = None):
 
 def _uint8_upscaler(runner, outscale: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """LR RGB uint8 → the runner's output as uint8; with ``outscale``, resized as ``run --outscale`` does
-    (a no-op where the runner averaged its output to that size in its graph)."""
+    (a no-op where the runner resized its output to that size in its graph)."""
     from sr_deploy.media.resize import resize_to
 
     def run(lr: np.ndarray) -> np.ndarray:
@@ -253,7 +253,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
     combos = _combos(cfg, note)
     if cfg.outscale and cfg.quality:
         note(f"quality at x{cfg.outscale}: LR images downscaled by {cfg.outscale}; each model ran at its own scale and "
-             f"its output was resized to x{cfg.outscale} (averaged in the graph where {cfg.outscale} divides the scale), "
+             f"its output was resized to x{cfg.outscale} (in the graph where {cfg.outscale} is a whole number below the scale), "
              f"as `run --outscale {cfg.outscale}` does")
     sources = []
     for spec in cfg.models or (None,):

@@ -66,7 +66,7 @@ def activation_bytes_per_pixel(desc: ModelDescriptor) -> int:
     alive: 2·C·s² values per input pixel at the last stage, plus the output and the trunk's skip.
     Values are 4 bytes (fp32; half precision halves it, which only leaves margin)."""
     c = int(desc.arch.get("channels", 64)) if desc.arch else 64
-    s = desc.model_scale  # a graph that averages its output still makes the full-scale one first
+    s = desc.model_scale  # a graph that resamples its output still makes the full-scale one first
     values = 2 * c * s * s + 3 * s * s + 2 * c
     return 4 * values
 

@@ -1,5 +1,5 @@
 """Pixels in the graph: wrap a float-I/O srdeploy ONNX so that it takes and returns uint8 RGB; and
-average its output over k x k blocks (``--outscale`` at a divisor of the model's scale).
+area-resize its output to a whole factor below the model's scale (``--outscale`` 3, 2 or 1 of a x4 model).
 
 The float model takes NCHW float32 in [0, 1]. The wrapped graph takes uint8
 (NHWC by default, the layout decoders and image readers produce) and does the
@@ -24,7 +24,7 @@ PIXEL_INPUT, PIXEL_OUTPUT = "pixels", "pixels_out"
 # The versions of the two rewrites, carried in their cache names: a cache file made by an older srdeploy's
 # rewrite is never reused by a newer one (the cache outlives upgrades; the key is otherwise the source's hash)
 PIXELS_FORM = 1  # wrap_uint8_io
-POOL_FORM = 1  # pool_output (clamp, then AveragePool)
+RESAMPLE_FORM = 2  # resample_output (clamp, then AveragePool or Conv + DepthToSpace; 1: AveragePool only)
 
 
 def io_name(layout: str) -> str:
@@ -89,37 +89,60 @@ def wrap_uint8_io(proto, *, layout: str = "nhwc"):
     return out
 
 
-def graph_reduction(scale: int, outscale: float | None) -> int:
-    """k when ``outscale`` is the model's ``scale`` over a whole k > 1 (a x4 model at --outscale 2 or 1): the
-    area resize is then a k x k average that the graph itself can do (pool_output); else 1."""
-    if outscale is None or outscale <= 0 or outscale >= scale:
-        return 1
-    k = scale / outscale
-    return int(round(k)) if abs(k - round(k)) < 1e-9 and scale % int(round(k)) == 0 else 1
+def graph_outscale(scale: int, outscale: float | None) -> int | None:
+    """The whole ``outscale`` below the model's ``scale`` (a x4 model at --outscale 3, 2 or 1): the area
+    resize to it is a fixed linear map of each block of the output, which the graph itself can apply
+    (resample_output); None for any other factor (the host resizes)."""
+    if outscale is None or not 1 <= outscale < scale or abs(outscale - round(outscale)) > 1e-9:
+        return None
+    return int(round(outscale))
 
 
-def pool_output(proto, k: int):
-    """A copy of ``proto`` (a float-I/O srdeploy ONNX) whose output is averaged over ``k`` x ``k`` blocks
-    (AveragePool, stride k): a x4 model that gives x2 (k = 2) or x1 (k = 4) frames.
+def area_weights(src: int, dst: int) -> "np.ndarray":
+    """(dst, src) weights of an area resize of ``src`` pixels to ``dst`` (dst <= src): each output pixel the
+    mean of the input it covers, a pixel cut by its edge counted by the share it covers, which is what
+    OpenCV's INTER_AREA computes when shrinking. Rows sum to 1."""
+    import numpy as np
 
-    This is what ``--outscale`` at a divisor of the model's scale asks for (an area resize: for a whole
-    factor, each output pixel the mean of the k x k it covers, as OpenCV's INTER_AREA), done on the
-    float output inside the graph, before the uint8 wrap rounds it: on a GPU, k² times fewer bytes come
-    back over PCIe and the host resizes nothing; everywhere, the rounding, clamping and cast run on
-    k² times fewer values, and the result is rounded once instead of twice. The output is always a
-    whole number of blocks (height and width are input sizes times the scale, which k divides)."""
+    w = np.zeros((dst, src), dtype=np.float64)
+    step = src / dst
+    for j in range(dst):
+        lo, hi = j * step, (j + 1) * step
+        for i in range(int(lo), min(src, int(np.ceil(hi - 1e-12)))):
+            w[j, i] = min(hi, i + 1) - max(lo, i)
+    return w / step
+
+
+def resample_output(proto, to_scale: int):
+    """A copy of ``proto`` (a float-I/O srdeploy ONNX) whose output is area-resized to ``to_scale`` times
+    the input (a whole number below the model's scale): a x4 model that gives x3, x2 or x1 frames.
+
+    This is what ``--outscale`` at a whole factor asks for, done on the float output inside the graph,
+    before the uint8 wrap rounds it: on a GPU fewer bytes come back over PCIe (9/16 at x3, 1/4 at x2)
+    and the host resizes nothing; everywhere the result is rounded once instead of twice. With
+    g = gcd(scale, to_scale), each q x q block of the full output (q = scale / g; the output's height
+    and width are whole numbers of blocks, since q divides the scale) becomes a p x p block (p =
+    to_scale / g). Where p is 1 that is an AveragePool; else a convolution per channel (q x q kernel,
+    stride q, p² outputs holding ``area_weights``) and a DepthToSpace (CRD, as the model's own pixel
+    shuffle exports). By hand because ONNX's Resize has no area mode (its antialiased linear mode is a
+    tent, not a box) and TensorRT's resize layer has no antialiasing: a conv and a depth-to-space are
+    layers every backend runs exactly."""
+    import math
+
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     desc = descriptor_of(proto)
     if desc.io != "float":
-        raise ModelError(f"pool the float-I/O ONNX, not one with {desc.io} I/O")
-    if k < 2 or desc.scale % k:
-        raise ModelError(f"cannot average a x{desc.scale} model's output over {k}x{k} blocks "
-                         f"(a divisor of the scale above 1 is needed)")
+        raise ModelError(f"resample the float-I/O ONNX, not one with {desc.io} I/O")
+    if graph_outscale(desc.scale, to_scale) is None:
+        raise ModelError(f"cannot resample a x{desc.scale} model's output to x{to_scale} in its graph "
+                         f"(a whole factor below the scale is needed)")
     if len(proto.graph.output) != 1:
         raise ModelError("expected one output in an srdeploy ONNX")
+    g_ = math.gcd(desc.scale, to_scale)
+    q, p = desc.scale // g_, to_scale // g_
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     g = out.graph
@@ -130,23 +153,34 @@ def pool_output(proto, k: int):
     # clamped to the value range first, as the image the host would resize is: a model's overshoot at
     # an edge must not darken or lighten its neighbours in the average
     lo, hi = desc.value_range
-    g.initializer.extend([numpy_helper.from_array(np.array(lo, dtype=np.float32), "px_pool_lo"),
-                          numpy_helper.from_array(np.array(hi, dtype=np.float32), "px_pool_hi")])
-    g.node.append(helper.make_node("Clip", [inner, "px_pool_lo", "px_pool_hi"], [f"{inner}_clip"],
-                                   name="px_out_pool_clip"))
-    g.node.append(helper.make_node("AveragePool", [f"{inner}_clip"], [src_out.name], kernel_shape=[k, k],
-                                   strides=[k, k], name="px_out_pool"))
+    g.initializer.extend([numpy_helper.from_array(np.array(lo, dtype=np.float32), "px_rs_lo"),
+                          numpy_helper.from_array(np.array(hi, dtype=np.float32), "px_rs_hi")])
+    g.node.append(helper.make_node("Clip", [inner, "px_rs_lo", "px_rs_hi"], [f"{inner}_clip"],
+                                   name="px_out_resample_clip"))
+    if p == 1:
+        g.node.append(helper.make_node("AveragePool", [f"{inner}_clip"], [src_out.name], kernel_shape=[q, q],
+                                       strides=[q, q], name="px_out_pool"))
+    else:
+        a = area_weights(q, p)
+        block = np.einsum("yi,xj->yxij", a, a).reshape(p * p, 1, q, q)  # output (dy, dx) ← input (i, j)
+        c = desc.out_channels
+        weight = np.tile(block, (c, 1, 1, 1)).astype(np.float32)  # channel c's p² outputs, in CRD order
+        g.initializer.append(numpy_helper.from_array(weight, "px_rs_weight"))
+        g.node.append(helper.make_node("Conv", [f"{inner}_clip", "px_rs_weight"], [f"{inner}_blocks"],
+                                       kernel_shape=[q, q], strides=[q, q], group=c, name="px_out_resample"))
+        g.node.append(helper.make_node("DepthToSpace", [f"{inner}_blocks"], [src_out.name], blocksize=p,
+                                       mode="CRD", name="px_out_resample_shuffle"))
     dims = src_out.type.tensor_type.shape.dim
-    for d, name in zip(dims[2:], ("pooled_height", "pooled_width")):  # NCHW: no longer the full-scale sizes
+    for d, name in zip(dims[2:], ("resampled_height", "resampled_width")):  # no longer the full-scale sizes
         d.ClearField("dim_value")
         d.dim_param = name
-    _set_descriptor(out, desc.reduced(k))
+    _set_descriptor(out, desc.resampled(to_scale))
     onnx.checker.check_model(out)
     return out
 
 
-def pooled_onnx(onnx_path: str | os.PathLike, k: int) -> Path:
-    """The form of ``onnx_path`` with its output averaged over ``k`` x ``k`` blocks (``pool_output``),
+def resampled_onnx(onnx_path: str | os.PathLike, to_scale: int) -> Path:
+    """The form of ``onnx_path`` with its output area-resized to ``to_scale`` (``resample_output``),
     written once into the cache, keyed by the source's hash."""
     import onnx
 
@@ -154,11 +188,11 @@ def pooled_onnx(onnx_path: str | os.PathLike, k: int) -> Path:
     from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
 
     src = Path(onnx_path)
-    out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.pool{k}v{POOL_FORM}.onnx"
+    out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.to{to_scale}v{RESAMPLE_FORM}.onnx"
     if not out.exists():
-        pooled = pool_output(load_onnx(src, external_data=True), k)
+        resampled = resample_output(load_onnx(src, external_data=True), to_scale)
         with atomic_path(out, overwrite=True) as tmp:
-            onnx.save(pooled, str(tmp))
+            onnx.save(resampled, str(tmp))
     return out
 
 
@@ -199,8 +233,8 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
     return Path(out)
 
 
-def deployed_onnx(onnx_path: str | os.PathLike, *, reduce: int = 1, pixels: bool = True) -> Path:
-    """The form an engine or a server takes (both cached): the output averaged by ``reduce`` in the graph
-    (``graph_reduction``), then uint8 pixel I/O unless ``pixels`` is False."""
-    path = pooled_onnx(onnx_path, reduce) if reduce > 1 else Path(onnx_path)
+def deployed_onnx(onnx_path: str | os.PathLike, *, outscale: int | None = None, pixels: bool = True) -> Path:
+    """The form an engine or a server takes (both cached): the output resampled to ``outscale`` in the graph
+    (``graph_outscale``), then uint8 pixel I/O unless ``pixels`` is False."""
+    path = resampled_onnx(onnx_path, outscale) if outscale else Path(onnx_path)
     return uint8_onnx(path) if pixels else path

@@ -2,10 +2,10 @@
 the model's own scale, e.g. 2 with a x4 model (1080p to 4K, where a x4 output would be 8K) or 3 for 720p
 to 4K.
 
-Where the factor is the model's scale over a whole k (2 or 1 with a x4 model), the runner averages k x k
-blocks inside its graph (export/pixels.graph_reduction and pool_output), on the GPU where it runs there, and
-the output comes back at the final size. Otherwise the model runs at its own scale and OpenCV resizes its
-output: by area averaging when shrinking
+Where the factor is a whole number below the model's scale (3, 2 or 1 with a x4 model), the runner
+area-resizes inside its graph (export/pixels.graph_outscale and resample_output), on the GPU where it runs
+there, and the output comes back at the final size. Otherwise the model runs at its own scale and OpenCV
+resizes its output: by area averaging when shrinking
 (each output pixel the mean of what it covers; a fixed-support kernel such as OpenCV's Lanczos aliases
 when shrinking) and by Lanczos (8x8) when enlarging past the model's scale. The size is rounded half up;
 a video's is then made even where its pixel format subsamples chroma (media/video.encodable_size).

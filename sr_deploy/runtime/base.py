@@ -152,15 +152,18 @@ class Runner(ABC):
         h, w, s = hw[0], hw[1], self.scale
         return np.ascontiguousarray(out[:, :, : h * s, : w * s] if hdim == 2 else out[:, : h * s, : w * s])
 
-    def reduce_output(self, k: int) -> bool:
-        """Average the model's output over ``k`` x ``k`` blocks inside the graph from now on (``--outscale``
-        at a divisor of the model's scale; ``scale`` becomes the scale over k). Call it before the runner is
-        active. False where this runner cannot: the caller then resizes on the host."""
+    def resample_output(self, to_scale: int) -> bool:
+        """Area-resize the model's output to ``to_scale`` inside the graph from now on (``--outscale`` at a
+        whole factor below the model's scale; export/pixels.resample_output); ``scale`` becomes ``to_scale``.
+        Call it before the runner is active. False where this runner cannot: the caller then resizes on
+        the host."""
         return False
 
-    def _reducible(self, k: int) -> bool:
-        """What every reduce_output asks first: not yet active, and k a divisor (>= 2) of the scale."""
-        return not self.active and k >= 2 and self.scale % k == 0
+    def _resamplable(self, to_scale: int) -> bool:
+        """What every resample_output asks first: not yet active, and a whole factor below the scale."""
+        from sr_deploy.export.pixels import graph_outscale
+
+        return not self.active and graph_outscale(self.scale, to_scale) is not None
 
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
@@ -217,15 +220,15 @@ class OnnxFileRunner(Runner):
     @abstractmethod
     def _run(self, u8: bool, batch: np.ndarray) -> np.ndarray: ...
 
-    def reduce_output(self, k: int) -> bool:
-        """Run the file's pooled form instead. A graph with pixels already inside (given by path) rounds
-        before any pool could run: left as it is."""
-        if not self._reducible(k) or self.descriptor.pixel_io:
+    def resample_output(self, to_scale: int) -> bool:
+        """Run the file's resampled form instead. A graph with pixels already inside (given by path)
+        rounds before any resampling could run: left as it is."""
+        if not self._resamplable(to_scale) or self.descriptor.pixel_io:
             return False
         from sr_deploy.export.onnx_export import read_descriptor
-        from sr_deploy.export.pixels import pooled_onnx
+        from sr_deploy.export.pixels import resampled_onnx
 
-        self.path = pooled_onnx(self.path, k)
+        self.path = resampled_onnx(self.path, to_scale)
         self.descriptor = read_descriptor(self.path)
         return True
 

@@ -130,14 +130,14 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
     """Build the runner for ``source`` on ``backend``; returns it and a one-line reason.
 
     ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA).
-    ``outscale``: the run's output factor; where it is the model's scale over a whole k, the runner averages
-    k x k blocks of the output in its graph (its ``scale`` is then the outscale; export/pixels.graph_reduction)."""
-    from sr_deploy.export.pixels import graph_reduction
+    ``outscale``: the run's output factor; where it is a whole number below the model's scale, the runner
+    area-resizes its output to it in its graph (its ``scale`` is then the outscale; export/pixels.graph_outscale)."""
+    from sr_deploy.export.pixels import graph_outscale
 
     runner, why = _make_runner(source, backend, precision, outscale)
-    k = graph_reduction(runner.scale, outscale)
-    if k > 1 and runner.reduce_output(k):
-        why += f"; the x{runner.scale * k} output averaged to x{runner.scale} in the graph (--outscale)"
+    to_scale, full = graph_outscale(runner.scale, outscale), runner.scale
+    if to_scale is not None and runner.resample_output(to_scale):
+        why += f"; the x{full} output area-resized to x{to_scale} in the graph (--outscale)"
     if cuda_graph:
         if not (runner.on_gpu or runner.backend == "tensorrt") or not hasattr(runner, "cuda_graph"):
             raise InputError(f"--cuda-graph needs a GPU runner (tensorrt, or torch on CUDA); this one is {runner.describe()}")
@@ -317,8 +317,8 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     The engine is built from the uint8-I/O form of the model's ONNX at the asked precision
     (default: fp16 where a gate-passed fp16 ONNX ships beside the model, else fp32) and keyed by
     that ONNX's hash, the precision, the profile, TensorRT's version and the GPU: a new TensorRT or
-    GPU gets a new engine, never a mismatched one. With ``outscale`` at the model's scale over a whole k,
-    the engine averages k x k output blocks on the GPU (a graph of its own, so an engine of its own).
+    GPU gets a new engine, never a mismatched one. With ``outscale`` a whole number below the model's scale,
+    the engine area-resizes its output to it on the GPU (a graph of its own, so an engine of its own).
     """
     if not tensorrt_ready():
         from sr_deploy.engine.build import tensorrt_available
@@ -339,9 +339,9 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         base = _onnx_at_precision(source, precision, "tensorrt")
     desc = read_descriptor(base)
     if not desc.pixel_io:
-        from sr_deploy.export.pixels import deployed_onnx, graph_reduction
+        from sr_deploy.export.pixels import deployed_onnx, graph_outscale
 
-        base = deployed_onnx(base, reduce=graph_reduction(desc.scale, outscale))
+        base = deployed_onnx(base, outscale=graph_outscale(desc.scale, outscale))
         desc = read_descriptor(base)
     profile = make_profile(desc, free_bytes=gpu_free_bytes())
     key = current_key(base, desc, profile)
@@ -350,10 +350,10 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
         sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")
         reference = sibling if sibling.exists() else None
-    if reference is not None and desc.reduce > 1:  # the gate compares like with like: pooled outputs
-        from sr_deploy.export.pixels import pooled_onnx
+    if reference is not None and desc.model_scale != desc.scale:  # the gate compares like with like
+        from sr_deploy.export.pixels import resampled_onnx
 
-        reference = pooled_onnx(reference, desc.reduce)
+        reference = resampled_onnx(reference, desc.scale)
     if target.exists() and target.with_suffix(".json").exists():
         runner = TensorRTRunner(target)
         how = "from the cache"

@@ -10,6 +10,34 @@ from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.runtime.base import Runner
 
 
+class AreaResample(nn.Module):
+    """The torch form of export/pixels.resample_output: clamp to the value range, then each q x q block of
+    the network's output area-resized to p x p (an average pool where p is 1, else a per-channel conv
+    holding the same ``area_weights`` and a pixel shuffle), in fp32 whatever the autocast around it."""
+
+    def __init__(self, desc: ModelDescriptor) -> None:
+        import math
+
+        from sr_deploy.export.pixels import area_weights
+
+        super().__init__()
+        g = math.gcd(desc.model_scale, desc.scale)
+        self.q, self.p = desc.model_scale // g, desc.scale // g
+        self.lo, self.hi = desc.value_range
+        self.channels = desc.out_channels
+        a = torch.from_numpy(area_weights(self.q, self.p)).float()
+        block = torch.einsum("yi,xj->yxij", a, a).reshape(self.p * self.p, 1, self.q, self.q)
+        self.register_buffer("weight", block.repeat(self.channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float().clamp(self.lo, self.hi)
+            if self.p == 1:
+                return nn.functional.avg_pool2d(x, self.q)
+            y = nn.functional.conv2d(x, self.weight, stride=self.q, groups=self.channels)
+            return nn.functional.pixel_shuffle(y, self.p)
+
+
 class TorchRunner(Runner):
     backend = "torch"
 
@@ -38,15 +66,14 @@ class TorchRunner(Runner):
         from sr_deploy.export.fold import inference_form
 
         net = inference_form(self._model)
-        if self.descriptor.reduce > 1:  # --outscale at a divisor of the scale: averaged on the device
-            lo, hi = self.descriptor.value_range  # clamped first, as export/pixels.pool_output does
-            net = nn.Sequential(net, nn.Hardtanh(lo, hi), nn.AvgPool2d(self.descriptor.reduce))
+        if self.descriptor.model_scale != self.descriptor.scale:  # --outscale at a whole factor: on the device
+            net = nn.Sequential(net, AreaResample(self.descriptor))
         self.net = net.to(self.device, memory_format=torch.channels_last)
 
-    def reduce_output(self, k: int) -> bool:
-        if not self._reducible(k):
+    def resample_output(self, to_scale: int) -> bool:
+        if not self._resamplable(to_scale):
             return False
-        self.descriptor = self.descriptor.reduced(k)
+        self.descriptor = self.descriptor.resampled(to_scale)
         return True
 
     def _deactivate(self) -> None:

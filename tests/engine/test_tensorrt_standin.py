@@ -293,7 +293,7 @@ def test_outscale_at_a_divisor_builds_an_engine_that_averages_on_the_gpu(gpu_her
     pooled, why = make_runner(src, "tensorrt", outscale=1)
     assert "built on first use" in why and pooled.path != full.path
     assert pooled.path.name.split(".")[1] == "x1" and ".x" not in full.path.name  # the name says what it returns
-    assert pooled.scale == 1 and pooled.descriptor.reduce == 2 and pooled.in_dtype == pooled.out_dtype == np.uint8
+    assert pooled.scale == 1 and pooled.descriptor.model_scale == 2 and pooled.in_dtype == pooled.out_dtype == np.uint8
     with full, pooled:
         out, big = pooled.infer_u8(px), full.infer_u8(px)
     assert out.shape == px.shape
@@ -310,7 +310,7 @@ def test_build_engine_outscale_makes_the_averaged_engine(gpu_here, tiny_onnx, tm
 
     out = tmp_path / "half.engine"
     r = CliRunner().invoke(app, ["build-engine", str(tiny_onnx), "--outscale", "1", "-o", str(out)])
-    assert r.exit_code == 0 and "x1: the x2 output averaged in the graph" in r.output, r.output
+    assert r.exit_code == 0 and "x1: the x2 output area-resized in the graph" in r.output, r.output
     runner = TensorRTRunner(out)
     px = np.random.default_rng(7).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     with runner:

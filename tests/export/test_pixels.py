@@ -111,51 +111,73 @@ def tiny_x4_onnx(tmp_path_factory):
     return export_checkpoint(d / "tiny_x4.pt", d / "tiny_x4.onnx").path
 
 
-def _block_mean(y: np.ndarray, k: int) -> np.ndarray:
+def _area(y: np.ndarray, to_scale: int, scale: int = 4) -> np.ndarray:
+    """OpenCV's area resize of NCHW float ``y`` from x``scale`` to x``to_scale``: the reference."""
+    import cv2
+
     n, c, h, w = y.shape
-    return y.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5))
+    size = (w * to_scale // scale, h * to_scale // scale)
+    return np.stack([np.stack([cv2.resize(y[i, j], size, interpolation=cv2.INTER_AREA) for j in range(c)])
+                     for i in range(n)])
 
 
-def test_pooled_graph_is_the_block_mean_of_the_clamped_output(tiny_x4_onnx, tmp_path):
-    """pool_output: each output pixel the mean of the k x k full-scale pixels it covers, after the clamp to
-    the value range (the tiny random model overshoots it often); the descriptor says the graph's scale and
-    keeps the network's; its uint8 form rounds that mean once."""
+def test_area_weights_are_opencvs_area_resize():
+    """area_weights(q, p) applied per q-block is cv2.INTER_AREA exactly, for every ratio a graph may need
+    (x4 → x3, x3 → x2, x4 → x1, x8 → x5), and each output pixel's weights sum to one."""
+    import cv2
+
+    from sr_deploy.export.pixels import area_weights
+
+    for q, p in ((4, 3), (3, 2), (4, 1), (8, 5)):
+        a = area_weights(q, p)
+        assert a.shape == (p, q) and np.allclose(a.sum(axis=1), 1)
+        x = np.random.default_rng(q * p).random((q * 6, q * 5)).astype(np.float32)
+        blocks = x.reshape(6, q, 5, q)
+        y = np.einsum("yi,aibj,xj->aybx", a, blocks, a).reshape(6 * p, 5 * p)
+        assert np.allclose(y, cv2.resize(x, (5 * p, 6 * p), interpolation=cv2.INTER_AREA), atol=1e-6), (q, p)
+
+
+def test_resampled_graph_is_the_area_resize_of_the_clamped_output(tiny_x4_onnx, tmp_path):
+    """resample_output: the output is OpenCV's area resize (x3: a conv and depth-to-space; x2, x1: a block
+    mean) of the full-scale output clamped to the value range (the tiny random model overshoots it often);
+    the descriptor says the graph's scale and keeps the network's; its uint8 form rounds that once."""
     import onnxruntime as ort
 
-    from sr_deploy.export.pixels import pool_output, pooled_onnx
+    from sr_deploy.export.pixels import resample_output, resampled_onnx
 
     full = ort.InferenceSession(str(tiny_x4_onnx), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((2, 3, 9, 13), dtype=np.float32)
     y = full.run(None, {full.get_inputs()[0].name: x})[0]
     assert y.min() < 0 or y.max() > 1  # the clamp is exercised
-    for k in (2, 4):
-        path = pooled_onnx(tiny_x4_onnx, k)
+    for to in (3, 2, 1):
+        path = resampled_onnx(tiny_x4_onnx, to)
         desc = read_descriptor(path)
-        assert (desc.scale, desc.reduce, desc.model_scale) == (4 // k, k, 4)
+        assert (desc.scale, desc.model_scale) == (to, 4)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-        assert got.shape == (2, 3, 9 * 4 // k, 13 * 4 // k)
-        assert np.allclose(got, _block_mean(np.clip(y, 0, 1), k), atol=1e-6)
-        u8 = uint8_onnx(path, out=tmp_path / f"p{k}.onnx")
+        assert got.shape == (2, 3, 9 * to, 13 * to)
+        assert np.allclose(got, _area(np.clip(y, 0, 1), to), atol=1e-6), to
+        u8 = uint8_onnx(path, out=tmp_path / f"p{to}.onnx")
         sess = ort.InferenceSession(str(u8), providers=["CPUExecutionProvider"])
         px = np.random.default_rng(2).integers(0, 256, (1, 9, 13, 3), dtype=np.uint8)
         got = sess.run(None, {sess.get_inputs()[0].name: px})[0]
-        want = _block_mean(np.clip(full.run(None, {full.get_inputs()[0].name: px.transpose(0, 3, 1, 2).astype(
-            np.float32) / 255.0})[0], 0, 1), k)
+        want = _area(np.clip(full.run(None, {full.get_inputs()[0].name: px.transpose(0, 3, 1, 2).astype(
+            np.float32) / 255.0})[0], 0, 1), to)
         diff = np.abs(got.astype(int) - quantize(want.transpose(0, 2, 3, 1)).astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
     proto = onnx.load(str(tiny_x4_onnx))
-    with pytest.raises(ModelError, match="divisor of the scale"):
-        pool_output(proto, 3)
+    for bad in (4, 5, 1.5, 0):
+        with pytest.raises(ModelError, match="whole factor below the scale"):
+            resample_output(proto, bad)
     with pytest.raises(ModelError, match="float-I/O"):
-        pool_output(wrap_uint8_io(proto), 2)
+        resample_output(wrap_uint8_io(proto), 2)
 
 
-def test_every_runner_averages_in_its_graph_at_a_divisor_outscale(tiny_x4_onnx):
-    """make_runner(outscale=F) with F the scale over a whole k: every CPU backend runs the pooled graph
-    (torch an AvgPool on the module); the float output is the block mean of the full one, the bytes are
-    within a level of the host's area resize; the memory estimate stays the full-scale network's.
-    Other factors leave the runner at the model's scale (the host resizes)."""
+def test_every_runner_resizes_in_its_graph_at_a_whole_outscale(tiny_x4_onnx):
+    """make_runner(outscale=F) with F a whole number below the scale: every CPU backend runs the resampled
+    graph (torch the same weights on the module); the float output is the area resize of the full one,
+    the bytes are within a level of the host's area resize; the memory estimate stays the full-scale
+    network's. Other factors leave the runner at the model's scale (the host resizes)."""
     import cv2
 
     from sr_deploy.runtime.select import ModelSource
@@ -168,27 +190,41 @@ def test_every_runner_averages_in_its_graph_at_a_divisor_outscale(tiny_x4_onnx):
             continue
         src = ModelSource("checkpoint", ckpt, "tiny_x4") if backend == "torch" else resolve_model(str(tiny_x4_onnx))
         full, _ = make_runner(src, backend)
-        for f in (2, 1):
-            pooled, why = make_runner(src, backend, outscale=f)
-            assert pooled.scale == f and f"averaged to x{f} in the graph" in why, (backend, why)
-            assert pooled.bytes_per_pixel() == full.bytes_per_pixel()
-            with full, pooled:
-                assert np.allclose(pooled.infer(x), _block_mean(full.infer(x), 4 // f), atol=1e-5), backend
-                got, big = pooled.infer_u8(px)[0], full.infer_u8(px)[0]
+        for f in (3, 2, 1):
+            resized, why = make_runner(src, backend, outscale=f)
+            assert resized.scale == f and f"area-resized to x{f} in the graph" in why, (backend, why)
+            assert resized.bytes_per_pixel() == full.bytes_per_pixel()
+            with full, resized:
+                want = _area(np.clip(full.infer(x), 0, 1), f)
+                assert np.allclose(resized.infer(x), want, atol=1e-5), (backend, f)
+                got, big = resized.infer_u8(px)[0], full.infer_u8(px)[0]
             area = cv2.resize(big, (14 * f, 10 * f), interpolation=cv2.INTER_AREA)
             assert got.shape == area.shape and np.abs(got.astype(int) - area.astype(int)).max() <= 1, backend
-        for f in (1.5, 3, 8):
+        for f in (1.5, 4, 8):
             runner, why = make_runner(src, backend, outscale=f)
-            assert runner.scale == 4 and "averaged" not in why
+            assert runner.scale == 4 and "area-resized" not in why
+
+
+def test_descriptor_of_an_older_averaging_graph_reads_as_resampled():
+    """Graphs and engine sidecars written before the resampling generalised carried ``reduce`` (k): read
+    back, their network's scale is the graph's times k."""
+    import json
+
+    from sr_deploy.descriptor import ModelDescriptor
+
+    old = {"name": "m", "scale": 2, "reduce": 2, "io": "uint8-nhwc"}
+    desc = ModelDescriptor.from_json(json.dumps(old))
+    assert (desc.scale, desc.model_scale) == (2, 4)
+    assert ModelDescriptor.from_json(json.dumps({"name": "m", "scale": 4})).model_scale == 4
 
 
 def test_cached_rewrites_are_named_by_their_form(tiny_x4_onnx, monkeypatch):
-    """The cache outlives upgrades: a newer wrap or pool (a bumped form) writes a new file instead of
+    """The cache outlives upgrades: a newer wrap or resampling (a bumped form) writes a new file instead of
     reusing the one an older srdeploy made from the same source."""
     from sr_deploy.export import pixels
 
-    u8, pooled = uint8_onnx(tiny_x4_onnx), pixels.pooled_onnx(tiny_x4_onnx, 2)
-    assert uint8_onnx(tiny_x4_onnx) == u8 and pixels.pooled_onnx(tiny_x4_onnx, 2) == pooled  # reused
+    u8, resized = uint8_onnx(tiny_x4_onnx), pixels.resampled_onnx(tiny_x4_onnx, 2)
+    assert uint8_onnx(tiny_x4_onnx) == u8 and pixels.resampled_onnx(tiny_x4_onnx, 2) == resized  # reused
     monkeypatch.setattr(pixels, "PIXELS_FORM", pixels.PIXELS_FORM + 1)
-    monkeypatch.setattr(pixels, "POOL_FORM", pixels.POOL_FORM + 1)
-    assert uint8_onnx(tiny_x4_onnx) != u8 and pixels.pooled_onnx(tiny_x4_onnx, 2) != pooled
+    monkeypatch.setattr(pixels, "RESAMPLE_FORM", pixels.RESAMPLE_FORM + 1)
+    assert uint8_onnx(tiny_x4_onnx) != u8 and pixels.resampled_onnx(tiny_x4_onnx, 2) != resized

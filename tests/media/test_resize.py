@@ -119,7 +119,7 @@ def test_a_divisor_of_the_scale_is_averaged_in_the_graph(tmp_path, tiny_ckpt):
     code, said = _run(src, "-o", tmp_path / "x2.png", *model)
     assert code == 0, said
     code, said = _run(src, "-o", tmp_path / "x1.png", *model, "--outscale", 1)
-    assert code == 0 and "averaged to x1 in the graph" in said, said
+    assert code == 0 and "area-resized to x1 in the graph" in said, said
     at2 = cv2.imread(str(tmp_path / "x2.png"), cv2.IMREAD_UNCHANGED)
     got = cv2.imread(str(tmp_path / "x1.png"), cv2.IMREAD_UNCHANGED)
     area = cv2.resize(at2, (22, 18), interpolation=cv2.INTER_AREA)
@@ -132,7 +132,7 @@ def test_a_divisor_of_the_scale_is_averaged_in_the_graph(tmp_path, tiny_ckpt):
     code, said = _run(clip, "-o", tmp_path / "v2.mov", *model, "--codec", "qtrle", "--quiet")
     assert code == 0, said
     code, said = _run(clip, "-o", tmp_path / "v1.mov", *model, "--codec", "qtrle", "--outscale", 1)
-    assert code == 0 and "averaged to x1 in the graph" in said and "40x24" in said, said
+    assert code == 0 and "area-resized to x1 in the graph" in said and "40x24" in said, said
 
     def frames(path: Path) -> list[np.ndarray]:
         with av.open(str(path)) as c:

@@ -62,7 +62,7 @@ def test_torch_cuda_stream_meets_size_requirements():
 @pytest.mark.needs_gpu
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_torch_cuda_stream_averages_on_the_device(tiny_ckpt, cuda_graph):
-    """--outscale 1 with a x2 model on CUDA: the pooled module (clamp, 2x2 average) runs on the device,
+    """--outscale 1 with a x2 model on CUDA: the resampling module (clamp, 2x2 average) runs on the device,
     pipelined and graph-captured; x1 bytes come back, within a level of the CPU's pooled fp32 output."""
     from sr_deploy.export.onnx_export import descriptor_for
     from sr_deploy.models.checkpoint import load_checkpoint
@@ -72,11 +72,11 @@ def test_torch_cuda_stream_averages_on_the_device(tiny_ckpt, cuda_graph):
     desc = descriptor_for(model, name="tiny")
     px = [np.random.default_rng(i).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8) for i in range(5)]
     cpu = TorchRunner(model, desc, device="cpu")
-    assert cpu.reduce_output(2)
+    assert cpu.resample_output(1)
     with cpu:
         ref = [cpu.infer_u8(b) for b in px]
     gpu = TorchRunner(model, desc, precision="fp16", device="cuda", cuda_graph=cuda_graph)
-    assert gpu.reduce_output(2) and gpu.scale == 1
+    assert gpu.resample_output(1) and gpu.scale == 1
     with gpu:
         outs = list(gpu.stream_u8(iter(px)))
     for x, r, o in zip(px, ref, outs, strict=True):
