@@ -303,6 +303,41 @@ def test_outscale_at_a_divisor_builds_an_engine_that_averages_on_the_gpu(gpu_her
     assert gate["passed"] and gate["psnr_vs_fp32_db"] >= 50
 
 
+@pytest.fixture(scope="module")
+def tiny_x4_onnx(tmp_path_factory):
+    """A x4 model's ONNX, exported before any stand-in TensorRT is imported (torch's exporter reads the
+    modules loaded when it first runs)."""
+    from sr_deploy.export import export_checkpoint
+    from sr_deploy.models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_model
+
+    d = tmp_path_factory.mktemp("x4")
+    save_checkpoint(d / "tiny_x4.pt", tiny_model(4))
+    return export_checkpoint(d / "tiny_x4.pt", d / "tiny_x4.onnx").path
+
+
+def test_outscale_three_of_a_x4_model_builds_an_engine_that_area_resizes_on_the_gpu(tiny_x4_onnx, gpu_here):
+    """`run --outscale 3` with a x4 model: the engine is built from the resampled pixels graph (a grouped
+    conv and a depth-to-space after the model), named x3, returns x3 bytes within a level of the host's
+    area resize of the x4 engine's output, and passes its gate against the resampled fp32 graph."""
+    import cv2
+
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = resolve_model(str(tiny_x4_onnx))
+    px = np.random.default_rng(8).integers(0, 256, (1, 12, 20, 3), dtype=np.uint8)
+    full, _ = make_runner(src, "tensorrt")
+    resized, _ = make_runner(src, "tensorrt", outscale=3)
+    assert resized.path.name.split(".")[1] == "x3" and (resized.scale, resized.descriptor.model_scale) == (3, 4)
+    with full, resized:
+        out, big = resized.infer_u8(px), full.infer_u8(px)
+    assert out.shape == (1, 36, 60, 3)
+    area = cv2.resize(big[0], (60, 36), interpolation=cv2.INTER_AREA)
+    assert np.abs(out[0].astype(int) - area.astype(int)).max() <= 1
+    gate = json.loads(resized.path.with_suffix(".json").read_text())["gate"]
+    assert gate["passed"] and gate["psnr_vs_fp32_db"] >= 50
+
+
 def test_build_engine_outscale_makes_the_averaged_engine(gpu_here, tiny_onnx, tmp_path):
     from typer.testing import CliRunner
 
