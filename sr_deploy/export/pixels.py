@@ -141,8 +141,8 @@ def resample_output(proto, to_scale: int):
                          f"(a whole factor below the scale is needed)")
     if len(proto.graph.output) != 1:
         raise ModelError("expected one output in an srdeploy ONNX")
-    g_ = math.gcd(desc.scale, to_scale)
-    q, p = desc.scale // g_, to_scale // g_
+    common = math.gcd(desc.scale, to_scale)
+    q, p = desc.scale // common, to_scale // common
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     g = out.graph
