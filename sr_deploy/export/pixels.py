@@ -113,6 +113,22 @@ def area_weights(src: int, dst: int) -> "np.ndarray":
     return w / step
 
 
+def area_kernel(scale: int, to_scale: int, channels: int) -> tuple[int, int, "np.ndarray"]:
+    """(q, p, weight) of the area resize from ``scale`` to ``to_scale``: each q x q block of the input
+    becomes a p x p block; ``weight`` (channels·p², 1, q, q) is the per-channel (grouped) convolution that
+    computes it, its outputs in CRD order (channel, then row and column within the block), as a
+    depth-to-space or pixel shuffle of block size p expects."""
+    import math
+
+    import numpy as np
+
+    common = math.gcd(scale, to_scale)
+    q, p = scale // common, to_scale // common
+    a = area_weights(q, p)
+    block = np.einsum("yi,xj->yxij", a, a).reshape(p * p, 1, q, q)  # output (dy, dx) ← input (i, j)
+    return q, p, np.tile(block, (channels, 1, 1, 1)).astype(np.float32)
+
+
 def resample_output(proto, to_scale: int):
     """A copy of ``proto`` (a float-I/O srdeploy ONNX) whose output is area-resized to ``to_scale`` times
     the input (a whole number below the model's scale): a x4 model that gives x3, x2 or x1 frames.
@@ -127,8 +143,6 @@ def resample_output(proto, to_scale: int):
     shuffle exports). By hand because ONNX's Resize has no area mode (its antialiased linear mode is a
     tent, not a box) and TensorRT's resize layer has no antialiasing: a conv and a depth-to-space are
     layers every backend runs exactly."""
-    import math
-
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -141,8 +155,7 @@ def resample_output(proto, to_scale: int):
                          f"(a whole factor below the scale is needed)")
     if len(proto.graph.output) != 1:
         raise ModelError("expected one output in an srdeploy ONNX")
-    common = math.gcd(desc.scale, to_scale)
-    q, p = desc.scale // common, to_scale // common
+    q, p, weight = area_kernel(desc.scale, to_scale, desc.out_channels)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     g = out.graph
@@ -161,13 +174,10 @@ def resample_output(proto, to_scale: int):
         g.node.append(helper.make_node("AveragePool", [f"{inner}_clip"], [src_out.name], kernel_shape=[q, q],
                                        strides=[q, q], name="px_out_pool"))
     else:
-        a = area_weights(q, p)
-        block = np.einsum("yi,xj->yxij", a, a).reshape(p * p, 1, q, q)  # output (dy, dx) ← input (i, j)
-        c = desc.out_channels
-        weight = np.tile(block, (c, 1, 1, 1)).astype(np.float32)  # channel c's p² outputs, in CRD order
         g.initializer.append(numpy_helper.from_array(weight, "px_rs_weight"))
         g.node.append(helper.make_node("Conv", [f"{inner}_clip", "px_rs_weight"], [f"{inner}_blocks"],
-                                       kernel_shape=[q, q], strides=[q, q], group=c, name="px_out_resample"))
+                                       kernel_shape=[q, q], strides=[q, q], group=desc.out_channels,
+                                       name="px_out_resample"))
         g.node.append(helper.make_node("DepthToSpace", [f"{inner}_blocks"], [src_out.name], blocksize=p,
                                        mode="CRD", name="px_out_resample_shuffle"))
     dims = src_out.type.tensor_type.shape.dim

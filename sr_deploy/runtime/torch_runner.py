@@ -16,18 +16,13 @@ class AreaResample(nn.Module):
     holding the same ``area_weights`` and a pixel shuffle), in fp32 whatever the autocast around it."""
 
     def __init__(self, desc: ModelDescriptor) -> None:
-        import math
-
-        from sr_deploy.export.pixels import area_weights
+        from sr_deploy.export.pixels import area_kernel
 
         super().__init__()
-        g = math.gcd(desc.model_scale, desc.scale)
-        self.q, self.p = desc.model_scale // g, desc.scale // g
+        self.q, self.p, weight = area_kernel(desc.model_scale, desc.scale, desc.out_channels)
         self.lo, self.hi = desc.value_range
         self.channels = desc.out_channels
-        a = torch.from_numpy(area_weights(self.q, self.p)).float()
-        block = torch.einsum("yi,xj->yxij", a, a).reshape(self.p * self.p, 1, self.q, self.q)
-        self.register_buffer("weight", block.repeat(self.channels, 1, 1, 1))
+        self.register_buffer("weight", torch.from_numpy(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
