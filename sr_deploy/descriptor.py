@@ -47,6 +47,11 @@ class ModelDescriptor:
         return self.network_scale or self.scale
 
     @property
+    def resizes_output(self) -> bool:
+        """True for a graph that area-resizes the network's output to another scale (``--outscale``)."""
+        return self.model_scale != self.scale
+
+    @property
     def pixel_io(self) -> bool:
         """True when the graph takes and returns uint8 pixels."""
         return self.io.startswith("uint8")

@@ -30,7 +30,7 @@ def engine_path(onnx_path: Path, key: EngineKey, desc: ModelDescriptor | None = 
     """``NAME.<precision>.<sm>.<digest>.engine`` beside the ONNX; ``NAME.x2.<precision>...`` for a graph
     that resamples its output to x2 (``--outscale``), so that the name says what the engine returns."""
     name = onnx_path.name.split(".")[0]
-    if desc is not None and desc.model_scale != desc.scale:
+    if desc is not None and desc.resizes_output:
         name += f".x{desc.scale}"
     return onnx_path.with_name(f"{name}.{key.precision}.sm{key.compute_capability.replace('.', '')}.{key.digest()}.engine")
 

@@ -350,7 +350,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
     if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
         sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")
         reference = sibling if sibling.exists() else None
-    if reference is not None and desc.model_scale != desc.scale:  # the gate compares like with like
+    if reference is not None and desc.resizes_output:  # the gate compares like with like
         from sr_deploy.export.pixels import resampled_onnx
 
         reference = resampled_onnx(reference, desc.scale)

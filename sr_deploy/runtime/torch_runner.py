@@ -61,7 +61,7 @@ class TorchRunner(Runner):
         from sr_deploy.export.fold import inference_form
 
         net = inference_form(self._model)
-        if self.descriptor.model_scale != self.descriptor.scale:  # --outscale at a whole factor: on the device
+        if self.descriptor.resizes_output:  # --outscale at a whole factor: on the device
             net = nn.Sequential(net, AreaResample(self.descriptor))
         self.net = net.to(self.device, memory_format=torch.channels_last)
 
