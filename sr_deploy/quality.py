@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from sr_deploy.errors import InputError
-from sr_deploy.metrics import SSIM_WINDOW, bicubic_resize, make_lr, mod_crop, y_scores
+from sr_deploy.metrics import SSIM_WINDOW, bicubic_resize, mod_crop, y_scores
+from sr_deploy.metrics import make_lr as bicubic_lr
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,11 @@ class QualityResult:
     detail: float = float("nan")  # mean metrics.detail_ratio: 1.0 = as much fine detail as HR
 
 
-def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | None = None) -> list[EvalPair]:
+def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | None = None, *,
+                  make_lr: Callable[[np.ndarray, int, int], np.ndarray] | None = None) -> list[EvalPair]:
     """Read every image of ``folder`` as an (HR, LR) pair; images too small to score at ``scale`` and
-    unreadable ones are skipped, named through ``say`` (the set's image count shows that it is smaller)."""
+    unreadable ones are skipped, named through ``say`` (the set's image count shows that it is smaller).
+    ``make_lr(hr, scale, index)`` makes the LR (default: a bicubic downscale)."""
     from sr_deploy.imagefiles import list_images, read_rgb
 
     # SSIM's window must fit once the border is shaved; images are cut to a multiple of the scale first
@@ -52,7 +55,8 @@ def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | N
                 say(f"skipped {f}: {img.shape[1]}x{img.shape[0]} is too small to score at x{scale} "
                     f"(at least {least}x{least})")
             continue
-        pairs.append(EvalPair(f.stem, hr, make_lr(hr, scale)))
+        lr = make_lr(hr, scale, len(pairs)) if make_lr else bicubic_lr(hr, scale)
+        pairs.append(EvalPair(f.stem, hr, lr))
     if not pairs:
         raise InputError(f"{folder}: no images large enough to evaluate at x{scale}")
     return pairs

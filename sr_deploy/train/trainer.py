@@ -33,7 +33,7 @@ from sr_deploy.models.discriminator import Discriminator
 from sr_deploy.progress import Progress
 from sr_deploy.quality import bicubic_upscale, evaluate, load_eval_set, torch_upscaler
 from sr_deploy.train.config import TrainConfig
-from sr_deploy.train.data import CropDataset, Degradation, StepSampler
+from sr_deploy.train.data import CropDataset, StepSampler, degradation_for, degraded_eval_lr
 
 log = logging.getLogger(__name__)
 VGG_RESCALE = 1.0 / 12.75
@@ -190,8 +190,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         if init_payload["arch"] != cfg.arch_dict():
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
     dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
-                          degradation=Degradation() if cfg.degradation == "degraded" else None)
-    val_pairs = load_eval_set(cfg.val, cfg.scale, say=log.warning) if cfg.val else None
+                          degradation=degradation_for(cfg.degradation))
+    val_lr = degraded_eval_lr if cfg.val_degradation == "real" else None
+    val_pairs = load_eval_set(cfg.val, cfg.scale, say=log.warning, make_lr=val_lr) if cfg.val else None
 
     rank, world, device = _distributed()
     main = rank == 0
