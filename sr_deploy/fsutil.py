@@ -123,3 +123,13 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """sha256 naming a model file's content: an ncnn ``.param`` together with the ``.bin`` beside it
+    (either one changed is another model), any other file by itself."""
+    path = Path(path)
+    binf = path.with_suffix(".bin")
+    if path.suffix.lower() != ".param" or not binf.is_file():
+        return sha256_file(path)
+    return hashlib.sha256((sha256_file(path) + sha256_file(binf)).encode()).hexdigest()

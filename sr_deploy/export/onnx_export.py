@@ -14,7 +14,7 @@ from sr_deploy.descriptor import METADATA_KEY, ModelDescriptor
 from sr_deploy.errors import ModelError
 from sr_deploy.export.fold import inference_form
 from sr_deploy.export.trace import trace_dynamo
-from sr_deploy.fsutil import atomic_path, sha256_file
+from sr_deploy.fsutil import atomic_path, model_digest
 
 DEFAULT_OPSET = 18
 PARITY_SIZES = ((17, 23), (31, 45))  # deliberately not multiples of 8
@@ -237,5 +237,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     checkpoint = Path(checkpoint)
     model, _ = load_checkpoint(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
-    return export_onnx(model, out, name=checkpoint.stem, source_sha256=sha256_file(checkpoint),
+    return export_onnx(model, out, name=checkpoint.stem, source_sha256=model_digest(checkpoint),
                        opset=opset, overwrite=overwrite, shape=shape)

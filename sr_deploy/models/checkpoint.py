@@ -125,7 +125,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     """Rebuild the generator stored in ``path``; return it (eval mode) and the raw payload.
 
     A weights file that is not a srdeploy checkpoint is handed to spandrel (models/community.py),
-    which recognises community architectures from their state dicts."""
+    which recognises community architectures from their state dicts; an ncnn ``.param`` (with its
+    ``.bin``) is run as its own graph (models/ncnn.py)."""
+    if Path(path).suffix.lower() == ".param":
+        from sr_deploy.models.ncnn import load_ncnn
+
+        model = load_ncnn(path)
+        return model, {"format": "ncnn", "arch": model.config.to_dict()}
     try:
         payload = read_checkpoint(path)
     except ForeignWeights as foreign:

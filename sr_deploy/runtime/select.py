@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError, SRDeployError
-from sr_deploy.fsutil import atomic_path, cache_root
+from sr_deploy.fsutil import atomic_path, cache_root, model_digest
 from sr_deploy.runtime.base import Runner
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "srresnet_x4"
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".safetensors"}
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".param"}  # .param: ncnn (models/ncnn.py)
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,21 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
     shipped = shipped_models()
     if str(spec) in shipped:
         return ModelSource("checkpoint", shipped[str(spec)], str(spec))
+    from sr_deploy.models import zoo
+
+    entry = zoo.find(str(spec))
+    if entry is not None:
+        found = zoo.zoo_path(entry)
+        if found is None:
+            raise InputError(f"{spec} is a zoo model whose package {entry.package} is not installed: {zoo.ZOO_HINT}")
+        return ModelSource("checkpoint", found, entry.name)
     path = Path(spec)
     if not path.exists():
         if path.suffix or os.sep in str(spec):
             raise InputError(f"{path}: model file not found")
         names = ", ".join(shipped) or "none"
-        raise InputError(f"no shipped model named {spec!r} (shipped: {names}); pass a checkpoint or ONNX path")
+        raise InputError(f"no shipped model named {spec!r} (shipped: {names}; zoo: "
+                         f"{', '.join(m.name for m in zoo.ZOO)}); pass a checkpoint, ncnn .param or ONNX path")
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return ModelSource("checkpoint", path, path.stem)
@@ -51,16 +60,15 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
         return ModelSource("onnx", path, path.name.split(".")[0])
     if suffix in (".engine", ".plan", ".trt"):
         return ModelSource("engine", path, path.name.split(".")[0])
-    raise InputError(f"{path}: not a model file (expected .pt, .pth, .ckpt, .safetensors, .onnx or .engine)")
+    raise InputError(f"{path}: not a model file (expected .pt, .pth, .ckpt, .safetensors, an ncnn .param, .onnx or .engine)")
 
 
 
 
 def model_identity(source: ModelSource, backend: str, precision: str | None, ensemble: bool = False) -> str:
     """What names a model's outputs in a resumable run's manifest: the file's hash and how it is run."""
-    from sr_deploy.fsutil import sha256_file
 
-    return f"{source.kind}:{sha256_file(source.path)} backend={backend} precision={precision or 'default'}" + (
+    return f"{source.kind}:{model_digest(source.path)} backend={backend} precision={precision or 'default'}" + (
         " ensemble" if ensemble else "")
 
 
@@ -71,11 +79,10 @@ def onnx_for(source: ModelSource) -> Path:
     if source.kind != "checkpoint":
         raise ModelError(f"{source.path}: an engine has no ONNX to run on another backend")
     from sr_deploy.export.onnx_export import export_checkpoint
-    from sr_deploy.fsutil import sha256_file
 
     from sr_deploy.export.onnx_export import DynamicExportUnsupported
 
-    target = cache_root() / "onnx" / f"{source.name}-{sha256_file(source.path)[:16]}.onnx"
+    target = cache_root() / "onnx" / f"{source.name}-{model_digest(source.path)[:16]}.onnx"
     refused = target.with_suffix(".no-dynamic-shape.txt")  # remembered: the attempt takes a minute
     if refused.exists():
         raise DynamicExportUnsupported(refused.read_text().strip())

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
+from sr_deploy.fsutil import atomic_path, cache_root, model_digest
 
 TUNE_INPUT = (128, 128)  # LR pixels of the timed input: the size the published CPU figures use
 TUNE_SECONDS = float(os.environ.get("SRDEPLOY_TUNE_SECONDS", "1.0"))  # timed runs per candidate, after a warm-up
@@ -135,7 +135,7 @@ def cache_key(source, model_sha256: str | None = None) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"format": FORMAT, "model_sha256": model_sha256 or sha256_file(source.path), "cpu": machine_info()["cpu"],
+    return {"format": FORMAT, "model_sha256": model_sha256 or model_digest(source.path), "cpu": machine_info()["cpu"],
             "cores": os.cpu_count(), "flags_sha": _flags_digest(cpu_flags()), "versions": versions,
             "input": list(TUNE_INPUT)}
 
@@ -147,7 +147,7 @@ def _flags_digest(flags: set[str]) -> str:
 
 
 def cache_path(source, model_sha256: str | None = None) -> Path:
-    sha = model_sha256 or sha256_file(source.path)
+    sha = model_sha256 or model_digest(source.path)
     return cache_root() / "tune" / f"{Path(source.path).name}-{sha[:16]}.json"
 
 
