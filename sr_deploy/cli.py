@@ -376,7 +376,10 @@ def build_engine_cmd(
     max_batch: int = typer.Option(4, "--max-batch", help="Largest batch of the engine's profile."),
     onnx_only: bool = typer.Option(False, "--onnx-only", help="Write the precision ONNX and its report only."),
     max_delta_db: Optional[float] = typer.Option(None, "--max-delta-db", help="Quality budget (default 0.05 fp16, 0.3 int8)."),
-    gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out HR images for the quality gate."),
+    gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="Held-out real images for the quality gate "
+                                             "(default: the --calib folder's held-out files, else srdeploy's bundled photographs)."),
+    min_fidelity_db: Optional[float] = typer.Option(None, "--min-fidelity-db", help="Least PSNR of the variant's output "
+                                                    "against the fp32 model's own (default 45 fp16, 40 int8)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="LR calibration crops (default 64 percentile/entropy, 256 minmax)."),
     calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
@@ -417,7 +420,8 @@ def build_engine_cmd(
             raise OutputError(f"{output}: output exists; pass --overwrite to replace it")
         if fp16 or int8:
             report = make_precision_onnx(src, "fp16" if fp16 else "int8", calib=calib, gate_data=gate_data,
-                                         budget_db=max_delta_db, calib_count=calib_count, calib_size=calib_size,
+                                         budget_db=max_delta_db, min_fidelity_db=min_fidelity_db,
+                                         calib_count=calib_count, calib_size=calib_size,
                                          quantize_ends=quantize_ends, calib_method=calib_method, overwrite=overwrite,
                                          **({"percentiles": tuple(percentile)} if percentile else {}))
             if report.percentile_search:

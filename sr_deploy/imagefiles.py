@@ -64,3 +64,4 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's "cannot identify", truncation
         raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from exc
+

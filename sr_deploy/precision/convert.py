@@ -13,6 +13,20 @@ from sr_deploy.fsutil import atomic_path
 from sr_deploy.precision.int8 import DEFAULT_PERCENTILE
 
 BUDGETS_DB = {"fp16": 0.05, "int8": 0.3}
+# Fidelity to the fp32 model's own output, the gate that holds for any model: a model trained on other
+# degradations than the gate's bicubic downscales can lose nothing against HR and still draw different
+# lines (Real-ESRGAN x4plus INT8: ΔPSNR vs HR ~0 dB, 28 dB from its fp32 output, 236 levels off).
+# PSNR over RGB between the two uint8 outputs, and the 99.9th percentile of the per-pixel error in levels.
+MIN_FIDELITY_DB = {"fp16": 45.0, "int8": 40.0}
+MAX_P999_LEVELS = {"fp16": 4.0, "int8": 24.0}
+FIDELITY_PERCENTILE = 99.9
+NATIVE_CROP = 64  # the unscaled crop of each gate image scored for fidelity (an LR input as it comes)
+
+
+def _center(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    return np.ascontiguousarray(img[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
 
 
 @dataclass(frozen=True)
@@ -32,12 +46,22 @@ class PrecisionReport:
     calib_percentile: float | None = None
     # percentile search: ΔPSNR (dB) of each candidate on held-out crops of the calibration folder
     percentile_search: dict[str, float] | None = None
+    # fidelity to the fp32 model's own output (MIN_FIDELITY_DB, MAX_P999_LEVELS)
+    fidelity_db: float = float("nan")
+    p999_levels: float = float("nan")
+    min_fidelity_db: float = 0.0
+    max_p999_levels: float = 255.0
+    # INT8 retried with mixed precision: the convolutions kept in float after measuring their sensitivity
+    mixed_precision: tuple[str, ...] = ()
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "REFUSED"
-        return (f"{self.precision}: ΔPSNR(Y) {self.delta_psnr_db:+.4f} dB (fp32 {self.psnr_fp32:.3f}, "
-                f"{self.precision} {self.psnr_new:.3f}) on {self.images} held-out images [{self.gate_data}], "
-                f"max |Δ| {self.max_abs_diff:.4f}; budget {self.budget_db} dB: {verdict}")
+        loss = f"lost {self.delta_psnr_db:.4f} dB" if self.delta_psnr_db > 0 else f"gained {-self.delta_psnr_db:.4f} dB"
+        mixed = f"; {len(self.mixed_precision)} convs kept in float after a sensitivity search" if self.mixed_precision else ""
+        return (f"{self.precision}: {self.fidelity_db:.2f} dB from the fp32 output (at least {self.min_fidelity_db:g}), "
+                f"99.9th-percentile error {self.p999_levels:.0f} levels (at most {self.max_p999_levels:g}); "
+                f"vs HR {loss} (fp32 {self.psnr_fp32:.3f}, {self.precision} {self.psnr_new:.3f}; budget "
+                f"{self.budget_db} dB) on {self.images} held-out images [{self.gate_data}]{mixed}: {verdict}")
 
 
 def precision_path(src: Path, precision: str) -> Path:
@@ -51,9 +75,7 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
     from sr_deploy.quality import EvalPair
 
     if folder is None:
-        from sr_deploy.synthetic import synthetic_images
-
-        imgs, label = synthetic_images(count=4), "generated images"
+        imgs, label = bundled_images(count), "srdeploy's bundled real photographs"
     else:
         from sr_deploy.imagefiles import list_images, read_rgb
 
@@ -83,9 +105,39 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
     return pairs, label
 
 
-def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float, float, float]:
-    """(psnr fp32, psnr candidate, max abs diff) with ONNX Runtime on the CPU. A candidate whose output
-    is not finite anywhere (fp16 overflow: inf, then NaN) scores -inf, so no budget passes it."""
+GATE_IMAGES = Path(__file__).resolve().parent.parent / "assets" / "gate"
+
+
+def bundled_images(count: int) -> list[np.ndarray]:
+    """Real photographs that ship with srdeploy (assets/gate, README there): the gate's data when no
+    folder is given; generated images judge a model on what it never sees."""
+    from sr_deploy.imagefiles import list_images, read_rgb
+
+    return [read_rgb(f) for f in list_images([GATE_IMAGES])[:count]]
+
+
+@dataclass(frozen=True)
+class GateScores:
+    psnr_fp32: float  # Y-PSNR vs HR
+    psnr_new: float
+    max_abs_diff: float  # float outputs, [0, 1]
+    fidelity_db: float  # RGB PSNR of the candidate's uint8 output against the fp32 model's
+    p999_levels: float  # 99.9th percentile of the per-pixel |difference| in levels
+
+
+def fidelity_scores(ref: list[np.ndarray], new: list[np.ndarray]) -> tuple[float, float]:
+    """(PSNR in dB, 99.9th-percentile |error| in levels) of uint8 images ``new`` against ``ref``, pooled."""
+    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)).ravel() for a, b in zip(ref, new)]
+    allv = np.concatenate(diffs).astype(np.float64)
+    mse = float(np.mean(allv ** 2))
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float(psnr), float(np.percentile(allv, FIDELITY_PERCENTILE))
+
+
+def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> GateScores:
+    """Scores of ``candidate`` against the fp32 graph with ONNX Runtime on the CPU: vs HR and vs the fp32
+    model's own output. A candidate whose output is not finite anywhere (fp16 overflow: inf, then NaN)
+    scores -inf, so no budget passes it."""
     import onnxruntime as ort
 
     from sr_deploy.metrics import quantize
@@ -93,18 +145,31 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> tuple[float,
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, candidate)]
     ps = [[], []]
+    imgs = [[], []]
     worst = 0.0
+    # fidelity also on a crop of each real picture as it is (no downscale: its own noise and JPEG
+    # blocks), as a user's input would be; a model trained on other degradations shows it here
+    for img in [_center(p.hr, NATIVE_CROP) for p in pairs]:
+        x = (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        raw = [s.run(None, {"input": x})[0][0] for s in sessions]
+        if not np.isfinite(raw[1]).all():
+            return GateScores(float("nan"), float("-inf"), float("inf"), float("-inf"), 255.0)
+        for k in (0, 1):
+            imgs[k].append(quantize(np.clip(raw[k], 0, 1).transpose(1, 2, 0)))
     for pair in pairs:
         x = (pair.lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         raw = [s.run(None, {"input": x})[0][0] for s in sessions]
         if not np.isfinite(raw[1]).all():
-            return float(np.mean(ps[0])) if ps[0] else float("nan"), float("-inf"), float("inf")
+            p32 = float(np.mean(ps[0])) if ps[0] else float("nan")
+            return GateScores(p32, float("-inf"), float("inf"), float("-inf"), 255.0)
         outs = [np.clip(r, 0, 1) for r in raw]
         worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
         for k, o in enumerate(outs):
             sr = quantize(o.transpose(1, 2, 0))
+            imgs[k].append(sr)
             ps[k].append(y_psnr_ssim(sr, pair.hr, scale)[0])
-    return float(np.mean(ps[0])), float(np.mean(ps[1])), worst
+    fid, p999 = fidelity_scores(imgs[0], imgs[1])
+    return GateScores(float(np.mean(ps[0])), float(np.mean(ps[1])), worst, fid, p999)
 
 
 FP16_MAX = 65504.0
@@ -146,7 +211,8 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                         gate_data: Path | None = None, budget_db: float | None = None, calib_count: int | None = None,
                         calib_size: int = 48, quantize_ends: bool = False, calib_method: str = "percentile",
                         percentiles: tuple[float, ...] = (DEFAULT_PERCENTILE,),
-                        overwrite: bool = True) -> PrecisionReport:
+                        min_fidelity_db: float | None = None, max_p999_levels: float | None = None,
+                        mixed_precision: bool = True, overwrite: bool = True) -> PrecisionReport:
     """Convert, gate, and write ``NAME.<precision>.onnx`` plus ``NAME.<precision>.quality.json``.
 
     With several ``percentiles`` (percentile calibration), each is quantized and scored on
@@ -172,6 +238,8 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     if desc.precision != "fp32":
         raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")
     budget = BUDGETS_DB[precision] if budget_db is None else budget_db
+    min_fid = MIN_FIDELITY_DB[precision] if min_fidelity_db is None else min_fidelity_db
+    max_p999 = MAX_P999_LEVELS[precision] if max_p999_levels is None else max_p999_levels
     out = out or precision_path(src, precision)
     batches = None
     if precision == "int8":
@@ -207,16 +275,26 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             if entry.key == METADATA_KEY:
                 entry.value = desc.with_(precision=precision).to_json()
         onnx.save(proto, str(tmp))
-        p32, pnew, worst = quality_gate(src, tmp, pairs, desc.scale)
+        g = quality_gate(src, tmp, pairs, desc.scale)
+        mixed: list[str] = []
+        if precision == "int8" and mixed_precision and not _passes(g, budget, min_fid, max_p999):
+            # before refusing: keep the convolutions that measured most sensitive in float (mixed precision)
+            mixed, g = _mixed_precision(src, tmp, batches, calib, desc.scale, pairs, excluded, chosen or DEFAULT_PERCENTILE,
+                                        quantize_ends, calib_method, budget, min_fid, max_p999)
+            excluded = excluded + mixed
+        p32, pnew, worst = g.psnr_fp32, g.psnr_new, g.max_abs_diff
+        fid, p999 = g.fidelity_db, g.p999_levels
         if precision == "fp16":
             peak, where = fp16_headroom(src, pairs)
             if peak > FP16_MAX:  # would be inf on a GPU, whatever the CPU scored
-                pnew, worst = float("-inf"), float("inf")
+                pnew, worst, fid, p999 = float("-inf"), float("inf"), float("-inf"), 255.0
                 label = f"{label}; activation {where!r} reaches {peak:.3g} in fp32, beyond fp16's {FP16_MAX:g}"
         delta = p32 - pnew
-        report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, delta <= budget,
+        passed = bool(delta <= budget and fid >= min_fid and p999 <= max_p999)
+        report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, passed,
                                  len(pairs), label, tuple(excluded),
-                                 chosen if precision == "int8" else None, search if precision == "int8" else None)
+                                 chosen if precision == "int8" else None, search if precision == "int8" else None,
+                                 fid, p999, min_fid, max_p999, tuple(mixed))
         # A refusal is reported beside, in NAME.<precision>.refused.json: an existing variant and its
         # passing report (from an earlier run) stay as they were, so no report contradicts its file.
         refused = out.with_suffix(".refused.json")
@@ -225,7 +303,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
         if not report.passed:
             kept = f"; the existing {out.name} is kept" if out.exists() else ""
             raise QualityGateError(f"{report.line()}; not written (report: {refused.name}{kept}; "
-                                   f"raise the budget with --max-delta-db)")
+                                   f"loosen with --max-delta-db / --min-fidelity-db)")
         refused.unlink(missing_ok=True)
     return report
 
@@ -239,7 +317,80 @@ def _search_percentile(src: Path, tmp: Path, batches, calib: Path, scale: int, c
     scores: dict[str, float] = {}
     for pct in candidates:
         convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method="percentile", percentile=pct)
-        p32, pq, _ = quality_gate(src, tmp, held_out, scale)
-        scores[f"{pct:g}"] = round(p32 - pq, 4)
+        g = quality_gate(src, tmp, held_out, scale)
+        scores[f"{pct:g}"] = round(g.psnr_fp32 - g.psnr_new, 4)
     best = min(candidates, key=lambda p: scores[f"{p:g}"])
     return best, scores
+
+
+def _passes(g: GateScores, budget: float, min_fid: float, max_p999: float) -> bool:
+    return bool(g.psnr_fp32 - g.psnr_new <= budget and g.fidelity_db >= min_fid and g.p999_levels <= max_p999)
+
+
+SENSITIVITY_CROPS = 8  # calibration crops per one-conv try of the sensitivity search
+MIXED_MAX_FLOAT_SHARE = 0.5  # past half the convolutions in float, INT8 is no longer worth running
+
+
+def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, pairs, excluded: list[str],
+                     percentile: float, quantize_ends: bool, method: str, budget: float, min_fid: float,
+                     max_p999: float) -> tuple[list[str], GateScores]:
+    """Keep the most sensitive convolutions in float until the INT8 graph passes (or half are float).
+
+    Sensitivity is measured, one convolution at a time: the fidelity of the graph with only that conv
+    quantized, on held-out crops of the calibration folder (never the gate's images). The worst are
+    kept in float in doubling groups (1, 2, 4, ...), each try scored by the gate."""
+    from sr_deploy.precision.int8 import conv_names, convert_int8
+
+    held_out, _ = gate_pairs(calib, scale, held_out=True, count=4, crop=96)
+    convs = [c for c in conv_names(src) if c not in excluded]
+    sensitivity = {}
+    few = batches[::max(1, len(batches) // SENSITIVITY_CROPS)]  # a ranking, not the final ranges: fewer crops
+    for conv in convs:
+        others = [c for c in convs if c != conv]
+        convert_int8(src, tmp, few, quantize_ends=quantize_ends, method=method, percentile=percentile,
+                     exclude=excluded + others)
+        sensitivity[conv] = quality_gate(src, tmp, held_out, scale).fidelity_db
+    ranked = sorted(convs, key=lambda c: sensitivity[c])
+    limit = max(1, int(len(convs) * MIXED_MAX_FLOAT_SHARE))
+    n, g = 1, None
+    while True:
+        keep = ranked[:min(n, limit)]
+        convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=method, percentile=percentile,
+                     exclude=excluded + keep)
+        g = quality_gate(src, tmp, pairs, scale)
+        if _passes(g, budget, min_fid, max_p999) or n >= limit:
+            return keep, g
+        n *= 2
+
+
+def regate(src: Path, variant: Path, *, gate_data: Path | None = None) -> PrecisionReport:
+    """Score an existing variant of ``src`` again with today's gate (fidelity included) and rewrite its report
+    beside it: ``python -m sr_deploy.precision.convert FP32.onnx VARIANT.onnx [GATE_DIR]``. The variant
+    itself is not touched; calibration facts of the old report (percentile, search, excluded convs) are kept."""
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    desc, vdesc = read_descriptor(src), read_descriptor(variant)
+    precision = vdesc.precision
+    if precision not in BUDGETS_DB or desc.precision != "fp32":
+        raise InputError(f"{variant}: regate takes an fp32 ONNX and its fp16 or int8 variant")
+    old_path = variant.with_suffix(".quality.json")
+    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    pairs, label = gate_pairs(gate_data, desc.scale)
+    g = quality_gate(src, variant, pairs, desc.scale)
+    budget, min_fid, max_p999 = BUDGETS_DB[precision], MIN_FIDELITY_DB[precision], MAX_P999_LEVELS[precision]
+    delta = g.psnr_fp32 - g.psnr_new
+    report = PrecisionReport(precision, old.get("path", str(variant)), old.get("source", str(src)), g.psnr_fp32,
+                             g.psnr_new, delta, g.max_abs_diff, budget, _passes(g, budget, min_fid, max_p999),
+                             len(pairs), label, tuple(old.get("excluded_nodes", ())), old.get("calib_percentile"),
+                             old.get("percentile_search"), g.fidelity_db, g.p999_levels, min_fid, max_p999,
+                             tuple(old.get("mixed_precision", ())))
+    with atomic_path(old_path) as tmp:
+        tmp.write_text(json.dumps(asdict(report), indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    args = [Path(a) for a in sys.argv[1:]]
+    print(regate(args[0], args[1], gate_data=args[2] if len(args) > 2 else None).line())

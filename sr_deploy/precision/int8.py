@@ -112,7 +112,7 @@ PLACEMENTS = ("inputs", "outputs")
 
 def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_ends: bool = False,
                  method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
-                 placement: str = "inputs") -> list[str]:
+                 placement: str = "inputs", exclude: list[str] | None = None) -> list[str]:
     """Quantize ``src`` to a Q/DQ ONNX at ``dst``; returns the names of convolutions left unquantized.
 
     ``placement="inputs"`` (default) puts Q/DQ where TensorRT's explicit quantization wants them: on
@@ -150,7 +150,7 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
     if placement not in PLACEMENTS:
         raise InputError(f"Q/DQ placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-    excluded = [] if quantize_ends else float_convs(src)
+    excluded = list(exclude) if exclude is not None else ([] if quantize_ends else float_convs(src))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
              "CalibPercentile": percentile}
     op_types = ["Conv"]

@@ -100,17 +100,26 @@ def onnx_for(source: ModelSource) -> Path:
     return target
 
 
-AUTO_MAX_DELTA_DB = 0.1  # `auto` never picks a variant that lost more than this on its gate images
-
-
 def variant_path(path: Path, precision: str) -> Path:
     """``NAME.<precision>.onnx`` beside ``path`` (a checkpoint, or an ONNX of any precision)."""
     return path.with_name(f"{path.name.split('.')[0]}.{precision}.onnx")
 
 
-def precision_sibling(path: Path, precision: str, max_delta_db: float | None = None) -> Path | None:
-    """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its quality
-    report passed (and, with ``max_delta_db``, lost no more than that)."""
+def report_is_faithful(data: dict, precision: str) -> bool:
+    """A gate report `auto` trusts: passed, and faithful to the fp32 model's own output (precision/convert.py
+    MIN_FIDELITY_DB, MAX_P999_LEVELS). A report written before the fidelity gate has no such figure: the
+    variant may pass ΔPSNR vs HR and still draw other lines than the model, so it is not trusted."""
+    from sr_deploy.precision.convert import MAX_P999_LEVELS, MIN_FIDELITY_DB
+
+    fid, p999 = data.get("fidelity_db"), data.get("p999_levels")
+    if not data.get("passed") or not isinstance(fid, (int, float)) or not isinstance(p999, (int, float)):
+        return False
+    return fid >= MIN_FIDELITY_DB.get(precision, 1e9) and p999 <= MAX_P999_LEVELS.get(precision, -1)
+
+
+def precision_sibling(path: Path, precision: str) -> Path | None:
+    """``NAME.<precision>.onnx`` beside an fp32 ONNX or a checkpoint, if it exists and its gate report
+    says it passed and is faithful to the fp32 output (``report_is_faithful``)."""
     cand = variant_path(path, precision)
     report = cand.with_suffix(".quality.json")
     if cand.exists() and report.exists():
@@ -118,7 +127,7 @@ def precision_sibling(path: Path, precision: str, max_delta_db: float | None = N
             data = json.loads(report.read_text())
         except (OSError, ValueError):
             return None
-        if data.get("passed") and (max_delta_db is None or data.get("delta_psnr_db", 1e9) <= max_delta_db):
+        if isinstance(data, dict) and report_is_faithful(data, precision):
             return cand
     return None
 
@@ -282,9 +291,9 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
                 return runner, f"CPU only; fastest here by measurement ({how}): {tune.describe(ranking)}"
     if precision is None and OpenVINORunner.available():
         from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
-        int8 = None if given_variant else precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB)
+        int8 = None if given_variant else precision_sibling(source.path, "int8")
         if int8 is None and source.kind == "checkpoint":
-            int8 = precision_sibling(onnx_for(source), "int8", AUTO_MAX_DELTA_DB)
+            int8 = precision_sibling(onnx_for(source), "int8")
         from sr_deploy.machine import cpu_has_vnni
 
         # without measuring, OpenVINO INT8 only where the CPU has INT8 dot products: without them it
@@ -293,10 +302,10 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
             from sr_deploy.export.onnx_export import read_descriptor
 
             return (OpenVINORunner(int8, read_descriptor(int8)),
-                    f"CPU only; OpenVINO on the INT8 Q/DQ ONNX (its gate: ΔPSNR ≤ {AUTO_MAX_DELTA_DB} dB) is fastest")
+                    "CPU only; OpenVINO on the INT8 Q/DQ ONNX (it passed the gate, faithful to the fp32 output) is fastest")
         if cpu_supports_bf16() and not given_variant:
             runner, _ = make_runner(source, "openvino", "bf16")
-            return runner, "CPU only; OpenVINO bf16 (this CPU has native bf16; no INT8 ONNX within 0.1 dB ships beside the model)"
+            return runner, "CPU only; OpenVINO bf16 (this CPU has native bf16; no INT8 ONNX that passed the fidelity gate ships beside the model)"
     if OpenVINORunner.available():
         runner, _ = make_runner(source, "openvino", precision)
         return runner, "CPU only; OpenVINO is the fastest CPU runner installed"

@@ -59,11 +59,11 @@ def candidates(source) -> list[Candidate]:
     """Every CPU runner that can run ``source`` here at a precision whose gate passed within auto's budget."""
     from sr_deploy.machine import cpu_has_bf16
     from sr_deploy.runtime.openvino_runner import OpenVINORunner
-    from sr_deploy.runtime.select import AUTO_MAX_DELTA_DB, onnx_for, precision_sibling
+    from sr_deploy.runtime.select import onnx_for, precision_sibling
 
     out: list[Candidate] = []
     base = onnx_for(source) if source.kind == "checkpoint" else source.path
-    int8 = precision_sibling(source.path, "int8", AUTO_MAX_DELTA_DB) or precision_sibling(base, "int8", AUTO_MAX_DELTA_DB)
+    int8 = precision_sibling(source.path, "int8") or precision_sibling(base, "int8")
     have_ov = OpenVINORunner.available()
     if have_ov:
         out.append(Candidate("openvino", "fp32"))

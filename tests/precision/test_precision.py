@@ -91,8 +91,28 @@ def test_gate_catches_damage(tiny_onnx, tmp_path, calib_dir):
     cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
     with pytest.raises(QualityGateError):
         make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
-                            quantize_ends=True, budget_db=0.01)
+                            quantize_ends=True, budget_db=0.01, mixed_precision=False)
     assert not precision_path(src, "int8").exists()
+
+
+def test_a_failing_int8_is_retried_with_its_most_sensitive_convs_in_float(tiny_onnx, tmp_path, calib_dir):
+    """The same damaged calibration: before refusing, the convs that measured most sensitive stay float,
+    the report names them, and the variant written is the mixed one that passed."""
+    src = _copy(tiny_onnx, tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    rep = make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
+                              quantize_ends=True, budget_db=0.01)
+    assert rep.passed and rep.mixed_precision
+    assert set(rep.mixed_precision) <= set(conv_names(src)) and set(rep.mixed_precision) <= set(rep.excluded_nodes)
+    g = onnx.load(rep.path).graph
+    producers = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.op_type == "Conv":
+            quantized = producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
+            assert quantized == (n.name not in rep.mixed_precision), n.name
+    assert "convs kept in float" in rep.line()
 
 
 def test_bad_calibration_inputs(tiny_onnx, tmp_path):

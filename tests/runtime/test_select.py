@@ -36,22 +36,25 @@ def test_auto_prefers_gated_int8_on_openvino(model_dir, tmp_path, monkeypatch):
     make_precision_onnx(model_dir, "int8", calib=calib, calib_count=4, calib_size=16, budget_db=5.0)
     report = model_dir.with_name("m.int8.quality.json")
     data = json.loads(report.read_text())
-    # the policy, with the measured ΔPSNR set on each side of auto's 0.1 dB limit
-    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.05}))
+    # the policy: a passed report faithful to the fp32 output (fidelity and 99.9th-percentile error set on
+    # each side of the int8 limits); ΔPSNR vs HR alone no longer decides
+    faithful = {**data, "passed": True, "fidelity_db": 40.5, "p999_levels": 12.0}
+    report.write_text(json.dumps(faithful))
     runner, why = make_runner(resolve_model(str(model_dir)), "auto")
     assert (runner.backend, runner.precision) == ("openvino", "int8") and "INT8" in why
     # a CPU without INT8 dot products: the unmeasured rule does not trust OpenVINO INT8 there
     monkeypatch.setattr(machine, "cpu_has_vnni", lambda: False)
     assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
     monkeypatch.setattr(machine, "cpu_has_vnni", lambda: True)
-    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.2}))
+    for unfaithful in ({"fidelity_db": 39.5}, {"p999_levels": 25.0}, {"fidelity_db": None}, {"passed": False}):
+        report.write_text(json.dumps({**faithful, **unfaithful}))
+        assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8, unfaithful
+    # a report from before the fidelity gate (ΔPSNR vs HR only) is not trusted
+    report.write_text(json.dumps({k: v for k, v in faithful.items() if k not in ("fidelity_db", "p999_levels")}))
     assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
-    # a report that failed its gate is never picked
-    report.write_text(json.dumps({**data, "passed": False, "delta_psnr_db": 0.0}))
-    assert make_runner(resolve_model(str(model_dir)), "auto")[0].precision == no_int8
+    report.write_text(json.dumps(faithful))
     # a variant given by path runs as given, even with a gated INT8 beside it
-    report.write_text(json.dumps({**data, "passed": True, "delta_psnr_db": 0.05}))
-    fp16 = make_precision_onnx(model_dir, "fp16").path
+    fp16 = make_precision_onnx(model_dir, "fp16", min_fidelity_db=0, max_p999_levels=255).path
     runner, _ = make_runner(resolve_model(str(fp16)), "auto")
     assert Path(runner.path).name == "m.fp16.onnx" and runner.precision != "int8"
 
@@ -119,7 +122,7 @@ def test_shipped_models_are_packaged_with_matching_cards():
     r = CliRunner().invoke(app, ["models"])
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    assert sorted(l.split()[0] for l in lines) == sorted(shipped)
+    assert sorted(l.split()[0] for l in lines if "(zoo)" not in l) == sorted(shipped)
     assert any(l.startswith(f"{select.DEFAULT_MODEL} (default)") for l in lines)
 
 
