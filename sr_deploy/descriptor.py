@@ -35,6 +35,9 @@ class ModelDescriptor:
     # a graph whose output is area-resampled to ``scale`` from the network's own, larger scale (export/pixels.
     # resample_output, for `--outscale`): ``network_scale`` is the network's (0: the same as ``scale``)
     network_scale: int = 0
+    # measured at export (export/onnx_export.receptive_field): how far, in input pixels, a pixel's change
+    # still moves the output by a visible amount; tiles overlap by twice this (media/tiling.py). 0: unknown
+    receptive_field: int = 0
 
     def resampled(self, to_scale: int) -> "ModelDescriptor":
         """The descriptor of this model's graph with its output area-resampled to ``to_scale`` (export/pixels.

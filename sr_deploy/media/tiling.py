@@ -70,26 +70,29 @@ def auto_tile(runner: Runner, h: int, w: int, overlap: int = 16) -> int | tuple[
     three 480x224 strips (5% more pixels than the frame, for the overlaps), where square 344-pixel
     tiles anchored at the edges would compute four 344x344 tiles (54% more)."""
     per_px, budget = runner.bytes_per_pixel(), runner.memory_budget()
+    # a tile at least three overlaps wide: the blend bands of its two sides never meet (a wide measured
+    # receptive field, Real-ESRGAN's RRDBs, makes the overlap wide)
+    least = max(MIN_TILE, 3 * overlap)
     if h * w * per_px <= budget:
         return 0
-    most = max(MIN_TILE * MIN_TILE, int(budget / per_px))
+    most = max(least * least, int(budget / per_px))
     best = None
-    for ny in range(1, max(1, h // MIN_TILE) + 1):
+    for ny in range(1, max(1, h // least) + 1):
         th = -(-(h + (ny - 1) * overlap) // ny)
-        if th * MIN_TILE > most:
+        if th * least > most:
             continue
         nx = 1
         while True:
             tw = -(-(w + (nx - 1) * overlap) // nx)
-            if th * tw <= most or tw <= MIN_TILE:
+            if th * tw <= most or tw <= least:
                 break
             nx += 1
         if th * tw > most:
             continue
         cost = (ny * nx * th * tw, ny * nx)
         if best is None or cost < best[0]:
-            best = (cost, (max(th, MIN_TILE), max(tw, MIN_TILE)))
-    return best[1] if best else (64, 64)
+            best = (cost, (max(th, least), max(tw, least)))
+    return best[1] if best else (least, least)
 
 
 def tile_batch(runner: Runner, tile: int | tuple[int, int], most: int = 4) -> int:
@@ -107,6 +110,9 @@ def _weight_sum(starts: list[int], length: int, s: int, size: int) -> np.ndarray
     return total
 
 
+MAX_RF_OVERLAP = 192  # the probe sees radii up to 96 input pixels (export/onnx_export.RF_PROBE)
+
+
 def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, int] | None = 0, overlap: int = 16,
                   batch: int | None = None, out_max: float | None = None, out_dtype=np.uint8) -> np.ndarray:
     """``frame``: HxWxC uint8, or float32 in [0, 1] → (sH)x(sW)xC.
@@ -120,7 +126,10 @@ def upscale_frame(runner: Runner, frame: np.ndarray, *, tile: int | tuple[int, i
     h, w, c = frame.shape
     # window-attention models (SwinIR, HAT, ...) see a pixel's context through its window: tiles overlap
     # by at least one window so no seam falls inside a window the model never saw whole
-    overlap = max(overlap, int(getattr(getattr(runner, "descriptor", None), "arch", {}).get("window", 0) or 0))
+    desc = getattr(runner, "descriptor", None)
+    overlap = max(overlap, int(getattr(desc, "arch", {}).get("window", 0) or 0))
+    # a measured receptive field: a seam's error fades within it, so twice it leaves the blend band clean
+    overlap = max(overlap, min(2 * int(getattr(desc, "receptive_field", 0) or 0), MAX_RF_OVERLAP))
     if tile is None:
         tile = auto_tile(runner, h, w, overlap)
     if isinstance(tile, tuple):

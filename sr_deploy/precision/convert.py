@@ -327,7 +327,8 @@ def _passes(g: GateScores, budget: float, min_fid: float, max_p999: float) -> bo
     return bool(g.psnr_fp32 - g.psnr_new <= budget and g.fidelity_db >= min_fid and g.p999_levels <= max_p999)
 
 
-SENSITIVITY_CROPS = 8  # calibration crops per one-conv try of the sensitivity search
+SENSITIVITY_CROPS = 8
+MAX_GROUPS = 24  # calibration crops per one-conv try of the sensitivity search
 MIXED_MAX_FLOAT_SHARE = 0.5  # past half the convolutions in float, INT8 is no longer worth running
 
 
@@ -336,25 +337,29 @@ def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, pai
                      max_p999: float) -> tuple[list[str], GateScores]:
     """Keep the most sensitive convolutions in float until the INT8 graph passes (or half are float).
 
-    Sensitivity is measured, one convolution at a time: the fidelity of the graph with only that conv
-    quantized, on held-out crops of the calibration folder (never the gate's images). The worst are
-    kept in float in doubling groups (1, 2, 4, ...), each try scored by the gate."""
+    Sensitivity is measured: the fidelity of the graph with only one group of convolutions quantized (one
+    conv per group up to MAX_GROUPS convs; contiguous runs of convs in deeper graphs, so that Real-ESRGAN
+    x4plus's 351 convs cost 24 tries, not 351), on held-out crops of the calibration folder (never the
+    gate's images). The worst groups are kept in float in doubling numbers (1, 2, 4, ...), each try scored
+    by the gate."""
     from sr_deploy.precision.int8 import conv_names, convert_int8
 
     held_out, _ = gate_pairs(calib, scale, held_out=True, count=4, crop=96)
     convs = [c for c in conv_names(src) if c not in excluded]
+    size = -(-len(convs) // MAX_GROUPS)
+    groups = [convs[i:i + size] for i in range(0, len(convs), size)]
     sensitivity = {}
     few = batches[::max(1, len(batches) // SENSITIVITY_CROPS)]  # a ranking, not the final ranges: fewer crops
-    for conv in convs:
-        others = [c for c in convs if c != conv]
+    for gi, group in enumerate(groups):
+        others = [c for c in convs if c not in group]
         convert_int8(src, tmp, few, quantize_ends=quantize_ends, method=method, percentile=percentile,
                      exclude=excluded + others)
-        sensitivity[conv] = quality_gate(src, tmp, held_out, scale).fidelity_db
-    ranked = sorted(convs, key=lambda c: sensitivity[c])
-    limit = max(1, int(len(convs) * MIXED_MAX_FLOAT_SHARE))
+        sensitivity[gi] = quality_gate(src, tmp, held_out, scale).fidelity_db
+    ranked_groups = sorted(range(len(groups)), key=lambda gi: sensitivity[gi])
+    limit = max(1, int(len(groups) * MIXED_MAX_FLOAT_SHARE))
     n, g = 1, None
     while True:
-        keep = ranked[:min(n, limit)]
+        keep = [c for gi in ranked_groups[:min(n, limit)] for c in groups[gi]]
         convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=method, percentile=percentile,
                      exclude=excluded + keep)
         g = quality_gate(src, tmp, pairs, scale)

@@ -137,8 +137,18 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
                                           quantize_static)
 
     class Reader(CalibrationDataReader):
+        """One crop per `collect_data` call (ONNX Runtime's CalibStridedMinMax, which every method honours):
+        the calibrator's histograms grow crop by crop, so memory holds one crop's activations, not all of
+        them (Real-ESRGAN x4plus at 64 crops: 16.8 GB resident before, see the README's measure)."""
+
         def __init__(self) -> None:
             self.it = iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.it = iter(batches[start_index:end_index])
 
         def get_next(self):
             b = next(self.it, None)
@@ -152,7 +162,7 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
         raise InputError(f"Q/DQ placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     excluded = list(exclude) if exclude is not None else ([] if quantize_ends else float_convs(src))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-             "CalibPercentile": percentile}
+             "CalibPercentile": percentile, "CalibStridedMinMax": 1}
     op_types = ["Conv"]
     if placement == "inputs":
         op_types = ["Conv", "Add"]
