@@ -12,7 +12,8 @@ from sr_deploy.errors import BackendUnavailable
 from sr_deploy.runtime.base import OnnxFileRunner
 from sr_deploy.machine import default_threads
 
-HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_CAPS: set[str] | None = None
 
 
 def cache_dir() -> Path:
@@ -21,11 +22,32 @@ def cache_dir() -> Path:
     return cache_root() / "openvino"
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 (AVX512-BF16 or AMX): the one probe, in sr_deploy.machine; elsewhere bf16 is emulated and slow."""
-    from sr_deploy.machine import cpu_has_bf16
+def compute_precisions() -> set[str]:
+    """The precisions OpenVINO's CPU plugin computes natively here, asked of the runtime itself
+    (OPTIMIZATION_CAPABILITIES: BF16 on AVX512-BF16/AMX, FP16 on AVX512-FP16/AMX-FP16), not read from a
+    table of CPU flags. Without OpenVINO: fp32, plus bf16 where the CPU flags say so."""
+    global _CAPS
+    if _CAPS is None:
+        try:
+            import openvino as ov
 
-    return cpu_has_bf16()
+            caps = {str(c).upper() for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")}
+            _CAPS = {"fp32"} | {p for p, c in (("bf16", "BF16"), ("fp16", "FP16")) if c in caps}
+        except Exception:  # noqa: BLE001 - no OpenVINO, or a plugin that cannot answer
+            from sr_deploy.machine import cpu_has_bf16
+
+            _CAPS = {"fp32"} | ({"bf16"} if cpu_has_bf16() else set())
+    return set(_CAPS)
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16, as OpenVINO reports it (compute_precisions); elsewhere bf16 is emulated and slow."""
+    return "bf16" in compute_precisions()
+
+
+def cpu_supports_fp16() -> bool:
+    """Native fp16 compute (AVX512-FP16 / AMX-FP16), as OpenVINO reports it."""
+    return "fp16" in compute_precisions()
 
 
 class OpenVINORunner(OnnxFileRunner):
@@ -60,6 +82,11 @@ class OpenVINORunner(OnnxFileRunner):
         if self.precision == "bf16" and not cpu_supports_bf16():
             raise BackendUnavailable("this CPU has no native bf16 (AVX512-BF16/AMX): use fp32 or int8")
         hint = HINTS[self.precision]
+        if self.precision == "fp16" and not cpu_supports_fp16():
+            if self.descriptor.precision != "fp16":
+                raise BackendUnavailable("OpenVINO reports no native fp16 on this CPU (AVX512-FP16/AMX-FP16): "
+                                         "use fp32, bf16 or int8")
+            hint = "f32"  # an fp16 ONNX's weights, computed in f32
         if self.precision == "int8" and cpu_supports_bf16():
             # the layers left in float (first/last conv, PReLU, pixel shuffle) run in bf16 where the CPU
             # has it natively: measured 199 vs 291 ms per 128x128 frame, +0.006 dB ΔPSNR on Set5

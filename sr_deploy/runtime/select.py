@@ -204,7 +204,8 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
 
     if not OpenVINORunner.available():
         raise BackendUnavailable("openvino is not installed: pip install 'srdeploy[openvino]'")
-    return OpenVINORunner(onnx_path, desc, precision=precision if precision == "bf16" else None), "asked for"
+    ov_precision = precision if precision in ("bf16", "fp16") else None
+    return OpenVINORunner(onnx_path, desc, precision=ov_precision), "asked for"
 
 
 def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str) -> Path:
@@ -218,6 +219,13 @@ def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str)
         for sib in (variant_path(base, precision), variant_path(source.path, precision)):
             if sib.exists():
                 return sib
+        if precision == "fp16" and backend == "openvino":
+            from sr_deploy.runtime.openvino_runner import cpu_supports_fp16
+
+            if cpu_supports_fp16():
+                return base  # computed in fp16 by OpenVINO's precision hint
+            raise InputError(f"no fp16 ONNX beside {base}, and OpenVINO reports no native fp16 on this CPU "
+                             f"(AVX512-FP16/AMX-FP16) to compute the fp32 one in: use fp32, bf16 or int8")
         raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")
     if precision == "bf16" and backend != "openvino":
         raise InputError(f"bf16 runs on the openvino (or torch) backend, not {backend}")

@@ -58,7 +58,7 @@ def enabled() -> bool:
 def candidates(source) -> list[Candidate]:
     """Every CPU runner that can run ``source`` here at a precision whose gate passed within auto's budget."""
     from sr_deploy.machine import cpu_has_bf16
-    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner, compute_precisions
     from sr_deploy.runtime.select import onnx_for, precision_sibling
 
     out: list[Candidate] = []
@@ -69,8 +69,10 @@ def candidates(source) -> list[Candidate]:
         out.append(Candidate("openvino", "fp32"))
         if int8 is not None:
             out.append(Candidate("openvino", "int8"))
-        if cpu_has_bf16():
-            out.append(Candidate("openvino", "bf16"))
+        native = compute_precisions()  # asked of OpenVINO, not looked up in a table
+        for p in ("bf16", "fp16"):
+            if p in native:
+                out.append(Candidate("openvino", p))
     out.append(Candidate("onnxruntime", "fp32"))
     if int8 is not None:
         out.append(Candidate("onnxruntime", "int8"))
@@ -230,14 +232,22 @@ def _time_candidates(cands: list[Candidate], source, ranking: list[dict], skippe
 
 
 def drop_drifting(ranking: list[dict]) -> tuple[list[dict], list[str]]:
-    """Drop INT8 rows whose output drifts from fp32 FIDELITY_MARGIN_DB further than the gated ONNX Runtime
-    INT8 does on this machine (without that reference, an INT8 row with no gate of its own is dropped)."""
+    """Drop rows not faithful to the fp32 model here: a reduced-precision row whose output is further from
+    ONNX Runtime fp32's than the gate allows (precision/convert.MIN_FIDELITY_DB; bf16 held to int8's), or an
+    INT8 row FIDELITY_MARGIN_DB further than the gated ONNX Runtime INT8 on this machine."""
+    from sr_deploy.precision.convert import MIN_FIDELITY_DB
+
     ref = next((r.get("fidelity_db") for r in ranking if r["backend"] == "onnxruntime" and r["precision"] == "int8"),
                None)
     kept, dropped = [], []
     for r in ranking:
+        f = r.get("fidelity_db")
+        least = MIN_FIDELITY_DB.get(r["precision"], MIN_FIDELITY_DB["int8"])
+        if r["precision"] != "fp32" and f is not None and f < least:
+            dropped.append(f"{r['backend']} {r['precision']} (its output is {f} dB PSNR from fp32 here, "
+                           f"under the gate's {least:g} dB)")
+            continue
         if r["precision"] == "int8" and r["backend"] != "onnxruntime":
-            f = r.get("fidelity_db")
             if ref is None or f is None or f < ref - FIDELITY_MARGIN_DB:
                 dropped.append(f"{r['backend']} int8 (its output is {f} dB PSNR from fp32 here, against "
                                f"{ref} dB for the gated ONNX Runtime INT8: its INT8 kernels lose accuracy on this CPU)")
@@ -268,19 +278,20 @@ def _time_one(model: str, backend: str, precision: str) -> dict:
             runner.infer_u8(x)
             times.append(time.perf_counter() - t0)
         result = {"ms": 1000 * float(np.median(times))}
-        if precision == "int8":
+        if precision != "fp32":
             result["fidelity_db"] = _fidelity(source, runner)
     return result
 
 
 def _fidelity(source, runner) -> float:
-    """Mean PSNR (dB) of ``runner``'s output against ONNX Runtime fp32's, on structured synthetic frames."""
+    """Mean PSNR (dB) of ``runner``'s output against ONNX Runtime fp32's, on 64x64 crops of the bundled
+    real photographs (precision/convert.py's gate images)."""
     import numpy as np
 
+    from sr_deploy.precision.convert import bundled_images, _center
     from sr_deploy.runtime.select import make_runner
-    from sr_deploy.synthetic import synthetic_images
 
-    frames = synthetic_images(2, (96, 96))
+    frames = [_center(img, 64) for img in bundled_images(2)]
     ref, _ = make_runner(source, "onnxruntime", "fp32")
     with ref:
         want = [ref.infer_u8(f[None])[0] for f in frames]

@@ -196,3 +196,43 @@ def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measur
     runner, why = make_runner(source, "auto")
     assert "measured just now" in why
     assert tune.cached_ranking(source)[1].startswith("measured on this machine earlier")
+
+
+def test_a_reduced_precision_row_below_the_gate_is_dropped():
+    rows = [{"backend": "openvino", "precision": "bf16", "ms": 5.0, "fidelity_db": 38.0},
+            {"backend": "openvino", "precision": "fp16", "ms": 6.0, "fidelity_db": 44.0},
+            {"backend": "openvino", "precision": "fp32", "ms": 9.0}]
+    kept, dropped = tune.drop_drifting(rows)
+    assert [r["precision"] for r in kept] == ["fp32"]
+    assert any("bf16" in d and "38.0" in d for d in dropped) and any("fp16" in d for d in dropped)
+    rows[0]["fidelity_db"], rows[1]["fidelity_db"] = 40.5, 51.0
+    assert [r["precision"] for r in tune.drop_drifting(rows)[0]] == ["bf16", "fp16", "fp32"]
+
+
+def test_openvino_precisions_are_asked_of_the_runtime(tiny_ckpt, monkeypatch):
+    """What OpenVINO reports in OPTIMIZATION_CAPABILITIES decides the candidates, not a table of CPU flags."""
+    from sr_deploy.errors import BackendUnavailable, InputError
+    from sr_deploy.runtime import openvino_runner
+
+    if not openvino_runner.OpenVINORunner.available():
+        pytest.skip("openvino not installed")
+    import openvino as ov
+
+    source = resolve_model(str(tiny_ckpt))
+    for caps, want in ((["FP32", "INT8"], set()), (["FP32", "BF16", "FP16", "INT8"], {"bf16", "fp16"}),
+                       (["FP32", "FP16"], {"fp16"})):
+        monkeypatch.setattr(openvino_runner, "_CAPS", None)
+        monkeypatch.setattr(ov.Core, "get_property", lambda self, dev, key, caps=caps: caps)
+        got = {c.precision for c in tune.candidates(source) if c.backend == "openvino"} - {"fp32", "int8"}
+        assert got == want, caps
+    monkeypatch.setattr(openvino_runner, "_CAPS", {"fp32"})
+    with pytest.raises(InputError, match="no native fp16"):
+        make_runner(source, "openvino", "fp16")
+    monkeypatch.setattr(openvino_runner, "_CAPS", {"fp32", "fp16"})
+    runner, _ = make_runner(source, "openvino", "fp16")  # the fp32 ONNX, computed in fp16 by the hint
+    assert runner.precision == "fp16" and not runner.path.name.endswith(".fp16.onnx")
+    # an fp32 ONNX asked to run in fp16 on a CPU that OpenVINO says lacks it: refused when activated
+    monkeypatch.setattr(openvino_runner, "_CAPS", {"fp32"})
+    with pytest.raises(BackendUnavailable, match="no native fp16"):
+        with runner:
+            pass
