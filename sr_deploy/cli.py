@@ -125,7 +125,7 @@ def train(
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(STOPPED_BY["code"])
     typer.echo(str(best))
 
 
@@ -342,7 +342,7 @@ def run(
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted: no partial output left", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(STOPPED_BY["code"])
     finally:
         if pool is not None:
             pool.close()
@@ -611,7 +611,7 @@ def tune(
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted: the previous ranking (if any) is kept", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(STOPPED_BY["code"])
 
 
 @app.command(cls=_Command)
@@ -677,7 +677,11 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name(0)
 
 
+STOPPED_BY = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM: the shell's 128 + signal number
+
+
 def _sigterm(signum, frame):  # noqa: ARG001
+    STOPPED_BY["code"] = 143
     raise KeyboardInterrupt
 
 

@@ -720,11 +720,28 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
             raise
         finally:
             stop.set()
-            dec.join(timeout=5) if dec.is_alive() else None
-            inf.join(timeout=5) if inf.is_alive() else None
+            join_stages(dec, inf)
     finally:
         inp.close()
     return n
+
+
+def join_stages(*threads: threading.Thread) -> None:
+    """Wait for stopped stage threads to end, however long the runtime's current call takes.
+
+    A thread left inside ONNX Runtime or OpenVINO when the interpreter exits aborts the process
+    ("terminate called without an active exception", exit 134) instead of the clean exit 130/143;
+    a slow model's call can last seconds, so there is no time limit, and a second Ctrl-C while
+    waiting does not cut the wait short (the stop is already under way)."""
+    again = False
+    for t in threads:
+        while t.is_alive():
+            try:
+                t.join(timeout=0.2)
+            except KeyboardInterrupt:
+                again = True
+    if again:
+        raise KeyboardInterrupt
 
 
 # encoders that write the sample aspect ratio into the bitstream (H.264/HEVC VUI, MPEG-2/4 headers); other

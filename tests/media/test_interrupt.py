@@ -1,0 +1,86 @@
+"""Stopping is a state: an interrupt waits for the runtime's current call, so no stage thread is left inside
+a native runtime when the process exits (that aborted runs with exit 134), and the exit code names the signal."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+
+import numpy as np
+import pytest
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.media.video import VideoOptions, upscale_video
+from sr_deploy.runtime.base import Runner
+from tests.conftest import make_clip
+
+SLOW_S = 6.0  # longer than the old 5 s join timeout: the thread used to be abandoned mid-call
+
+
+class Slow(Runner):
+    """x2 nearest; each call blocks until released (or SLOW_S), as a heavy model's call on a CPU does."""
+
+    backend = "test"
+
+    def __init__(self):
+        super().__init__(ModelDescriptor(name="slow", scale=2))
+        self.entered, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
+
+    def _activate(self):
+        pass
+
+    def _infer(self, batch):
+        self.entered.set()
+        self.release.wait(SLOW_S)
+        self.finished.set()
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+
+def test_an_interrupt_waits_for_the_runtimes_call_and_leaves_no_stage_thread(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, frames=12, audio=False)
+    runner = Slow()
+    before = set(threading.enumerate())
+
+    def interrupt_when_inside():
+        runner.entered.wait(60)
+        _thread.interrupt_main()  # Ctrl-C, delivered while the call is in progress
+
+    threading.Thread(target=interrupt_when_inside, daemon=True).start()
+    with runner, pytest.raises(KeyboardInterrupt):
+        upscale_video(runner, src, dst, options=VideoOptions(), quiet=True)
+    assert runner.finished.is_set()  # the call ran to its end before the interrupt left upscale_video
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive() and t.daemon and "Thread-" in t.name]
+    assert not left, left
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_the_exit_code_names_the_signal(tmp_path, sig, code):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=720, size=(64, 48), audio=False)
+    p = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(tmp_path / "o.mp4"),
+                          "--model", "light_x4", "--backend", "onnxruntime"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    try:
+        # wait for the run to be under way: its temporary segment exists
+        while p.poll() is None and time.monotonic() < deadline and not any(
+                "part" in f.name or f.name.startswith(".") for f in tmp_path.rglob("*") if f.name != "in.mp4"):
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()
+        os.kill(p.pid, getattr(signal, sig))
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == code, err
+    assert "Traceback" not in err and "terminate called" not in err
