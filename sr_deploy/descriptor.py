@@ -64,7 +64,19 @@ class ModelDescriptor:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelDescriptor":
-        data = json.loads(text)
+        """The descriptor a file carries, validated: it is untrusted input (a file's metadata can say
+        anything), so a wrong type or a value out of range is one ``ModelError`` line, never a traceback."""
+        from sr_deploy.errors import ModelError
+
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            raise ModelError("its srdeploy descriptor is not JSON") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"its srdeploy descriptor is a JSON {type(data).__name__}, not an object")
+        problem = _check(data)
+        if problem:
+            raise ModelError(f"its srdeploy descriptor is not valid: {problem}")
         known = {f.name for f in fields(cls)}
         if data.get("reduce", 1) > 1:  # the older form: an averaging factor k (cached graphs, engine sidecars)
             data["network_scale"] = data["scale"] * data["reduce"]
@@ -82,3 +94,39 @@ class ModelDescriptor:
         if data.get("fixed_hw"):
             data["fixed_hw"] = tuple(data["fixed_hw"])
         return ModelDescriptor(**data)
+
+
+_INTS = {"scale": (1, 16), "in_channels": (1, 4), "out_channels": (1, 4), "size_multiple": (1, 1024),
+         "size_minimum": (0, 8192), "max_batch": (0, 4096), "network_scale": (0, 16), "receptive_field": (0, 4096),
+         "reduce": (1, 16)}
+_IOS = ("float", "uint8-nhwc", "uint8-nchw")
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _check(data: dict) -> str:
+    """What is wrong with a descriptor's fields ('' when nothing): types and ranges a graph can have."""
+    for key in ("name", "scale"):
+        if key not in data:
+            return f"{key!r} is missing"
+    if not isinstance(data["name"], str):
+        return "'name' is not a string"
+    for key, (lo, hi) in _INTS.items():
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or not lo <= data[key] <= hi):
+            return f"{key!r} is {data[key]!r}, not a whole number from {lo} to {hi}"
+    if data.get("io", "float") not in _IOS:
+        return f"'io' is {data.get('io')!r}, not one of {', '.join(_IOS)}"
+    if data.get("precision", "fp32") not in _PRECISIONS:
+        return f"'precision' is {data.get('precision')!r}, not one of {', '.join(_PRECISIONS)}"
+    vr = data.get("value_range", [0.0, 1.0])
+    if (not isinstance(vr, list) or len(vr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in vr) or not vr[0] < vr[1]):
+        return f"'value_range' is {vr!r}, not [low, high]"
+    hw = data.get("fixed_hw")
+    if hw is not None and (not isinstance(hw, list) or len(hw) != 2
+                           or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16384 for v in hw)):
+        return f"'fixed_hw' is {hw!r}, not [height, width] of positive sizes"
+    if not isinstance(data.get("arch", {}), dict):
+        return "'arch' is not an object"
+    if not isinstance(data.get("half_safe", True), bool):
+        return "'half_safe' is not true or false"
+    return ""

@@ -56,6 +56,8 @@ def read_sidecar(engine: Path) -> tuple[EngineKey, ModelDescriptor]:
         desc = ModelDescriptor.from_json(json.dumps(data["descriptor"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: not a srdeploy engine sidecar ({exc.__class__.__name__})") from exc
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     return key, desc
 
 

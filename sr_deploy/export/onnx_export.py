@@ -197,7 +197,10 @@ def read_descriptor(path: str | os.PathLike) -> ModelDescriptor:
     proto = load_onnx(path)
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
-            desc = ModelDescriptor.from_json(entry.value)
+            try:
+                desc = ModelDescriptor.from_json(entry.value)
+            except ModelError as exc:
+                raise ModelError(f"{path}: {exc}; export the model again with `srdeploy export`") from None
             least = reflect_minimum(proto)
             # graphs exported before the descriptor carried it (light_x4's first release) say 0
             return desc.with_(size_minimum=least) if least > desc.size_minimum else desc
