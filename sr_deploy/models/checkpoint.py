@@ -113,6 +113,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def bound_architecture(arch, state, origin) -> None:
+    """A checkpoint's hyperparameters are untrusted (a 300 KB file can claim 3,000,000 blocks and the
+    build would allocate until the host runs out): each whole-number one must be a whole number no larger
+    than the weights themselves allow, the count of tensors (blocks, layers) or their largest dimension
+    (channels), before anything is built."""
+    if not isinstance(arch, dict) or not isinstance(state, dict) or not state:
+        raise ModelError(f"{origin}: not a srdeploy checkpoint (its architecture or weights are missing)")
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    if len(tensors) != len(state):
+        raise ModelError(f"{origin}: its weights hold entries that are not tensors")
+    most = max(len(tensors), max((max(t.shape) for t in tensors if t.dim()), default=1))
+    for key, value in arch.items():
+        if key in ("arch", "upsampler", "mean", "std"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelError(f"{origin}: its architecture says {key} = {value!r}, not a whole number")
+        if not 0 < value <= most:
+            raise ModelError(f"{origin}: its architecture says {key} = {value}, beyond what its {len(tensors)} "
+                             f"weight tensors can hold (at most {most}); the file's metadata is wrong")
+
+
 def _is_utf8(sample: bytes) -> bool:
     try:
         sample.decode("utf-8")
@@ -139,6 +160,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
 
         model = from_state_dict(foreign.state, str(path))
         return model, {"format": "community", "arch": model.config.to_dict()}
+    bound_architecture(payload.get("arch"), payload.get("state_dict"), path)
     try:
         model = build_generator(payload["arch"])
         model.load_state_dict(payload["state_dict"])

@@ -95,3 +95,23 @@ def test_polyphase_single_slope_prelu_and_bad_kernel():
     assert torch.allclose(got, ref, atol=1e-5)
     with pytest.raises(ValueError):
         _polyphase_conv(nn.Conv2d(4, 3, 4, padding=2), 2)
+
+
+@pytest.mark.parametrize("field, value", [("num_blocks", 3_000_000), ("channels", 10_000_000), ("num_blocks", 1e7),
+                                          ("num_blocks", "16"), ("scale", 0)])
+def test_hyperparameters_beyond_the_weights_are_refused_before_anything_is_built(tmp_path, field, value):
+    import json
+
+    from safetensors.torch import save_file
+
+    from sr_deploy.errors import ModelError
+    from sr_deploy.models.checkpoint import load_checkpoint
+    from tests.conftest import tiny_model
+
+    model = tiny_model(2)
+    arch = {**model.config.to_dict(), field: value}
+    path = tmp_path / "lying.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": "srdeploy-checkpoint", "arch": json.dumps(arch)})
+    with pytest.raises(ModelError, match=field):
+        load_checkpoint(path)
