@@ -24,3 +24,30 @@ def test_a_descriptor_that_lies_is_one_line_naming_the_file(tiny_onnx, tmp_path,
     with pytest.raises(ModelError) as err:
         read_descriptor(bad)
     assert says in str(err.value) and str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_graph_whose_scale_differs_from_its_descriptor_is_refused_when_run(tiny_onnx, tmp_path):
+    """A x2 graph whose metadata claims x4 (or x1): the runner's output is checked against the claim, never
+    cropped or padded into a picture of the wrong size."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    from sr_deploy.descriptor import METADATA_KEY
+    from sr_deploy.errors import ModelError
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.runtime.ort_runner import OrtRunner
+
+    for claim in (4, 1):
+        proto = onnx.load(str(tiny_onnx))
+        for entry in proto.metadata_props:
+            if entry.key == METADATA_KEY:
+                entry.value = json.dumps({**json.loads(entry.value), "scale": claim})
+        bad = tmp_path / f"claims{claim}.onnx"
+        onnx.save(proto, str(bad))
+        with OrtRunner(bad, read_descriptor(bad)) as r:
+            with pytest.raises(ModelError, match=f"claims x{claim}"):
+                r.infer_u8(np.zeros((1, 12, 16, 3), np.uint8))
+            with pytest.raises(ModelError, match=f"claims x{claim}"):
+                r.infer(np.zeros((1, 3, 12, 16), np.float32))

@@ -124,11 +124,27 @@ class Runner(ABC):
         most = self.descriptor.max_batch
         batch, hw = self._fit(batch, hdim)
         if hw is None and not most:
-            return run(batch)
+            return self._checked(batch, run(batch), hdim)
         step = most or len(batch)
         outs = [run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        return self._crop(out, hw, hdim)
+        return self._crop(self._checked(batch, out, hdim), hw, hdim)
+
+    def _checked(self, batch: np.ndarray, out: np.ndarray, hdim: int) -> np.ndarray:
+        """The graph's output against what its descriptor claims (scale, channels): a file's metadata is not
+        trusted, and a x4 graph that claims x2 would otherwise be cropped to its top-left quarter."""
+        d, s = self.descriptor, self.descriptor.scale
+        cdim = 1 if hdim == 2 else 3
+        want = (batch.shape[hdim] * s, batch.shape[hdim + 1] * s, d.out_channels)
+        got = (out.shape[hdim], out.shape[hdim + 1], out.shape[cdim]) if out.ndim == 4 else None
+        if got != want:
+            from sr_deploy.errors import ModelError
+
+            raise ModelError(f"{d.name}: the graph returns {got[1]}x{got[0]}x{got[2] if got else '?'} for a "
+                             f"{batch.shape[hdim + 1]}x{batch.shape[hdim]} input, but its descriptor claims x{s} "
+                             f"with {d.out_channels} channels; the file's metadata is wrong (export it again)"
+                             if got else f"{d.name}: the graph returns an output of shape {out.shape}, not an image batch")
+        return out
 
     def _fit(self, batch: np.ndarray, hdim: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         """``batch`` edge-padded to the graph's size requirements, and its own (h, w) to crop back to;
