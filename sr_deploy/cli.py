@@ -212,8 +212,9 @@ def run(
     duration: Optional[float] = typer.Option(None, "--duration", help="Video: this many seconds from --start."),
     ensemble: bool = typer.Option(False, "--ensemble", help="x8 self-ensemble: the 8 flips/rotations averaged "
                                                            "(about +0.1 dB for 8x the time; never the default)."),
-    segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Video: cut the run into segments this "
-                                                                          "long; an interrupted run resumes from the finished ones."),
+    segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Video: cut the run into segments "
+                                                    "this long (default: about a minute of compute each, from the "
+                                                    "model's measured speed); an interrupted run resumes from the finished ones."),
     deinterlace: bool = typer.Option(True, "--deinterlace/--no-deinterlace", help="Video: frames the decoder flags "
                                      "as interlaced go through FFmpeg's bwdif before the model (one frame per frame)."),
     restart: bool = typer.Option(False, "--restart", help="Discard what an interrupted run of this output finished "
@@ -284,7 +285,7 @@ def run(
                 check_size(input, header, 1, max_megapixels, outscale=outscale)  # the model's own scale: once loaded
                 if header.frames > 1 and output is not None and not into_folder:
                     check_frames_fit(input, output, header)
-        if not segment_seconds > 0:
+        if segment_seconds is not None and not segment_seconds > 0:
             raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,

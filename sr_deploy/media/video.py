@@ -89,7 +89,9 @@ class VideoOptions:
     start: float | None = None  # seconds
     duration: float | None = None  # seconds
     copy_streams: bool = True
-    segment_seconds: float = 10.0  # a run is cut into segments this long (resumable; the unit of --ray)
+    # a run is cut into segments this long (resumable; the unit of --ray); None: about SEGMENT_COMPUTE_S of
+    # compute each, from the model's measured speed here (auto_segment_seconds)
+    segment_seconds: float | None = None
     queue_size: int = 8  # frames waiting between stages, at most; fewer when frames are large (QUEUE_BYTES)
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
     deinterlace: bool = True  # frames flagged interlaced go through FFmpeg's bwdif (deinterlaced) first
@@ -253,6 +255,9 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     check_destination(src, dst, overwrite=overwrite)
     t0 = time.perf_counter()
     say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
+    if options.segment_seconds is None:
+        seconds = auto_segment_seconds(runner, src, dst, options, pool=pool)
+        options = dataclasses.replace(options, segment_seconds=seconds)
     plan = plan_segments(src, options, options.segment_seconds)
     for line in plan.notes:
         say(line)
@@ -724,6 +729,48 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     finally:
         inp.close()
     return n
+
+
+SEGMENT_COMPUTE_S = 60.0  # a segment is about this much compute: what an interrupt can lose
+SEGMENT_RANGE_S = (0.2, 60.0)  # of video, whatever the speed
+
+
+def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOptions, *, pool=None) -> float:
+    """Segment length (seconds of video) for about SEGMENT_COMPUTE_S of compute per segment, from one timed
+    frame of the source's size on this runner; an unfinished run of the same output keeps its own length
+    (its manifest), so a resumed run cuts where the first did. Ray pools keep the fixed 10 s (their workers
+    are elsewhere). Measured because the same clip is 0.2 frames/s with srresnet_x4 on a 2-core CPU and
+    hundreds on a GPU: a fixed 10 s of video was 21 minutes of work lost to an interrupt."""
+    import json
+    import time
+
+    from sr_deploy.media.container import main_video, open_input
+    from sr_deploy.media.segments import SEGMENT_SECONDS, Parts
+
+    manifest = Parts(dst).manifest
+    if manifest.exists():
+        try:
+            kept = json.loads(manifest.read_text())["key"]["segment_seconds"]
+            if isinstance(kept, (int, float)) and kept > 0:
+                return float(kept)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # Parts.open reports an unreadable manifest
+    if pool is not None:
+        return SEGMENT_SECONDS
+    inp = open_input(src)
+    try:
+        vin = main_video(inp)
+        rate = float(vin.average_rate or vin.guessed_rate or 25)
+        w, h = vin.codec_context.width, vin.codec_context.height
+    finally:
+        inp.close()
+    frame = np.zeros((max(1, h), max(1, w), 3), np.uint8)
+    upscale_frame(runner, frame, tile=options.tile)  # warm-up: compilation, allocation
+    t0 = time.perf_counter()
+    upscale_frame(runner, frame, tile=options.tile)
+    per_frame = max(time.perf_counter() - t0, 1e-4)
+    seconds = SEGMENT_COMPUTE_S / per_frame / rate
+    return float(min(max(seconds, SEGMENT_RANGE_S[0], 1.0 / rate), SEGMENT_RANGE_S[1]))
 
 
 def join_stages(*threads: threading.Thread) -> None:

@@ -406,3 +406,43 @@ def test_container_and_codec_checked_before_any_work(tmp_path, tiny_ckpt):
     with av.open(str(tmp_path / "z.webm")) as c:
         assert c.streams.video[0].codec_context.name == "vp9"
         assert sum(1 for _ in c.decode(video=0)) == 8
+
+
+def test_segments_are_about_a_minute_of_compute_and_a_resume_keeps_the_first_runs_cuts(tmp_path, monkeypatch):
+    """Segment length follows the model's measured speed (a fake clock: each call takes 2.5 s of it), so an
+    interrupt loses about a minute of work whatever the model; a rerun of the same output cuts as before."""
+    import json
+    import time
+
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.media import video
+    from sr_deploy.runtime.base import Runner
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    class Timed(Runner):
+        backend = "test"
+
+        def __init__(self, seconds):
+            super().__init__(ModelDescriptor(name="t", scale=2))
+            self.seconds = seconds
+
+        def _activate(self):
+            pass
+
+        def _infer(self, batch):
+            clock[0] += self.seconds
+            return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, frames=12, fps=12, audio=False)
+    slow = video.auto_segment_seconds(Timed(2.5), src, dst, video.VideoOptions())
+    assert slow == pytest.approx(60.0 / 2.5 / 12)  # 24 frames of 2.5 s: 2 s of 12 fps video
+    assert video.auto_segment_seconds(Timed(0.0005), src, dst, video.VideoOptions()) == video.SEGMENT_RANGE_S[1]
+    assert video.auto_segment_seconds(Timed(100.0), src, dst, video.VideoOptions()) == video.SEGMENT_RANGE_S[0]
+    # an unfinished run's manifest: its length is kept, whatever this machine measures now
+    parts = dst.parent / f"{dst.name}.segments"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps({"key": {"segment_seconds": 0.75}, "segments": {}}))
+    assert video.auto_segment_seconds(Timed(2.5), src, dst, video.VideoOptions()) == 0.75
