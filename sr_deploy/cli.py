@@ -399,7 +399,7 @@ def build_engine_cmd(
 
     Without --fp16/--int8 the engine is fp32. The engine is built from the uint8-I/O form of the ONNX
     (pixels in the graph: bytes in, bytes out) unless --float-io."""
-    from sr_deploy.engine.build import build_engine, gpu_free_bytes, tensorrt_available
+    from sr_deploy.engine.build import build_engine, gpu_total_bytes, tensorrt_available
     from sr_deploy.engine.profile import make_profile, parse_hw
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.export.pixels import deployed_onnx
@@ -445,7 +445,7 @@ def build_engine_cmd(
             raise typer.Exit(3)
         model_onnx = deployed_onnx(model_onnx, outscale=to_scale, pixels=not float_io)
         edesc = read_descriptor(model_onnx)
-        profile = make_profile(edesc, **shapes, max_batch=max_batch, free_bytes=gpu_free_bytes())
+        profile = make_profile(edesc, **shapes, max_batch=max_batch, memory_bytes=gpu_total_bytes())
         engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
         resized = f", x{edesc.scale}: the x{edesc.model_scale} output area-resized in the graph" if to_scale else ""
         typer.echo(f"engine {engine} ({precision}, {edesc.io} I/O{resized}; profile min {profile.fmt(profile.min)}, "

@@ -44,19 +44,20 @@ def gpu_identity() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
-def gpu_free_bytes() -> int | None:
-    """Free memory of GPU 0 (cuda-python, else torch); None where it cannot be read."""
+def gpu_total_bytes() -> int | None:
+    """Total memory of GPU 0 (cuda-python, else torch); None where it cannot be read. The profile is sized
+    from it, not from the free memory of the moment: a busy GPU must not change the engine key."""
     try:
         from sr_deploy.cuda import check_cuda, cudart
 
-        free, _total = check_cuda(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
-        return int(free)
+        _free, total = check_cuda(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+        return int(total)
     except Exception:  # noqa: BLE001 - fall back to torch, then to "unknown"
         pass
     try:
         import torch
 
-        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+        return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001
         return None
 

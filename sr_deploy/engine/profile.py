@@ -10,6 +10,10 @@ from sr_deploy.descriptor import ModelDescriptor
 from sr_deploy.errors import InputError
 
 DEFAULT_TARGET = (1080, 1920)  # output resolution the default profile is tuned for (H, W)
+# the largest input the default profile takes whole where the GPU's memory holds it: a 1080p frame (x4: 8K out),
+# so 720p and 1080p sources run whole on an 80 GB GPU instead of in tiles (2.25x the model pixels)
+DEFAULT_MAX_INPUT = (1080, 1920)
+ASSUMED_MEMORY = 16 << 30  # where the GPU's memory cannot be read: size the default profile for a 16 GB card
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -71,13 +75,13 @@ def activation_bytes_per_pixel(desc: ModelDescriptor) -> int:
     return 4 * values
 
 
-def max_for_memory(desc: ModelDescriptor, free_bytes: int, want_hw: tuple[int, int], want_batch: int,
+def max_for_memory(desc: ModelDescriptor, memory_bytes: int, want_hw: tuple[int, int], want_batch: int,
                    fraction: float = 0.5) -> tuple[int, tuple[int, int]]:
-    """The largest (batch, HxW) up to the wanted ones whose activations fit in ``fraction`` of ``free_bytes``;
+    """The largest (batch, HxW) up to the wanted ones whose activations fit in ``fraction`` of ``memory_bytes``;
     the size shrinks (keeping its aspect, rounded to the size multiple) only once the batch is down to 1.
     Larger frames are tiled within the profile."""
     per_px = activation_bytes_per_pixel(desc)
-    budget = fraction * free_bytes
+    budget = fraction * memory_bytes
     h, w = want_hw
     for b in range(want_batch, 0, -1):
         if b * h * w * per_px <= budget:
@@ -90,18 +94,19 @@ def max_for_memory(desc: ModelDescriptor, free_bytes: int, want_hw: tuple[int, i
 
 def make_profile(desc: ModelDescriptor, *, min_hw: tuple[int, int] | None = None, opt_hw: tuple[int, int] | None = None,
                  max_hw: tuple[int, int] | None = None, target_hw: tuple[int, int] = DEFAULT_TARGET,
-                 max_batch: int = 4, free_bytes: int | None = None) -> Profile:
-    """Defaults from the descriptor: opt = the LR size of ``target_hw``, max = twice that, min = 16 px.
+                 max_batch: int = 4, memory_bytes: int | None = None) -> Profile:
+    """Defaults from the descriptor: opt = the LR size of ``target_hw``, max = a 1080p input
+    (DEFAULT_MAX_INPUT, at least twice opt), min = 16 px.
 
-    With ``free_bytes`` (the GPU's free memory) and no explicit ``max_hw``, the default maximum batch
-    and size are cut to what fits in half of it (the old fixed batch 4 x 540x960 at x4 sized
-    activations for four 4K outputs, ~17 GB for srresnet_x4)."""
+    With ``memory_bytes`` (the GPU's total memory: a fixed figure, so a busy GPU does not change the
+    profile, the engine key and with them the engine) and no explicit ``max_hw``, the default maximum
+    batch and size are cut to what fits in half of it: an 80 GB GPU takes one 1080p input whole."""
     m = max(1, desc.size_multiple)
     opt = opt_hw or (_round_up(math.ceil(target_hw[0] / desc.scale), m), _round_up(math.ceil(target_hw[1] / desc.scale), m))
     mn = min_hw or (_round_up(16, m), _round_up(16, m))
-    mx = max_hw or (2 * opt[0], 2 * opt[1])
-    if free_bytes is not None and max_hw is None:
-        max_batch, mx = max_for_memory(desc, free_bytes, mx, max_batch)
+    mx = max_hw or (_round_up(max(2 * opt[0], DEFAULT_MAX_INPUT[0]), m), _round_up(max(2 * opt[1], DEFAULT_MAX_INPUT[1]), m))
+    if max_hw is None:
+        max_batch, mx = max_for_memory(desc, memory_bytes or ASSUMED_MEMORY, mx, max_batch)
         opt = (min(opt[0], mx[0]), min(opt[1], mx[1]))
         mn = (min(mn[0], mx[0]), min(mn[1], mx[1]))
     for name, hw in (("min", mn), ("opt", opt), ("max", mx)):

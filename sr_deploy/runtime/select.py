@@ -334,12 +334,51 @@ def tensorrt_ready() -> bool:
     return tensorrt_available() and gpu_available()
 
 
+def default_engine_onnx(source: ModelSource, *, say=None) -> Path:
+    """The ONNX a TensorRT engine is built from by default: fp16 (what a datacenter GPU runs fastest, and
+    what torch on CUDA defaults to), made once into the cache and gated like any variant (fidelity to the
+    fp32 output on real photographs); fp32 where the fp16 variant was refused. An fp16 ONNX shipped or
+    built beside the model and passed is used as it is; a variant given by path runs as given."""
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.fsutil import sha256_file
+
+    fp32 = onnx_for(source)
+    if read_descriptor(fp32).precision != "fp32":
+        return fp32
+    beside = precision_sibling(fp32, "fp16") or (precision_sibling(source.path, "fp16")
+                                                  if source.kind == "checkpoint" else None)
+    if beside is not None:
+        return beside
+    out = cache_root() / "onnx" / f"{fp32.name.split('.')[0]}-{sha256_file(fp32)[:16]}.fp16.onnx"
+    report = out.with_suffix(".quality.json")
+    if out.exists() and report.exists():
+        try:
+            if report_is_faithful(json.loads(report.read_text()), "fp16"):
+                return out
+        except (OSError, ValueError):
+            pass
+    if out.with_suffix(".refused.json").exists():
+        return fp32
+    from sr_deploy.precision.convert import make_precision_onnx
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rep = make_precision_onnx(fp32, "fp16", out=out)
+    except QualityGateError as exc:
+        if say:
+            say(f"note: the fp16 variant was refused, the engine is fp32 ({str(exc).split(';')[0]})")
+        return fp32
+    if say:
+        say(f"note: {rep.line()}")
+    return out
+
+
 def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None,
                          outscale: float | None = None) -> tuple[Runner, str]:
     """The TensorRT runner for ``source``: its engine from the cache, built there on first use.
 
     The engine is built from the uint8-I/O form of the model's ONNX at the asked precision
-    (default: fp16 where a gate-passed fp16 ONNX ships beside the model, else fp32) and keyed by
+    (default: fp16, gated and made once into the cache by default_engine_onnx; fp32 where refused) and keyed by
     that ONNX's hash, the precision, the profile, TensorRT's version and the GPU: a new TensorRT or
     GPU gets a new engine, never a mismatched one. With ``outscale`` a whole number below the model's scale,
     the engine area-resizes its output to it on the GPU (a graph of its own, so an engine of its own).
@@ -350,15 +389,14 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
         missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]' on a GPU machine)"
         raise BackendUnavailable(f"the tensorrt backend needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                                  f"On this machine `--backend auto` runs the fastest CPU backend")
-    from sr_deploy.engine.build import build_engine, current_key, gpu_free_bytes
+    from sr_deploy.engine.build import build_engine, current_key, gpu_total_bytes
     from sr_deploy.engine.key import engine_path
     from sr_deploy.engine.profile import make_profile
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
     if precision is None:
-        fp16 = precision_sibling(onnx_for(source), "fp16") if source.kind != "onnx" else None
-        base = fp16 or onnx_for(source)
+        base = default_engine_onnx(source, say=say)
     else:
         base = _onnx_at_precision(source, precision, "tensorrt")
     desc = read_descriptor(base)
@@ -367,7 +405,7 @@ def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None
 
         base = deployed_onnx(base, outscale=graph_outscale(desc.scale, outscale))
         desc = read_descriptor(base)
-    profile = make_profile(desc, free_bytes=gpu_free_bytes())
+    profile = make_profile(desc, memory_bytes=gpu_total_bytes())
     key = current_key(base, desc, profile)
     target = cache_root() / "tensorrt" / engine_path(base, key, desc).name
     reference = onnx_for(source)

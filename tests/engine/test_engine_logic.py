@@ -22,7 +22,11 @@ def test_parse_hw():
 def test_default_profile_from_descriptor():
     p = make_profile(DESC)
     assert p.opt == (1, 3, 270, 480)  # 1080p output at x4
-    assert p.min == (1, 3, 16, 16) and p.max == (4, 3, 540, 960)
+    assert p.min == (1, 3, 16, 16)
+    from sr_deploy.engine.profile import ASSUMED_MEMORY, activation_bytes_per_pixel
+
+    b, _, h, w = p.max  # the GPU's memory unknown: sized for a 16 GB card, a 1080p input's aspect kept
+    assert b * h * w * activation_bytes_per_pixel(DESC) <= ASSUMED_MEMORY / 2 and h >= 540 and abs(h / w - 0.5625) < 0.02
     p8 = make_profile(ModelDescriptor(name="m", scale=2, size_multiple=8), target_hw=(1080, 1920))
     assert p8.opt[2] % 8 == 0 and p8.opt[3] % 8 == 0 and p8.opt[2] >= 540
     with pytest.raises(InputError, match="multiple"):
@@ -52,7 +56,7 @@ def test_engine_name_depends_on_every_key_part(tmp_path):
     names = {engine_path(onnx, k).name for k in
              [_key(), _key(tensorrt="11.0.0"), _key(gpu="NVIDIA L4", compute_capability="8.9"),
               make_key("cd" * 32, "fp16", make_profile(DESC), tensorrt="10.9.0", gpu="NVIDIA H100", compute_capability="9.0"),
-              make_key("ab" * 32, "fp16", make_profile(DESC, max_batch=1), tensorrt="10.9.0", gpu="NVIDIA H100",
+              make_key("ab" * 32, "fp16", make_profile(DESC, max_hw=(540, 960), max_batch=2), tensorrt="10.9.0", gpu="NVIDIA H100",
                        compute_capability="9.0")]}
     assert len(names) == 5
     assert engine_path(onnx, _key()).name.startswith("m.fp16.sm90.")
@@ -99,19 +103,20 @@ def test_build_and_run_engine_matches_onnxruntime(tiny_onnx, tmp_path):
             trt_runner.infer(np.zeros((1, 3, 65, 8), np.float32))
 
 
-def test_default_profile_max_fits_free_gpu_memory():
+def test_default_profile_max_fits_the_gpus_memory():
     from sr_deploy.descriptor import ModelDescriptor
     from sr_deploy.engine.profile import activation_bytes_per_pixel, make_profile
 
     desc = ModelDescriptor(name="m", scale=4, arch={"channels": 64})
     per_px = activation_bytes_per_pixel(desc)
-    roomy = make_profile(desc, free_bytes=80 << 30)
-    assert roomy.max == (4, 3, 540, 960)  # an H100's free memory holds the full default
-    tight = make_profile(desc, free_bytes=8 << 30)
+    roomy = make_profile(desc, memory_bytes=80 << 30)
+    assert roomy.max[2:] == (1080, 1920)  # an H100 takes a 1080p input (x4: 8K out) whole
+    assert roomy.max[0] * 1080 * 1920 * per_px <= 0.5 * (80 << 30)
+    tight = make_profile(desc, memory_bytes=8 << 30)
     b, _, h, w = tight.max
     assert b * h * w * per_px <= 0.5 * (8 << 30)
-    assert (b, h, w) != (4, 540, 960) and tight.opt[2] <= h and tight.opt[3] <= w
-    tiny = make_profile(desc, free_bytes=256 << 20)
+    assert (h, w) != (1080, 1920) and tight.opt[2] <= h and tight.opt[3] <= w
+    tiny = make_profile(desc, memory_bytes=256 << 20)
     assert tiny.max[0] == 1 and tiny.max[2] * tiny.max[3] * per_px <= 0.5 * (256 << 20)
-    assert abs(tiny.max[2] / tiny.max[3] - 540 / 960) < 0.05  # aspect kept
-    assert make_profile(desc, free_bytes=256 << 20, max_hw=(540, 960)).max == (4, 3, 540, 960)  # explicit wins
+    assert abs(tiny.max[2] / tiny.max[3] - 1080 / 1920) < 0.05  # aspect kept
+    assert make_profile(desc, memory_bytes=256 << 20, max_hw=(540, 960)).max == (4, 3, 540, 960)  # explicit wins

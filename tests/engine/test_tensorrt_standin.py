@@ -237,6 +237,11 @@ def test_run_builds_engine_on_first_use_then_reuses_it(gpu_here, tiny_ckpt, tiny
     with r1:
         out = r1.infer_u8(px)
     assert "built on first use" in why1 and r1.in_dtype == np.uint8
+    assert ".fp16." in r1.path.name  # the default engine is fp16, its variant gated and made into the cache
+    from sr_deploy.fsutil import cache_root
+
+    reports = list((cache_root() / "onnx").glob("*.fp16.quality.json"))
+    assert reports and json.loads(reports[0].read_text())["fidelity_db"] >= 45
     # 10x14 is below the profile's 16x16 minimum: edge-padded to it, output cropped back
     assert out.shape == (1, 20, 28, 3)
     ref = _reference(tiny_onnx, np.pad(px, ((0, 0), (0, 6), (0, 2), (0, 0)), mode="edge"))[:, :20, :28]
