@@ -270,11 +270,14 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                 chosen = percentiles[0]
             excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=calib_method,
                                     percentile=chosen or DEFAULT_PERCENTILE)
-        proto = onnx.load(str(tmp))
-        for entry in proto.metadata_props:
-            if entry.key == METADATA_KEY:
-                entry.value = desc.with_(precision=precision).to_json()
-        onnx.save(proto, str(tmp))
+        def stamp() -> None:  # the variant's descriptor says its precision (every conversion rewrites tmp)
+            proto = onnx.load(str(tmp))
+            for entry in proto.metadata_props:
+                if entry.key == METADATA_KEY:
+                    entry.value = desc.with_(precision=precision).to_json()
+            onnx.save(proto, str(tmp))
+
+        stamp()
         g = quality_gate(src, tmp, pairs, desc.scale)
         mixed: list[str] = []
         if precision == "int8" and mixed_precision and not _passes(g, budget, min_fid, max_p999):
@@ -282,6 +285,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             mixed, g = _mixed_precision(src, tmp, batches, calib, desc.scale, pairs, excluded, chosen or DEFAULT_PERCENTILE,
                                         quantize_ends, calib_method, budget, min_fid, max_p999)
             excluded = excluded + mixed
+            stamp()
         p32, pnew, worst = g.psnr_fp32, g.psnr_new, g.max_abs_diff
         fid, p999 = g.fidelity_db, g.p999_levels
         if precision == "fp16":

@@ -113,6 +113,7 @@ def test_a_failing_int8_is_retried_with_its_most_sensitive_convs_in_float(tiny_o
             quantized = producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
             assert quantized == (n.name not in rep.mixed_precision), n.name
     assert "convs kept in float" in rep.line()
+    assert read_descriptor(rep.path).precision == "int8"  # the mixed graph, re-converted, still says so
 
 
 def test_bad_calibration_inputs(tiny_onnx, tmp_path):
