@@ -105,7 +105,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
-            notes: str = "", training_machines: str | None = None) -> dict:
+            notes: str = "", training_machines: str | None = None,
+            data: str = "291 images (yang91 + bsd200), validation Set5") -> dict:
     """Ship ``run/checkpoint``: best.pt is the run's best validation (trainer.val_score: Y-PSNR, or for
     srgan the detail ratio closest to HR's)."""
     ckpt = run / checkpoint
@@ -135,7 +136,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "train_hours_cpu_wall": round(hours, 2),
         "training_machines": training_machines or here,
         "release_machine": here,
-        "data": "291 images (yang91 + bsd200), validation Set5",
+        "data": data,
         f"{val.name}": {"psnr_y": round(q.psnr_y, 3), "ssim_y": round(q.ssim_y, 4), "detail_vs_hr": round(q.detail, 3),
                         "bicubic_psnr_y": round(bic.psnr_y, 3), "bicubic_ssim_y": round(bic.ssim_y, 4),
                         "bicubic_detail_vs_hr": round(bic.detail, 3),
@@ -156,8 +157,10 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
             r = make_precision_onnx(onnx_path, precision, calib=calib if precision == "int8" else None,
                                     gate_data=val, percentiles=PERCENTILE_CANDIDATES)
             card[f"{precision}_gate"] = {"delta_psnr_db": round(r.delta_psnr_db, 4), "max_abs_diff": round(r.max_abs_diff, 4),
+                                         "fidelity_db": round(r.fidelity_db, 2), "p999_levels": r.p999_levels,
                                          "passed": r.passed, "gate_data": r.gate_data,
-                                         "excluded_nodes": list(r.excluded_nodes)}
+                                         "excluded_nodes": list(r.excluded_nodes),
+                                         "mixed_precision": list(r.mixed_precision)}
             if precision == "int8":
                 card["int8_gate"].update(calib_percentile=r.calib_percentile, percentile_search=r.percentile_search)
         repo_relative_report(REPO / "export" / f"{name}.fp16.quality.json")  # the file build-engine makes there
@@ -182,10 +185,11 @@ def main() -> None:
     ap.add_argument("--calib", type=Path)
     ap.add_argument("--checkpoint", default="best.pt", help="file in the run folder")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--data", default="291 images (yang91 + bsd200), validation Set5", help="what it trained on")
     ap.add_argument("--training-machines", help="where the run trained, when not (only) this machine")
     args = ap.parse_args()
     card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes,
-                   training_machines=args.training_machines)
+                   training_machines=args.training_machines, data=args.data)
     print(json.dumps({k: card[k] for k in card if k not in ("config",)}, indent=2))
 
 
