@@ -120,3 +120,15 @@ def test_default_profile_max_fits_the_gpus_memory():
     assert tiny.max[0] == 1 and tiny.max[2] * tiny.max[3] * per_px <= 0.5 * (256 << 20)
     assert abs(tiny.max[2] / tiny.max[3] - 1080 / 1920) < 0.05  # aspect kept
     assert make_profile(desc, memory_bytes=256 << 20, max_hw=(540, 960)).max == (4, 3, 540, 960)  # explicit wins
+
+
+def test_each_key_part_alone_names_another_engine(tmp_path):
+    """One part changed at a time (a GPU of another name with the same compute capability included): an
+    engine built for one never runs on the other."""
+    onnx = tmp_path / "m.fp16.onnx"
+    base = engine_path(onnx, _key()).name
+    for change in ({"gpu": "NVIDIA H200"}, {"compute_capability": "9.1"}, {"tensorrt": "10.9.1"}):
+        assert engine_path(onnx, _key(**change)).name != base, change
+    other_onnx = make_key("cd" * 32, "fp16", make_profile(DESC), tensorrt="10.9.0", gpu="NVIDIA H100",
+                          compute_capability="9.0")
+    assert engine_path(onnx, other_onnx).name != base

@@ -446,3 +446,24 @@ def test_segments_are_about_a_minute_of_compute_and_a_resume_keeps_the_first_run
     parts.mkdir()
     (parts / "manifest.json").write_text(json.dumps({"key": {"segment_seconds": 0.75}, "segments": {}}))
     assert video.auto_segment_seconds(Timed(2.5), src, dst, video.VideoOptions()) == 0.75
+
+
+def test_every_setting_that_changes_pixels_changes_the_manifest_key(tmp_path):
+    """A finished segment is reused only for the same pixels: tile and outscale (and the encoder settings)
+    are part of the key, so a rerun with another --tile or --outscale never mixes old segments in."""
+    import dataclasses
+
+    from sr_deploy.media.segments import manifest_key
+    from sr_deploy.media.video import VideoOptions
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=6, audio=False)
+    base = VideoOptions(segment_seconds=1.0)
+    key = manifest_key(src, "model", base, "libx264", 1.0)
+    for change in ({"tile": 64}, {"outscale": 2.0}, {"crf": 30}, {"preset": "slow"}, {"pix_fmt": "yuv444p"},
+                   {"deinterlace": False}, {"start": 0.5}, {"max_frames": 3}):
+        assert manifest_key(src, "model", dataclasses.replace(base, **change), "libx264", 1.0) != key, change
+    assert manifest_key(src, "other model", base, "libx264", 1.0) != key
+    assert manifest_key(src, "model", base, "libx265", 1.0) != key
+    assert manifest_key(src, "model", base, "libx264", 2.0) != key
+    assert manifest_key(src, "model", base, "libx264", 1.0) == key

@@ -47,3 +47,28 @@ def test_passes_are_averaged():
     for i, j in [(0, 1), (1, 0), (0, 10), (1, 11), (7, 1), (6, 0), (7, 10), (6, 11)]:
         expect[i, j] = 1 / 8
     np.testing.assert_allclose(y, expect, atol=1e-6)
+
+
+def test_the_uint8_mean_of_the_passes_is_rounded_not_truncated():
+    """Seven passes return 10 and one 15: the mean 10.625 is 11 in bytes (truncation would give 10)."""
+
+    class Steps(Runner):
+        backend = "test"
+
+        def __init__(self):
+            super().__init__(ModelDescriptor(name="s", scale=1))
+            self.calls = 0
+
+        def _activate(self):
+            pass
+
+        def _infer(self, batch):
+            raise AssertionError("the uint8 path is asked for")
+
+        def _infer_u8(self, batch):
+            self.calls += 1
+            return np.full_like(batch, 15 if self.calls == 8 else 10)
+
+    with EnsembleRunner(Steps()) as r:
+        out = r.infer_u8(np.zeros((1, 4, 6, 3), np.uint8))
+    assert out.dtype == np.uint8 and (out == 11).all()
