@@ -51,6 +51,14 @@ def test_float_io_and_plan(tiny_ckpt, tmp_path):
     assert list(cfg.input[0].dims) == [3, -1, -1]
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"engine bytes")
+    from sr_deploy.engine.key import make_key, write_sidecar
+    from sr_deploy.engine.profile import make_profile
+    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.runtime.select import onnx_for, resolve_model
+
+    desc = read_descriptor(onnx_for(resolve_model(str(tiny_ckpt))))
+    write_sidecar(plan, make_key("ab" * 32, "fp32", make_profile(desc), tensorrt="10.9.0", gpu="NVIDIA H100",
+                                 compute_capability="9.0"), desc)  # what build-engine writes beside an engine
     code, out = _triton(tiny_ckpt, "-o", repo, "--plan", plan, "--name", "sr_trt")
     assert code == 0, out
     cfg = validate((repo / "sr_trt" / "config.pbtxt").read_text())
@@ -99,3 +107,14 @@ def test_outscale_serves_the_averaged_graph(tiny_ckpt, tmp_path):
     code, out = _triton(tiny_ckpt, "-o", repo, "--name", "p", "--plan", plan, "--outscale", "1")
     assert code != 0 and "build-engine --outscale" in out, out
     assert not (repo / "bad").exists() and not (repo / "p").exists()
+
+
+def test_a_plan_that_srdeploy_did_not_build_is_refused_and_nothing_is_written(tiny_onnx, tmp_path):
+    from sr_deploy.errors import InputError
+    from sr_deploy.export.triton import write_repository
+
+    fake = tmp_path / "garbage.jpg"
+    fake.write_bytes(b"\xff\xd8\xff\xe0 not an engine")
+    with pytest.raises(InputError, match="not a TensorRT engine built by srdeploy"):
+        write_repository(tiny_onnx, tmp_path / "repo", plan=fake)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").rglob("model.plan"))
