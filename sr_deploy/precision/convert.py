@@ -234,6 +234,13 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
 
     if calib_method not in CALIB_METHODS:
         raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+    if calib_count is not None and calib_count < 1:
+        raise InputError(f"--calib-count must be at least 1, got {calib_count}")
+    if not 8 <= calib_size <= 4096:
+        raise InputError(f"--calib-size must be from 8 to 4096 pixels, got {calib_size}")
+    bad = [p for p in percentiles if not 50 < p < 100]
+    if bad:
+        raise InputError(f"--percentile must be above 50 and below 100 (for example 99.999), got {bad[0]:g}")
     desc = read_descriptor(src)
     if desc.precision != "fp32":
         raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")

@@ -269,3 +269,12 @@ def test_an_unreadable_calibration_image_is_skipped_with_a_warning_and_none_read
         (tmp_path / f"f{i:02d}.png").write_text("not an image")
     with pytest.raises(InputError, match="none of the 3 calibration images could be read"):
         calibration_batches(tmp_path, count=8, lr_size=8, scale=4)
+
+
+@pytest.mark.parametrize("kw, says", [({"calib_count": 0}, "--calib-count"), ({"calib_size": 0}, "--calib-size"),
+                                      ({"percentiles": (150.0,)}, "--percentile"), ({"percentiles": (99.9, 100.0)}, "--percentile")])
+def test_calibration_settings_out_of_range_are_one_line_before_any_work(tiny_onnx, tmp_path, calib_dir, kw, says):
+    src = _copy(tiny_onnx, tmp_path)
+    with pytest.raises(InputError, match=says):
+        make_precision_onnx(src, "int8", calib=calib_dir, **kw)
+    assert not precision_path(src, "int8").exists()
