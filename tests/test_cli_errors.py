@@ -288,3 +288,13 @@ def test_an_os_error_anywhere_is_one_line_naming_the_path(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and lines == [f"error: {out}: Not a directory"], p.stderr
+
+
+@pytest.mark.parametrize("flag, value, says", [("--bitrate", "1e30", "--bitrate"), ("--bitrate", "-5M", "--bitrate"),
+                                               ("--bitrate", "fast", "--bitrate"), ("--codec", "mjpeg", "--codec mjpeg")])
+def test_encoder_settings_that_cannot_work_name_their_flag_before_any_work(tiny_ckpt, tmp_path, flag, value, says):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=4, audio=False)
+    code, out = _run(src, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, flag, value)
+    assert code != 0 and out.splitlines()[-1].startswith(f"error: {says}") and "returned 22" not in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

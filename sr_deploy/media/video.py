@@ -134,6 +134,14 @@ def check_encoder(codec: str, options: VideoOptions) -> None:
     ``auto`` (before the model is loaded): then only what no encoder here takes is refused."""
     import av
 
+    if options.bitrate:
+        _parse_bitrate(options.bitrate)
+    if codec != "auto" and options.preset is None and options.pix_fmt is None:
+        fmt = output_pix_fmt(codec, None, False)
+        if not encoder_opens(codec, 64, 64, fmt):
+            raise InputError(f"--codec {codec}: this encoder does not open here for {fmt} video (a codec for "
+                             f"images or another pixel format, or one this FFmpeg lacks); libx264, libx265 and "
+                             f"libvpx-vp9 do")
     if options.preset is not None:
         if codec == "auto":
             takes = X264_PRESETS + NVENC_PRESETS
@@ -986,10 +994,16 @@ def _bit_depth(pix_fmt: str | None) -> int:
     return 16 if bits > 16 else bits
 
 
+BITRATE_RANGE = (10_000, 2_000_000_000)  # 10 kbit/s to 2 Gbit/s: what the encoders here take
+
+
 def _parse_bitrate(text: str) -> int:
     t = text.strip().lower()
     mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
     try:
-        return int(float(t.rstrip("km")) * mult)
+        value = float(t.rstrip("km")) * mult
     except ValueError:
-        raise SRDeployError(f"bitrate {text!r} is not a number like 8M or 2500k") from None
+        raise InputError(f"--bitrate {text!r} is not a number like 8M or 2500k") from None
+    if not BITRATE_RANGE[0] <= value <= BITRATE_RANGE[1]:
+        raise InputError(f"--bitrate {text}: must be from 10k to 2000M bits per second")
+    return int(value)
