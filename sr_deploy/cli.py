@@ -581,6 +581,8 @@ def triton(
             raise InputError("--outscale with --plan: build the plan with `srdeploy build-engine --outscale N` "
                              "and serve it without --outscale")
         onnx_path = deployed_onnx(onnx_path, outscale=to_scale, pixels=not float_io)
+        if plan is not None:
+            _check_plan(plan, onnx_path)
         out = write_repository(onnx_path, output, name=name or source.name, plan=plan, overwrite=overwrite,
                                max_batch=max_batch, instances=instances, kind=kind, trt_accelerator=trt_accelerator)
         typer.echo(f"{out}: config.pbtxt (validated against Triton's model_config.proto), "
@@ -676,6 +678,28 @@ def _gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0)
+
+
+def _check_plan(plan: Path, onnx_path: Path) -> None:
+    """A plan is served only with the sidecar srdeploy writes beside every engine it builds (its key and
+    descriptor), and only for the model it was built from: any file named by --plan (an image, another
+    model's engine) would otherwise be installed as model.plan and fail in the server, or serve other pixels."""
+    from sr_deploy.engine.key import read_sidecar
+    from sr_deploy.errors import ModelError
+    from sr_deploy.export.onnx_export import read_descriptor
+
+    if not plan.is_file():
+        raise InputError(f"--plan {plan}: not found")
+    try:
+        _key, desc = read_sidecar(plan)
+    except ModelError as exc:
+        raise InputError(f"--plan {plan}: not a TensorRT engine built by srdeploy ({exc}); "
+                         f"build one with `srdeploy build-engine`") from None
+    model = read_descriptor(onnx_path)
+    if (desc.model_scale, desc.in_channels) != (model.model_scale, model.in_channels) or (
+            model.source_sha256 and desc.source_sha256 and desc.source_sha256 != model.source_sha256):
+        raise InputError(f"--plan {plan}: built from another model ({desc.name} x{desc.scale}) than {onnx_path.name} "
+                         f"({model.name} x{model.scale})")
 
 
 STOPPED_BY = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM: the shell's 128 + signal number

@@ -10,7 +10,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sr_deploy"
 RANK = {"models": 1, "export": 2, "precision": 3, "engine": 4, "runtime": 5, "media": 6, "bench": 7, "train": 7,
-        "cli": 8}
+        "cli": 8, "__init__": 8}  # the package root is the public facade (`from sr_deploy import spandrel`)
 SHARED = 0
 
 

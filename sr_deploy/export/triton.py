@@ -90,26 +90,6 @@ def validate(text: str):
         raise ModelError(f"the Triton config does not parse against model_config.proto: {exc}") from exc
 
 
-def _check_plan(plan: Path, onnx_path: Path) -> None:
-    """A plan is served only with the sidecar srdeploy writes beside every engine it builds (its key and
-    descriptor), and only for the model it was built from: any file named by --plan (an image, another
-    model's engine) would otherwise be installed as model.plan and fail in the server, or serve other pixels."""
-    from sr_deploy.engine.key import read_sidecar
-    from sr_deploy.errors import ModelError
-    from sr_deploy.export.onnx_export import read_descriptor
-
-    try:
-        _key, desc = read_sidecar(plan)
-    except ModelError as exc:
-        raise InputError(f"--plan {plan}: not a TensorRT engine built by srdeploy ({exc}); "
-                         f"build one with `srdeploy build-engine`") from None
-    model = read_descriptor(onnx_path)
-    if (desc.model_scale, desc.in_channels) != (model.model_scale, model.in_channels) or (
-            model.source_sha256 and desc.source_sha256 and desc.source_sha256 != model.source_sha256):
-        raise InputError(f"--plan {plan}: built from another model ({desc.name} x{desc.scale}) than {onnx_path.name} "
-                         f"({model.name} x{model.scale})")
-
-
 def write_repository(onnx_path: str | Path, repo: str | Path, *, name: str | None = None, plan: str | Path | None = None,
                      overwrite: bool = False, **config) -> Path:
     """Write (validated) ``repo/NAME/config.pbtxt`` and ``repo/NAME/1/model.onnx|model.plan``."""
@@ -127,8 +107,6 @@ def write_repository(onnx_path: str | Path, repo: str | Path, *, name: str | Non
     src = Path(plan) if plan is not None else onnx_path
     if not src.is_file():
         raise InputError(f"{src}: not found")
-    if plan is not None:
-        _check_plan(src, onnx_path)
     with atomic_path(model_dir / "1" / ("model.plan" if plan is not None else "model.onnx")) as tmp:
         shutil.copyfile(src, tmp)
     with atomic_path(model_dir / "config.pbtxt") as tmp:

@@ -109,12 +109,9 @@ def test_outscale_serves_the_averaged_graph(tiny_ckpt, tmp_path):
     assert not (repo / "bad").exists() and not (repo / "p").exists()
 
 
-def test_a_plan_that_srdeploy_did_not_build_is_refused_and_nothing_is_written(tiny_onnx, tmp_path):
-    from sr_deploy.errors import InputError
-    from sr_deploy.export.triton import write_repository
-
+def test_a_plan_that_srdeploy_did_not_build_is_refused_and_nothing_is_written(tiny_ckpt, tmp_path):
     fake = tmp_path / "garbage.jpg"
     fake.write_bytes(b"\xff\xd8\xff\xe0 not an engine")
-    with pytest.raises(InputError, match="not a TensorRT engine built by srdeploy"):
-        write_repository(tiny_onnx, tmp_path / "repo", plan=fake)
-    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").rglob("model.plan"))
+    code, out = _triton(tiny_ckpt, "-o", tmp_path / "repo", "--plan", fake, "--name", "sr_trt")
+    assert code != 0 and out.startswith("error: --plan") and "not a TensorRT engine built by srdeploy" in out, out
+    assert not (tmp_path / "repo").exists()

@@ -36,7 +36,18 @@ class Slow(Runner):
         return batch.repeat(2, axis=2).repeat(2, axis=3)
 
 
-def test_an_interrupt_waits_for_the_runtimes_call_and_leaves_no_stage_thread(tmp_path):
+def test_an_interrupt_waits_for_the_runtimes_call_and_leaves_no_stage_thread(tmp_path, monkeypatch):
+    import signal
+
+    # Ctrl-C as a terminal delivers it, whatever handler an earlier test in this process left behind
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_mid_call(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _interrupted_mid_call(tmp_path):
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
     make_clip(src, frames=12, audio=False)
     runner = Slow()
@@ -48,7 +59,7 @@ def test_an_interrupt_waits_for_the_runtimes_call_and_leaves_no_stage_thread(tmp
 
     threading.Thread(target=interrupt_when_inside, daemon=True).start()
     with runner, pytest.raises(KeyboardInterrupt):
-        upscale_video(runner, src, dst, options=VideoOptions(), quiet=True)
+        upscale_video(runner, src, dst, options=VideoOptions(segment_seconds=10.0), quiet=True)
     assert runner.finished.is_set()  # the call ran to its end before the interrupt left upscale_video
     left = [t for t in set(threading.enumerate()) - before if t.is_alive() and t.daemon and "Thread-" in t.name]
     assert not left, left
