@@ -139,8 +139,11 @@ def check_encoder(codec: str, options: VideoOptions) -> None:
     if codec != "auto" and options.preset is None and options.pix_fmt is None:
         # only where the run would encode 8-bit 4:2:0: codecs without it (qtrle, png, ...) get their own format
         fmt = output_pix_fmt(codec, None, False)
-        formats = encoder_formats(codec)
-        if (not formats or fmt in formats) and not encoder_opens(codec, 64, 64, fmt):
+        try:
+            formats = encoder_formats(codec)
+        except Exception:  # noqa: BLE001 - an unknown codec: named as such where the stream is added
+            formats = None
+        if formats is not None and (not formats or fmt in formats) and not encoder_opens(codec, 64, 64, fmt):
             raise InputError(f"--codec {codec}: this encoder does not open here for {fmt} video (a codec for "
                              f"images or another pixel format, or one this FFmpeg lacks); libx264, libx265 and "
                              f"libvpx-vp9 do")
