@@ -147,18 +147,20 @@ def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> GateScores:
     ps = [[], []]
     imgs = [[], []]
     worst = 0.0
+    def both(img: np.ndarray) -> list[np.ndarray]:  # the fp32 and the candidate output of one uint8 image
+        x = (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        return [s.run(None, {"input": x})[0][0] for s in sessions]
+
     # fidelity also on a crop of each real picture as it is (no downscale: its own noise and JPEG
     # blocks), as a user's input would be; a model trained on other degradations shows it here
     for img in [_center(p.hr, NATIVE_CROP) for p in pairs]:
-        x = (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        raw = [s.run(None, {"input": x})[0][0] for s in sessions]
+        raw = both(img)
         if not np.isfinite(raw[1]).all():
             return GateScores(float("nan"), float("-inf"), float("inf"), float("-inf"), 255.0)
         for k in (0, 1):
             imgs[k].append(quantize(np.clip(raw[k], 0, 1).transpose(1, 2, 0)))
     for pair in pairs:
-        x = (pair.lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        raw = [s.run(None, {"input": x})[0][0] for s in sessions]
+        raw = both(pair.lr)
         if not np.isfinite(raw[1]).all():
             p32 = float(np.mean(ps[0])) if ps[0] else float("nan")
             return GateScores(p32, float("-inf"), float("inf"), float("-inf"), 255.0)
@@ -293,19 +295,16 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                                         quantize_ends, calib_method, budget, min_fid, max_p999)
             excluded = excluded + mixed
             stamp()
-        p32, pnew, worst = g.psnr_fp32, g.psnr_new, g.max_abs_diff
-        fid, p999 = g.fidelity_db, g.p999_levels
         if precision == "fp16":
             peak, where = fp16_headroom(src, pairs)
             if peak > FP16_MAX:  # would be inf on a GPU, whatever the CPU scored
-                pnew, worst, fid, p999 = float("-inf"), float("inf"), float("-inf"), 255.0
+                g = GateScores(g.psnr_fp32, float("-inf"), float("inf"), float("-inf"), 255.0)
                 label = f"{label}; activation {where!r} reaches {peak:.3g} in fp32, beyond fp16's {FP16_MAX:g}"
-        delta = p32 - pnew
-        passed = bool(delta <= budget and fid >= min_fid and p999 <= max_p999)
-        report = PrecisionReport(precision, str(out), str(src), p32, pnew, delta, worst, budget, passed,
+        report = PrecisionReport(precision, str(out), str(src), g.psnr_fp32, g.psnr_new, g.psnr_fp32 - g.psnr_new,
+                                 g.max_abs_diff, budget, _passes(g, budget, min_fid, max_p999),
                                  len(pairs), label, tuple(excluded),
                                  chosen if precision == "int8" else None, search if precision == "int8" else None,
-                                 fid, p999, min_fid, max_p999, tuple(mixed))
+                                 g.fidelity_db, g.p999_levels, min_fid, max_p999, tuple(mixed))
         # A refusal is reported beside, in NAME.<precision>.refused.json: an existing variant and its
         # passing report (from an earlier run) stay as they were, so no report contradicts its file.
         refused = out.with_suffix(".refused.json")
@@ -338,8 +337,8 @@ def _passes(g: GateScores, budget: float, min_fid: float, max_p999: float) -> bo
     return bool(g.psnr_fp32 - g.psnr_new <= budget and g.fidelity_db >= min_fid and g.p999_levels <= max_p999)
 
 
-SENSITIVITY_CROPS = 8
-MAX_GROUPS = 24  # calibration crops per one-conv try of the sensitivity search
+SENSITIVITY_CROPS = 8  # calibration crops per one-group try of the sensitivity search
+MAX_GROUPS = 24  # groups of convolutions the sensitivity search tries at most
 MIXED_MAX_FLOAT_SHARE = 0.5  # past half the convolutions in float, INT8 is no longer worth running
 
 
