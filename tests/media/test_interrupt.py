@@ -82,9 +82,8 @@ def test_the_exit_code_names_the_signal(tmp_path, sig, code):
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     try:
-        # wait for the run to be under way: its temporary segment exists
-        while p.poll() is None and time.monotonic() < deadline and not any(
-                "part" in f.name or f.name.startswith(".") for f in tmp_path.rglob("*") if f.name != "in.mp4"):
+        # wait for the run to be under way: its segments folder exists (made before the first frame)
+        while p.poll() is None and time.monotonic() < deadline and not (tmp_path / "o.mp4.segments").exists():
             time.sleep(0.05)
         assert p.poll() is None, p.communicate()
         os.kill(p.pid, getattr(signal, sig))
