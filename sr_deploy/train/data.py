@@ -137,9 +137,11 @@ def _jpeg(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -
 DEGRADATIONS = {"bicubic": None, "degraded": Degradation, "real": SecondOrderDegradation}
 
 
-def degradation_for(name: str) -> Degradation | SecondOrderDegradation | None:
-    """The training degradation a config names (None: clean bicubic)."""
+def degradation_for(name: str, clean_prob: float = 0.2) -> Degradation | SecondOrderDegradation | None:
+    """The training degradation a config names (None: clean bicubic); ``clean_prob`` for the second-order one."""
     kind = DEGRADATIONS[name]
+    if kind is SecondOrderDegradation:
+        return SecondOrderDegradation(clean_prob=clean_prob)
     return kind() if kind else None
 
 

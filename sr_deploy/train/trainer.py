@@ -190,9 +190,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         if init_payload["arch"] != cfg.arch_dict():
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
     dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
-                          degradation=degradation_for(cfg.degradation))
-    val_lr = degraded_eval_lr if cfg.val_degradation == "real" else None
-    val_pairs = load_eval_set(cfg.val, cfg.scale, say=log.warning, make_lr=val_lr) if cfg.val else None
+                          degradation=degradation_for(cfg.degradation, cfg.clean_prob))
+    val_pairs = None
+    if cfg.val:
+        # mixed: every validation image twice, clean and degraded, so "best" balances the two
+        makers = {"bicubic": [None], "real": [degraded_eval_lr], "mixed": [None, degraded_eval_lr]}[cfg.val_degradation]
+        val_pairs = [p for make in makers for p in load_eval_set(cfg.val, cfg.scale, say=log.warning, make_lr=make)]
 
     rank, world, device = _distributed()
     main = rank == 0

@@ -157,7 +157,9 @@ def test_scale_augmentation_crops_a_downscaled_image(tmp_path):
                                      ({"lr": -1.0}, "lr must be positive"),
                                      ({"hr_patch": 30}, "hr_patch 30 is not a multiple of the scale 4"),
                                      ({"ema_decay": 1.0}, "ema_decay must be in"),
-                                     ({"val_every": 0}, "val_every must be at least 1")])
+                                     ({"val_every": 0}, "val_every must be at least 1"),
+                                     ({"clean_prob": 1.5}, "clean_prob must be between 0 and 1"),
+                                     ({"val_degradation": "jpeg"}, "val_degradation must be")])
 def test_numbers_out_of_range_are_refused(kw, says):
     with pytest.raises(InputError, match=says):
         TrainConfig(**kw)
@@ -387,3 +389,27 @@ def test_a_run_with_loader_workers_exits_when_it_is_done(hr_dir, tmp_path):
         pytest.fail("the run finished its steps but did not exit (its data loader worker was left running)")
     assert p.returncode == 0, err
     assert read_checkpoint(out / "last.pt")["step"] == 3
+
+
+def test_clean_prob_reaches_the_second_order_degradation_and_mixed_validation_pools_both(hr_dir, tmp_path, monkeypatch):
+    from sr_deploy.train import data, trainer
+
+    assert data.degradation_for("real", 0.5).clean_prob == 0.5
+    hr = pattern_image(48, 48, 3, seed=2)
+    clean = data.make_lr(hr, 4)
+    always = data.degradation_for("real", 1.0).apply(hr, 4, np.random.default_rng(0))
+    never = data.degradation_for("real", 0.0).apply(hr, 4, np.random.default_rng(0))
+    assert np.array_equal(always, clean) and not np.array_equal(never, clean)
+
+    seen = []
+    real_evaluate = trainer.evaluate
+
+    def spy(pairs, scale, fn):
+        seen.append(len(pairs))
+        return real_evaluate(pairs, scale, fn)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    for kind, n in (("bicubic", 4), ("real", 4), ("mixed", 8)):
+        seen.clear()
+        train(_cfg(hr_dir, tmp_path / kind, degradation="real", clean_prob=0.5, val_degradation=kind), quiet=True)
+        assert seen and set(seen) == {n}, (kind, seen)
