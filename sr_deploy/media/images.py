@@ -72,7 +72,53 @@ def probe_image(path: Path) -> ImageHeader | None:
             return ImageHeader(im.width, im.height, im.mode, orientation if orientation in range(1, 9) else 1,
                                frames, meta, gain_map)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return _probe_tiff_gray_alpha(path)
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _tiff_gray_alpha_bits(path: Path) -> int | None:
+    """The bit depth of a gray+alpha TIFF (two samples per pixel), else None.
+
+    OpenCV decodes such a file as gray alone (the alpha dropped, 16 bits given as 8), and Pillow cannot open
+    the 16-bit kind at all, so these are read with tifffile (scikit-image's own TIFF reader)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
         return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            if page.samplesperpixel == 2 and page.bitspersample in (8, 16):
+                return int(page.bitspersample)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _probe_tiff_gray_alpha(path: Path) -> ImageHeader | None:
+    bits = _tiff_gray_alpha_bits(path)
+    if bits is None:
+        return None
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        return ImageHeader(int(page.imagewidth), int(page.imagelength), "LA;16" if bits == 16 else "LA")
+
+
+def _decode_tiff_gray_alpha(path: Path) -> np.ndarray:
+    """A gray+alpha TIFF as BGRA (gray in all three colour channels), at its own bit depth."""
+    import tifffile
+
+    try:
+        la = tifffile.imread(path, key=0)
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:  # a compression this install cannot decode
+        raise InputError(f"{path}: a gray+alpha TIFF that cannot be decoded here ({exc})") from exc
+    if la.ndim != 3 or la.shape[2] != 2:
+        raise InputError(f"{path}: a gray+alpha TIFF whose pixels are not gray+alpha (shape {la.shape})")
+    return np.ascontiguousarray(np.dstack([la[..., 0], la[..., 0], la[..., 0], la[..., 1]]))
 
 
 def check_size(path: Path, header: ImageHeader, scale: int, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, *,
@@ -127,6 +173,8 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
         heif_support(path)
         img = _decode_pil(path)
+    elif header is not None and header.mode in ("LA", "LA;16") and _tiff_gray_alpha_bits(path):
+        img = _decode_tiff_gray_alpha(path)
     else:
         data = np.fromfile(path, dtype=np.uint8)
         # Errors only: a damaged file gets srdeploy's one `error:` line, not OpenCV's decoder warnings too.
@@ -244,7 +292,8 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
         img = np.rint(img[..., :3].mean(axis=2)).astype(img.dtype) if gray_alpha else img[..., :3]
         gray_alpha = False
     la = gray_alpha and img.dtype == np.uint8 and path.suffix.lower() in (".png", ".apng", ".webp", ".tif", ".tiff")
-    gray_out = la or img.ndim == 2 or img.shape[2] == 1
+    la16 = gray_alpha and img.dtype == np.uint16 and path.suffix.lower() in TIFF_SUFFIXES
+    gray_out = la or la16 or img.ndim == 2 or img.shape[2] == 1
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             if path.suffix.lower() in PIL_ONLY_SUFFIXES:
@@ -255,6 +304,13 @@ def write_image(path: Path, img: np.ndarray, *, overwrite: bool, gray_alpha: boo
 
                 la = np.dstack([np.rint(img[..., :3].mean(axis=2)).astype(np.uint8), img[..., 3]])
                 Image.fromarray(la, "LA").save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+                ok = True
+            elif la16:  # 16-bit gray+alpha: Pillow has no such mode; tifffile writes it as the source was
+                import tifffile
+
+                gray16 = np.rint(img[..., :3].mean(axis=2)).astype(np.uint16)
+                tifffile.imwrite(tmp, np.dstack([gray16, img[..., 3]]), photometric="minisblack",
+                                 extrasamples=["unassalpha"])
                 ok = True
             elif _utf8(str(tmp)):
                 ok = cv2.imwrite(str(tmp), img, params)  # the temporary name keeps the suffix: same encoder
@@ -336,7 +392,7 @@ def _prepare(runner: Runner, src: Path, dst: Path, *, overwrite: bool, max_megap
 
 
 def _gray_alpha(header: ImageHeader | None) -> bool:
-    return bool(header and header.mode in ("LA", "La"))
+    return bool(header and header.mode in ("LA", "La", "LA;16"))
 
 
 NO_ALPHA_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".ppm", ".pgm", ".pnm")

@@ -420,6 +420,27 @@ def test_gray_alpha_stays_gray_alpha(tmp_path, tiny_ckpt):
         assert np.asarray(o)[..., 1].min() >= 170  # the alpha survived
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_gray_alpha_tiff_keeps_its_alpha_and_depth(tmp_path, tiny_ckpt, dtype):
+    # OpenCV decodes a two-sample TIFF as gray alone (16 bits given as 8) and Pillow cannot open the 16-bit kind
+    import tifffile
+
+    top = np.iinfo(dtype).max
+    gray = (pattern_image(16, 20)[..., 0].astype(np.float64) / 255 * top).astype(dtype)
+    alpha = np.full((16, 20), top // 3, dtype)
+    alpha[:, :10] = top
+    src = tmp_path / "ga.tif"
+    tifffile.imwrite(src, np.dstack([gray, alpha]), photometric="minisblack", extrasamples=["unassalpha"])
+    code, out = _run(src, "-o", tmp_path / "o.tif", "--model", tiny_ckpt)
+    assert code == 0, out
+    o = tifffile.imread(tmp_path / "o.tif")
+    assert o.shape == (32, 40, 2) and o.dtype == dtype, (o.shape, o.dtype)
+    assert np.array_equal(o[:, :16, 1], np.full((32, 16), top, dtype))  # the opaque half stays opaque
+    assert abs(int(o[:, 24:, 1].mean()) - top // 3) <= top // 100  # the translucent half stays translucent
+    if dtype == np.uint16:
+        assert len(np.unique(o[..., 0] % 257)) > 1  # 16-bit values, not 8-bit ones scaled by 257
+
+
 def _clip_10bit(path: Path, x264_params: str | None = None) -> None:
     import av
 
