@@ -245,6 +245,8 @@ def run(
     try:
         if not input.exists():
             raise InputError(f"{input}: not found")
+        if not (input.is_dir() or input.is_file()):  # a FIFO would block the probe until someone writes to it
+            raise InputError(f"{input}: not a regular file or folder (a FIFO, socket or device)")
         if not (input.is_dir() or is_image(input) or is_video(input)):
             raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
         if alpha not in ("bicubic", "model"):

@@ -298,3 +298,32 @@ def test_encoder_settings_that_cannot_work_name_their_flag_before_any_work(tiny_
     code, out = _run(src, "-o", tmp_path / "o.mp4", "--model", tiny_ckpt, flag, value)
     assert code != 0 and out.splitlines()[-1].startswith(f"error: {says}") and "returned 22" not in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("name", ["f.png", "f.mp4"])
+def test_a_fifo_named_like_an_image_or_video_is_refused_without_waiting_for_a_writer(tiny_ckpt, tmp_path, name):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    # in a child process: a probe that opens the FIFO blocks until something writes to it, and the timeout says so
+    r = subprocess.run([sys.executable, "-m", "sr_deploy.cli", "run", str(fifo), "-o", str(tmp_path / ("o" + fifo.suffix)),
+                        "--model", str(tiny_ckpt), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        f"error: {fifo}: not a regular file or folder (a FIFO, socket or device)"], (r.stdout, r.stderr)
+    assert not (tmp_path / ("o" + fifo.suffix)).exists()
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.safetensors", "m.onnx", "m.param"])
+def test_a_fifo_given_as_the_model_is_refused_in_one_line(image, tmp_path, name):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "sr_deploy.cli", "run", str(image), "-o", str(tmp_path / "o.png"),
+                        "--model", str(fifo), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        f"error: {fifo}: not a regular file (a folder, FIFO, socket or device); pass a model file"], (r.stdout, r.stderr)
+    assert not (tmp_path / "o.png").exists()

@@ -50,6 +50,8 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
         names = ", ".join(shipped) or "none"
         raise InputError(f"no shipped model named {spec!r} (shipped: {names}; zoo: "
                          f"{', '.join(m.name for m in zoo.ZOO)}); pass a checkpoint, ncnn .param or ONNX path")
+    if not path.is_file():  # a FIFO would block the first read until something writes to it
+        raise InputError(f"{path}: not a regular file (a folder, FIFO, socket or device); pass a model file")
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return ModelSource("checkpoint", path, path.stem)
