@@ -20,11 +20,30 @@ def open_input(path: Path):
         container.close()
         raise InputError(f"{path}: no video stream in this file")
     try:
-        main_video(container)
+        v = main_video(container)
     except InputError as exc:
         container.close()
         raise InputError(f"{path}: {exc}") from None
+    if not (v.codec_context.width and v.codec_context.height and v.codec_context.pix_fmt):
+        container.close()  # a raw stream cut after its parameter sets, with no keyframe headers after the cut
+        raise InputError(f"{path}: its video stream has no picture size or format to decode with "
+                         f"(a raw stream cut before its first keyframe headers?)")
     return container
+
+
+# Elementary streams without a container: their demuxers have no timing and report 25 frames/s as the
+# average rate, while the codec's own header (H.264/HEVC VUI, the MPEG-2 sequence header) has the real one.
+RAW_STREAM_FORMATS = frozenset({"h264", "hevc", "vvc", "m4v", "mpegvideo", "cavsvideo", "avs2", "avs3"})
+
+
+def frame_rate(stream):
+    """A video stream's nominal frame rate (a Fraction): the container's average, or for a raw elementary
+    stream the rate its codec header gives (FFmpeg's guessed rate follows that header)."""
+    from fractions import Fraction
+
+    raw = stream.container is not None and stream.container.format.name in RAW_STREAM_FORMATS
+    rates = (stream.guessed_rate, stream.average_rate) if raw else (stream.average_rate, stream.guessed_rate)
+    return next((Fraction(r) for r in rates if r), Fraction(25))
 
 
 def main_video(container):

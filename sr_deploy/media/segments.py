@@ -73,7 +73,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
     """Read the video packets' timestamps (no decoding) and cut the run into segments of ``seconds``."""
     import av
 
-    from sr_deploy.media.container import main_video, open_input, stream_seconds
+    from sr_deploy.media.container import frame_rate, main_video, open_input, stream_seconds
 
     if not seconds > 0:
         raise InputError(f"--segment-seconds must be positive, got {seconds}")
@@ -97,7 +97,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
             raise InputError(f"{src}: video cannot be read past frame {len(pts) + missing} "
                              f"({exc.__class__.__name__}): the file is truncated or damaged") from exc
         expected = stream_seconds(vin)
-        interval = float(1 / (vin.average_rate or 25))
+        interval = float(1 / frame_rate(vin))
         size = (vin.codec_context.width, vin.codec_context.height)
     finally:
         inp.close()

@@ -21,7 +21,7 @@ import numpy as np
 
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
-from sr_deploy.media.container import main_video, open_input
+from sr_deploy.media.container import frame_rate, main_video, open_input
 from sr_deploy.media.resize import check_outscale, final_size, label, resize_to
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
@@ -660,7 +660,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
             try:
                 codec = options.codec
-                rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+                rate = frame_rate(vin)
+                ticks_per_frame = 1 / (rate * vin.time_base) if vin.time_base else 1
                 try:
                     vout = out.add_stream(codec, rate=rate)
                 except (av.error.FFmpegError, ValueError) as exc:
@@ -712,8 +713,9 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                     if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
                         frame = frame.reformat(format=pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,
                                                threads=vout.codec_context.thread_count)
-                    frame.pts = pts if pts is not None else idx
-                    frame.time_base = tb or vin.time_base
+                    # a raw .h264/.hevc stream has no timestamps: the frame's place at the stream's rate
+                    frame.pts = pts if pts is not None else int(round(idx * ticks_per_frame))
+                    frame.time_base = tb or vin.time_base or 1 / rate
                     for pkt in vout.encode(frame):
                         out.mux(pkt)
                     n += 1
@@ -757,7 +759,7 @@ def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOpt
     import json
     import time
 
-    from sr_deploy.media.container import main_video, open_input
+    from sr_deploy.media.container import frame_rate, main_video, open_input
     from sr_deploy.media.segments import SEGMENT_SECONDS, Parts
 
     manifest = Parts(dst).manifest
@@ -773,7 +775,7 @@ def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOpt
     inp = open_input(src)
     try:
         vin = main_video(inp)
-        rate = float(vin.average_rate or vin.guessed_rate or 25)
+        rate = float(frame_rate(vin))
         w, h = vin.codec_context.width, vin.codec_context.height
     finally:
         inp.close()

@@ -131,6 +131,46 @@ def test_formats_read_but_not_written_are_upscaled_into_mkv(tmp_path, tiny_ckpt,
     assert r.exit_code != 0 and "is not a video format" in r.output, r.output  # read, not written
 
 
+@pytest.mark.parametrize("out_name", ["o.mp4", "o.mkv"])
+def test_a_raw_stream_without_timestamps_keeps_its_frame_rate(tmp_path, tiny_ckpt, out_name):
+    # a raw .h264 elementary stream carries no timestamps: every frame decodes with pts None
+    from tests.conftest import pattern_image
+
+    src = tmp_path / "es.h264"
+    write_clip(src, [pattern_image(32, 48, seed=i) for i in range(20)], rate=10, options={"bf": "2"})
+    with av.open(str(src)) as c:
+        assert {f.pts for f in c.decode(video=0)} == {None}
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / out_name), "--model", str(tiny_ckpt), "--quiet"])
+    assert r.exit_code == 0, r.output
+    with av.open(str(tmp_path / out_name)) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert len(times) == 20
+    assert np.allclose(np.diff(times), 0.1, atol=2e-3), times  # 2 s at 10 frames/s, not 20 ticks of the time base
+
+
+def test_a_raw_stream_cut_mid_gop_or_before_its_headers(tmp_path, tiny_ckpt):
+    from tests.conftest import pattern_image
+
+    whole = tmp_path / "whole.h264"
+    write_clip(whole, [pattern_image(32, 48, seed=i) for i in range(20)], rate=10, options={"g": "5", "bf": "2"})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.h264"  # from a third of the way in: the next keyframe (with its headers) starts it
+    cut.write_bytes(data[len(data) // 3:])
+    r = CliRunner().invoke(app, ["run", str(cut), "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_ckpt), "--quiet"])
+    assert r.exit_code == 0, r.output
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert 5 <= len(times) < 20 and np.allclose(np.diff(times), 0.1, atol=2e-3), times
+    once = tmp_path / "once.h264"  # one keyframe, headers only at the start: nothing after a cut can decode
+    write_clip(once, [pattern_image(32, 48, seed=i) for i in range(20)], rate=10, options={"bf": "2"})
+    headless = tmp_path / "headless.h264"
+    headless.write_bytes(once.read_bytes()[len(once.read_bytes()) // 3:])
+    r = CliRunner().invoke(app, ["run", str(headless), "-o", str(tmp_path / "h.mp4"), "--model", str(tiny_ckpt), "--quiet"])
+    assert r.exit_code != 0 and r.output == (f"error: {headless}: its video stream has no picture size or format to "
+                                             f"decode with (a raw stream cut before its first keyframe headers?)\n"), r.output
+    assert not (tmp_path / "h.mp4").exists()
+
+
 def _bars_clip(path, *, colorspace, color_range, sws):
     """Flat colour bars encoded with the given YUV matrix and range, and tagged with them (red, green and
     blue, where BT.601 and BT.709 differ by 15-25 levels)."""
