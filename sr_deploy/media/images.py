@@ -603,19 +603,26 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
             summary.failed.append((path, why))
             bar.write(f"error: {why}")
         todo = []
+        outs = {}
         for f in files:
             out = dst / f.relative_to(src)
-            step = bar.update if is_image(f) else (lambda n: None)
             if not is_image(f) and f.suffix.lower() not in VIDEO_SUFFIXES:
-                out = out.with_name(out.name + DEFAULT_VIDEO_SUFFIX)  # dvd.vob -> dvd.vob.mkv: two sources, two names
+                out = out.with_name(out.name + DEFAULT_VIDEO_SUFFIX)  # dvd.vob -> dvd.vob.mkv, a video we write
             elif is_image(f) and image_suffix:
                 out = out.with_suffix(image_suffix)
-                if out in named:  # a.jpg and a.png, both as a.png: the second would replace the first
-                    summary.failed.append((f, f"{f}: its output {out} is also {named[out]}'s; rename one of them"))
-                    bar.write(f"error: {summary.failed[-1][1]}")
-                    step(1)
-                    continue
+            outs[f] = out
+            # two inputs, one output (a.jpg and a.png under --format png; dvd.vob beside dvd.vob.mkv): the one
+            # whose own name it is keeps it, else the first; the other would replace it, so it is refused
+            if out not in named or (out.name == f.name and named[out].name != out.name):
                 named[out] = f
+        for f in files:
+            out = outs[f]
+            step = bar.update if is_image(f) else (lambda n: None)
+            if named[out] != f:
+                summary.failed.append((f, f"{f}: its output {out} is also {named[out]}'s; rename one of them"))
+                bar.write(f"error: {summary.failed[-1][1]}")
+                step(1)
+                continue
             if journal.done_before(str(f.relative_to(src)), f, out):
                 summary.resumed.append(out)
                 step(1)

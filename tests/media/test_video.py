@@ -469,6 +469,23 @@ def test_a_folder_run_upscales_its_videos_too(tmp_path, tiny_ckpt):
     assert not (tmp_path / "o2").exists()
 
 
+def test_two_videos_of_a_folder_that_would_share_an_output_are_never_merged(tmp_path, tiny_ckpt):
+    # dvd.vob is written as dvd.vob.mkv, the name of the other video: the one whose own name it is keeps it
+    from tests.conftest import pattern_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_clip(src / "dvd.vob", [pattern_image(32, 48, seed=i) for i in range(4)], codec="mpeg2video", rate=25)
+    write_clip(src / "dvd.vob.mkv", [pattern_image(32, 48, seed=i) for i in range(3)], rate=25)
+    for extra in ([], ["--overwrite"]):
+        dst = tmp_path / f"out{len(extra)}"
+        r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", str(tiny_ckpt), "--quiet", *extra])
+        assert r.exit_code == 1 and "1 upscaled, 0 skipped (existing), 1 failed" in r.output, r.output
+        assert f"{src / 'dvd.vob'}: its output {dst / 'dvd.vob.mkv'} is also {src / 'dvd.vob.mkv'}'s" in r.output
+        with av.open(str(dst / "dvd.vob.mkv")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 3  # the .mkv's own frames, not the .vob's
+
+
 def test_full_resolution_colour_written_as_420_is_said(tmp_path, tiny_ckpt):
     from tests.conftest import pattern_image
 
