@@ -576,18 +576,17 @@ def upscale_folder(runner: Runner, src: Path, dst: Path, *, overwrite: bool = Fa
         settings["video"] = {k: getattr(video, k) for k in ("codec", "crf", "preset", "pix_fmt", "bitrate",
                                                             "deinterlace", "start", "duration", "max_frames")}
     journal = Journal(dst, {"model": identity or runner.describe(), "settings": settings})
-    journal.open(restart=restart)
-    complete = False
+    journal.open(restart=restart, take_over=overwrite)  # --overwrite: this run replaces what another run wrote
     try:
         videos = _folder(runner, src, dst, files, problems, summary, journal, overwrite=overwrite,
                          skip_existing=skip_existing, tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
                          pool=pool, outscale=outscale, image_suffix=image_suffix)
         _folder_videos(runner, src, videos, summary, journal, quiet=quiet, pool=pool, identity=identity,
                        restart=restart, options=dataclasses.replace(video, outscale=outscale, tile=tile))
-        complete = not summary.failed
     finally:
-        # kept when the run failed somewhere or was interrupted after files were finished: the rerun resumes
-        journal.close(remove=complete or not (summary.done or summary.resumed))
+        # kept whenever files were finished: the same command again resumes an interrupted run, and finds a
+        # finished one done (rather than refusing every output as existing)
+        journal.close(remove=not (summary.done or summary.resumed))
     return summary
 
 
@@ -623,12 +622,19 @@ def _folder(runner, src, dst, files, problems, summary, journal, *, overwrite, s
                 bar.write(f"error: {summary.failed[-1][1]}")
                 step(1)
                 continue
-            if journal.done_before(str(f.relative_to(src)), f, out):
+            state = journal.state(str(f.relative_to(src)), f, out)
+            if state == "done":
                 summary.resumed.append(out)
                 step(1)
                 continue
+            if state == "output changed" and not overwrite:
+                summary.skipped.append(out)
+                bar.write(f"note: {out} changed since an earlier run of this folder wrote it: left alone "
+                          "(--overwrite replaces it)")
+                step(1)
+                continue
             # an output this run's journal lists, whose input changed since, is this run's to replace
-            ours = str(f.relative_to(src)) in journal.finished
+            ours = state == "input changed"
             if out.exists() and not overwrite and not ours:
                 if skip_existing:
                     summary.skipped.append(out)

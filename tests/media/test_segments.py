@@ -379,8 +379,26 @@ def test_folder_run_resumes_from_its_journal(tmp_path, tiny_ckpt, monkeypatch):
         os.utime(folder / "1.png", ns=(1, 1))
         s = images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
     assert len(s.resumed) == 2 and len(s.done) == 4 and not s.failed
-    assert not (out / ".srdeploy-run.jsonl").exists(), "the journal goes once every file is done"
     assert cv2.imread(str(out / "1.png")).shape[:2] == (32, 34)
+    # the same command on a finished folder: every file done, nothing redone, nothing refused
+    with runner:
+        s = images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
+    assert len(s.resumed) == 6 and not s.done and not s.failed and not s.skipped
+    # an output edited by the user since is left alone and named (and still, after a touch to its time stamp
+    # only, recognised as the run's own by its hash); --overwrite replaces it
+    edited = pattern_image(32, 32, seed=5)
+    cv2.imwrite(str(out / "0.png"), edited)
+    os.utime(out / "2.png", ns=(5, 5))
+    with runner:
+        s = images.upscale_folder(runner, folder, out, quiet=True, identity="m1")
+        assert s.skipped == [out / "0.png"] and len(s.resumed) == 5 and not s.done and not s.failed
+        assert np.array_equal(cv2.imread(str(out / "0.png")), edited)
+        s = images.upscale_folder(runner, folder, out, quiet=True, identity="m1", overwrite=True)
+        assert s.done == [out / "0.png"] and len(s.resumed) == 5
+        assert cv2.imread(str(out / "0.png")).shape[:2] == (32, 32) and not np.array_equal(cv2.imread(str(out / "0.png")), edited)
+        # --overwrite also takes over a folder that another model's run journaled
+        s = images.upscale_folder(runner, folder, out, quiet=True, identity="m2", overwrite=True)
+        assert len(s.done) == 6 and not s.resumed
 
 
 def test_ray_without_an_address_means_local():
