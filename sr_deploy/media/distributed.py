@@ -60,6 +60,9 @@ class _Worker:
         return results
 
 
+PLACEMENT_TIMEOUT_S = 300  # workers start and load the model: minutes on a slow machine, never forever
+
+
 def _check_address(address: str) -> None:
     """A Ray address that does not answer is one line, at once (ray.init would wait and then trace back)."""
     hostport = address.split("://", 1)[-1]
@@ -105,6 +108,10 @@ class RayPool:
         gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
         self.on_gpu = gpus > 0
         self.n = workers or (gpus if gpus else max(1, cpus // 2))
+        if not gpus and self.n > cpus:  # an actor takes a whole CPU: the rest could never be placed (a hang)
+            self.close()
+            raise InputError(f"--workers {self.n}: this Ray cluster has {cpus} CPU{'s' * (cpus > 1)} and a worker "
+                             f"takes one; pass --workers {cpus} or fewer")
         self.resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // self.n)}
         if gpus and self.n > gpus:
             self.resources = {"num_gpus": gpus / self.n, "num_cpus": 1}
@@ -121,7 +128,11 @@ class RayPool:
     def actors(self) -> list:
         if not self._actors:
             self._actors = [self._new_actor() for _ in range(self.n)]
-            where = self.ray.get([a.describe.remote() for a in self._actors])
+            try:  # actors that cannot be placed (a cluster busy with other work) would be waited for forever
+                where = self.ray.get([a.describe.remote() for a in self._actors], timeout=PLACEMENT_TIMEOUT_S)
+            except self.ray.exceptions.GetTimeoutError:
+                raise InputError(f"ray: {self.n} workers were not all started within {PLACEMENT_TIMEOUT_S} s "
+                                 f"(the cluster's CPUs or GPUs are taken by other work?); pass fewer --workers") from None
             hosts = sorted({w[0] for w in where})
             self.say(f"ray: {self.n} workers on {len(hosts)} machine(s), {where[0][1]}")
         return self._actors

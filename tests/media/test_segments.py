@@ -277,6 +277,28 @@ def test_ray_two_local_workers_match_single_process(tmp_path, tiny_ckpt):
 
 
 @needs_ray
+def test_ray_workers_that_could_never_be_placed_are_refused_not_waited_for(tmp_path, tiny_ckpt, monkeypatch):
+    from sr_deploy.errors import InputError
+    from sr_deploy.media import distributed
+
+    src = tmp_path / "w.mp4"
+    make_clip(src, frames=4)
+    n = (os.cpu_count() or 1) + 1
+    r = _run(src, "--model", tiny_ckpt, "--ray", "local", "--workers", str(n))
+    assert r.exit_code != 0 and f"error: --workers {n}: this Ray cluster has {n - 1} CPU" in r.output, r.output
+    assert not list(tmp_path.glob("w_x2*"))
+    # actors that a busy cluster cannot place: a one-line error after the placement timeout, not a hang
+    monkeypatch.setattr(distributed, "PLACEMENT_TIMEOUT_S", 5)
+    pool = distributed.RayPool("local", str(tiny_ckpt), "onnxruntime", None, workers=1, quiet=True)
+    try:
+        pool.resources = {"num_cpus": n}  # more than the cluster has, as when other work holds its CPUs
+        with pytest.raises(InputError, match="not all started within 5 s"):
+            pool.actors()
+    finally:
+        pool.close()
+
+
+@needs_ray
 def test_ray_address_that_does_not_answer(tmp_path, tiny_ckpt):
     src = tmp_path / "n.mp4"
     make_clip(src, frames=4)
