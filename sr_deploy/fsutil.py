@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -60,10 +61,16 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
             os.replace(tmp_path, target)
         else:
             _publish_new(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and (exc.errno in _WRITE_ERRNOS or exc.filename in (str(tmp_path), tmp_path)):
+            # the writer's own error (onnx.save, a codec) names no file or the temporary one: name the target
+            raise OutputError(f"{target}: write failed ({exc.strerror or exc})") from exc
         raise
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _remove_stale(target: Path) -> list[Path]:
@@ -115,6 +122,30 @@ def cache_root() -> Path:
     """The one cache folder (exported ONNX, uint8-I/O graphs, OpenVINO blobs, TensorRT engines and timing
     caches): ``$SRDEPLOY_CACHE`` or ``~/.cache/srdeploy``."""
     return Path(os.environ.get("SRDEPLOY_CACHE", Path.home() / ".cache" / "srdeploy"))
+
+
+def seal(entry: str | os.PathLike) -> None:
+    """Record a cache entry's SHA-256 beside it (``ENTRY.sha256``), once the entry is written whole."""
+    entry = Path(entry)
+    with atomic_path(entry.with_name(entry.name + ".sha256")) as tmp:
+        tmp.write_text(sha256_file(entry) + "\n")
+
+
+def is_sealed(entry: str | os.PathLike) -> bool:
+    """True when a cache entry exists and is still what srdeploy wrote (its SHA-256 is the one recorded by
+    ``seal``). An entry truncated by a full disk, damaged, replaced by another file, or written before seals
+    existed is not: the caller makes it again (atomically, over it), with a note naming it."""
+    entry = Path(entry)
+    if not entry.is_file():
+        return False
+    try:
+        ok = entry.with_name(entry.name + ".sha256").read_text().strip() == sha256_file(entry)
+    except OSError:
+        ok = False
+    if not ok:
+        log.warning("note: the cache entry %s is not what srdeploy wrote (truncated, damaged or replaced "
+                    "since, or unsealed): making it again", entry)
+    return ok
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -195,14 +195,15 @@ def resampled_onnx(onnx_path: str | os.PathLike, to_scale: int) -> Path:
     import onnx
 
     from sr_deploy.export.onnx_export import load_onnx
-    from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
+    from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, seal, sha256_file
 
     src = Path(onnx_path)
     out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.to{to_scale}v{RESAMPLE_FORM}.onnx"
-    if not out.exists():
+    if not is_sealed(out):
         resampled = resample_output(load_onnx(src, external_data=True), to_scale)
         with atomic_path(out, overwrite=True) as tmp:
             onnx.save(resampled, str(tmp))
+        seal(out)
     return out
 
 
@@ -227,19 +228,22 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
     """Write the uint8-I/O form of ``onnx_path`` (default: into the cache, keyed by the source's hash)."""
     import onnx
 
-    from sr_deploy.fsutil import atomic_path, cache_root, sha256_file
+    from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, seal, sha256_file
 
     src = Path(onnx_path)
-    if out is None:
+    cached = out is None
+    if cached:
         out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.{io_name(layout)}v{PIXELS_FORM}.onnx"
-        if Path(out).exists():
+        if is_sealed(out):
             return Path(out)
     from sr_deploy.export.onnx_export import load_onnx
 
     proto = load_onnx(src, external_data=True)
     wrapped = wrap_uint8_io(proto, layout=layout)
-    with atomic_path(out, overwrite=overwrite) as tmp:
+    with atomic_path(out, overwrite=overwrite or cached) as tmp:
         onnx.save(wrapped, str(tmp))
+    if cached:
+        seal(out)
     return Path(out)
 
 

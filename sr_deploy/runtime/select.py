@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sr_deploy.errors import BackendUnavailable, InputError, ModelError, QualityGateError, SRDeployError
-from sr_deploy.fsutil import atomic_path, cache_root, model_digest
+from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, model_digest, seal
 from sr_deploy.runtime.base import Runner
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -88,9 +88,10 @@ def onnx_for(source: ModelSource) -> Path:
     refused = target.with_suffix(".no-dynamic-shape.txt")  # remembered: the attempt takes a minute
     if refused.exists():
         raise DynamicExportUnsupported(refused.read_text().strip())
-    if not target.exists():
+    if not is_sealed(target):
         try:
             export_checkpoint(source.path, target, overwrite=True)
+            seal(target)
         except DynamicExportUnsupported as exc:
             try:
                 refused.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,7 @@ def default_engine_onnx(source: ModelSource, *, say=None) -> Path:
         return beside
     out = cache_root() / "onnx" / f"{fp32.name.split('.')[0]}-{sha256_file(fp32)[:16]}.fp16.onnx"
     report = out.with_suffix(".quality.json")
-    if out.exists() and report.exists():
+    if report.exists() and is_sealed(out):
         try:
             if report_is_faithful(json.loads(report.read_text()), "fp16"):
                 return out
@@ -370,6 +371,7 @@ def default_engine_onnx(source: ModelSource, *, say=None) -> Path:
         if say:
             say(f"note: the fp16 variant was refused, the engine is fp32 ({str(exc).split(';')[0]})")
         return fp32
+    seal(out)
     if say:
         say(f"note: {rep.line()}")
     return out

@@ -2,6 +2,7 @@ from pathlib import Path
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from sr_deploy.precision.convert import make_precision_onnx
@@ -136,3 +137,55 @@ def test_run_with_no_model_uses_the_default_shipped_model(tmp_path):
     r = CliRunner().invoke(app, ["run", str(sample), "-o", str(out), "--frames", "2"])
     assert r.exit_code == 0, r.output
     assert f"model {select.DEFAULT_MODEL} x4" in r.output and out.exists()
+
+
+def test_cache_entries_are_verified_and_made_again_when_changed(tiny_ckpt, tmp_path, monkeypatch, caplog):
+    """A cached ONNX truncated by a full disk, or swapped for another model's, is not run: its recorded
+    SHA-256 no longer matches, so it is made again (with a note naming it)."""
+    import logging
+
+    from sr_deploy.models.checkpoint import save_checkpoint
+    from sr_deploy.runtime.select import onnx_for, resolve_model
+    from tests.conftest import tiny_model
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, tiny_model(3))
+    first = onnx_for(resolve_model(tiny_ckpt))
+    good = first.read_bytes()
+    swapped = onnx_for(resolve_model(other)).read_bytes()
+    assert swapped != good
+    for damage in (good[: len(good) // 2], swapped):
+        first.write_bytes(damage)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            again = onnx_for(resolve_model(tiny_ckpt))
+        assert again == first and again.read_bytes() == good
+        assert f"the cache entry {first} is not what srdeploy wrote" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        onnx_for(resolve_model(tiny_ckpt))  # intact: used as it is, no note
+    assert "cache entry" not in caplog.text
+
+
+def test_a_full_disk_under_the_cache_names_the_path(tiny_ckpt, tmp_path, monkeypatch):
+    import errno
+
+    import onnx
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    r = CliRunner().invoke(app, ["run", str(img), "-o", str(tmp_path / "o.png"), "--model", str(tiny_ckpt),
+                                 "--backend", "onnxruntime"])
+    assert r.exit_code != 0 and f"error: {tmp_path / 'cache' / 'onnx'}" in r.output, r.output
+    assert "write failed (No space left on device)" in r.output
+    assert not list((tmp_path / "cache" / "onnx").glob("*.onnx")) and not (tmp_path / "o.png").exists()
