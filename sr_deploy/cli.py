@@ -131,9 +131,10 @@ def train(
 
 @app.command(cls=_Command)
 def export(
-    checkpoint: Path = typer.Argument(..., help="A srdeploy checkpoint (.pt/.safetensors), or a community model's "
-                                                "weights (.pth/.pt/.ckpt/.safetensors: ESRGAN, SwinIR, SPAN, ... "
-                                                "through spandrel)."),
+    checkpoint: Path = typer.Argument(..., help="A srdeploy checkpoint (.pt/.safetensors), a shipped or zoo model's "
+                                                "name (written as NAME.onnx here), an ncnn .param, or a community "
+                                                "model's weights (.pth/.pt/.ckpt/.safetensors: ESRGAN, SwinIR, SPAN, "
+                                                "... through spandrel)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output ONNX (default: beside the checkpoint)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
     shape: Optional[str] = typer.Option(None, "--shape", help="HxW: export one fixed input size (for architectures "
@@ -154,6 +155,13 @@ def export(
         if output is not None and output.suffix.lower() != ".onnx":
             raise InputError(f"{output}: an ONNX output is named NAME.onnx (the runners and --model read it by that suffix)")
         fixed = _parse_shape(shape) if shape else None
+        if not checkpoint.exists() and checkpoint.suffix == "":  # a shipped or zoo model's name, as `run` takes
+            from sr_deploy.runtime.select import resolve_model
+
+            source = resolve_model(str(checkpoint))
+            # written here (NAME.onnx in the current folder), never beside the packaged weights
+            output = output if output is not None else Path(f"{source.name}.onnx")
+            checkpoint = source.path
         rep = export_checkpoint(checkpoint, output, opset=opset, overwrite=overwrite, shape=fixed)
         d = rep.descriptor
         dims = (f"fixed {d.fixed_hw[0]}x{d.fixed_hw[1]}, batch 1" if d.fixed_hw else

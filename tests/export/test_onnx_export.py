@@ -40,6 +40,16 @@ def test_cli_export(tmp_path, blocks):
     assert desc.value_range == (0.0, 1.0) and desc.name == f"b{blocks}"
 
 
+def test_export_takes_a_shipped_model_by_name_and_writes_it_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["export", "light_x4"])
+    assert res.exit_code == 0, res.output
+    desc = read_descriptor(tmp_path / "light_x4.onnx")
+    assert desc.scale == 4 and desc.name == "light_x4"
+    res = CliRunner().invoke(app, ["export", "no_such_model"])
+    assert res.exit_code != 0 and res.output.startswith("error: no shipped model named 'no_such_model'"), res.output
+
+
 def test_export_refuses_existing_output(tiny_ckpt, tmp_path):
     out = tmp_path / "x.onnx"
     out.write_bytes(b"keep")
