@@ -376,7 +376,8 @@ def _graph_outscale_or_fail(scale: int, outscale: int | None) -> int | None:
 
 @app.command("build-engine", cls=_Command)
 def build_engine_cmd(
-    onnx: Optional[Path] = typer.Argument(None, help="fp32 ONNX exported by srdeploy (default: the default model's)."),
+    onnx: Optional[Path] = typer.Argument(None, help="fp32 ONNX exported by srdeploy, or a shipped/zoo model's name "
+                                                     "or a checkpoint (default: the default model)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights and compute, I/O fp32."),
     int8: bool = typer.Option(False, "--int8", help="INT8 Q/DQ, calibrated on --calib images."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real images for INT8 calibration."),
@@ -419,7 +420,8 @@ def build_engine_cmd(
     try:
         if fp16 and int8:
             raise InputError("choose one precision: --fp16, or --int8 --calib DIR (neither: fp32)")
-        src = onnx or onnx_for(resolve_model(None))
+        # an fp32 ONNX, or a shipped/zoo name or checkpoint as `run --model` takes (exported once into the cache)
+        src = onnx if onnx is not None and onnx.suffix.lower() == ".onnx" else onnx_for(resolve_model(onnx))
         desc = read_descriptor(src)  # an ONNX without srdeploy metadata is refused before any work
         shapes = {"min_hw": parse_hw(min_hw) if min_hw else None, "opt_hw": parse_hw(opt_hw) if opt_hw else None,
                   "max_hw": parse_hw(max_hw) if max_hw else None}
@@ -450,6 +452,10 @@ def build_engine_cmd(
             return
         if not (tensorrt_available() and gpu_available()):
             missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]')"
+            if precision != "fp32":  # the variant asked for is made: what this machine can do is done
+                typer.echo(f"note: no TensorRT engine: {missing} is missing here. The {precision} ONNX runs on this "
+                           f"machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
+                return
             typer.echo(f"error: building a TensorRT engine needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                        f"The {precision} ONNX runs on this machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
             raise typer.Exit(3)

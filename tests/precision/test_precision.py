@@ -131,7 +131,7 @@ def test_bad_calibration_inputs(tiny_onnx, tmp_path):
         make_precision_onnx(src, "int8", calib=small)
 
 
-def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
+def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tiny_ckpt, tmp_path, calib_dir):
     src = _copy(tiny_onnx, tmp_path)
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--onnx-only"])
     assert r.exit_code == 0, r.output
@@ -139,7 +139,8 @@ def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16"])  # kept: no --overwrite
     assert r.exit_code != 0 and "output exists" in r.output
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--overwrite"])
-    assert r.exit_code == 3 and "TensorRT" in r.output and "srdeploy run INPUT --model" in r.output
+    # the variant asked for is made; without TensorRT that is all this machine can do: a note, exit 0
+    assert r.exit_code == 0 and "note: no TensorRT engine" in r.output and "srdeploy run INPUT --model" in r.output
     r = CliRunner().invoke(app, ["build-engine", str(src)])  # fp32 engine: no precision ONNX to make
     assert r.exit_code == 3 and "fp32 ONNX runs on this machine" in r.output
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--int8"])
@@ -152,6 +153,9 @@ def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tmp_path, calib_dir):
     assert r.exit_code != 0 and "no srdeploy metadata" in r.output
     r = CliRunner().invoke(app, ["build-engine", str(src), "--onnx-only"])  # fp32: says so, writes nothing
     assert r.exit_code == 0 and r.output.startswith(f"fp32: {src} is the model itself"), r.output
+    # a checkpoint (or a shipped model's name) as `run --model` takes it: exported into the cache first
+    r = CliRunner().invoke(app, ["build-engine", str(tiny_ckpt), "--fp16", "--onnx-only"])
+    assert r.exit_code == 0 and "wrote " in r.output and ".fp16.onnx" in r.output, r.output
 
 
 @pytest.mark.parametrize("args,says", [
