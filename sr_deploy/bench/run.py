@@ -262,6 +262,17 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         except SRDeployError as exc:
             note(f"skipped model {spec}: {exc}")
     rng = np.random.default_rng(0)
+    rows_total, rows_done, t_start = len(sources) * len(combos), 0, time.perf_counter()
+
+    def row_done() -> None:
+        """One backend/precision row of one model done: the run's place and time left (a bench is minutes)."""
+        nonlocal rows_done
+        rows_done += 1
+        spent = time.perf_counter() - t_start
+        left = spent / rows_done * (rows_total - rows_done)
+        say(f"[{rows_done}/{rows_total} rows, {_minutes(spent)} so far"
+            + (f", about {_minutes(left)} left]" if rows_done < rows_total else "]"))
+
     bicubic_done: set[tuple[str, int]] = set()
     loaded: dict[int, list] = {}  # evaluation sets per scale, read once
     for source in sources:
@@ -276,10 +287,12 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
             if cfg.quality and not datasets and not cfg.speed and not cfg.video:
                 # before any precision conversion: a quality-only bench with nothing to score has no use for it
                 note(f"skipped model {source.name}: no dataset can be scored at x{scale}")
+                rows_total -= len(combos)
                 continue
             _ensure_variants(base, source.path, {p for _, p in combos}, Path(cfg.calib) if cfg.calib else None, note)
         except SRDeployError as exc:
             note(f"skipped model {source.name}: {exc}")
+            rows_total -= len(combos)
             continue
         try:
             auto_runner, why = make_runner(source, "auto")
@@ -301,9 +314,11 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                 runner.activate()
             except SRDeployError as exc:
                 note(f"skipped {source.name} {backend} {precision}: {exc}")
+                row_done()
                 continue
             except Exception as exc:  # noqa: BLE001 - a backend that cannot load this model is reported, not fatal
                 note(f"skipped {source.name} {backend} {precision}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+                row_done()
                 continue
             try:
                 for name, pairs in datasets:
@@ -345,12 +360,17 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                 note(f"{source.name} {backend} {precision} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
             finally:
                 runner.deactivate()
+                row_done()
     if cfg.video and sources and combos:
         try:
             res.video = video_ratios(Path(cfg.video), sources[0], say)
         except SRDeployError as exc:
             note(f"skipped video: {exc}")
     return res
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def video_ratios(path: Path, source, say, max_frames: int = 48, rounds: int = 3) -> dict:

@@ -186,7 +186,7 @@ def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list
     say(f"note: timing {len(cands)} CPU runners for {source.name} on this machine once "
         f"({', '.join(c.label() for c in cands)}); `srdeploy tune` redoes it")
     with OtherLoad() as load:
-        _time_candidates(cands, source, ranking, skipped, timeout_s)
+        _time_candidates(cands, source, ranking, skipped, timeout_s, say)
     ranking, drifted = drop_drifting(ranking)
     skipped += drifted
     for s in skipped:
@@ -204,31 +204,42 @@ def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list
     return ranking
 
 
-def _time_candidates(cands: list[Candidate], source, ranking: list[dict], skipped: list[str], timeout_s: float) -> None:
-    """Time each candidate in a child process of its own; rows go to ``ranking``, failures to ``skipped``."""
-    for c in cands:
-        cmd = [sys.executable, "-m", "sr_deploy.runtime.tune", str(source.path), c.backend, c.precision]
-        env = {**os.environ, "SRDEPLOY_TUNE": "0"}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-        except subprocess.TimeoutExpired:
-            skipped.append(f"{c.label()} (no result within {timeout_s:.0f} s)")
-            continue
-        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-        try:
-            got = json.loads(line) if proc.returncode == 0 else None
-            ms = float(got["ms"]) if got else None
-            fidelity = got.get("fidelity_db") if got else None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            ms = None
-        if ms is None:
-            err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:160]
-            skipped.append(f"{c.label()} ({err})")
-            continue
-        row = {"backend": c.backend, "precision": c.precision, "ms": round(ms, 2)}
-        if fidelity is not None:
-            row["fidelity_db"] = round(float(fidelity), 2)
-        ranking.append(row)
+def _time_candidates(cands: list[Candidate], source, ranking: list[dict], skipped: list[str], timeout_s: float,
+                     say=lambda line: None) -> None:
+    """Time each candidate in a child process of its own; rows go to ``ranking``, failures to ``skipped``;
+    one line per candidate as it ends (a candidate takes from seconds to minutes)."""
+    t0 = time.perf_counter()
+    for i, c in enumerate(cands, 1):
+        before = len(ranking)
+        _time_candidate(c, source, ranking, skipped, timeout_s)
+        got = f"{ranking[-1]['ms']:.1f} ms" if len(ranking) > before else "skipped"
+        say(f"  [{i}/{len(cands)}] {c.label()}: {got} ({time.perf_counter() - t0:.0f} s so far)")
+
+
+def _time_candidate(c: Candidate, source, ranking: list[dict], skipped: list[str], timeout_s: float) -> None:
+    """Time one candidate in a child process: a row in ``ranking``, or the reason in ``skipped``."""
+    cmd = [sys.executable, "-m", "sr_deploy.runtime.tune", str(source.path), c.backend, c.precision]
+    env = {**os.environ, "SRDEPLOY_TUNE": "0"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        skipped.append(f"{c.label()} (no result within {timeout_s:.0f} s)")
+        return
+    line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    try:
+        got = json.loads(line) if proc.returncode == 0 else None
+        ms = float(got["ms"]) if got else None
+        fidelity = got.get("fidelity_db") if got else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ms = None
+    if ms is None:
+        err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:160]
+        skipped.append(f"{c.label()} ({err})")
+        return
+    row = {"backend": c.backend, "precision": c.precision, "ms": round(ms, 2)}
+    if fidelity is not None:
+        row["fidelity_db"] = round(float(fidelity), 2)
+    ranking.append(row)
 
 
 def drop_drifting(ranking: list[dict]) -> tuple[list[dict], list[str]]:

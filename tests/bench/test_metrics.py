@@ -70,10 +70,12 @@ def test_y_psnr_shaves_scale_border():
 
 def test_bench_json_shape(tmp_path, tiny_ckpt):
     out = tmp_path / "b.json"
-    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backends", "onnxruntime",
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backends", "onnxruntime,torch",
                                  "--precisions", "fp32", "--size", "16x16", "--min-time", "0.05", "--json", str(out),
                                  "--markdown", str(tmp_path / "b.md")])
     assert r.exit_code == 0, r.output
+    # the run's place and time left, after every backend/precision row (a full bench takes many minutes)
+    assert "[1/2 rows, " in r.output and "left]" in r.output and "[2/2 rows, " in r.output, r.output
     data = json.loads(out.read_text())
     assert {"machine", "quality", "speed", "video"} <= set(data)
     for row in data["speed"]:

@@ -34,6 +34,9 @@ def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
     ranking = tune.measure(source, say=notes.append)
     labels = {(r["backend"], r["precision"]) for r in ranking}
     assert {("onnxruntime", "fp32"), ("torch", "fp32")} <= labels and all(r["ms"] > 0 for r in ranking)
+    n = len(tune.candidates(source))  # a line per candidate as it ends, not silence until the last
+    assert [line.split("]")[0].strip() for line in notes if line.lstrip().startswith("[")] == \
+        [f"[{i}/{n}" for i in range(1, n + 1)], notes
     assert [r["ms"] for r in ranking] == sorted(r["ms"] for r in ranking)
     assert tune.cached_ranking(source)[0] == ranking
     # auto runs the first of the cached ranking, whatever it is: put torch first to see it obeyed
