@@ -225,6 +225,14 @@ def test_bench_flag_mistakes_are_one_line_before_any_work(tiny_onnx, args, says)
     assert r.exit_code != 0 and r.output.startswith(says), r.output
 
 
+def test_bench_video_that_is_not_a_video_is_one_line_before_the_speed_run(tiny_onnx, tmp_path):
+    junk = tmp_path / "garbage.jpg"
+    junk.write_bytes(b"garbage")
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_onnx), "--no-quality", "--video", str(junk)])
+    assert r.exit_code != 0 and r.output.startswith(f"error: {junk}: not a readable video"), r.output
+    assert "speed" not in r.output
+
+
 @pytest.mark.parametrize("command", [["triton", "{m}", "-o", "{tmp}/repo"], ["tune", "--model", "{m}"],
                                      ["run", "{img}", "-o", "{tmp}/o.png", "--model", "{m}"],
                                      ["bench", "--model", "{m}", "--no-quality"]])

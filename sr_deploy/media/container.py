@@ -25,9 +25,11 @@ def open_input(path: Path):
         container.close()
         raise InputError(f"{path}: {exc}") from None
     if not (v.codec_context.width and v.codec_context.height and v.codec_context.pix_fmt):
+        raw = container.format.name in RAW_STREAM_FORMATS
         container.close()  # a raw stream cut after its parameter sets, with no keyframe headers after the cut
-        raise InputError(f"{path}: its video stream has no picture size or format to decode with "
-                         f"(a raw stream cut before its first keyframe headers?)")
+        raise InputError(f"{path}: " + ("its video stream has no picture size or format to decode with (a raw "
+                                        "stream cut before its first keyframe headers?)" if raw else
+                                        "not a readable video (no picture size or pixel format)"))
     return container
 
 
