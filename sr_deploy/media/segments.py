@@ -200,8 +200,14 @@ class Parts:
             self._clear()
             old = None
         reused = 0
-        for idx, rec in ((old or {}).get("segments") or {}).items():
-            idx = int(idx)
+        for key_text, rec in ((old or {}).get("segments") or {}).items():
+            try:
+                idx = int(key_text)
+            except ValueError:
+                idx = -1
+            if idx < 0:  # a manifest edited or damaged by hand: that entry is no segment of this run
+                say(f"note: {self.manifest.name} lists {key_text!r}, which is no segment number: ignored")
+                continue
             part = self.path(idx)
             if idx < len(plan.segments) and _intact(part, rec):
                 self.done[idx] = rec

@@ -166,6 +166,10 @@ def test_resume_reuses_finished_segments_and_refuses_other_runs(tmp_path, tiny_c
         # a damaged segment file is found on resume and done again
         seg1 = parts / "seg_00001.mov"
         seg1.write_bytes(seg1.read_bytes()[: seg1.stat().st_size // 2])
+        # entries that are no segment number (a manifest edited by hand) are ignored, not a traceback
+        m = json.loads((parts / "manifest.json").read_text())
+        m["segments"].update({"first": m["segments"]["0"], "-1": m["segments"]["0"]})
+        (parts / "manifest.json").write_text(json.dumps(m))
         res = upscale_video(runner, src, dst, options=opts, quiet=True, identity="m1")
         assert res.reused_segments == 1 and res.frames == 30
         _same_frames(_decoded(dst)[0], _decoded(tmp_path / "full.mp4")[0])
