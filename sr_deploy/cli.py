@@ -351,6 +351,10 @@ def run(
                            f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s{reused}")
     except SRDeployError as exc:
         _fail(exc)
+    except MemoryError:  # one image or frame larger than this machine's memory (a folder says it per file)
+        typer.echo(f"error: {input}: out of memory (try --tile 256{', or --batch 1' if is_video(input) else ''})",
+                   err=True)
+        raise typer.Exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted: no partial output left", err=True)
         raise typer.Exit(STOPPED_BY["code"])

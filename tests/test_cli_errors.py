@@ -335,3 +335,15 @@ def test_a_fifo_given_as_the_model_is_refused_in_one_line(image, tmp_path, name)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [
         f"error: {fifo}: not a regular file (a folder, FIFO, socket or device); pass a model file"], (r.stdout, r.stderr)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_single_image_out_of_memory_is_one_line(tiny_ckpt, image, tmp_path, monkeypatch):
+    from sr_deploy.media import images
+
+    def too_big(*a, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "upscale_image_array", too_big)
+    code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--quiet")
+    assert code == 2 and out == f"error: {image}: out of memory (try --tile 256)\n", out
+    assert not (tmp_path / "o.png").exists()
