@@ -2,7 +2,8 @@
 
 For each model: srdeploy's conversion against ncnn's own output, the ONNX against torch, tiles against the
 whole frame at the measured receptive field, each precision variant's fidelity to the fp32 output (what
-`auto` would run after `build-engine --int8`), and CPU speed per 64x64 LR frame beside ncnn on the same cores.
+`auto` would run after `build-engine --int8`; fp16 always, int8 with --calib), and CPU speed per 64x64 LR frame
+beside ncnn on the same cores.
 
     usage: python benchmarks/zoo_models.py WORKDIR OUT.md [MODEL ...] [--calib DIR] [--photos DIR]
 
@@ -93,8 +94,10 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
     row["vs_ncnn_levels"] = worst
     onnx_path = local.with_suffix(".onnx")
     if not onnx_path.exists():
-        rep = export_onnx(model, onnx_path, name=local.stem, source_sha256=model_digest(local))
-        row["onnx_parity"] = rep.max_abs_diff
+        export_onnx(model, onnx_path, name=local.stem, source_sha256=model_digest(local))
+    from sr_deploy.export.onnx_export import parity
+
+    row["onnx_parity"] = parity(model, onnx_path, batch=1)  # max |ONNX Runtime - torch|, float outputs
     from sr_deploy.export.onnx_export import read_descriptor
 
     desc = read_descriptor(onnx_path)
@@ -105,6 +108,11 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
             make_precision_onnx(onnx_path, "int8", calib=calib)
         except Exception as exc:  # noqa: BLE001 - a refusal is a result
             row["int8_refused"] = str(exc).splitlines()[0][:200]
+    if not onnx_path.with_name(f"{local.stem}.fp16.quality.json").exists():
+        try:  # fp16 weights and compute, gated on the bundled real photographs
+            make_precision_onnx(onnx_path, "fp16")
+        except Exception as exc:  # noqa: BLE001 - a refusal is a result
+            row["fp16_refused"] = str(exc).splitlines()[0][:200]
     for p in ("int8", "fp16"):
         rp = onnx_path.with_name(f"{local.stem}.{p}.quality.json")
         if rp.exists():
@@ -165,21 +173,28 @@ def main() -> None:
         rows.append(measure(name, args.work, args.calib, args.photos, args.threads))
         print(json.dumps(rows[-1]), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": m, "rows": rows}, indent=2))
+    speed_cols = list(dict.fromkeys(k for r in rows for k in r["ms_64x64"]))
     lines = [f"# Zoo models (real Real-ESRGAN weights) on {m['cpu']}, {m['cores']} cores, {args.threads} threads", "",
              "`python benchmarks/zoo_models.py WORK " + str(args.out) + " --calib ... --photos ...`", "",
-             "| model | vs ncnn (levels) | receptive field | tiled vs whole (levels) | int8 gate | auto runs | "
-             "auto vs fp32 on photos | ms per 64x64: " + " / ".join(rows[0]["ms_64x64"]) + " |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        g = r.get("int8_gate") or {}
-        gate = (f"{g.get('fidelity_db', float('nan')):.1f} dB, p99.9 {g.get('p999_levels')}"
+             "| model | vs ncnn (levels) | ONNX vs torch | receptive field | tiled vs whole (levels) | fp16 gate | "
+             "int8 gate | auto runs | auto vs fp32 on photos | ms per 64x64: " + " / ".join(speed_cols) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def gate(r, p):
+        g = r.get(f"{p}_gate") or {}
+        if not g:
+            return r.get(f"{p}_refused", "—")
+        return (f"{g.get('fidelity_db', float('nan')):.1f} dB, p99.9 {g.get('p999_levels')}"
                 + (f", {len(g['mixed_precision'])} convs float" if g.get("mixed_precision") else "")
-                + (" passed" if g.get("passed") else " refused")) if g else r.get("int8_refused", "—")
+                + (" passed" if g.get("passed") else " refused"))
+
+    for r in rows:
         a = r.get("auto", {})
-        lines.append(f"| {r['model']} ({r['arch']} x{r['scale']}) | {r['vs_ncnn_levels']} | {r['receptive_field']} | "
-                     f"{r['tiled_vs_whole_levels']} | {gate} | {a.get('runner', '—')} | "
-                     f"{a.get('fidelity_db_photos', '—')} dB, p99.9 {a.get('p999_levels', '—')} | "
-                     + " / ".join(f"{v:.0f}" for v in r["ms_64x64"].values()) + " |")
+        parity = f"{r['onnx_parity']:.1e}" if isinstance(r.get("onnx_parity"), float) else "—"
+        lines.append(f"| {r['model']} ({r['arch']} x{r['scale']}) | {r['vs_ncnn_levels']} | {parity} | "
+                     f"{r['receptive_field']} | {r['tiled_vs_whole_levels']} | {gate(r, 'fp16')} | {gate(r, 'int8')} | "
+                     f"{a.get('runner', '—')} | {a.get('fidelity_db_photos', '—')} dB, p99.9 {a.get('p999_levels', '—')} | "
+                     + " / ".join(f"{r['ms_64x64'][k]:.0f}" if k in r["ms_64x64"] else "—" for k in speed_cols) + " |")
     args.out.write_text("\n".join(lines) + "\n")
 
 
