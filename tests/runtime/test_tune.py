@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sr_deploy.runtime import tune
+from sr_deploy.runtime import timing, tune
 from sr_deploy.runtime.select import make_runner, resolve_model
 
 
@@ -128,14 +128,14 @@ def test_fidelity_is_psnr_against_onnxruntime_fp32(tiny_ckpt):
     source = resolve_model(str(tiny_ckpt))
     same, _ = make_runner(source, "onnxruntime", "fp32")
     with same:
-        assert tune._fidelity(source, same) > 90
+        assert timing._fidelity(source, same) > 90
 
     class Coarse:  # the same model with its output quantized to 16 levels: a lossy INT8-like runner
         def infer_u8(self, x):
             return (same.infer_u8(x) // 16 * 16).astype(np.uint8)
 
     with same:
-        assert 20 < tune._fidelity(source, Coarse()) < 40
+        assert 20 < timing._fidelity(source, Coarse()) < 40
 
 
 def test_other_load_counts_other_processes_not_this_one(monkeypatch):
