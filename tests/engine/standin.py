@@ -132,7 +132,11 @@ class SimCudart:
         self.device_ptrs.add(p)
         return OK, p
 
+    def _in_use(self, p: int) -> bool:
+        return any(op[0] == "copy" and p in (op[1], op[2]) for q in self.streams.values() for op in q)
+
     def cudaFreeHost(self, p):
+        assert not self._in_use(int(p)), "memory freed while a queued copy still uses it"
         del self.buffers[int(p)]
         self.live -= 1
         return (OK,)

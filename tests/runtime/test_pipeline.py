@@ -40,6 +40,19 @@ def test_outputs_in_order_and_buffers_never_reused_in_flight(depth):
     assert sim.live == 0
 
 
+def test_a_consumer_that_stops_early_frees_nothing_still_in_use():
+    # the caller takes one result and leaves (an interrupt, an error downstream) with frames still queued:
+    # close() must let the streams finish before it frees their buffers
+    sim, log = SimCudart(), []
+    inp, out = TensorPlan((1, 6, 5, 3), np.uint8), TensorPlan((1, 12, 10, 3), np.uint8)
+    frames = [np.full(inp.shape, i, np.uint8) for i in range(9)]
+    with FramePipeline(CudaDevice(sim), _kernel(sim, inp, out, log), inp=inp, out=out, depth=3) as pipe:
+        for got in pipe.run(iter(frames)):
+            break
+    np.testing.assert_array_equal(got, frames[0].repeat(2, 1).repeat(2, 2) + 1)
+    assert sim.live == 0 and not any(sim.streams.values())
+
+
 def test_host_waits_only_for_results():
     sim, log = SimCudart(), []
     inp, out = TensorPlan((1, 2, 2, 3), np.uint8), TensorPlan((1, 4, 4, 3), np.uint8)
