@@ -71,8 +71,9 @@ def check_key(stored: EngineKey, *, tensorrt: str, gpu: str, compute_capability:
         diffs.append(f"GPU {stored.gpu} sm{stored.compute_capability} (built) vs {gpu} sm{compute_capability} (here)")
     if diffs:
         flag = "--int8 --calib DIR" if stored.precision == "int8" else f"--{stored.precision}" if stored.precision != "fp32" else ""
+        command = " ".join(part for part in ("srdeploy build-engine", onnx_hint, flag) if part)
         raise EngineMismatch(f"{engine}: engine does not match this machine: {'; '.join(diffs)}; "
-                             f"rebuild with `srdeploy build-engine {onnx_hint} {flag}`".rstrip())
+                             f"rebuild with `{command}`")
 
 
 def make_key(onnx_sha256: str, precision: str, profile: Profile, *, tensorrt: str, gpu: str,

@@ -74,6 +74,18 @@ def test_sidecar_roundtrip_and_mismatch(tmp_path):
         check_key(k2, tensorrt="11.0.0", gpu="NVIDIA H100", compute_capability="9.0", engine=engine)
     with pytest.raises(EngineMismatch, match="GPU NVIDIA H100 sm9.0 .*NVIDIA L4 sm8.9"):
         check_key(k2, tensorrt="10.9.0", gpu="NVIDIA L4", compute_capability="8.9", engine=engine)
+    # another GPU of the same architecture (same compute capability): still another engine's machine
+    with pytest.raises(EngineMismatch, match="GPU NVIDIA H100 sm9.0 .*NVIDIA H100 PCIe sm9.0"):
+        check_key(k2, tensorrt="10.9.0", gpu="NVIDIA H100 PCIe", compute_capability="9.0", engine=engine)
+    # every difference named, and the command that rebuilds this precision, exactly
+    for precision, flag in (("int8", " --int8 --calib DIR"), ("fp32", ""), ("fp16", " --fp16")):
+        k = make_key("ab" * 32, precision, make_profile(DESC), tensorrt="10.9.0", gpu="NVIDIA H100",
+                     compute_capability="9.0")
+        with pytest.raises(EngineMismatch) as err:
+            check_key(k, tensorrt="11.0.0", gpu="NVIDIA L4", compute_capability="8.9", engine=engine, onnx_hint="m.onnx")
+        assert str(err.value) == (f"{engine}: engine does not match this machine: TensorRT 10.9.0 (built) vs 11.0.0 "
+                                  "(installed); GPU NVIDIA H100 sm9.0 (built) vs NVIDIA L4 sm8.9 (here); rebuild with "
+                                  f"`srdeploy build-engine m.onnx{flag}`")
     (tmp_path / "m.json").write_text(json.dumps({"key": {"nope": 1}}))
     with pytest.raises(ModelError, match="sidecar"):
         read_sidecar(engine)
@@ -132,3 +144,28 @@ def test_each_key_part_alone_names_another_engine(tmp_path):
     other_onnx = make_key("cd" * 32, "fp16", make_profile(DESC), tensorrt="10.9.0", gpu="NVIDIA H100",
                           compute_capability="9.0")
     assert engine_path(onnx, other_onnx).name != base
+
+
+def test_profile_layout_defaults_and_messages_exactly():
+    """Read against mutation testing: what each default is, for each I/O layout, and what an error names."""
+    from dataclasses import replace
+
+    nhwc = make_profile(DESC.with_(io="uint8-nhwc"), min_hw=(16, 24), opt_hw=(32, 40), max_hw=(64, 80), max_batch=3)
+    assert (nhwc.min, nhwc.opt, nhwc.max) == ((1, 16, 24, 3), (1, 32, 40, 3), (3, 64, 80, 3))
+    nchw = make_profile(DESC, min_hw=(16, 24), opt_hw=(32, 40), max_hw=(64, 80), max_batch=3)
+    assert (nchw.min, nchw.opt, nchw.max) == ((1, 3, 16, 24), (1, 3, 32, 40), (3, 3, 64, 80))
+    # an opt larger than half the default maximum: the maximum is twice opt, per side
+    big = make_profile(DESC, opt_hw=(600, 1000), memory_bytes=10**15)
+    assert big.max[2:] == (1200, 2000)
+    # a memory that cuts the maximum below the default minimum: min follows it down, per side
+    tiny = make_profile(DESC, max_batch=1, memory_bytes=1)
+    assert tiny.min[2:] == tiny.max[2:] and tiny.max[0] == 1
+    assert parse_hw("1x1") == (1, 1) and parse_hw(" 2 X 3 ") == (2, 3)
+    for bad in ("0x5", "5x0", "", "5"):
+        with pytest.raises(InputError) as err:
+            parse_hw(bad)
+        assert str(err.value) == f"shape {bad!r} is not HxW (for example 270x480)"
+    odd = replace(DESC, size_multiple=8)
+    with pytest.raises(InputError) as err:
+        make_profile(odd, min_hw=(16, 24), opt_hw=(32, 36), max_hw=(64, 80))
+    assert str(err.value) == "--opt 32x36 is not a multiple of the model's size multiple 8"

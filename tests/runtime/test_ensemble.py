@@ -72,3 +72,32 @@ def test_the_uint8_mean_of_the_passes_is_rounded_not_truncated():
     with EnsembleRunner(Steps()) as r:
         out = r.infer_u8(np.zeros((1, 4, 6, 3), np.uint8))
     assert out.dtype == np.uint8 and (out == 11).all()
+
+
+def test_a_fixed_size_graph_runs_only_the_transforms_that_keep_its_shape():
+    """A graph of one fixed HxW: on a non-square input only the identity, the 180° turn and the two mirrors
+    (which keep HxW) run; on a square one all eight. The wrapper keeps the inner runner's identity."""
+    import dataclasses
+
+    from sr_deploy.engine.profile import activation_bytes_per_pixel
+
+    inner = Nearest()
+    inner.descriptor = dataclasses.replace(inner.descriptor, fixed_hw=(5, 7))
+    inner.precision, inner.work_factor = "int8", 3.0
+    r = EnsembleRunner(inner)
+    assert (r.precision, r.backend, r.work_factor) == ("int8", "test", 3.0)
+    assert r._transforms(5, 7) == [0, 2, 4, 6] and r._transforms(6, 6) == list(range(8))
+    x = np.random.default_rng(1).random((1, 3, 5, 7), dtype=np.float32)
+    with r:
+        y = r.infer(x)
+        r.infer_u8(np.zeros((1, 5, 7, 3), np.uint8))
+    assert inner.calls == 8  # four passes each
+    inner.descriptor, inner.calls = dataclasses.replace(inner.descriptor, fixed_hw=(6, 6)), 0
+    with r:  # a square fixed graph: every transform keeps its shape, all eight run
+        r.infer(np.zeros((1, 3, 6, 6), np.float32))
+        r.infer_u8(np.zeros((1, 6, 6, 3), np.uint8))
+    assert inner.calls == 16
+    np.testing.assert_allclose(y, x.repeat(2, axis=2).repeat(2, axis=3), atol=1e-6)
+    # the activation estimate sizing profiles, exactly: 2·C·s² + 3·s² + 2·C values of 4 bytes per input pixel
+    assert activation_bytes_per_pixel(ModelDescriptor(name="a", scale=4, arch={"channels": 32})) == 4 * (2 * 32 * 16 + 48 + 64)
+    assert activation_bytes_per_pixel(ModelDescriptor(name="b", scale=2)) == 4 * (2 * 64 * 4 + 12 + 128)
