@@ -102,20 +102,81 @@ class OpenVINORunner(OnnxFileRunner):
         self._requests: dict[bool, object] = {}
         self.request = self._request(self.descriptor.pixel_io)
 
+    def _graph(self, u8: bool) -> Path:
+        if u8 and not self.descriptor.pixel_io:
+            from sr_deploy.export.pixels import uint8_onnx
+
+            return uint8_onnx(self.path)
+        return self.path
+
     def _request(self, u8: bool):
         """An infer request on the float graph or on its uint8-I/O form, compiled on first use."""
         if u8 not in self._requests:
-            path = self.path
-            if u8 and not self.descriptor.pixel_io:
-                from sr_deploy.export.pixels import uint8_onnx
-
-                path = uint8_onnx(self.path)
-            self._requests[u8] = self.core.compile_model(str(path), "CPU", self.config).create_infer_request()
+            self._requests[u8] = self.core.compile_model(str(self._graph(u8)), "CPU", self.config).create_infer_request()
         return self._requests[u8]
 
     def _deactivate(self) -> None:
         del self.request
         self._requests.clear()
+        self._stream_requests = None
+
+    def _in_flight(self) -> list:
+        """Infer requests of a throughput-compiled uint8 graph: CPU streams share out the cores and each
+        request runs on one, so several frames are computed at once (OpenVINO's answer to a small model
+        that cannot keep every core busy alone). How many: ``SRDEPLOY_OV_STREAMS``, else OpenVINO's
+        optimal number for this machine and model. An empty list: one at a time (LATENCY) is used."""
+        if getattr(self, "_stream_requests", None) is None:
+            wanted = os.environ.get("SRDEPLOY_OV_STREAMS", "")
+            config = {k: v for k, v in self.config.items() if k != "PERFORMANCE_HINT"}
+            if wanted.strip():
+                n = max(1, int(wanted))
+                config["NUM_STREAMS"] = n
+            else:
+                config["PERFORMANCE_HINT"] = "THROUGHPUT"
+            compiled = self.core.compile_model(str(self._graph(True)), "CPU", config)
+            n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if not wanted.strip() else n
+            self._stream_requests = [compiled.create_infer_request() for _ in range(n)] if n > 1 else []
+        return self._stream_requests
+
+    def stream_u8(self, batches):
+        """``infer_u8`` over a stream of batches with several in flight (``_in_flight``), outputs in order;
+        batches the graph must pad or split go one at a time, in their turn."""
+        from collections import deque
+
+        if not self.active:
+            self.activate()
+        if not (self.pixels or self.descriptor.pixel_io):
+            yield from super().stream_u8(batches)
+            return
+        requests = self._in_flight()
+        if not requests:
+            yield from super().stream_u8(batches)
+            return
+        pending: deque = deque()  # (batch, request), oldest first
+
+        def oldest():
+            b, req = pending.popleft()
+            req.wait()
+            return self._checked(b, np.array(req.get_output_tensor(0).data, copy=True), 1)
+
+        free = deque(requests)
+        for b in batches:
+            fits = self._fit(b, 1)[1] is None and not (self.descriptor.max_batch and len(b) > self.descriptor.max_batch)
+            if not fits or b.dtype != np.uint8 or b.ndim != 4:
+                while pending:
+                    yield oldest()
+                yield self.infer_u8(b)  # padded, split or refused with infer_u8's own message
+                continue
+            if not free:
+                req = pending[0][1]
+                yield oldest()
+                free.append(req)
+            req = free.popleft()
+            b = np.ascontiguousarray(b)
+            req.start_async({0: b})
+            pending.append((b, req))
+        while pending:
+            yield oldest()
 
     def describe(self) -> str:
         extra = " (float layers bf16)" if self.precision == "int8" and getattr(self, "hint", "") == "bf16" else ""
