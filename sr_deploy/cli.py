@@ -249,7 +249,7 @@ def run(
                                        upscale_video)
     from sr_deploy.runtime.select import make_runner, model_identity, resolve_model
 
-    pool = None
+    pool = out = None
     try:
         if not input.exists():
             raise InputError(f"{input}: not found")
@@ -356,11 +356,21 @@ def run(
                    err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: no partial output left", err=True)
+        typer.echo(_interrupted_line(input, out), err=True)
         raise typer.Exit(STOPPED_BY["code"])
     finally:
         if pool is not None:
             pool.close()
+
+
+def _interrupted_line(src: Path, out: Path | None) -> str:
+    """What an interrupt leaves: never a partial output; what was finished (a video's segments, a folder's
+    files), kept for the same command to resume."""
+    if out is not None and Path(f"{out}.segments").is_dir():
+        return f"interrupted: no partial output left; finished segments kept in {out}.segments, the same command resumes"
+    if out is not None and src.is_dir() and (out / ".srdeploy-run.jsonl").is_file():
+        return "interrupted: no partial output left; finished files kept, the same command resumes"
+    return "interrupted: no partial output left"
 
 
 def _graph_outscale_or_fail(scale: int, outscale: int | None) -> int | None:

@@ -347,3 +347,21 @@ def test_a_single_image_out_of_memory_is_one_line(tiny_ckpt, image, tmp_path, mo
     code, out = _run(image, "-o", tmp_path / "o.png", "--model", tiny_ckpt, "--quiet")
     assert code == 2 and out == f"error: {image}: out of memory (try --tile 256)\n", out
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_interrupt_says_what_it_kept(tmp_path):
+    from sr_deploy.cli import _interrupted_line
+
+    img, clip, folder = tmp_path / "a.png", tmp_path / "c.mp4", tmp_path / "in"
+    folder.mkdir()
+    assert _interrupted_line(img, tmp_path / "o.png") == "interrupted: no partial output left"
+    assert _interrupted_line(clip, None) == "interrupted: no partial output left"
+    (tmp_path / "o.mp4.segments").mkdir()
+    assert _interrupted_line(clip, tmp_path / "o.mp4") == (
+        f"interrupted: no partial output left; finished segments kept in {tmp_path / 'o.mp4'}.segments, "
+        "the same command resumes")
+    (tmp_path / "out").mkdir()
+    assert _interrupted_line(folder, tmp_path / "out") == "interrupted: no partial output left"
+    (tmp_path / "out" / ".srdeploy-run.jsonl").write_text("{}\n")
+    assert _interrupted_line(folder, tmp_path / "out") == (
+        "interrupted: no partial output left; finished files kept, the same command resumes")
