@@ -76,7 +76,6 @@ class Slot:
     in_done: object
     compute_done: object
     out_done: object
-    busy: bool = False
 
 
 class FramePipeline:
@@ -118,12 +117,10 @@ class FramePipeline:
         d.wait(self.copy_out, slot.compute_done)
         d.copy_d2h(slot.host_out, slot.dev_out, self.out.nbytes, self.copy_out)
         d.record(slot.out_done, self.copy_out)
-        slot.busy = True
         self.submitted += 1
 
     def _take(self, slot: Slot) -> np.ndarray:
         self.device.synchronize(slot.out_done)  # the only host wait: this frame's result, and the slot's reuse
-        slot.busy = False
         return self.device.host_array(slot.host_out, self.out.dtype, self.out.shape).copy()
 
     def run(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
