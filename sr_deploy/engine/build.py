@@ -115,20 +115,30 @@ def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, ou
 
     cache_file = timing_cache_path(key.tensorrt, key.gpu, key.compute_capability)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    # builds in parallel processes share the cache: read, build and merge it back under one lock
-    with FileLock(str(cache_file) + ".lock"):
-        data = cache_file.read_bytes() if cache_file.exists() else b""
-        cache = config.create_timing_cache(data)
+    # builds in parallel processes share the cache: read under the lock, build without it (minutes, during
+    # which other builds go on), then merge what they wrote meanwhile with ours under it again
+    lock = FileLock(str(cache_file) + ".lock")
+    with lock:
+        read = data = cache_file.read_bytes() if cache_file.exists() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        # a cache TensorRT refuses (another version, corrupt) is dropped and rebuilt, never fatal
+        data, cache = b"", config.create_timing_cache(b"")
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            # a cache TensorRT refuses (another version, corrupt) is dropped and rebuilt, never fatal
-            cache = config.create_timing_cache(b"")
-            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-                raise ModelError("TensorRT refused an empty timing cache")
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the messages above)")
+            raise ModelError("TensorRT refused an empty timing cache")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the messages above)")
+    ours = config.get_timing_cache()
+    with lock:
+        now = cache_file.read_bytes() if cache_file.exists() else b""
+        merged = ours
+        if now and now != read:  # another build wrote it since we read it: keep both builds' timings
+            theirs = config.create_timing_cache(now)
+            if theirs is not None and theirs.combine(ours, False):
+                merged = theirs
         with atomic_path(cache_file) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+            tmp.write_bytes(bytes(merged.serialize()))
     with atomic_path(out) as tmp:
         tmp.write_bytes(bytes(serialized))
     write_sidecar(out, key, desc)

@@ -320,6 +320,11 @@ def make_tensorrt(wheel: Path, sim: SimCudart, calls: list | None = None):
         def serialize(self):
             return self._data or f"timing cache of tensorrt {version}".encode()
 
+        def combine(self, other, ignore_mismatch):
+            calls.append(("combine", ignore_mismatch))
+            self._data = self.serialize() + b" + " + other.serialize()
+            return True
+
     @strict
     class BuilderConfig(Strict):
         def __init__(self):

@@ -64,7 +64,7 @@ def _build(onnx_path, **kw):
 def test_real_binding_names(trt):
     version, whole, tails = bindings_names(find_wheel(int(trt.__version__.split(".")[0])))
     for name in ("set_input_shape", "set_tensor_address", "execute_async_v3", "deserialize_cuda_engine",
-                 "build_serialized_network", "create_timing_cache", "set_timing_cache", "get_tensor_dtype",
+                 "build_serialized_network", "create_timing_cache", "set_timing_cache", "combine", "get_tensor_dtype",
                  "STRONGLY_TYPED", "WORKSPACE"):
         assert name in whole, name
     assert hasattr(trt.BuilderFlag, "FP16") == version.startswith("10.")
@@ -217,6 +217,32 @@ def test_timing_cache_per_version_refused_cache_rebuilt(trt, tiny_onnx, tmp_path
     trt._calls.clear()
     _build(tiny_onnx, out=tmp_path / "b.engine")  # reused as is
     assert [c for c in trt._calls if c[0] == "set_timing_cache"] == [("set_timing_cache", False)]
+
+
+def test_builds_share_the_timing_cache_without_holding_its_lock_while_they_build(trt, tiny_onnx, tmp_path, monkeypatch):
+    from filelock import FileLock, Timeout
+
+    path = build_mod.timing_cache_path(trt.__version__, "Sim GPU", "9.0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    real = trt.Builder.build_serialized_network
+    seen = {}
+
+    def another_build_meanwhile(self, network, config):
+        try:  # the lock is free while this build runs: another process may read and write the cache now
+            with FileLock(str(path) + ".lock", timeout=0):
+                seen["free"] = True
+        except Timeout:
+            seen["free"] = False
+        path.write_bytes(f"timing cache of tensorrt {trt.__version__} (another build's)".encode())
+        return real(self, network, config)
+
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", another_build_meanwhile)
+    _build(tiny_onnx, out=tmp_path / "c.engine")
+    assert seen["free"]
+    merged = path.read_bytes()  # the other build's timings and ours, combined
+    assert merged.startswith(f"timing cache of tensorrt {trt.__version__} (another build's) + ".encode()), merged
+    assert ("combine", False) in trt._calls
 
 
 @pytest.fixture
