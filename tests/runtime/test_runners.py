@@ -97,7 +97,7 @@ def test_srdeploy_threads_sets_cpu_runner_threads(tiny_onnx, monkeypatch):
         assert runner.threads == 0  # the library's own choice
 
 
-@pytest.mark.parametrize("streams", ["2", "3", ""])
+@pytest.mark.parametrize("streams", ["2", "3", "auto", ""])
 def test_openvino_keeps_frames_in_flight_with_the_same_output_in_order(tiny_onnx, monkeypatch, streams):
     """stream_u8 on OpenVINO: several asynchronous infer requests (CPU streams), outputs in their order and
     equal to one-at-a-time infer_u8; a batch the graph must split or pad goes alone, in its turn."""
@@ -105,15 +105,17 @@ def test_openvino_keeps_frames_in_flight_with_the_same_output_in_order(tiny_onnx
 
     if not OpenVINORunner.available():
         pytest.skip("openvino not installed")
-    monkeypatch.setenv("SRDEPLOY_OV_STREAMS", streams)  # "": OpenVINO's optimal number here
+    monkeypatch.setenv("SRDEPLOY_OV_STREAMS", streams)  # auto: OpenVINO's choice here; "": one at a time
     runner = OpenVINORunner(tiny_onnx, read_descriptor(tiny_onnx))
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (1 + i % 2, 12 + i, 16, 3), dtype=np.uint8) for i in range(7)]
     with runner:
         want = [runner.infer_u8(b) for b in batches]
         got = list(runner.stream_u8(iter(batches)))
-        if streams:
+        if streams.isdigit():
             assert len(runner._in_flight()) == int(streams)
+        if not streams:
+            assert runner._in_flight() == []
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.shape == w.shape and int(np.abs(g.astype(int) - w.astype(int)).max()) <= 1
