@@ -131,7 +131,7 @@ def test_bad_calibration_inputs(tiny_onnx, tmp_path):
         make_precision_onnx(src, "int8", calib=small)
 
 
-def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tiny_ckpt, tmp_path, calib_dir):
+def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tiny_ckpt, tmp_path, calib_dir, monkeypatch):
     src = _copy(tiny_onnx, tmp_path)
     r = CliRunner().invoke(app, ["build-engine", str(src), "--fp16", "--onnx-only"])
     assert r.exit_code == 0, r.output
@@ -154,6 +154,8 @@ def test_cli_onnx_only_and_no_tensorrt(tiny_onnx, tiny_ckpt, tmp_path, calib_dir
     r = CliRunner().invoke(app, ["build-engine", str(src), "--onnx-only"])  # fp32: says so, writes nothing
     assert r.exit_code == 0 and r.output.startswith(f"fp32: {src} is the model itself"), r.output
     # a checkpoint (or a shipped model's name) as `run --model` takes it: exported into the cache first
+    # (a cache of its own: an fp16 variant in the shared one would change what later tests' runners pick)
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
     r = CliRunner().invoke(app, ["build-engine", str(tiny_ckpt), "--fp16", "--onnx-only"])
     assert r.exit_code == 0 and "wrote " in r.output and ".fp16.onnx" in r.output, r.output
 
