@@ -366,9 +366,12 @@ def run(
 def _interrupted_line(src: Path, out: Path | None) -> str:
     """What an interrupt leaves: never a partial output; what was finished (a video's segments, a folder's
     files), kept for the same command to resume."""
-    if out is not None and Path(f"{out}.segments").is_dir():
-        return f"interrupted: no partial output left; finished segments kept in {out}.segments, the same command resumes"
-    if out is not None and src.is_dir() and (out / ".srdeploy-run.jsonl").is_file():
+    from sr_deploy.media import journal
+    from sr_deploy.media.segments import Parts
+
+    if out is not None and Parts(out).dir.is_dir():
+        return f"interrupted: no partial output left; finished segments kept in {Parts(out).dir}, the same command resumes"
+    if out is not None and src.is_dir() and (out / journal.NAME).is_file():
         return "interrupted: no partial output left; finished files kept, the same command resumes"
     return "interrupted: no partial output left"
 

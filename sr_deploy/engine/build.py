@@ -119,11 +119,11 @@ def build_engine(onnx_path: Path, desc: ModelDescriptor, profile: Profile, *, ou
     # which other builds go on), then merge what they wrote meanwhile with ours under it again
     lock = FileLock(str(cache_file) + ".lock")
     with lock:
-        read = data = cache_file.read_bytes() if cache_file.exists() else b""
-    cache = config.create_timing_cache(data)
+        read = cache_file.read_bytes() if cache_file.exists() else b""
+    cache = config.create_timing_cache(read)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         # a cache TensorRT refuses (another version, corrupt) is dropped and rebuilt, never fatal
-        data, cache = b"", config.create_timing_cache(b"")
+        cache = config.create_timing_cache(b"")
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
             raise ModelError("TensorRT refused an empty timing cache")
     serialized = builder.build_serialized_network(network, config)

@@ -78,8 +78,8 @@ def probe_image(path: Path) -> ImageHeader | None:
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _tiff_gray_alpha_bits(path: Path) -> int | None:
-    """The bit depth of a gray+alpha TIFF (two samples per pixel), else None.
+def _probe_tiff_gray_alpha(path: Path) -> ImageHeader | None:
+    """The header of a gray+alpha TIFF (two samples per pixel, 8 or 16 bits: mode "LA" or "LA;16"), else None.
 
     OpenCV decodes such a file as gray alone (the alpha dropped, 16 bits given as 8), and Pillow cannot open
     the 16-bit kind at all, so these are read with tifffile (scikit-image's own TIFF reader)."""
@@ -91,21 +91,11 @@ def _tiff_gray_alpha_bits(path: Path) -> int | None:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             if page.samplesperpixel == 2 and page.bitspersample in (8, 16):
-                return int(page.bitspersample)
+                return ImageHeader(int(page.imagewidth), int(page.imagelength),
+                                   "LA;16" if page.bitspersample == 16 else "LA")
     except (tifffile.TiffFileError, OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _probe_tiff_gray_alpha(path: Path) -> ImageHeader | None:
-    bits = _tiff_gray_alpha_bits(path)
-    if bits is None:
-        return None
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        return ImageHeader(int(page.imagewidth), int(page.imagelength), "LA;16" if bits == 16 else "LA")
 
 
 def _decode_tiff_gray_alpha(path: Path) -> np.ndarray:
@@ -173,7 +163,7 @@ def _decode(path: Path, header: ImageHeader | None, scale: int | None, max_megap
     if path.suffix.lower() in PIL_ONLY_SUFFIXES:
         heif_support(path)
         img = _decode_pil(path)
-    elif header is not None and header.mode in ("LA", "LA;16") and _tiff_gray_alpha_bits(path):
+    elif header is not None and header.mode in ("LA", "LA;16") and path.suffix.lower() in TIFF_SUFFIXES:
         img = _decode_tiff_gray_alpha(path)
     else:
         data = np.fromfile(path, dtype=np.uint8)

@@ -100,6 +100,7 @@ class OpenVINORunner(OnnxFileRunner):
         if self.threads:
             self.config["INFERENCE_NUM_THREADS"] = self.threads
         self._requests: dict[bool, object] = {}
+        self._stream_requests: list | None = None  # made by _in_flight on first use
         self.request = self._request(self.descriptor.pixel_io)
 
     def _graph(self, u8: bool) -> Path:
@@ -128,7 +129,7 @@ class OpenVINORunner(OnnxFileRunner):
         Off by default because it is a per-machine choice: on a 2-core AVX2 EPYC two streams ran light_x4
         and srresnet_x4 at 270x480 3-6% slower than one request on both cores (same output, bit for bit),
         while vs-mlrt measured two streams 20% faster on a 2-core AMX Xeon (issue 40)."""
-        if getattr(self, "_stream_requests", None) is None:
+        if self._stream_requests is None:
             wanted = os.environ.get("SRDEPLOY_OV_STREAMS", "").strip().lower()
             requests: list = []
             if wanted not in ("", "0", "1"):
@@ -166,8 +167,9 @@ class OpenVINORunner(OnnxFileRunner):
 
         free = deque(requests)
         for b in batches:
-            fits = self._fit(b, 1)[1] is None and not (self.descriptor.max_batch and len(b) > self.descriptor.max_batch)
-            if not fits or b.dtype != np.uint8 or b.ndim != 4:
+            fits = (b.dtype == np.uint8 and b.ndim == 4 and self._fit(b, 1)[1] is None
+                    and not (self.descriptor.max_batch and len(b) > self.descriptor.max_batch))
+            if not fits:
                 while pending:
                     yield oldest()
                 yield self.infer_u8(b)  # padded, split or refused with infer_u8's own message

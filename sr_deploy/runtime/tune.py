@@ -210,21 +210,21 @@ def _time_candidates(cands: list[Candidate], source, ranking: list[dict], skippe
     one line per candidate as it ends (a candidate takes from seconds to minutes)."""
     t0 = time.perf_counter()
     for i, c in enumerate(cands, 1):
-        before = len(ranking)
-        _time_candidate(c, source, ranking, skipped, timeout_s)
-        got = f"{ranking[-1]['ms']:.1f} ms" if len(ranking) > before else "skipped"
+        row = _time_candidate(c, source, timeout_s)
+        timed = isinstance(row, dict)
+        (ranking if timed else skipped).append(row)
+        got = f"{row['ms']:.1f} ms" if timed else "skipped"
         say(f"  [{i}/{len(cands)}] {c.label()}: {got} ({time.perf_counter() - t0:.0f} s so far)")
 
 
-def _time_candidate(c: Candidate, source, ranking: list[dict], skipped: list[str], timeout_s: float) -> None:
-    """Time one candidate in a child process: a row in ``ranking``, or the reason in ``skipped``."""
+def _time_candidate(c: Candidate, source, timeout_s: float) -> dict | str:
+    """Time one candidate in a child process: its ranking row, or why it was skipped."""
     cmd = [sys.executable, "-m", "sr_deploy.runtime.timing", str(source.path), c.backend, c.precision]
     env = {**os.environ, "SRDEPLOY_TUNE": "0"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        skipped.append(f"{c.label()} (no result within {timeout_s:.0f} s)")
-        return
+        return f"{c.label()} (no result within {timeout_s:.0f} s)"
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     try:
         got = json.loads(line) if proc.returncode == 0 else None
@@ -234,12 +234,11 @@ def _time_candidate(c: Candidate, source, ranking: list[dict], skipped: list[str
         ms = None
     if ms is None:
         err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:160]
-        skipped.append(f"{c.label()} ({err})")
-        return
+        return f"{c.label()} ({err})"
     row = {"backend": c.backend, "precision": c.precision, "ms": round(ms, 2)}
     if fidelity is not None:
         row["fidelity_db"] = round(float(fidelity), 2)
-    ranking.append(row)
+    return row
 
 
 def drop_drifting(ranking: list[dict]) -> tuple[list[dict], list[str]]:
