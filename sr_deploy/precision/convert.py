@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,43 +136,54 @@ def fidelity_scores(ref: list[np.ndarray], new: list[np.ndarray]) -> tuple[float
 
 
 def quality_gate(fp32: Path, candidate: Path, pairs, scale: int) -> GateScores:
-    """Scores of ``candidate`` against the fp32 graph with ONNX Runtime on the CPU: vs HR and vs the fp32
-    model's own output. A candidate whose output is not finite anywhere (fp16 overflow: inf, then NaN)
-    scores -inf, so no budget passes it."""
-    import onnxruntime as ort
+    """Scores of ``candidate`` against the fp32 graph with ONNX Runtime on the CPU (see ``Gate``)."""
+    return Gate(fp32, pairs, scale).score(candidate)
 
-    from sr_deploy.metrics import quantize
-    from sr_deploy.metrics import y_psnr_ssim
 
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, candidate)]
-    ps = [[], []]
-    imgs = [[], []]
-    worst = 0.0
-    def both(img: np.ndarray) -> list[np.ndarray]:  # the fp32 and the candidate output of one uint8 image
-        x = (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-        return [s.run(None, {"input": x})[0][0] for s in sessions]
+class Gate:
+    """Scores candidates of one fp32 graph on one set of pairs: vs HR and vs the fp32 model's own output.
 
-    # fidelity also on a crop of each real picture as it is (no downscale: its own noise and JPEG
-    # blocks), as a user's input would be; a model trained on other degradations shows it here
-    for img in [_center(p.hr, NATIVE_CROP) for p in pairs]:
-        raw = both(img)
-        if not np.isfinite(raw[1]).all():
-            return GateScores(float("nan"), float("-inf"), float("inf"), float("-inf"), 255.0)
-        for k in (0, 1):
-            imgs[k].append(quantize(np.clip(raw[k], 0, 1).transpose(1, 2, 0)))
-    for pair in pairs:
-        raw = both(pair.lr)
-        if not np.isfinite(raw[1]).all():
-            p32 = float(np.mean(ps[0])) if ps[0] else float("nan")
-            return GateScores(p32, float("-inf"), float("inf"), float("-inf"), 255.0)
-        outs = [np.clip(r, 0, 1) for r in raw]
-        worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
-        for k, o in enumerate(outs):
-            sr = quantize(o.transpose(1, 2, 0))
-            imgs[k].append(sr)
-            ps[k].append(y_psnr_ssim(sr, pair.hr, scale)[0])
-    fid, p999 = fidelity_scores(imgs[0], imgs[1])
-    return GateScores(float(np.mean(ps[0])), float(np.mean(ps[1])), worst, fid, p999)
+    The fp32 outputs are computed once, on the first score, and kept: a search that scores many
+    candidates (percentiles, mixed precision) runs the fp32 model once. A candidate whose output is not
+    finite anywhere (fp16 overflow: inf, then NaN) scores -inf, so no budget passes it."""
+
+    def __init__(self, fp32: Path, pairs, scale: int) -> None:
+        self.fp32, self.pairs, self.scale = fp32, pairs, scale
+        # fidelity also on a crop of each real picture as it is (no downscale: its own noise and JPEG
+        # blocks), as a user's input would be; a model trained on other degradations shows it here
+        self.inputs = [_center(p.hr, NATIVE_CROP) for p in pairs] + [p.lr for p in pairs]
+        self._ref: list[np.ndarray] | None = None  # the fp32 outputs, float, clipped to [0, 1]
+
+    def _run(self, model: Path):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        for img in self.inputs:
+            yield sess.run(None, {"input": (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]})[0][0]
+
+    def score(self, candidate: Path) -> GateScores:
+        from sr_deploy.metrics import quantize, y_psnr_ssim
+
+        if self._ref is None:
+            self._ref = [np.clip(r, 0, 1) for r in self._run(self.fp32)]
+        n = len(self.pairs)
+        ps: list[list[float]] = [[], []]
+        imgs: list[list[np.ndarray]] = [[], []]
+        worst = 0.0
+        for i, raw in enumerate(self._run(candidate)):
+            if not np.isfinite(raw).all():
+                p32 = float(np.mean(ps[0])) if ps[0] else float("nan")
+                return GateScores(p32, float("-inf"), float("inf"), float("-inf"), 255.0)
+            outs = [self._ref[i], np.clip(raw, 0, 1)]
+            if i >= n:  # an LR of a pair: scored against its HR too
+                worst = max(worst, float(np.abs(outs[0] - outs[1]).max()))
+            for k, o in enumerate(outs):
+                sr = quantize(o.transpose(1, 2, 0))
+                imgs[k].append(sr)
+                if i >= n:
+                    ps[k].append(y_psnr_ssim(sr, self.pairs[i - n].hr, self.scale)[0])
+        fid, p999 = fidelity_scores(imgs[0], imgs[1])
+        return GateScores(float(np.mean(ps[0])), float(np.mean(ps[1])), worst, fid, p999)
 
 
 FP16_MAX = 65504.0
@@ -264,7 +276,12 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     pairs, label = gate_pairs(gate_data or calib, desc.scale, held_out=gate_data is None and calib is not None)
     excluded: list[str] = []
     chosen = search = None
-    with atomic_path(out, overwrite=overwrite) as tmp:
+    gate = Gate(src, pairs, desc.scale)
+    with atomic_path(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="srdeploy-ranges-") as rdir:
+        # one calibration per percentile, kept for every quantization that follows (search, mixed precision)
+        def ranges(pct: float) -> Path:
+            return Path(rdir) / f"{calib_method}-{pct:g}.json"
+
         if precision == "fp16":
             from sr_deploy.precision.fp16 import convert_fp16
 
@@ -274,11 +291,13 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
 
             chosen, search = None, None
             if calib_method == "percentile" and len(percentiles) > 1:
-                chosen, search = _search_percentile(src, tmp, batches, calib, desc.scale, percentiles, quantize_ends)
+                chosen, search = _search_percentile(src, tmp, batches, calib, desc.scale, percentiles, quantize_ends,
+                                                    ranges)
             elif calib_method == "percentile":
                 chosen = percentiles[0]
             excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=calib_method,
-                                    percentile=chosen or DEFAULT_PERCENTILE)
+                                    percentile=chosen or DEFAULT_PERCENTILE,
+                                    ranges=ranges(chosen or DEFAULT_PERCENTILE))
         def stamp() -> None:  # the variant's descriptor says its precision (every conversion rewrites tmp)
             proto = onnx.load(str(tmp))
             for entry in proto.metadata_props:
@@ -287,12 +306,13 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             onnx.save(proto, str(tmp))
 
         stamp()
-        g = quality_gate(src, tmp, pairs, desc.scale)
+        g = gate.score(tmp)
         mixed: list[str] = []
         if precision == "int8" and mixed_precision and not _passes(g, budget, min_fid, max_p999):
             # before refusing: keep the convolutions that measured most sensitive in float (mixed precision)
-            mixed, g = _mixed_precision(src, tmp, batches, calib, desc.scale, pairs, excluded, chosen or DEFAULT_PERCENTILE,
-                                        quantize_ends, calib_method, budget, min_fid, max_p999)
+            pct = chosen or DEFAULT_PERCENTILE
+            mixed, g = _mixed_precision(src, tmp, batches, calib, desc.scale, gate, excluded, pct, quantize_ends,
+                                        calib_method, budget, min_fid, max_p999, ranges(pct))
             excluded = excluded + mixed
             stamp()
         if precision == "fp16":
@@ -319,15 +339,16 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
 
 
 def _search_percentile(src: Path, tmp: Path, batches, calib: Path, scale: int, candidates: tuple[float, ...],
-                       quantize_ends: bool) -> tuple[float, dict[str, float]]:
+                       quantize_ends: bool, ranges) -> tuple[float, dict[str, float]]:
     """The candidate percentile with the smallest ΔPSNR on calibration-folder crops not used to calibrate."""
     from sr_deploy.precision.int8 import convert_int8
 
-    held_out, _ = gate_pairs(calib, scale, held_out=True, count=8)
+    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=8)[0], scale)
     scores: dict[str, float] = {}
     for pct in candidates:
-        convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method="percentile", percentile=pct)
-        g = quality_gate(src, tmp, held_out, scale)
+        convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method="percentile", percentile=pct,
+                     ranges=ranges(pct))
+        g = held_out.score(tmp)
         scores[f"{pct:g}"] = round(g.psnr_fp32 - g.psnr_new, 4)
     best = min(candidates, key=lambda p: scores[f"{p:g}"])
     return best, scores
@@ -337,42 +358,42 @@ def _passes(g: GateScores, budget: float, min_fid: float, max_p999: float) -> bo
     return bool(g.psnr_fp32 - g.psnr_new <= budget and g.fidelity_db >= min_fid and g.p999_levels <= max_p999)
 
 
-SENSITIVITY_CROPS = 8  # calibration crops per one-group try of the sensitivity search
 MAX_GROUPS = 24  # groups of convolutions the sensitivity search tries at most
 MIXED_MAX_FLOAT_SHARE = 0.5  # past half the convolutions in float, INT8 is no longer worth running
 
 
-def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, pairs, excluded: list[str],
+def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, gate: Gate, excluded: list[str],
                      percentile: float, quantize_ends: bool, method: str, budget: float, min_fid: float,
-                     max_p999: float) -> tuple[list[str], GateScores]:
+                     max_p999: float, ranges: Path | None = None) -> tuple[list[str], GateScores]:
     """Keep the most sensitive convolutions in float until the INT8 graph passes (or half are float).
 
     Sensitivity is measured: the fidelity of the graph with only one group of convolutions quantized (one
     conv per group up to MAX_GROUPS convs; contiguous runs of convs in deeper graphs, so that Real-ESRGAN
     x4plus's 351 convs cost 24 tries, not 351), on held-out crops of the calibration folder (never the
     gate's images). The worst groups are kept in float in doubling numbers (1, 2, 4, ...), each try scored
-    by the gate."""
+    by the gate. Every try quantizes from the one calibration in ``ranges`` (calibrating each of x4plus's
+    tries again is what kept its search from finishing on a 2-core CPU) and the fp32 outputs are computed
+    once per set of crops (``Gate``)."""
     from sr_deploy.precision.int8 import conv_names, convert_int8
 
-    held_out, _ = gate_pairs(calib, scale, held_out=True, count=4, crop=96)
+    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=4, crop=96)[0], scale)
     convs = [c for c in conv_names(src) if c not in excluded]
     size = -(-len(convs) // MAX_GROUPS)
     groups = [convs[i:i + size] for i in range(0, len(convs), size)]
     sensitivity = {}
-    few = batches[::max(1, len(batches) // SENSITIVITY_CROPS)]  # a ranking, not the final ranges: fewer crops
     for gi, group in enumerate(groups):
         others = [c for c in convs if c not in group]
-        convert_int8(src, tmp, few, quantize_ends=quantize_ends, method=method, percentile=percentile,
-                     exclude=excluded + others)
-        sensitivity[gi] = quality_gate(src, tmp, held_out, scale).fidelity_db
+        convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=method, percentile=percentile,
+                     exclude=excluded + others, ranges=ranges)
+        sensitivity[gi] = held_out.score(tmp).fidelity_db
     ranked_groups = sorted(range(len(groups)), key=lambda gi: sensitivity[gi])
     limit = max(1, int(len(groups) * MIXED_MAX_FLOAT_SHARE))
     n, g = 1, None
     while True:
         keep = [c for gi in ranked_groups[:min(n, limit)] for c in groups[gi]]
         convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=method, percentile=percentile,
-                     exclude=excluded + keep)
-        g = quality_gate(src, tmp, pairs, scale)
+                     exclude=excluded + keep, ranges=ranges)
+        g = gate.score(tmp)
         if _passes(g, budget, min_fid, max_p999) or n >= limit:
             return keep, g
         n *= 2

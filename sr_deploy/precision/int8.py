@@ -10,6 +10,7 @@ conv that feeds the first pixel shuffle (at x4, the first upsampling step).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -112,8 +113,15 @@ PLACEMENTS = ("inputs", "outputs")
 
 def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_ends: bool = False,
                  method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
-                 placement: str = "inputs", exclude: list[str] | None = None) -> list[str]:
+                 placement: str = "inputs", exclude: list[str] | None = None,
+                 ranges: Path | None = None) -> list[str]:
     """Quantize ``src`` to a Q/DQ ONNX at ``dst``; returns the names of convolutions left unquantized.
+
+    ``ranges``: a file for the calibrated activation ranges (ONNX Runtime's calibration cache, 1.27 on).
+    The first call with it calibrates and writes it; later calls quantize from it without running the
+    calibration again, whatever they exclude (the ranges cover the inputs of every Conv and Add). The
+    file does not record the batches or the percentile: the caller keeps one per calibration. Without
+    it, or on an older ONNX Runtime, every call calibrates.
 
     ``placement="inputs"`` (default) puts Q/DQ where TensorRT's explicit quantization wants them: on
     the inputs of convolutions (activations and per-channel weights) and of the residual adds, none
@@ -167,6 +175,9 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
     if placement == "inputs":
         op_types = ["Conv", "Add"]
         extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "Add"]
+    cache = {}
+    if ranges is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        cache["calibration_cache_path"] = str(ranges)
     quantize_static(
         str(src), str(dst), Reader(),
         quant_format=QuantFormat.QDQ,
@@ -178,6 +189,7 @@ def convert_int8(src: Path, dst: Path, batches: list[np.ndarray], *, quantize_en
         calibrate_method={"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
                           "entropy": CalibrationMethod.Entropy}[method],
         extra_options=extra,
+        **cache,
     )
     return excluded
 

@@ -116,6 +116,77 @@ def test_a_failing_int8_is_retried_with_its_most_sensitive_convs_in_float(tiny_o
     assert read_descriptor(rep.path).precision == "int8"  # the mixed graph, re-converted, still says so
 
 
+def _count_calibrations(monkeypatch) -> list[int]:
+    """Counts the calibrations ONNX Runtime runs (each one builds a calibrator)."""
+    import importlib
+
+    q = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its same-named function
+    made = []
+    real = q.create_calibrator
+
+    def counting(*a, **k):
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(q, "create_calibrator", counting)
+    return made
+
+
+def test_ranges_file_calibrates_once_and_is_reused_whatever_the_exclusions(tiny_onnx, tmp_path, calib_dir,
+                                                                             monkeypatch):
+    """A second quantization from the same ranges file runs no calibration: its activation scales are the
+    first's even when handed other crops, and it may exclude other convs."""
+    from sr_deploy.precision.int8 import calibration_batches, convert_int8
+
+    made = _count_calibrations(monkeypatch)
+    batches = calibration_batches(calib_dir, count=4, lr_size=16, scale=2)
+    ranges = tmp_path / "ranges.json"
+
+    def act_scales(path):
+        g = onnx.load(str(path)).graph
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        return sorted(float(inits[n.input[1]]) for n in g.node
+                      if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1)
+
+    first = conv_names(tiny_onnx)[:1]
+    convert_int8(tiny_onnx, tmp_path / "a.onnx", batches, ranges=ranges)
+    assert ranges.exists() and len(made) == 1
+    louder = [b * 0.25 for b in batches]  # crops that calibrate to other scales
+    convert_int8(tiny_onnx, tmp_path / "b.onnx", louder, ranges=ranges, exclude=first)
+    assert len(made) == 1
+    # no ranges file: each calibrates on what it is given
+    convert_int8(tiny_onnx, tmp_path / "own.onnx", batches, exclude=first)
+    convert_int8(tiny_onnx, tmp_path / "loud.onnx", louder, exclude=first)
+    assert len(made) == 3
+    assert act_scales(tmp_path / "b.onnx") == act_scales(tmp_path / "own.onnx")
+    assert act_scales(tmp_path / "loud.onnx") != act_scales(tmp_path / "own.onnx")
+
+
+def test_the_mixed_precision_search_calibrates_once_and_runs_the_fp32_model_once_per_crop_set(
+        tiny_onnx, tmp_path, calib_dir, monkeypatch):
+    """Every try of the sensitivity search and of the doubling quantizes from one calibration, and the fp32
+    reference outputs are computed once for the gate's crops and once for the held-out crops."""
+    import sr_deploy.precision.convert as convert
+
+    made = _count_calibrations(monkeypatch)
+    runs = []
+    real_run = convert.Gate._run
+
+    def counting_run(self, model):
+        runs.append(Path(model).name)
+        return real_run(self, model)
+
+    monkeypatch.setattr(convert.Gate, "_run", counting_run)
+    src = _copy(tiny_onnx, tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    rep = make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
+                              quantize_ends=True, budget_db=0.01)
+    assert rep.mixed_precision and len(made) == 1
+    assert runs.count(src.name) == 2 and len(runs) > 4
+
+
 def test_bad_calibration_inputs(tiny_onnx, tmp_path):
     src = _copy(tiny_onnx, tmp_path)
     with pytest.raises(InputError, match="--calib"):
