@@ -29,6 +29,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # `auto` measures the CPU runners once per model (runtime/tune.py); each tiny test model would
     # spawn its own timing processes, so the rule-based fallback runs unless a test turns it on
     monkeypatch.setenv("SRDEPLOY_TUNE", "0")
+    # a provisional ranking is re-timed in the foreground: a detached re-timing would wait for pytest to end
+    monkeypatch.setenv("SRDEPLOY_RETIME", "foreground")
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

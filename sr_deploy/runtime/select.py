@@ -171,7 +171,7 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
         from sr_deploy.runtime import tune
 
         if tune.enabled():
-            ranking, how = tune.cached_ranking(source)
+            ranking, how = tune.cached_ranking(source, background=tune.retime_in_background())
             if ranking is None:
                 _note(f"note: {how}")
                 ranking, how = tune.measure(source, say=_note), "measured just now"

@@ -1,5 +1,7 @@
 """The child process that times one candidate runner for runtime/tune.py:
 ``python -m sr_deploy.runtime.timing MODEL BACKEND PRECISION`` prints one JSON line.
+``python -m sr_deploy.runtime.timing --retime-after PID MODEL``: the detached re-timing of a provisional
+ranking, once run PID has ended (``retime_after``).
 
 A module of its own, above runtime/select.py (it makes runners): tune only starts it by name, so the
 ranking that select reads never imports select back."""
@@ -7,6 +9,7 @@ ranking that select reads never imports select back."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -53,5 +56,49 @@ def _fidelity(source, runner) -> float:
     return float(np.mean([10 * np.log10(255.0 ** 2 / max(m, 1e-10)) for m in mse]))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a process that ended but was not yet waited for is a zombie: it is done
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def retime_after(pid: int, model: str, *, poll_s: float = 0.5, say=print) -> str:
+    """The detached re-timing of a provisional ranking (runtime/tune.py RETIME_ENV): wait for run ``pid`` to
+    end, then time the candidates again if the CPU is quiet and the ranking still provisional; one such
+    process per model at a time (a lock beside the ranking). Returns what it did, in a few words."""
+    import fcntl
+
+    from sr_deploy.runtime import tune
+    from sr_deploy.runtime.select import resolve_model
+
+    while _alive(pid):
+        time.sleep(poll_s)
+    source = resolve_model(model)
+    lock_path = tune.cache_path(source).with_suffix(".retime.lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return "another re-timing of this model is under way"
+        if not tune.still_provisional(source):
+            return "the ranking is no longer provisional"
+        if not tune.quiet_now(1.0):
+            return "the CPU is busy again: left provisional for a later run"
+        os.nice(10)  # a user's next run, started meanwhile, comes first (and makes this timing provisional)
+        tune.measure(source, say=say)
+        return "timed again"
+
+
 if __name__ == "__main__":
-    print(json.dumps(_time_one(*sys.argv[1:4])))
+    if sys.argv[1] == "--retime-after":
+        print(time.strftime("%Y-%m-%dT%H:%M:%S"), retime_after(int(sys.argv[2]), sys.argv[3]), flush=True)
+    else:
+        print(json.dumps(_time_one(*sys.argv[1:4])))

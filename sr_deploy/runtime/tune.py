@@ -39,6 +39,12 @@ FIDELITY_MARGIN_DB = 3.0
 # the machine on, the ranking is kept as provisional and timed again on a later run that finds the CPU quiet.
 BUSY_SHARE = 0.25
 QUIET_PROBE_S = 0.3  # how long a later run looks at the CPU before trusting a provisional ranking
+# Timing every candidate again took 16-31 s before a run's first frame (each candidate is a child process
+# that imports its runtime and compiles the model). So a run that finds a provisional ranking and a quiet
+# CPU follows the ranking at once and leaves the re-timing to a detached process that waits for the run to
+# end, looks again whether the CPU is quiet, and only then times (at a lower priority, one at a time per
+# model). SRDEPLOY_RETIME=foreground re-times before the run instead, as before.
+RETIME_ENV = "SRDEPLOY_RETIME"
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,16 @@ def cache_path(source, model_sha256: str | None = None) -> Path:
     return cache_root() / "tune" / f"{Path(source.path).name}-{sha[:16]}.json"
 
 
-def cached_ranking(source) -> tuple[list[dict] | None, str]:
-    """(ranking, why) from the cache; (None, why not) when missing, unreadable or for another machine."""
+def retime_in_background() -> bool:
+    return os.environ.get(RETIME_ENV, "background") != "foreground"
+
+
+def cached_ranking(source, *, background: bool = False) -> tuple[list[dict] | None, str]:
+    """(ranking, why) from the cache; (None, why not) when missing, unreadable or for another machine.
+
+    A provisional ranking (timed while the CPU was busy) on a CPU that is quiet now: (None, ...) so that the
+    caller times it again, or with ``background`` the ranking itself, its re-timing left to a detached
+    process that starts once this one has ended (``retime_after_exit``)."""
     key = cache_key(source)
     path = cache_path(source, key["model_sha256"])
     if not path.is_file():
@@ -171,11 +185,42 @@ def cached_ranking(source) -> tuple[list[dict] | None, str]:
     busy = data.get("busy_share")
     if isinstance(busy, (int, float)) and busy >= BUSY_SHARE:
         if quiet_now():
+            if background:
+                pid, log = retime_after_exit(source, key["model_sha256"])
+                return ranking, (f"measured earlier while other work used {busy:.0%} of the CPU, so provisional; "
+                                 f"timed again once this run ends, if the CPU is still quiet (process {pid}, "
+                                 f"log {log})")
             return None, (f"the cached ranking was timed while other work used {busy:.0%} of the CPU, "
                           "and it is quiet now: measuring again")
         return ranking, (f"measured earlier while other work used {busy:.0%} of the CPU, so provisional: "
                          "timed again on a run that finds the CPU quiet")
     return ranking, "measured on this machine earlier; `srdeploy tune` redoes it"
+
+
+_detached: list = []  # the re-timing processes started here: kept so that Python never warns they still run
+
+
+def retime_after_exit(source, sha: str) -> tuple[int, Path]:
+    """Start ``python -m sr_deploy.runtime.timing --retime-after PID MODEL`` in a session of its own (a
+    Ctrl-C on this run does not reach it); its output goes to a log beside the cached ranking."""
+    log = cache_path(source, sha).with_suffix(".retime.log")
+    cmd = [sys.executable, "-m", "sr_deploy.runtime.timing", "--retime-after", str(os.getpid()), str(source.path)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "SRDEPLOY_TUNE": "1"})
+    _detached.append(proc)
+    return proc.pid, log
+
+
+def still_provisional(source) -> bool:
+    """Whether the cached ranking of ``source`` is for this machine and was timed on a busy CPU."""
+    key = cache_key(source)
+    try:
+        data = json.loads(cache_path(source, key["model_sha256"]).read_text())
+    except (OSError, ValueError):
+        return False
+    busy = data.get("busy_share") if isinstance(data, dict) else None
+    return data.get("key") == key and isinstance(busy, (int, float)) and busy >= BUSY_SHARE
 
 
 def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list[dict]:

@@ -1,6 +1,7 @@
 """`auto` on the CPU by measurement: candidates timed in child processes, the ranking cached and re-checked."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +200,106 @@ def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measur
     runner, why = make_runner(source, "auto")
     assert "measured just now" in why
     assert tune.cached_ranking(source)[1].startswith("measured on this machine earlier")
+
+
+def _provisional(source, share=0.6):
+    """Cache a ranking of ``source`` as if timed while other work held ``share`` of the CPU."""
+    class Busy(_QuietCPU):
+        pass
+
+    Busy.share = share
+    real = tune.OtherLoad
+    tune.OtherLoad = Busy
+    try:
+        return tune.measure(source)
+    finally:
+        tune.OtherLoad = real
+
+
+def test_a_provisional_ranking_on_a_quiet_cpu_is_followed_at_once_and_timed_again_after_the_run(
+        tiny_ckpt, measuring, monkeypatch, tmp_path):
+    """The run's first frame waits for no re-timing: auto follows the provisional ranking, and a detached
+    re-timing is started for after the run."""
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(tune.RETIME_ENV, "background")  # the default outside the tests
+    source = resolve_model(str(tiny_ckpt))
+    ranking = _provisional(source)
+    started = []
+    monkeypatch.setattr(tune, "retime_after_exit", lambda src, sha: started.append(src.path) or (4242, Path("x.log")))
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
+
+    def no_timing_now(*a, **k):
+        raise AssertionError("timed before the run")
+
+    monkeypatch.setattr(tune, "measure", no_timing_now)
+    runner, why = make_runner(source, "auto")
+    assert started == [source.path] and "timed again once this run ends" in why and "4242" in why
+    assert (runner.backend, runner.precision) == (ranking[0]["backend"], ranking[0]["precision"])
+    # SRDEPLOY_RETIME=foreground: timed again before the run, as the caller asked
+    monkeypatch.setenv(tune.RETIME_ENV, "foreground")
+    with pytest.raises(AssertionError, match="timed before the run"):
+        make_runner(source, "auto")
+    assert len(started) == 1
+
+
+def test_the_detached_re_timing_waits_for_the_run_then_times_once_and_only_if_still_provisional(
+        tiny_ckpt, measuring, monkeypatch, tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    source = resolve_model(str(tiny_ckpt))
+    _provisional(source)
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
+    monkeypatch.setattr(timing.os, "nice", lambda n: 0)
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])  # the run, still going
+    assert tune.still_provisional(source)
+    assert timing.retime_after(run.pid, str(tiny_ckpt), poll_s=0.05, say=lambda line: None) == "timed again"
+    assert run.poll() is not None  # it waited for the run to end (a zombie until waited for counts as ended)
+    data = json.loads(tune.cache_path(source).read_text())
+    assert data["busy_share"] == 0.0 and not tune.still_provisional(source)
+    # final now: a second re-timing does nothing
+    assert timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None) == "the ranking is no longer provisional"
+    # busy again when the run ends: left provisional
+    _provisional(source)
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: False)
+    assert "busy again" in timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None)
+    assert tune.still_provisional(source)
+    # one re-timing per model at a time
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
+    with open(tune.cache_path(source).with_suffix(".retime.lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert "under way" in timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None)
+    assert tune.still_provisional(source)
+
+
+def test_the_re_timing_process_runs_as_a_module_and_logs_what_it_did(tiny_ckpt, measuring, monkeypatch, tmp_path):
+    """The command retime_after_exit starts, run for real: a ranking that is final is left alone."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    source = resolve_model(str(tiny_ckpt))
+    _provisional(source, share=0.0)
+    done = subprocess.run([sys.executable, "-c", "pass"])
+    pid, log = None, None
+    real_popen = subprocess.Popen
+
+    class Waited(real_popen):  # the detached process, waited for here so that the test can read its log
+        def __init__(self, cmd, **kw):
+            nonlocal pid
+            cmd = cmd[:3] + ["--retime-after", str(dead.pid)] + cmd[5:]
+            super().__init__(cmd, **kw)
+            pid = self.pid
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    monkeypatch.setattr(subprocess, "Popen", Waited)
+    got_pid, log = tune.retime_after_exit(source, tune.cache_key(source)["model_sha256"])
+    assert got_pid == pid and done.returncode == 0
+    tune._detached[-1].wait(timeout=120)
+    assert "the ranking is no longer provisional" in log.read_text()
 
 
 def test_a_reduced_precision_row_below_the_gate_is_dropped():
