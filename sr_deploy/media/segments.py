@@ -145,7 +145,7 @@ def manifest_key(src: Path, identity: str, options, codec: str, seconds: float) 
     from sr_deploy import __version__
 
     settings = {k: getattr(options, k) for k in ("crf", "preset", "pix_fmt", "bitrate", "tile", "start", "duration",
-                                                 "max_frames", "deinterlace", "outscale")}
+                                                 "max_frames", "deinterlace", "outscale", "b_frames")}
     return {"format": MANIFEST_FORMAT, "srdeploy": __version__,
             "input": {"name": src.name, "bytes": src.stat().st_size, "sha256": sha256_file(src)},
             "model": identity, "codec": codec, "settings": settings, "segment_seconds": seconds}
@@ -292,6 +292,17 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
             except ValueError as exc:  # checked before the run (video.check_output_codec); kept as one line
                 raise OutputError(f"{dst}: {exc}") from None
             extradata = template.codec_context.extradata
+            if template.average_rate:  # FLV writes it into its header: 1000 frames/s (its time base) without
+                with contextlib.suppress(AttributeError, ValueError):
+                    vout.codec_context.framerate = template.average_rate
+            frame_ticks = format_for(dst) == "avi" and bool(template.average_rate)
+            if frame_ticks:
+                # AVI indexes frames, not timestamps: in a finer time base than one tick per frame (the
+                # segments' QuickTime track is 1/10240 at 10 fps) its muxer fills the gaps with empty
+                # frames and players read 600 or 10240 frames/s; and a gap in dts at a join (each segment's
+                # encoder starts with its own reordering delay) is a repeated frame. So one tick per frame,
+                # each packet the next tick (AVI keeps no pts: the decoder restores the order)
+                vout.time_base = 1 / Fraction(template.average_rate)
             copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
             upscaled = main_video(inp).index
             for st in inp.streams.video:
@@ -332,7 +343,11 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                     for pkt in _packets_for(dst, c):
                         if pkt.dts is None:
                             continue
-                        if last_dts is not None and pkt.dts <= last_dts:
+                        if frame_ticks:
+                            pkt.time_base = vout.time_base
+                            pkt.pts = pkt.dts = 0 if last_dts is None else last_dts + 1
+                            pkt.duration = 1
+                        elif last_dts is not None and pkt.dts <= last_dts:
                             # a variable frame rate can leave the reordering delay of two encoders
                             # overlapping by a tick at a join; dts only orders decoding
                             pkt.dts = last_dts + 1

@@ -96,6 +96,9 @@ class VideoOptions:
     encoder_threads: int | None = None  # x264/x265 threads; None: encoder_threads_for(runner)
     deinterlace: bool = True  # frames flagged interlaced go through FFmpeg's bwdif (deinterlaced) first
     outscale: float | None = None  # the output's size as a multiple of the input's (media/resize.py); None: x scale
+    # False: no B-frames. Set by upscale_video for AVI and ASF (.wmv), which keep no timestamps to put
+    # reordered frames back by (with x264's B-frames they played their frames at decode-order times)
+    b_frames: bool = True
     # set by upscale_video: the source's HDR10 static metadata (mastering display, content light level) in
     # x264/x265's notation, for the encoder to write (read_hdr10)
     hdr10: tuple[str | None, str | None] | None = None
@@ -262,12 +265,15 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
     """
     import time
 
+    from sr_deploy.media.container import format_for
     from sr_deploy.media.segments import Parts, assemble, manifest_key, plan_segments
 
     options.check()
     check_destination(src, dst, overwrite=overwrite)
     t0 = time.perf_counter()
     say = quiet_say if quiet else (lambda line: print(line, file=sys.stderr))
+    if format_for(dst) in ("avi", "asf"):
+        options = dataclasses.replace(options, b_frames=False)
     if options.segment_seconds is None:
         seconds = auto_segment_seconds(runner, src, dst, options, pool=pool)
         options = dataclasses.replace(options, segment_seconds=seconds)
@@ -917,7 +923,10 @@ def encoder_options(codec: str, options: VideoOptions, width: int, height: int, 
     if capped and codec == "libx264":
         opts["rc-lookahead"] = str(look)
     if codec == "libx265":  # x265 prints its statistics to stderr itself: only its errors, as FFmpeg's log
-        opts["x265-params"] = X265_QUIET + (f":rc-lookahead={look}" if capped else "")
+        opts["x265-params"] = X265_QUIET + (f":rc-lookahead={look}" if capped else "") + \
+            ("" if options.b_frames else ":bframes=0")
+    elif not options.b_frames:
+        opts["bf"] = "0"  # FFmpeg's own option (max_b_frames), for x264, NVENC and the others
     if options.hdr10 and codec in HDR10_PARAMS:
         md, cll = options.hdr10
         key, md_name, cll_name, extra = HDR10_PARAMS[codec]
