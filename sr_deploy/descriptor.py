@@ -27,7 +27,7 @@ class ModelDescriptor:
     precision: str = "fp32"
     arch: dict = field(default_factory=dict)
     source_sha256: str = ""
-    io: str = "float"  # float (NCHW float32 in value_range) | uint8-nhwc | uint8-nchw (export/pixels.py)
+    io: str = "float"  # float (NCHW float32 in value_range) | uint8-nhwc | uint8-nchw | uint8-nhwc-planar (export/pixels.py)
     # a graph exported with a fixed input size (architectures that cannot export dynamic height/width):
     # runners pad smaller inputs to it and crop; media tiles larger frames to it
     fixed_hw: tuple[int, int] | None = None
@@ -99,7 +99,7 @@ class ModelDescriptor:
 _INTS = {"scale": (1, 16), "in_channels": (1, 4), "out_channels": (1, 4), "size_multiple": (1, 1024),
          "size_minimum": (0, 8192), "max_batch": (0, 4096), "network_scale": (0, 16), "receptive_field": (0, 4096),
          "reduce": (1, 16)}
-_IOS = ("float", "uint8-nhwc", "uint8-nchw")
+_IOS = ("float", "uint8-nhwc", "uint8-nchw", "uint8-nhwc-planar")
 _PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 

@@ -227,14 +227,47 @@ class Runner(ABC):
     def _infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+def interleave_planes(y: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) uint8 planes → (N, H, W, C). cv2.merge interleaves at memory speed: for a 1080x1920 RGB
+    frame 1.1 ms on a 2-core AVX2 EPYC, against 14.5 ms for numpy's transpose and 24 ms for the same
+    Transpose inside an OpenVINO graph."""
+    import cv2
+
+    n, c, h, w = y.shape
+    out = np.empty((n, h, w, c), np.uint8)
+    for i in range(n):
+        if c == 1:
+            out[i, ..., 0] = y[i, 0]
+        else:
+            cv2.merge(list(y[i]), dst=out[i])
+    return out
+
+
 class OnnxFileRunner(Runner):
     """A runner of an ONNX file (``self.path``) compiled in two forms: float I/O, and uint8 pixel I/O
     (export/pixels.py) when ``self.pixels``. Subclasses give ``_run(u8, batch)``; the entries are shared."""
 
     pixels: bool = True
+    u8_layout = "nhwc"  # the uint8 graph a runner makes of a float ONNX (export/pixels.py LAYOUTS)
 
     @abstractmethod
     def _run(self, u8: bool, batch: np.ndarray) -> np.ndarray: ...
+
+    def _u8_graph(self):
+        """The uint8-I/O form of the file: the file itself when it has pixels inside, else made once into the cache."""
+        if self.descriptor.pixel_io:
+            return self.path
+        from sr_deploy.export.pixels import uint8_onnx
+
+        return uint8_onnx(self.path, layout=self.u8_layout)
+
+    def _u8_out(self, y: np.ndarray) -> np.ndarray:
+        """The uint8 graph's output as NHWC: planes interleaved on the host where the graph returns planes."""
+        io = self.descriptor.io if self.descriptor.pixel_io else f"uint8-{self.u8_layout}"
+        return interleave_planes(y) if io == "uint8-nhwc-planar" else y
+
+    def _run_u8(self, batch: np.ndarray) -> np.ndarray:
+        return self._u8_out(self._run(True, batch))
 
     def resample_output(self, to_scale: int) -> bool:
         """Run the file's resampled form instead. A graph with pixels already inside (given by path)
@@ -250,10 +283,10 @@ class OnnxFileRunner(Runner):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self.descriptor.pixel_io:
-            return self._u8_to_float(lambda b: self._run(True, b), batch)
+            return self._u8_to_float(self._run_u8, batch)
         return self._run(False, batch).astype(np.float32, copy=False)
 
     def _infer_u8(self, batch: np.ndarray) -> np.ndarray:
         if self.pixels or self.descriptor.pixel_io:
-            return self._run(True, batch)
+            return self._run_u8(batch)
         return super()._infer_u8(batch)

@@ -59,11 +59,7 @@ class OrtRunner(OnnxFileRunner):
         if u8 not in self._sessions:
             import onnxruntime as ort
 
-            path = self.path
-            if u8 and not self.descriptor.pixel_io:
-                from sr_deploy.export.pixels import uint8_onnx
-
-                path = uint8_onnx(self.path)
+            path = self._u8_graph() if u8 else self.path
             self._sessions[u8] = ort.InferenceSession(str(path), sess_options=self._opts,
                                                       providers=self.providers(self.device))
         return self._sessions[u8]

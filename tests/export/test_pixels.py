@@ -18,7 +18,7 @@ def _host_reference(onnx_path, px_nhwc):
     return quantize(y.transpose(0, 2, 3, 1))
 
 
-@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhwc-planar"])
 def test_uint8_graph_matches_host_conversion(tiny_onnx, tmp_path, layout):
     import onnxruntime as ort
 
@@ -29,9 +29,9 @@ def test_uint8_graph_matches_host_conversion(tiny_onnx, tmp_path, layout):
     (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
     assert inp.type == "tensor(uint8)" and outp.type == "tensor(uint8)"
     px = np.random.default_rng(0).integers(0, 256, (2, 13, 19, 3), dtype=np.uint8)
-    feed = px if layout == "nhwc" else np.ascontiguousarray(px.transpose(0, 3, 1, 2))
+    feed = px if layout != "nchw" else np.ascontiguousarray(px.transpose(0, 3, 1, 2))
     got = sess.run(None, {inp.name: feed})[0]
-    if layout == "nchw":
+    if layout != "nhwc":  # planes out
         got = got.transpose(0, 2, 3, 1)
     ref = _host_reference(tiny_onnx, px)
     assert got.shape == ref.shape == (2, 26, 38, 3)
@@ -75,14 +75,31 @@ def test_every_runner_moves_bytes_and_agrees(tiny_ckpt, tiny_onnx):
                make_runner(resolve_model(str(tiny_onnx)), "onnxruntime")[0]]
     if "openvino" in available_backends():
         runners.append(make_runner(resolve_model(str(tiny_onnx)), "openvino")[0])
+    planar = make_runner(resolve_model(str(tiny_onnx)), "onnxruntime")[0]
+    planar.u8_layout = "nhwc-planar"  # the graph returns planes, the runner interleaves them
+    runners.append(planar)
     for r in runners:
         with r:
             got = r.infer_u8(px)
+            if r.backend == "openvino":  # OpenVINO runs the planar graph: its own transpose was the slow part
+                assert read_descriptor(r._graph(True)).io == "uint8-nhwc-planar"
+            if r is planar:
+                assert read_descriptor(r._u8_graph()).io == "uint8-nhwc-planar"
+                assert list(r.stream_u8(iter([px[:1], px[1:]])))[1].shape == (1, 30, 42, 3)
         assert got.dtype == np.uint8 and got.shape == (2, 30, 42, 3), r.backend
         assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, r.backend
     with pytest.raises(ValueError, match="NHWC uint8"):
         with runners[1] as r:
             r.infer_u8(px.astype(np.float32))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_interleave_planes_is_the_nchw_to_nhwc_transpose(channels):
+    from sr_deploy.runtime.base import interleave_planes
+
+    y = np.random.default_rng(channels).integers(0, 256, (2, channels, 5, 7), dtype=np.uint8)
+    got = interleave_planes(y)
+    assert got.shape == (2, 5, 7, channels) and np.array_equal(got, y.transpose(0, 2, 3, 1))
 
 
 def test_onnx_runner_uses_the_uint8_graph(tiny_onnx, monkeypatch):
