@@ -29,11 +29,8 @@ class _Worker:
     def __init__(self, model, backend, precision, ensemble, cuda_graph, outscale=None) -> None:
         from sr_deploy.runtime.select import make_runner, resolve_model
 
-        runner, _ = make_runner(resolve_model(model), backend, precision, cuda_graph=cuda_graph, outscale=outscale)
-        if ensemble:
-            from sr_deploy.runtime.ensemble import EnsembleRunner
-
-            runner = EnsembleRunner(runner)
+        runner, _ = make_runner(resolve_model(model), backend, precision, cuda_graph=cuda_graph, outscale=outscale,
+                                ensemble=ensemble)
         self.runner = runner.__enter__()
 
     def describe(self) -> tuple[str, str, bool, int]:

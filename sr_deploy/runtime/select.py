@@ -26,10 +26,12 @@ def gpu_available() -> bool:
 
 
 def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None, *,
-                cuda_graph: bool = False, outscale: float | None = None) -> tuple[Runner, str]:
-    """Build the runner for ``source`` on ``backend``; returns it and a one-line reason.
+                cuda_graph: bool = False, outscale: float | None = None, ensemble: bool = False) -> tuple[Runner, str]:
+    """Build the runner for ``source`` on ``backend``; returns it and a one-line reason. The one recipe of
+    a run's runner (model, outscale, CUDA graph, ensemble) for `run`, the Ray workers and bench.
 
     ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA).
+    ``ensemble``: the x8 self-ensemble around it (runtime/ensemble.py).
     ``outscale``: the run's output factor; where it is a whole number below the model's scale, the runner
     area-resizes its output to it in its graph (its ``scale`` is then the outscale; export/pixels.graph_outscale)."""
     from sr_deploy.export.pixels import graph_outscale
@@ -43,6 +45,11 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
             raise InputError(f"--cuda-graph needs a GPU runner (tensorrt, or torch on CUDA); this one is {runner.describe()}")
         runner.cuda_graph = True
         why += "; CUDA graph"
+    if ensemble:
+        from sr_deploy.runtime.ensemble import EnsembleRunner
+
+        runner = EnsembleRunner(runner)
+        why += "; x8 self-ensemble (flips and rotations averaged)"
     return runner, why
 
 

@@ -101,3 +101,39 @@ def test_a_fixed_size_graph_runs_only_the_transforms_that_keep_its_shape():
     # the activation estimate sizing profiles, exactly: 2·C·s² + 3·s² + 2·C values of 4 bytes per input pixel
     assert activation_bytes_per_pixel(ModelDescriptor(name="a", scale=4, arch={"channels": 32})) == 4 * (2 * 32 * 16 + 48 + 64)
     assert activation_bytes_per_pixel(ModelDescriptor(name="b", scale=2)) == 4 * (2 * 64 * 4 + 12 + 128)
+
+
+def test_make_runner_builds_the_ensemble_for_every_caller(tiny_ckpt):
+    """run, the Ray workers and bench get the ensemble from make_runner, the one recipe of a run's runner."""
+    import numpy as np
+
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    source = resolve_model(str(tiny_ckpt))
+    runner, why = make_runner(source, "onnxruntime", ensemble=True)
+    assert isinstance(runner, EnsembleRunner) and "self-ensemble" in why
+    plain, why_plain = make_runner(source, "onnxruntime")
+    assert not isinstance(plain, EnsembleRunner) and "ensemble" not in why_plain
+    x = np.random.default_rng(0).integers(0, 256, (1, 9, 13, 3), dtype=np.uint8)
+    with runner, EnsembleRunner(plain) as by_hand:
+        assert np.array_equal(runner.infer_u8(x), by_hand.infer_u8(x))
+
+
+def test_run_ensemble_writes_the_ensemble_output(tiny_ckpt, tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+    from sr_deploy.runtime.select import make_runner, resolve_model
+    from tests.conftest import pattern_image
+
+    rgb = pattern_image(12, 17, seed=4)
+    cv2.imwrite(str(tmp_path / "in.png"), rgb[..., ::-1])
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model",
+                                 str(tiny_ckpt), "--backend", "onnxruntime", "--ensemble"])
+    assert r.exit_code == 0, r.output
+    assert "self-ensemble" in r.output
+    runner, _ = make_runner(resolve_model(str(tiny_ckpt)), "onnxruntime", ensemble=True)
+    with runner:
+        want = runner.infer_u8(rgb[None])[0]
+    assert np.array_equal(cv2.imread(str(tmp_path / "out.png"))[..., ::-1], want)
