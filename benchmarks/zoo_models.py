@@ -45,14 +45,27 @@ def _ncnn_net(param: Path, threads: int):
     return net
 
 
-def _ncnn_run(net, x: np.ndarray) -> np.ndarray:
+def _ncnn_run(net, x: np.ndarray, param: Path | None = None, cfg=None) -> np.ndarray:
+    """ncnn's output for CHW float ``x``; with the model's config, the border its host program pads
+    (Real-CUGAN, waifu2x: reflect, the top-left scale*h x scale*w kept, Real-CUGAN x4's nearest input added)."""
     import ncnn
 
     ex = net.create_extractor()
     inp = np.ascontiguousarray(x)
     mat = ncnn.Mat(inp)
-    ex.input("data", mat)
-    return np.array(ex.extract("output")[1])
+    if cfg is None or not cfg.pad:
+        ex.input("data", mat)
+        return np.array(ex.extract("output")[1])
+    lines = param.read_text().strip().splitlines()
+    first = next(ln.split() for ln in lines[2:] if ln.startswith("Input"))
+    last = lines[-1].split()
+    h, w = x.shape[1:]
+    eh, ew = (cfg.align - h % cfg.align) % cfg.align, (cfg.align - w % cfg.align) % cfg.align
+    padded = ncnn.Mat()
+    ncnn.copy_make_border(mat, padded, cfg.pad, cfg.pad + eh, cfg.pad, cfg.pad + ew, 2, 0.0)
+    ex.input(first[4], padded)
+    y = np.array(ex.extract(last[4 + int(last[2])])[1])[:, :h * cfg.scale, :w * cfg.scale]
+    return y + np.repeat(np.repeat(x, cfg.scale, 1), cfg.scale, 2) if cfg.add_nearest_input else y
 
 
 def _crops(folder: Path, size: int, count: int) -> list[np.ndarray]:
@@ -89,7 +102,7 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
         x = (img.astype(np.float32) / 255).transpose(2, 0, 1)
         with torch.inference_mode():
             ours = model(torch.from_numpy(x)[None])[0].numpy()
-        ref = _ncnn_run(net, x)
+        ref = _ncnn_run(net, x, local, model.config)
         worst = max(worst, int(np.abs(np.clip(np.rint(ours * 255), 0, 255) - np.clip(np.rint(ref * 255), 0, 255)).max()))
     row["vs_ncnn_levels"] = worst
     onnx_path = local.with_suffix(".onnx")
@@ -143,7 +156,7 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
     # speed per 64x64 LR frame
     x = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     xf = (x[0].astype(np.float32) / 255).transpose(2, 0, 1)
-    speed = {"ncnn fp32": _median_ms(lambda: _ncnn_run(net, xf))}
+    speed = {"ncnn fp32": _median_ms(lambda: _ncnn_run(net, xf, local, model.config))}
     for backend, precision in (("onnxruntime", None), ("openvino", None), ("openvino", "int8")):
         try:
             r, _ = make_runner(source, backend, precision)

@@ -123,7 +123,11 @@ def receptive_field(model: nn.Module, desc: ModelDescriptor) -> int:
             cols = torch.nonzero(err >= RF_VISIBLE).flatten()
             if cols.numel():
                 radius = max(radius, int(torch.ceil((cut * s - cols.min().float()) / s).item()))
-    return radius
+    # a graph that pads its own border (Real-CUGAN, waifu2x: ncnn.py NcnnConfig.pad) computes its edge from
+    # reflected pixels, far from what the neighbouring tile sees, and the blend still weighs part of that
+    # edge: waifu2x UpConv7 (pad 7) measured 5 here and tiled 3 levels off the whole frame, 1 at 14
+    pad = int(getattr(getattr(model, "config", None), "pad", 0) or 0)
+    return max(radius, 2 * pad)
 
 
 def _community_dynamic(model: nn.Module, desc: ModelDescriptor, opset: int, name: str):

@@ -135,6 +135,15 @@ def test_a_bordered_zoo_model_exports_and_runs_from_the_cli(tmp_path):
     assert got.shape == (42, 54, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_a_bordered_graph_tiles_with_at_least_twice_its_border():
+    """waifu2x UpConv7's measured field (5) left tiles 3 levels off the whole frame: its own reflected edge
+    counts, so the receptive field is at least twice the border it pads."""
+    from sr_deploy.export.onnx_export import descriptor_for, receptive_field
+
+    model = load_ncnn(_zoo("waifu2x-anime-x2"))
+    assert receptive_field(model, descriptor_for(model, name="w")) == 2 * model.config.pad == 14
+
+
 def test_other_pooling_and_crop_forms_are_refused_in_one_line(tmp_path):
     w, b = _weights()
     blob = _blob(w, "fp32") + b.astype("<f4").tobytes()
