@@ -186,7 +186,8 @@ def cached_ranking(source, *, background: bool = False) -> tuple[list[dict] | No
     if isinstance(busy, (int, float)) and busy >= BUSY_SHARE:
         if quiet_now():
             if background:
-                pid, log = retime_after_exit(source, key["model_sha256"])
+                pid, log = _retiming.get(str(path)) or retime_after_exit(source, key["model_sha256"])
+                _retiming[str(path)] = (pid, log)  # one re-timing per model and run, however often auto asks
                 return ranking, (f"measured earlier while other work used {busy:.0%} of the CPU, so provisional; "
                                  f"timed again once this run ends, if the CPU is still quiet (process {pid}, "
                                  f"log {log})")
@@ -198,6 +199,7 @@ def cached_ranking(source, *, background: bool = False) -> tuple[list[dict] | No
 
 
 _detached: list = []  # the re-timing processes started here: kept so that Python never warns they still run
+_retiming: dict[str, tuple[int, Path]] = {}  # cached ranking's path -> (pid, log) of the re-timing started for it
 
 
 def retime_after_exit(source, sha: str) -> tuple[int, Path]:

@@ -225,6 +225,7 @@ def test_a_provisional_ranking_on_a_quiet_cpu_is_followed_at_once_and_timed_agai
     source = resolve_model(str(tiny_ckpt))
     ranking = _provisional(source)
     started = []
+    monkeypatch.setattr(tune, "_retiming", {})
     monkeypatch.setattr(tune, "retime_after_exit", lambda src, sha: started.append(src.path) or (4242, Path("x.log")))
     monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
 
@@ -235,6 +236,8 @@ def test_a_provisional_ranking_on_a_quiet_cpu_is_followed_at_once_and_timed_agai
     runner, why = make_runner(source, "auto")
     assert started == [source.path] and "timed again once this run ends" in why and "4242" in why
     assert (runner.backend, runner.precision) == (ranking[0]["backend"], ranking[0]["precision"])
+    make_runner(source, "auto")  # asked again in the same run (bench asks per row): no second re-timing
+    assert started == [source.path]
     # SRDEPLOY_RETIME=foreground: timed again before the run, as the caller asked
     monkeypatch.setenv(tune.RETIME_ENV, "foreground")
     with pytest.raises(AssertionError, match="timed before the run"):
