@@ -625,9 +625,9 @@ def _border(graph: NcnnGraph, in_c: int, origin: Path) -> tuple[int, int]:
         return 0, 1
     pad = consumed // (2 * s)
     for align in (1, 2, 4, 8):
-        sizes = [(align * k, align * (k + 1)) for k in (13, 17) if align * k > 0]
-        if all(_run_shape(graph, in_c, h + 2 * pad, w + 2 * pad)[1:] == (s * h, s * w)
-               if _run_shape(graph, in_c, h + 2 * pad, w + 2 * pad) else False for h, w in sizes):
+        sizes = [(align * k, align * (k + 1)) for k in (13, 17)]
+        got = [(_run_shape(graph, in_c, h + 2 * pad, w + 2 * pad), (s * h, s * w)) for h, w in sizes]
+        if all(shape is not None and shape[1:] == want for shape, want in got):
             return pad, align
     raise ModelError(f"{origin}: the graph consumes a {pad}-pixel border but no alignment of its input up to 8 "
                      f"gives a whole-number upscale")
