@@ -23,7 +23,8 @@ def _zoo(name: str) -> Path:
     return path
 
 
-def _ncnn_output(param: Path, x: np.ndarray) -> np.ndarray:
+def _ncnn_net(param: Path):
+    """The `ncnn` package's net for ``param``, on the CPU in fp32 (no fp16/bf16 storage): the reference."""
     ncnn = pytest.importorskip("ncnn")
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
@@ -31,6 +32,11 @@ def _ncnn_output(param: Path, x: np.ndarray) -> np.ndarray:
     net.opt.use_bf16_storage = False
     net.load_param(str(param))
     net.load_model(str(param.with_suffix(".bin")))
+    return ncnn, net
+
+
+def _ncnn_output(param: Path, x: np.ndarray) -> np.ndarray:
+    ncnn, net = _ncnn_net(param)
     ex = net.create_extractor()
     inp = np.ascontiguousarray(x)  # kept alive: ncnn.Mat wraps the buffer without copying it
     mat = ncnn.Mat(inp)
@@ -67,16 +73,10 @@ def _ncnn_host_padded(param: Path, x: np.ndarray, pad: int, align: int, scale: i
     """What realcugan-ncnn-vulkan and waifu2x-ncnn-vulkan do around the graph (their process_cpu, one tile):
     reflect-pad by ``pad`` (bottom/right further to ``align``), run, keep the top-left scale*h x scale*w,
     and for Real-CUGAN x4 add the input, nearest-upsampled. Blob names read from the .param."""
-    ncnn = pytest.importorskip("ncnn")
+    ncnn, net = _ncnn_net(param)
     lines = param.read_text().strip().splitlines()
     first = next(ln.split() for ln in lines[2:] if ln.startswith("Input"))
     last = lines[-1].split()
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
-    net.opt.use_bf16_storage = False
-    net.load_param(str(param))
-    net.load_model(str(param.with_suffix(".bin")))
     h, w = x.shape[1:]
     eh, ew = (align - h % align) % align, (align - w % align) % align
     inp = np.ascontiguousarray(x)  # kept alive: ncnn.Mat wraps the buffer without copying it

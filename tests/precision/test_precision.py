@@ -23,6 +23,14 @@ def calib_dir(tmp_path_factory):
     return d
 
 
+def _flat_calib(tmp_path):
+    """A calibration folder of one flat grey image: its ranges damage the model (what the gate must see)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    return flat
+
+
 def _copy(tiny_onnx, tmp_path):
     dst = tmp_path / "m.onnx"
     dst.write_bytes(tiny_onnx.read_bytes())
@@ -86,9 +94,7 @@ def test_gate_refuses_broken_model(tiny_onnx, tmp_path):
 def test_gate_catches_damage(tiny_onnx, tmp_path, calib_dir):
     """Quantizing with a single calibration crop of a flat image damages the model: the gate must see it."""
     src = _copy(tiny_onnx, tmp_path)
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    flat = _flat_calib(tmp_path)
     with pytest.raises(QualityGateError):
         make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
                             quantize_ends=True, budget_db=0.01, mixed_precision=False)
@@ -99,9 +105,7 @@ def test_a_failing_int8_is_retried_with_its_most_sensitive_convs_in_float(tiny_o
     """The same damaged calibration: before refusing, the convs that measured most sensitive stay float,
     the report names them, and the variant written is the mixed one that passed."""
     src = _copy(tiny_onnx, tmp_path)
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    flat = _flat_calib(tmp_path)
     rep = make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
                               quantize_ends=True, budget_db=0.01)
     assert rep.passed and rep.mixed_precision
@@ -178,9 +182,7 @@ def test_the_mixed_precision_search_calibrates_once_and_runs_the_fp32_model_once
 
     monkeypatch.setattr(convert.Gate, "_run", counting_run)
     src = _copy(tiny_onnx, tmp_path)
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    cv2.imwrite(str(flat / "f.png"), np.full((64, 64, 3), 128, np.uint8))
+    flat = _flat_calib(tmp_path)
     rep = make_precision_onnx(src, "int8", calib=flat, gate_data=calib_dir, calib_count=1, calib_size=16,
                               quantize_ends=True, budget_db=0.01)
     assert rep.mixed_precision and len(made) == 1
