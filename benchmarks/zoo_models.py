@@ -75,7 +75,24 @@ def _crops(folder: Path, size: int, count: int) -> list[np.ndarray]:
     return [_center(read_rgb(f), size) for f in list_images([folder])[:count]]
 
 
-def measure(name: str, work: Path, calib: Path | None, photos: Path | None, threads: int) -> dict:
+def _bf16_fidelity(model, desc, images: list[np.ndarray]) -> dict:
+    """Fidelity of srdeploy's torch bf16 runner (autocast: bf16 operands, fp32 accumulation) to its fp32
+    output, on real photographs, held to the thresholds ``tune`` applies to bf16 (int8's)."""
+    from sr_deploy.precision.convert import MAX_P999_LEVELS, MIN_FIDELITY_DB, fidelity_scores
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        with TorchRunner(model, desc.with_(io="float"), precision=precision) as r:
+            outs[precision] = [r.infer_u8(i[None])[0] for i in images]
+    fid, p999 = fidelity_scores(outs["fp32"], outs["bf16"])
+    return {"fidelity_db": round(fid, 2), "p999_levels": p999, "images": len(images),
+            "side": int(images[0].shape[0]),
+            "passed": fid >= MIN_FIDELITY_DB["int8"] and p999 <= MAX_P999_LEVELS["int8"]}
+
+
+def measure(name: str, work: Path, calib: Path | None, photos: Path | None, threads: int,
+            speed: bool = True, bf16_side: int = 0) -> dict:
     import torch
 
     from sr_deploy.export.onnx_export import export_onnx, receptive_field
@@ -132,6 +149,8 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
             d = json.loads(rp.read_text())
             row[f"{p}_gate"] = {k: d.get(k) for k in ("fidelity_db", "p999_levels", "delta_psnr_db", "passed",
                                                         "mixed_precision", "gate_data")}
+    if bf16_side:  # no bf16 ONNX: on CPUs srdeploy runs bf16 through OpenVINO's hint or torch's autocast
+        row["bf16_torch"] = _bf16_fidelity(model, desc, [_center(i, bf16_side) for i in bundled_images(4)])
     # what `auto` runs, and its fidelity on real photos it never saw
     os.environ["SRDEPLOY_TUNE"] = "0"  # the rule, not a timing, so the pick is reproducible here
     source = resolve_model(str(onnx_path))
@@ -153,6 +172,9 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
         whole = upscale_frame(tr, big, tile=0)
         tiled = upscale_frame(tr, big, tile=3 * max(16, 2 * desc.receptive_field))
     row["tiled_vs_whole_levels"] = int(np.abs(whole.astype(int) - tiled.astype(int)).max())
+    if not speed:
+        row["ms_64x64"] = {}
+        return row
     # speed per 64x64 LR frame
     x = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     xf = (x[0].astype(np.float32) / 255).transpose(2, 0, 1)
@@ -176,6 +198,9 @@ def main() -> None:
     ap.add_argument("--calib", type=Path)
     ap.add_argument("--photos", type=Path)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-speed", action="store_true", help="skip the timings (when other work shares the CPU)")
+    ap.add_argument("--bf16-side", type=int, default=0,
+                    help="also score torch bf16 against fp32 on 4 bundled photos, centre crops of this side")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     from sr_deploy.machine import machine_info
@@ -183,15 +208,17 @@ def main() -> None:
     m = machine_info()
     rows = []
     for name in args.models:
-        rows.append(measure(name, args.work, args.calib, args.photos, args.threads))
+        rows.append(measure(name, args.work, args.calib, args.photos, args.threads,
+                            speed=not args.no_speed, bf16_side=args.bf16_side))
         print(json.dumps(rows[-1]), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps({"machine": m, "rows": rows}, indent=2))
     speed_cols = list(dict.fromkeys(k for r in rows for k in r["ms_64x64"]))
     lines = [f"# Zoo models (real Real-ESRGAN weights) on {m['cpu']}, {m['cores']} cores, {args.threads} threads", "",
              "`python benchmarks/zoo_models.py WORK " + str(args.out) + " --calib ... --photos ...`", "",
              "| model | vs ncnn (levels) | ONNX vs torch | receptive field | tiled vs whole (levels) | fp16 gate | "
-             "int8 gate | auto runs | auto vs fp32 on photos | ms per 64x64: " + " / ".join(speed_cols) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 gate | bf16 (torch) vs fp32 | auto runs | auto vs fp32 on photos | ms per 64x64: "
+             + " / ".join(speed_cols) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def gate(r, p):
         g = r.get(f"{p}_gate") or {}
@@ -201,11 +228,17 @@ def main() -> None:
                 + (f", {len(g['mixed_precision'])} convs float" if g.get("mixed_precision") else "")
                 + (" passed" if g.get("passed") else " refused"))
 
+    def bf16(r):
+        b = r.get("bf16_torch")
+        return "—" if not b else (f"{b['fidelity_db']:.1f} dB, p99.9 {b['p999_levels']:g} ({b['images']} photos "
+                                  f"{b['side']}px){' passed' if b['passed'] else ' refused'}")
+
     for r in rows:
         a = r.get("auto", {})
         parity = f"{r['onnx_parity']:.1e}" if isinstance(r.get("onnx_parity"), float) else "—"
         lines.append(f"| {r['model']} ({r['arch']} x{r['scale']}) | {r['vs_ncnn_levels']} | {parity} | "
                      f"{r['receptive_field']} | {r['tiled_vs_whole_levels']} | {gate(r, 'fp16')} | {gate(r, 'int8')} | "
+                     f"{bf16(r)} | "
                      f"{a.get('runner', '—')} | {a.get('fidelity_db_photos', '—')} dB, p99.9 {a.get('p999_levels', '—')} | "
                      + " / ".join(f"{r['ms_64x64'][k]:.0f}" if k in r["ms_64x64"] else "—" for k in speed_cols) + " |")
     args.out.write_text("\n".join(lines) + "\n")

@@ -223,6 +223,10 @@ def run(
     segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Video: cut the run into segments "
                                                     "this long (default: about a minute of compute each, from the "
                                                     "model's measured speed); an interrupted run resumes from the finished ones."),
+    yuv: Optional[bool] = typer.Option(None, "--yuv/--no-yuv", help="Video: frames cross to the model as the "
+                                       "decoder's 4:2:0 YUV, colour converted in the model's graph (half the bytes, "
+                                       "no host conversion; 10-bit kept 10-bit). Default: on a GPU, where the "
+                                       "runner has that graph (torch)."),
     deinterlace: bool = typer.Option(True, "--deinterlace/--no-deinterlace", help="Video: frames the decoder flags "
                                      "as interlaced go through FFmpeg's bwdif before the model (one frame per frame)."),
     restart: bool = typer.Option(False, "--restart", help="Discard what an interrupted run of this output finished "
@@ -299,7 +303,7 @@ def run(
             raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
-                            segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale)
+                            segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale, yuv=yuv)
         if is_video(input) or input.is_dir():  # before the model loads; codec-specific checks once it is chosen
             opts.check()
             check_encoder(codec, opts)
@@ -507,7 +511,8 @@ def bench(
                                            "downscaled by N) with each model's output resized to it, as `run "
                                            "--outscale N` makes it (e.g. a x4 model for x2)."),
     host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
-                                                          "(default 270x480 → 1080x1920): float I/O vs pixels in the graph."),
+                                                          "(default 270x480 → 1080x1920): float I/O vs pixels in the graph, "
+                                                          "and RGB vs the YUV graph (also 540x960 → 4K)."),
 ) -> None:
     """Latency, throughput and quality (Y-PSNR/SSIM vs bicubic) for every backend and precision."""
     from sr_deploy.bench.run import BenchConfig, markdown, run_bench, write_json, write_markdown, write_montage, write_plot
@@ -515,7 +520,7 @@ def bench(
 
     try:
         if host_io:
-            from sr_deploy.bench.hostio import measure_host_io
+            from sr_deploy.bench.hostio import measure_colour_io, measure_host_io
 
             typer.echo("| LR input | output | host ms, float I/O | host ms, uint8 I/O | MB moved, float | MB moved, uint8 |")
             typer.echo("|---|---|---|---|---|---|")
@@ -523,6 +528,14 @@ def bench(
                 r = measure_host_io(hw, 4)
                 typer.echo(f"| {hw[0]}x{hw[1]} | {hw[0] * 4}x{hw[1] * 4} | {r.float_ms:.1f} | {r.pixels_ms:.1f} | "
                            f"{r.float_mb:.1f} | {r.pixels_mb:.1f} |")
+            typer.echo("\n| LR input | output | bits | host ms, RGB (swscale both ends) | host ms, YUV graph | "
+                       "MB moved, RGB | MB moved, YUV |")
+            typer.echo("|---|---|---|---|---|---|---|")
+            for hw in [parse_hw(s) for s in size] or [(270, 480), (540, 960)]:
+                for bits in (8, 10):
+                    c = measure_colour_io(hw, 4, bits)
+                    typer.echo(f"| {hw[0]}x{hw[1]} | {hw[0] * 4}x{hw[1] * 4} | {bits} | {c.rgb_ms:.1f} | "
+                               f"{c.yuv_ms:.1f} | {c.rgb_mb:.1f} | {c.yuv_mb:.1f} |")
             return
         from sr_deploy.imagefiles import list_images
 

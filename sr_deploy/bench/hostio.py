@@ -56,3 +56,56 @@ def measure_host_io(lr_hw: tuple[int, int] = (270, 480), scale: int = 4, repeats
 
     return HostIO(lr_hw, scale, _median_ms(float_path, repeats), _median_ms(pixel_path, repeats),
                   (frame.size * 4 + model_float.nbytes) / 1e6, (frame.size + model_u8.nbytes) / 1e6)
+
+
+@dataclass(frozen=True)
+class ColourIO:
+    lr_hw: tuple[int, int]
+    scale: int
+    bits: int
+    rgb_ms: float  # host ms per frame: decoder's YUV → RGB array, RGB array → encoder's YUV frame
+    yuv_ms: float  # the YUV graph's: the decoder's arrays as they are, the output's into a frame
+    rgb_mb: float  # bytes across the runner boundary (the bus, on a GPU), in + out
+    yuv_mb: float
+
+
+def measure_colour_io(lr_hw: tuple[int, int] = (270, 480), scale: int = 4, bits: int = 8,
+                      repeats: int = 9) -> ColourIO:
+    """Host cost of the colour conversions per frame, RGB path against YUV graph (export/yuv.py), model
+    excluded (its output replaced by an array of the output's size). 8-bit: rgb24 ↔ yuv420p through swscale
+    (BT.709, limited). 10-bit: the RGB path's rgb48le through the float graph (x/65535 in, rounded to
+    uint16 out) against yuv420p10le as it is."""
+    import av
+
+    h, w = lr_hw[0] - lr_hw[0] % 2, lr_hw[1] - lr_hw[1] % 2  # 4:2:0 frames have even sides
+    oh, ow = h * scale, w * scale
+    rng = np.random.default_rng(0)
+    fmt, rgb_fmt = ("yuv420p", "rgb24") if bits == 8 else ("yuv420p10le", "rgb48le")
+    dtype = np.uint8 if bits == 8 else np.uint16
+    top = (1 << bits) - 1
+    src = av.VideoFrame.from_ndarray(rng.integers(0, top + 1, (h * 3 // 2, w), dtype=dtype), format=fmt)
+    out_yuv = rng.integers(0, top + 1, (oh * 3 // 2, ow), dtype=dtype)
+    if bits == 8:
+        out_rgb = rng.integers(0, 256, (oh, ow, 3), dtype=np.uint8)
+    else:
+        out_rgb = rng.random((oh, ow, 3), dtype=np.float32)
+    colours = {"src_colorspace": 1, "src_color_range": 1}
+
+    def rgb_path():
+        x = src.to_ndarray(format=rgb_fmt, **colours)
+        if bits > 8:  # into the float graph, and its float output rounded to 16 bits
+            x = x.astype(np.float32) * (1 / 65535)
+            y = np.clip(np.rint(out_rgb * 65535.0), 0, 65535).astype(np.uint16)
+        else:
+            y = out_rgb.copy()  # a runner hands back a fresh array
+        return x, av.VideoFrame.from_ndarray(y, format=rgb_fmt).reformat(format=fmt, dst_colorspace=1,
+                                                                            dst_color_range=1)
+
+    def yuv_path():
+        return src.to_ndarray(), av.VideoFrame.from_ndarray(out_yuv.copy(), format=fmt)
+
+    px_in, px_out = h * w, oh * ow
+    rgb_bytes = (px_in * 3 * (4 if bits > 8 else 1)) + px_out * 3 * (4 if bits > 8 else 1)
+    yuv_bytes = (px_in + px_out) * 1.5 * (2 if bits > 8 else 1)
+    return ColourIO(lr_hw, scale, bits, _median_ms(rgb_path, repeats), _median_ms(yuv_path, repeats),
+                    rgb_bytes / 1e6, yuv_bytes / 1e6)

@@ -145,7 +145,7 @@ def manifest_key(src: Path, identity: str, options, codec: str, seconds: float) 
     from sr_deploy import __version__
 
     settings = {k: getattr(options, k) for k in ("crf", "preset", "pix_fmt", "bitrate", "tile", "start", "duration",
-                                                 "max_frames", "deinterlace", "outscale", "b_frames")}
+                                                 "max_frames", "deinterlace", "outscale", "b_frames", "yuv")}
     return {"format": MANIFEST_FORMAT, "srdeploy": __version__,
             "input": {"name": src.name, "bytes": src.stat().st_size, "sha256": sha256_file(src)},
             "model": identity, "codec": codec, "settings": settings, "segment_seconds": seconds}

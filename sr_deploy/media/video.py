@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sr_deploy.errors import InputError, OutputError, SRDeployError
+from sr_deploy.errors import InputError, ModelError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.media.container import frame_rate, main_video, open_input
 from sr_deploy.media.resize import check_outscale, final_size, label, resize_to
@@ -102,6 +102,9 @@ class VideoOptions:
     # set by upscale_video: the source's HDR10 static metadata (mastering display, content light level) in
     # x264/x265's notation, for the encoder to write (read_hdr10)
     hdr10: tuple[str | None, str | None] | None = None
+    # frames cross to the runner as 4:2:0 YUV, the colour conversions in its graph (export/yuv.py), where
+    # the runner has that graph; None: on a GPU
+    yuv: bool | None = None
 
     def check(self) -> None:
         """One line for settings that are wrong whatever the codec, before a model is loaded."""
@@ -462,15 +465,379 @@ def check_output_codec(dst: Path, codec: str) -> None:
                             else f"pass another --codec (e.g. {WEBM_CODEC} for .webm)"))
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """What every frame of a segment gets, decided once from the source's stream and the options."""
+
+    src_w: int
+    src_h: int
+    width: int  # the encoded size (even where the pixel format needs it: the last row or column cut)
+    height: int
+    cut: bool
+    pix_fmt: str  # the encoder's
+    deep: bool  # deeper than 8 bits in and out
+    alpha: bool  # the source's alpha kept
+    tile: int | tuple[int, int]  # 0: whole frames
+    batch: int
+    too_big: bool  # larger than the engine's profile: tiles
+    yuv_allowed: bool  # frames may cross as YUV (export/yuv.py), the colours permitting (yuv_specs)
+
+    @property
+    def rgb_fmt(self) -> str:
+        return ("rgba64le" if self.deep else "rgba") if self.alpha else ("rgb48le" if self.deep else "rgb24")
+
+    @property
+    def px_bytes(self) -> int:  # bytes of one pixel between the stages, at most
+        return (6 if self.deep else 3) + (2 if self.deep else 1) * self.alpha
+
+
+def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first: bool) -> FramePlan:
+    """The segment's FramePlan; ``first``: the segment that says the notes about it."""
+    from sr_deploy.media.segments import segment_format
+
+    say = say if first else (lambda line: None)
+    s = runner.scale
+    src_h, src_w = vin.codec_context.height, vin.codec_context.width
+    src_fmt = vin.codec_context.pix_fmt
+    # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): 10-bit YUV through the YUV graph where the runner
+    # has one, else decoded as 16-bit RGB through the float graph; encoded 10-bit unless --pix-fmt says 8
+    deep = _bit_depth(src_fmt) > 8
+    pix_fmt = output_pix_fmt(options.codec, options.pix_fmt, deep)
+    # An alpha channel (ProRes 4444, QuickTime Animation, PNG in MOV) is kept where the encoder can hold
+    # one, upscaled bicubic beside the model's colour as for images; where it cannot, the run says so.
+    alpha = has_alpha(src_fmt)
+    if alpha:
+        # VP9's alpha travels as Matroska block side data, which the MP4 segment files do not carry
+        keep = (None if segment_format(options.codec) == "mp4"
+                else options.pix_fmt or alpha_pix_fmt(options.codec, deep))
+        if keep and has_alpha(keep):
+            pix_fmt = keep
+        else:
+            alpha = False
+            why = (f"--pix-fmt {options.pix_fmt} has none" if options.pix_fmt and keep is not None
+                   else f"{options.codec} cannot keep one here")
+            say(f"warning: {src.name} has an alpha channel ({src_fmt}) and {why}: the output is "
+                f"opaque; --codec prores_ks or qtrle (.mov) keeps it")
+    if deep and _bit_depth(pix_fmt) <= 8 and not options.pix_fmt:
+        say(f"note: {options.codec} has no 10-bit 4:2:0 format in this FFmpeg build: "
+            f"{src.name} ({src_fmt}) is written as 8-bit {pix_fmt}")
+    deep = deep and _bit_depth(pix_fmt) > 8
+    width, height = output_size(src_w, src_h, s, options, pix_fmt)
+    cut_w, cut_h = (a - b for a, b in zip((width, height), encodable_size(width, height, pix_fmt)))
+    if cut_w or cut_h:
+        say(f"note: {width}x{height} cannot be encoded as {pix_fmt} (it needs even sizes): the output is "
+            f"{width - cut_w}x{height - cut_h}, its last {'column' if cut_w else 'row'}"
+            f"{' and row' if cut_w and cut_h else ''} cut; --pix-fmt yuv444p keeps every pixel")
+        width, height = width - cut_w, height - cut_h
+    if not options.pix_fmt and _chroma_multiple(pix_fmt) != (1, 1) and _chroma_multiple(src_fmt) == (1, 1):
+        say(f"note: {src.name} has full-resolution colour ({src_fmt}); the output is {pix_fmt}, "
+            f"which players take everywhere; --pix-fmt yuv444p keeps every colour sample")
+    # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
+    tile = options.tile if options.tile is not None else auto_tile(runner, src_h, src_w)
+    # never more than the engine's profile takes: it would cut a larger batch into unequal chunks
+    batch = max(1, min(options.batch, runner.input_spec().max_batch or options.batch))
+    if not tile and batch > 1:
+        batch = max(1, min(batch, int(runner.memory_budget() // max(1.0, src_h * src_w * runner.bytes_per_pixel()))))
+    max_hw = runner.input_spec().max_hw
+    too_big = bool(max_hw) and (src_h > max_hw[0] or src_w > max_hw[1])
+    d, m = runner.descriptor, max(1, runner.descriptor.size_multiple)
+    fits = not d.fixed_hw and src_h % m == 0 and src_w % m == 0 and min(src_h, src_w) >= (d.size_minimum or 0)
+    yuv_allowed = (yuv_wanted(runner, options) and fits and not (alpha or tile or too_big or cut_w or cut_h)
+                   and options.outscale is None and _yuv_format(src_fmt, deep) is not None
+                   and pix_fmt in ("yuv420p", "nv12", "yuv420p10le", "p010le") and src_w % 2 == 0 and src_h % 2 == 0)
+    if options.yuv and not yuv_allowed:
+        say("note: --yuv is not used for this video (" + ("the runner has no YUV graph: torch has"
+            if not yuv_wanted(runner, options) else "it takes 4:2:0 at even sizes, whole frames, no alpha, "
+            "no --outscale") + "); frames cross as RGB")
+    if deep and not yuv_allowed:
+        say(f"note: {src.name} is {_bit_depth(src_fmt)}-bit ({src_fmt}): "
+            f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
+    return FramePlan(src_w, src_h, width, height, bool(cut_w or cut_h), pix_fmt, deep, alpha, tile, batch,
+                     too_big, yuv_allowed)
+
+
+def yuv_wanted(runner: Runner, options: VideoOptions) -> bool:
+    """Frames cross as YUV where the runner has the graph for it and --yuv says so (default: on a GPU,
+    where it halves the bytes over the bus and leaves the host no colour conversion)."""
+    if not getattr(runner, "yuv_capable", False):
+        return False
+    return runner.on_gpu if options.yuv is None else options.yuv
+
+
+def _yuv_format(src_fmt: str | None, deep: bool) -> str | None:
+    """The decoder's 4:2:0 format the YUV graph takes as it is (yuvj420p: yuv420p, full range)."""
+    if deep:
+        return "yuv420p10le" if src_fmt == "yuv420p10le" else None
+    return "yuv420p" if src_fmt in ("yuv420p", "yuvj420p") else None
+
+
+def yuv_specs(plan: FramePlan, src_fmt: str | None, colors: "Colors"):
+    """(input, output) YuvSpec for frames of this plan with these colours, or None: the RGB path."""
+    from sr_deploy.export.yuv import MATRICES, YuvSpec
+
+    fmt = _yuv_format(src_fmt, plan.deep)
+    if not plan.yuv_allowed or fmt is None or colors.matrix not in MATRICES:
+        return None
+    full = colors.range == 2
+    return YuvSpec(fmt, colors.matrix, full), YuvSpec(plan.pix_fmt, colors.matrix, full)
+
+
+def yuv_frame(arr: np.ndarray, pix_fmt: str):
+    """A VideoFrame of ``pix_fmt`` holding the (3H/2, W) array ``arr`` (PyAV 18 builds P010 from no array)."""
+    import av
+
+    if pix_fmt != "p010le":
+        return av.VideoFrame.from_ndarray(arr, format=pix_fmt)
+    h, w = arr.shape[0] * 2 // 3, arr.shape[1]
+    frame = av.VideoFrame(w, h, pix_fmt)
+    for plane, rows in zip(frame.planes, (arr[:h], arr[h:])):
+        view = np.frombuffer(plane, np.uint16).reshape(rows.shape[0], plane.line_size // 2)
+        view[:, :w] = rows
+    return frame
+
+
+def _frames_in_segment(inp, src: Path, seg):
+    """Decoded frames from the keyframe at or before the segment's first frame, in order. A seek that
+    lands after that frame (a damaged or missing index), or after which nothing decodes, is redone from
+    the start of the file."""
+    import av
+
+    seek = seg.lo is not None
+    while True:
+        c = inp if not seek else open_input(src)
+        try:
+            stream = main_video(c)
+            stream.thread_type = "AUTO"
+            if seek:
+                c.seek(seg.lo, stream=stream, backward=True, any_frame=False)
+            first, late = True, False
+            for packet in c.demux(stream):
+                try:
+                    frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
+                except EOFError:
+                    break
+                except av.error.FFmpegError as exc:
+                    raise InputError(f"{src}: video cannot be decoded in frames {seg.first_frame}-"
+                                     f"{seg.first_frame + seg.frames} ({exc.__class__.__name__})") from exc
+                for frame in frames:
+                    if first and seek and frame.pts is not None and frame.pts > seg.lo:
+                        late = True
+                        break
+                    first = False
+                    yield frame
+                if late:
+                    break
+            # nothing decodable after the seek (MPEG-TS seeks by byte position and can land
+            # mid-GOP, with no keyframe after it): also redone from the start
+            late = late or (seek and first)
+        finally:
+            if c is not inp:
+                c.close()
+        if not late:
+            return
+        seek = False  # from the start, in the container opened first
+
+
+@dataclass
+class _Segment:
+    """One segment's run: its plan, and what the first frame tells (display matrix, colours, YUV specs)."""
+
+    plan: FramePlan
+    seg: object
+    options: VideoOptions
+    src: Path
+    vin: object
+    say: object
+    stop: threading.Event
+    timestamps: bool  # the segments' bounds are timestamps (else one segment: the frame limit counts frames)
+    matrix: list[int] | None = None
+    colors: "Colors | None" = None
+    yuv: tuple | None = None
+    resized: bool = False
+
+
+def _decode(run: _Segment, frames, put) -> None:
+    """The decode stage: frames of the segment's window, as RGB (and alpha) or YUV arrays."""
+    from sr_deploy.media.segments import window_of
+
+    plan, seg, vin, options = run.plan, run.seg, run.vin, run.options
+    start_s, end_s, frame_limit = window_of(options)
+    frame_limit = frame_limit if not run.timestamps else None  # with timestamps the plan's bounds decide
+    shift_pts = int(round(start_s / vin.time_base)) if start_s and vin.time_base else 0
+    n = 0
+    for frame in frames:
+        if run.stop.is_set():
+            return
+        pts = frame.pts
+        if pts is not None:
+            if seg.lo is not None and pts < seg.lo:
+                continue
+            if seg.hi is not None and pts >= seg.hi:
+                return
+        t = frame.time
+        if t is not None and t < start_s - 1e-6:
+            continue
+        if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
+            return
+        if pts is not None:
+            pts -= shift_pts
+        if not n:
+            run.matrix = display_matrix(frame, plan.width / plan.src_w)
+            run.colors = source_colors(frame, plan.src_w, plan.src_h)
+            run.yuv = yuv_specs(plan, frame.format.name, run.colors)
+        size = None
+        if (frame.width, frame.height) != (plan.src_w, plan.src_h):
+            # The stream changes resolution midway (broadcast captures, joined recordings): like
+            # ffmpeg, frames are scaled to the stream's declared size, so one encoder takes them all.
+            if not run.resized:
+                run.resized = True
+                run.say(f"note: {run.src.name} changes resolution to {frame.width}x{frame.height} near frame "
+                        f"{seg.first_frame + n}; such frames are scaled to {plan.src_w}x{plan.src_h} before upscaling")
+            size = {"width": plan.src_w, "height": plan.src_h, "interpolation": "BICUBIC"}
+        if run.yuv:  # as decoded (swscale only where the size or the layout differs; yuvj420p is yuv420p's)
+            fmt = run.yuv[0].pix_fmt
+            same = frame.format.name in (fmt, "yuvj420p" if fmt == "yuv420p" else fmt)
+            if size or not same:
+                frame = frame.reformat(format=frame.format.name if same else fmt, **(size or {}))
+            planes = (frame.to_ndarray(), None)
+        else:
+            arr = frame.to_ndarray(format=plan.rgb_fmt, src_colorspace=run.colors.sws,
+                                   src_color_range=run.colors.range, **(size or {}))
+            planes = ((np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])) if plan.alpha
+                      else (arr, None))
+            del arr
+        put(("frame", seg.first_frame + n, pts, frame.time_base, *planes))
+        n += 1
+
+
+def _infer(run: _Segment, runner: Runner, q_dec: queue.Queue, put) -> None:
+    """The inference stage. Frames flow through runner.stream_u8 (or stream_yuv), which may keep several
+    batches in flight (the GPU pipeline); ``order`` keeps each batch's frame records until its output
+    comes back."""
+    plan = run.plan
+    order: deque = deque()
+    one_by_one = bool(plan.tile or plan.too_big or plan.deep)
+
+    def batches():
+        pending: list[tuple] = []
+        while True:
+            item = _get(q_dec, run.stop)
+            if item is _END or isinstance(item, BaseException):
+                if pending:
+                    order.append(list(pending))
+                    yield np.stack([p[4] for p in pending])
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            pending.append(item)
+            if len(pending) >= plan.batch or (one_by_one and not run.yuv):
+                order.append(list(pending))
+                arr = np.stack([p[4] for p in pending])  # uint8 RGB or YUV: bytes to the runner
+                pending.clear()
+                yield arr
+
+    def outputs():
+        it = batches()
+        first = next(it, None)  # the first frame decided the path (run.yuv)
+        if first is None:
+            return
+        chain = _chain(first, it)
+        if run.yuv:
+            for y in runner.stream_yuv(chain, *run.yuv):
+                if y.shape[1:] != (plan.height * 3 // 2, plan.width):  # the graph's, not the descriptor's word
+                    raise ModelError(f"the model returned {y.shape[2]}x{y.shape[1] * 2 // 3} frames where its "
+                                     f"descriptor says {plan.width}x{plan.height}")
+                yield y
+        elif plan.deep:  # 16-bit RGB through the float graph, rounded into uint16 tile row by tile row
+            yield from (np.stack([upscale_frame(runner, f.astype(np.float32) * (1 / 65535), tile=plan.tile,
+                                                out_max=65535.0, out_dtype=np.uint16) for f in b]) for b in chain)
+        elif plan.tile or plan.too_big:  # tiles (asked for, too large for the memory budget or the profile)
+            yield from (np.stack([upscale_frame(runner, f, tile=plan.tile) for f in b]) for b in chain)
+        else:
+            yield from runner.stream_u8(chain)
+
+    for res in outputs():
+        for p, o in zip(order.popleft(), res):
+            put(("frame", p[1], p[2], p[3], o, p[5]))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _open_encoder(run: _Segment, runner: Runner, tmp: Path):
+    """The segment's output file and video stream, set up for the plan."""
+    import av
+
+    from sr_deploy.media.segments import segment_format
+
+    plan, options, vin = run.plan, run.options, run.vin
+    try:
+        # the edit list that carries the encoder's reordering delay is in the movie's time scale
+        # (1 ms by default): in the stream's own, every segment keeps its timestamps to the tick
+        out = av.open(str(tmp), "w", format=segment_format(options.codec),
+                      options={"movie_timescale": str(vin.time_base.denominator)} if vin.time_base else {})
+    except (av.error.FFmpegError, OSError) as exc:
+        raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
+    try:
+        codec = options.codec
+        try:
+            vout = out.add_stream(codec, rate=frame_rate(vin))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
+        try:
+            vout.width, vout.height, vout.pix_fmt = plan.width, plan.height, plan.pix_fmt
+        except (ValueError, av.error.FFmpegError) as exc:
+            raise InputError(f"--pix-fmt {plan.pix_fmt!r} is not a pixel format {codec} takes "
+                             f"(for example yuv420p, yuv420p10le)") from exc
+        vout.time_base = vin.time_base
+        vout.codec_context.time_base = vin.time_base
+        sar = output_sar(vin, plan.src_w, plan.src_h, plan.width, plan.height)
+        if sar is not None:
+            vout.codec_context.sample_aspect_ratio = sar
+        vout.options = encoder_options(codec, options, plan.width, plan.height, plan.deep)
+        if options.bitrate:
+            vout.bit_rate = _parse_bitrate(options.bitrate)
+        if codec in ("libx264", "libx265"):
+            threads = options.encoder_threads
+            threads = encoder_threads_for(runner) if threads is None else threads
+            if threads:
+                vout.codec_context.thread_count = threads
+    except BaseException:
+        out.close()
+        raise
+    return out, vout
+
+
+def _output_frame(run: _Segment, arr: np.ndarray, a: np.ndarray | None, to_yuv: bool, threads: int):
+    """The encoder's frame for one upscaled output (RGB, or YUV from the YUV graph)."""
+    import av
+    import cv2
+
+    plan, colors = run.plan, run.colors
+    if run.yuv:
+        return yuv_frame(arr, plan.pix_fmt)
+    if run.options.outscale is not None:
+        arr = resize_to(arr, (plan.width, plan.height))
+    if a is not None:  # bicubic in the alpha's own dtype, as for images (OpenCV saturates)
+        a = cv2.resize(a, (arr.shape[1], arr.shape[0]), interpolation=cv2.INTER_CUBIC)
+        arr = np.concatenate((arr, a[..., None]), axis=2)
+    if plan.cut:
+        arr = np.ascontiguousarray(arr[:plan.height, :plan.width])
+    frame = av.VideoFrame.from_ndarray(arr, format=plan.rgb_fmt)
+    if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
+        frame = frame.reformat(format=plan.pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,
+                               threads=threads)
+    return frame
+
+
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
                    on_frame=None) -> int:
     """Decode the frames of one segment (from the keyframe at or before its start), run them through
     ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
     ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
     import av
-    import cv2
-
-    from sr_deploy.media.segments import segment_format, window_of
 
     say = say or (lambda line: None)
     on_frame = on_frame or (lambda n: None)
@@ -478,218 +845,24 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     try:
         vin = main_video(inp)
         vin.thread_type = "AUTO"
-        s = runner.scale
-        src_h, src_w = vin.codec_context.height, vin.codec_context.width
-        # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): decoded as 16-bit RGB, run through the float
-        # graph and encoded 10-bit, unless an 8-bit --pix-fmt was asked for.
-        deep = _bit_depth(vin.codec_context.pix_fmt) > 8
-        pix_fmt = output_pix_fmt(options.codec, options.pix_fmt, deep)
-        # An alpha channel (ProRes 4444, QuickTime Animation, PNG in MOV) is kept where the encoder can hold
-        # one, upscaled bicubic beside the model's colour as for images; where it cannot, the run says so.
-        alpha = has_alpha(vin.codec_context.pix_fmt)
-        if alpha:
-            # VP9's alpha travels as Matroska block side data, which the MP4 segment files do not carry
-            keep = (None if segment_format(options.codec) == "mp4"
-                    else options.pix_fmt or alpha_pix_fmt(options.codec, deep))
-            if keep and has_alpha(keep):
-                pix_fmt = keep
-            else:
-                alpha = False
-                if seg.index == 0:
-                    why = (f"--pix-fmt {options.pix_fmt} has none" if options.pix_fmt and keep is not None
-                           else f"{options.codec} cannot keep one here")
-                    say(f"warning: {src.name} has an alpha channel ({vin.codec_context.pix_fmt}) and {why}: the output is "
-                        f"opaque; --codec prores_ks or qtrle (.mov) keeps it")
-        if deep and _bit_depth(pix_fmt) <= 8 and not options.pix_fmt and seg.index == 0:
-            say(f"note: {options.codec} has no 10-bit 4:2:0 format in this FFmpeg build: "
-                f"{src.name} ({vin.codec_context.pix_fmt}) is written as 8-bit {pix_fmt}")
-        deep = deep and _bit_depth(pix_fmt) > 8
-        width, height = output_size(src_w, src_h, s, options, pix_fmt)
-        cut_w, cut_h = (a - b for a, b in zip((width, height), encodable_size(width, height, pix_fmt)))
-        if cut_w or cut_h:
-            if seg.index == 0:
-                say(f"note: {width}x{height} cannot be encoded as {pix_fmt} (it needs even sizes): the output is "
-                    f"{width - cut_w}x{height - cut_h}, its last {'column' if cut_w else 'row'}"
-                    f"{' and row' if cut_w and cut_h else ''} cut; --pix-fmt yuv444p keeps every pixel")
-            width, height = width - cut_w, height - cut_h
-        if deep and seg.index == 0:
-            say(f"note: {src.name} is {_bit_depth(vin.codec_context.pix_fmt)}-bit ({vin.codec_context.pix_fmt}): "
-                f"frames go through the model as 16-bit RGB and are written as {pix_fmt}")
-        if (seg.index == 0 and not options.pix_fmt and _chroma_multiple(pix_fmt) != (1, 1)
-                and _chroma_multiple(vin.codec_context.pix_fmt) == (1, 1)):  # 4:4:4 or RGB into 4:2:0
-            say(f"note: {src.name} has full-resolution colour ({vin.codec_context.pix_fmt}); the output is {pix_fmt}, "
-                f"which players take everywhere; --pix-fmt yuv444p keeps every colour sample")
-        # memory: whole frames (and --batch of them) while a call fits the runner's budget, else tiles
-        tile = options.tile if options.tile is not None else auto_tile(runner, src_h, src_w)
-        # never more than the engine's profile takes: it would cut a larger batch into unequal chunks
-        batch = max(1, min(options.batch, runner.input_spec().max_batch or options.batch))
-        if not tile and batch > 1:
-            batch = max(1, min(batch, int(runner.memory_budget() // max(1.0, src_h * src_w * runner.bytes_per_pixel()))))
+        fp = frame_plan(runner, vin, options, src, say, seg.index == 0)
         stop = threading.Event()
+        run = _Segment(fp, seg, options, src, vin, say, stop, bool(plan.timestamps))
         # queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
         # one upscaled frame waiting for the encoder, not eight
-        px_bytes = (6 if deep else 3) + (2 if deep else 1) * alpha
-        rgb_fmt = ("rgba64le" if deep else "rgba") if alpha else ("rgb48le" if deep else "rgb24")
-        q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (src_h * src_w * px_bytes))))
-        q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (height * width * px_bytes))))
-        start_s, end_s, frame_limit = window_of(options)
-        # without timestamps (one segment) the frame limit counts frames; else the plan's bounds decide
-        frame_limit = frame_limit if not plan.timestamps else None
-        shift_pts = int(round(start_s / vin.time_base)) if start_s and vin.time_base else 0
-        seen: dict = {}  # the first frame's display matrix (a phone's portrait video: rotation to show it with)
-
-        def frames_in_segment():
-            """Decoded frames from the keyframe at or before the segment's first frame, in order. A seek
-            that lands after that frame (a damaged or missing index), or after which nothing decodes, is
-            redone from the start of the file."""
-            seek = seg.lo is not None
-            while True:
-                c = inp if not seek else open_input(src)
-                try:
-                    stream = main_video(c)
-                    stream.thread_type = "AUTO"
-                    if seek:
-                        c.seek(seg.lo, stream=stream, backward=True, any_frame=False)
-                    first, late = True, False
-                    for packet in c.demux(stream):
-                        try:
-                            frames = packet.decode()  # demux ends with an empty packet that flushes the decoder
-                        except EOFError:
-                            break
-                        except av.error.FFmpegError as exc:
-                            raise InputError(f"{src}: video cannot be decoded in frames {seg.first_frame}-"
-                                             f"{seg.first_frame + seg.frames} ({exc.__class__.__name__})") from exc
-                        for frame in frames:
-                            if first and seek and frame.pts is not None and frame.pts > seg.lo:
-                                late = True
-                                break
-                            first = False
-                            yield frame
-                        if late:
-                            break
-                    # nothing decodable after the seek (MPEG-TS seeks by byte position and can land
-                    # mid-GOP, with no keyframe after it): also redone from the start
-                    late = late or (seek and first)
-                finally:
-                    if c is not inp:
-                        c.close()
-                if not late:
-                    return
-                seek = False  # from the start, in the container opened first
-
-        def decode() -> None:
-            n = 0
-            for frame in deinterlaced(frames_in_segment(), vin, say if seg.index == 0 else None) \
-                    if options.deinterlace else frames_in_segment():
-                if stop.is_set():
-                    return
-                pts = frame.pts
-                if pts is not None:
-                    if seg.lo is not None and pts < seg.lo:
-                        continue
-                    if seg.hi is not None and pts >= seg.hi:
-                        return
-                t = frame.time
-                if t is not None and t < start_s - 1e-6:
-                    continue
-                if (t is not None and t >= end_s) or (frame_limit is not None and n >= frame_limit):
-                    return
-                if pts is not None:
-                    pts -= shift_pts
-                if not n:
-                    seen["matrix"] = display_matrix(frame, width / src_w)
-                    seen["colors"] = colors = source_colors(frame, src_w, src_h)
-                size = None
-                if (frame.width, frame.height) != (src_w, src_h):
-                    # The stream changes resolution midway (broadcast captures, joined recordings): like
-                    # ffmpeg, frames are scaled to the stream's declared size, so one encoder takes them all.
-                    if not seen.get("resized"):
-                        seen["resized"] = True
-                        say(f"note: {src.name} changes resolution to {frame.width}x{frame.height} near frame "
-                            f"{seg.first_frame + n}; such frames are scaled to {src_w}x{src_h} before upscaling")
-                    size = {"width": src_w, "height": src_h, "interpolation": "BICUBIC"}
-                arr = frame.to_ndarray(format=rgb_fmt, src_colorspace=colors.sws, src_color_range=colors.range,
-                                       **(size or {}))
-                planes = ((np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])) if alpha
-                          else (arr, None))
-                del arr
-                dec.put(("frame", seg.first_frame + n, pts, frame.time_base, *planes))
-                n += 1
-
-        def infer() -> None:
-            # Frames flow through runner.stream_u8, which may keep several batches in flight (the GPU
-            # pipeline); `order` keeps each batch's frame records until its output comes back.
-            order: deque = deque()
-
-            def batches():
-                pending: list[tuple] = []
-                while True:
-                    item = _get(q_dec, stop)
-                    if item is _END or isinstance(item, BaseException):
-                        if pending:
-                            order.append(list(pending))
-                            yield np.stack([p[4] for p in pending])
-                        if isinstance(item, BaseException):
-                            raise item
-                        return
-                    pending.append(item)
-                    if len(pending) >= batch or tile or too_big or deep:
-                        order.append(list(pending))
-                        arr = np.stack([p[4] for p in pending])  # uint8 RGB: bytes to the runner
-                        pending.clear()
-                        yield arr
-
-            max_hw = runner.input_spec().max_hw
-            too_big = bool(max_hw) and (src_h > max_hw[0] or src_w > max_hw[1])
-            if deep:  # 16-bit RGB through the float graph, rounded into uint16 tile row by tile row
-                outputs = (np.stack([upscale_frame(runner, f.astype(np.float32) * (1 / 65535), tile=tile,
-                                                   out_max=65535.0, out_dtype=np.uint16) for f in b])
-                           for b in batches())
-            elif tile or too_big:  # tiles (asked for, too large for the memory budget or the engine's profile)
-                outputs = (np.stack([upscale_frame(runner, f, tile=tile) for f in b]) for b in batches())
-            else:
-                outputs = runner.stream_u8(batches())
-            for res in outputs:
-                for p, o in zip(order.popleft(), res):
-                    inf.put(("frame", p[1], p[2], p[3], o, p[5]))
-
-        dec = _Stage(decode, q_dec, stop)
-        inf = _Stage(infer, q_inf, stop)
+        q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (fp.src_h * fp.src_w * fp.px_bytes))))
+        q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (fp.height * fp.width * fp.px_bytes))))
+        frames = _frames_in_segment(inp, src, seg)
+        if options.deinterlace:
+            frames = deinterlaced(frames, vin, say if seg.index == 0 else None)
+        dec = _Stage(lambda: _decode(run, frames, dec.put), q_dec, stop)
+        inf = _Stage(lambda: _infer(run, runner, q_dec, inf.put), q_inf, stop)
         n = 0
         try:
+            out, vout = _open_encoder(run, runner, tmp)
             try:
-                # the edit list that carries the encoder's reordering delay is in the movie's time scale
-                # (1 ms by default): in the stream's own, every segment keeps its timestamps to the tick
-                out = av.open(str(tmp), "w", format=segment_format(options.codec),
-                              options={"movie_timescale": str(vin.time_base.denominator)} if vin.time_base else {})
-            except (av.error.FFmpegError, OSError) as exc:
-                raise OutputError(f"{tmp}: cannot open for writing ({exc})") from exc
-            try:
-                codec = options.codec
                 rate = frame_rate(vin)
                 ticks_per_frame = 1 / (rate * vin.time_base) if vin.time_base else 1
-                try:
-                    vout = out.add_stream(codec, rate=rate)
-                except (av.error.FFmpegError, ValueError) as exc:
-                    raise InputError(f"video codec {codec!r} is not available in this FFmpeg build") from exc
-                try:
-                    vout.width, vout.height, vout.pix_fmt = width, height, pix_fmt
-                except (ValueError, av.error.FFmpegError) as exc:
-                    raise InputError(f"--pix-fmt {pix_fmt!r} is not a pixel format {codec} takes "
-                                     f"(for example yuv420p, yuv420p10le)") from exc
-                vout.time_base = vin.time_base
-                vout.codec_context.time_base = vin.time_base
-                sar = output_sar(vin, src_w, src_h, width, height)
-                if sar is not None:
-                    vout.codec_context.sample_aspect_ratio = sar
-                vout.options = encoder_options(codec, options, width, height, deep)
-                if options.bitrate:
-                    vout.bit_rate = _parse_bitrate(options.bitrate)
-                if codec in ("libx264", "libx265"):
-                    threads = options.encoder_threads
-                    threads = encoder_threads_for(runner) if threads is None else threads
-                    if threads:
-                        vout.codec_context.thread_count = threads
                 dec.start()
                 inf.start()
                 while True:
@@ -700,25 +873,14 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                         raise item
                     _, idx, pts, tb, arr, a = item
                     if not n:  # before the first frame is encoded: the stream's display matrix and colours
-                        if seen.get("matrix"):
-                            vout.set_display_matrix(seen["matrix"])
-                        colors = seen["colors"]
-                        cc = vout.codec_context
+                        if run.matrix:
+                            vout.set_display_matrix(run.matrix)
+                        colors, cc = run.colors, vout.codec_context
                         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
                             colors.matrix, colors.primaries, colors.trc, colors.range)
-                        to_yuv = not av.VideoFormat(pix_fmt).is_rgb
-                    if options.outscale is not None:
-                        arr = resize_to(arr, (width, height))
-                    if a is not None:  # bicubic in the alpha's own dtype, as for images (OpenCV saturates)
-                        a = cv2.resize(a, (arr.shape[1], arr.shape[0]), interpolation=cv2.INTER_CUBIC)
-                        arr = np.concatenate((arr, a[..., None]), axis=2)
-                        del a
-                    if cut_w or cut_h:
-                        arr = np.ascontiguousarray(arr[:height, :width])
-                    frame = av.VideoFrame.from_ndarray(arr, format=rgb_fmt)
-                    if to_yuv:  # with the source's matrix and range (the encoder's own conversion assumes BT.601)
-                        frame = frame.reformat(format=pix_fmt, dst_colorspace=colors.sws, dst_color_range=colors.range,
-                                               threads=vout.codec_context.thread_count)
+                        to_yuv = not av.VideoFormat(fp.pix_fmt).is_rgb
+                    frame = _output_frame(run, arr, a, to_yuv, vout.codec_context.thread_count)
+                    del arr, a
                     # a raw .h264/.hevc stream has no timestamps: the frame's place at the stream's rate
                     frame.pts = pts if pts is not None else int(round(idx * ticks_per_frame))
                     frame.time_base = tb or vin.time_base or 1 / rate

@@ -181,6 +181,13 @@ class Runner(ABC):
 
         return not self.active and graph_outscale(self.scale, to_scale) is not None
 
+    # whether stream_yuv runs: frames in 4:2:0 YUV, the colour conversions in the runner's graph
+    yuv_capable = False
+
+    def stream_yuv(self, batches: Iterable[np.ndarray], inp, out) -> Iterator[np.ndarray]:
+        """Batches of ``(N, 3H/2, W)`` frames laid out as YuvSpec ``inp`` → upscaled, laid out as ``out``."""
+        raise NotImplementedError(f"{self.backend} has no YUV graph")
+
     def stream_u8(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """``infer_u8`` over a stream of batches, outputs in order. GPU runners override it to keep
         several batches in flight (runtime/pipeline.py); on the CPU one at a time is all there is."""

@@ -90,6 +90,8 @@ class TorchRunner(Runner):
             y = self.net(x)
         return y.float().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
+    yuv_capable = True  # stream_yuv: 4:2:0 YUV frames, the colour conversions on the device (export/yuv.py)
+
     def stream_u8(self, batches):
         """On CUDA: the same schedule as runtime/pipeline.py with torch's streams and events (upload on
         one stream, compute on another, download on a third, ``depth`` batches in flight, the host
@@ -98,6 +100,31 @@ class TorchRunner(Runner):
         if self.device.type != "cuda":
             yield from super().stream_u8(batches)
             return
+        yield from self._stream(batches, self._forward_u8, fit=True)
+
+    def stream_yuv(self, batches, inp, out):
+        """Batches of ``(N, 3H/2, W)`` YUV frames laid out as ``inp`` (an export/yuv.YuvSpec) → the upscaled
+        frames laid out as ``out``: the bytes as decoded cross to the device, chroma upsampling, both
+        matrices and the model run there, and the bytes the encoder takes come back (half of RGB's)."""
+        from sr_deploy.export.yuv import YuvModel
+
+        if not self.active:
+            self.activate()
+        model = YuvModel(self.net, inp, out).to(self.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return model(x)
+
+        if self.device.type != "cuda":
+            with torch.inference_mode():
+                for b in batches:
+                    yield forward(torch.from_numpy(np.ascontiguousarray(b))).numpy()
+            return
+        yield from self._stream(batches, forward, fit=False)
+
+    def _stream(self, batches, forward, *, fit: bool):
         if not self.active:
             self.activate()
         from collections import deque
@@ -108,16 +135,16 @@ class TorchRunner(Runner):
         try:
             with torch.inference_mode():
                 for b in batches:
-                    b, hw = self._fit(b, 1)  # the architecture's size requirements, as infer_u8 meets them
+                    b, hw = self._fit(b, 1) if fit else (b, None)  # the architecture's size requirements
                     host_in = torch.from_numpy(np.ascontiguousarray(b)).pin_memory()
                     with torch.cuda.stream(up):
                         d_in = host_in.to(self.device, non_blocking=True)
                     compute.wait_stream(up)
                     with torch.cuda.stream(compute):
                         d_in.record_stream(compute)
-                        y = self._graph_forward(graphs, d_in) if self.cuda_graph else self._forward_u8(d_in)
+                        y = self._graph_forward(graphs, d_in, forward) if self.cuda_graph else forward(d_in)
                     down.wait_stream(compute)
-                    host_out = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+                    host_out = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
                     with torch.cuda.stream(down):
                         y.record_stream(down)
                         host_out.copy_(y, non_blocking=True)
@@ -136,15 +163,15 @@ class TorchRunner(Runner):
             torch.cuda.synchronize(self.device)
             graphs.clear()  # the captured graphs and their static buffers are released here
 
-    def _graph_forward(self, graphs: dict, d_in: torch.Tensor) -> torch.Tensor:
-        key = tuple(d_in.shape)
+    def _graph_forward(self, graphs: dict, d_in: torch.Tensor, forward) -> torch.Tensor:
+        key = (tuple(d_in.shape), d_in.dtype)
         if key not in graphs:
             static_in = d_in.clone()
-            self._forward_u8(static_in)  # warm-up outside the capture (cuDNN picks its kernels)
+            forward(static_in)  # warm-up outside the capture (cuDNN picks its kernels)
             torch.cuda.current_stream().synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, stream=torch.cuda.current_stream()):
-                static_out = self._forward_u8(static_in)
+                static_out = forward(static_in)
             graphs[key] = (g, static_in, static_out)
         g, static_in, static_out = graphs[key]
         static_in.copy_(d_in)

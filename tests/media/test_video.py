@@ -512,3 +512,107 @@ def test_full_resolution_colour_written_as_420_is_said(tmp_path, tiny_ckpt):
     assert r.exit_code == 0 and "full-resolution colour" not in r.output, r.output
     with av.open(str(tmp_path / "c.mp4")) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+
+
+def _spy_yuv(monkeypatch) -> list:
+    """Record each batch that TorchRunner.stream_yuv receives (the YUV path taken, frame by frame)."""
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    seen, real = [], TorchRunner.stream_yuv
+
+    def spy(self, batches, inp, out):
+        def counted():
+            for b in batches:
+                seen.append((b.shape, b.dtype, inp.pix_fmt, out.pix_fmt))
+                yield b
+
+        return real(self, counted(), inp, out)
+
+    monkeypatch.setattr(TorchRunner, "stream_yuv", spy)
+    return seen
+
+
+def test_yuv_path_keeps_the_source_colours_and_matches_the_rgb_path(tmp_path, monkeypatch):
+    """--yuv: frames cross as the decoder's YUV and the colour conversions run in the model's graph, with
+    the source's matrix and range; the picture is the RGB path's within the 4:2:0 rounding."""
+    seen = _spy_yuv(monkeypatch)
+    for name, colorspace, color_range, sws in (("709.mp4", 1, 1, 1), ("601full.mp4", 6, 2, 5)):
+        src = tmp_path / name
+        _bars_clip(src, colorspace=colorspace, color_range=color_range, sws=sws)
+        with av.open(str(src)) as c:
+            rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
+        outs = {}
+        for flag in ("--yuv", "--no-yuv"):
+            dst = tmp_path / f"out{flag}-{name}"
+            seen.clear()
+            r = CliRunner().invoke(app, ["run", str(src), "-o", str(dst), "--model", "light_x4", "--backend", "torch",
+                                         flag, "--crf", "0"])
+            assert r.exit_code == 0, r.output
+            assert len(seen) == (3 if flag == "--yuv" else 0), seen
+            if flag == "--yuv":
+                assert seen[0][:2] == ((1, 48, 48), np.uint8) and seen[0][2:] == ("yuv420p", "yuv420p")
+            with av.open(str(dst)) as c:
+                f = next(c.decode(video=0))
+                assert (f.colorspace, f.color_range) == (colorspace, color_range)
+                assert f.format.name == ("yuvj420p" if color_range == 2 else "yuv420p")
+                outs[flag] = f.to_ndarray(format="rgb24", src_colorspace=sws, src_color_range=color_range).astype(int)
+        for x in (8, 24, 40):  # bar centres (x4)
+            assert np.abs(outs["--yuv"][64, 4 * x] - rgb[16, x]).max() <= 5, (name, x)
+        # away from the bars' edges (where the chroma filters differ: swscale's nearest, the graph's bilinear)
+        flat = np.r_[0:52, 76:116, 140:192]
+        d = np.abs(outs["--yuv"][:, flat] - outs["--no-yuv"][:, flat])
+        assert d.max() <= 8 and d.mean() < 1.5, (name, d.max(), d.mean())
+
+
+def test_a_10bit_source_stays_10bit_through_the_yuv_graph(tmp_path, monkeypatch):
+    from tests.media.test_robust import _clip_10bit
+
+    seen = _spy_yuv(monkeypatch)
+    src = tmp_path / "ten.mkv"
+    _clip_10bit(src)
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mkv"), "--model", "light_x4",
+                                 "--backend", "torch", "--yuv"])
+    assert r.exit_code == 0, r.output
+    assert "16-bit RGB" not in r.output  # not the host's float path
+    assert seen and seen[0][1:] == (np.uint16, "yuv420p10le", "yuv420p10le")
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+        y = next(c.decode(video=0)).to_ndarray()[:128]
+    assert y.max() > 255 and np.any(y % 4 != 0), "10-bit codes, not 8-bit ones shifted"
+
+
+def test_yuv_asked_of_a_runner_without_the_graph_says_so(tmp_path, tiny_ckpt):
+    src = tmp_path / "c.mp4"
+    make_clip(src, frames=2, audio=False)
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_ckpt),
+                                 "--backend", "onnxruntime", "--yuv"])
+    assert r.exit_code == 0, r.output
+    assert "--yuv is not used" in r.output and "no YUV graph" in r.output
+
+
+class _Tint(__import__("torch").nn.Module):
+    """A x2 'model' that paints every output pixel one colour: the colour the output decodes to, with its
+    own tags, then shows whether the graph encoded it with the source's matrix and range."""
+
+    def forward(self, x):
+        import torch
+
+        colour = torch.tensor([0.9, 0.1, 0.25], device=x.device).view(1, 3, 1, 1)
+        return torch.nn.functional.interpolate(x, scale_factor=2) * 0 + colour
+
+
+@pytest.mark.parametrize("name,colorspace,color_range,sws", [("709.mp4", 1, 1, 1), ("601full.mp4", 6, 2, 5)])
+def test_the_yuv_graph_encodes_with_the_source_matrix_and_range(tmp_path, name, colorspace, color_range, sws):
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.media.video import VideoOptions, upscale_video
+    from sr_deploy.runtime.torch_runner import TorchRunner
+
+    src = tmp_path / name
+    _bars_clip(src, colorspace=colorspace, color_range=color_range, sws=sws)
+    runner = TorchRunner(_Tint(), ModelDescriptor("tint", 2), device="cpu")
+    for yuv in (True, False):
+        dst = tmp_path / f"{yuv}-{name}"
+        upscale_video(runner, src, dst, options=VideoOptions(yuv=yuv, crf=0), quiet=True)
+        with av.open(str(dst)) as c:
+            rgb = next(c.decode(video=0)).to_ndarray(format="rgb24", src_colorspace=sws, src_color_range=color_range)
+        assert np.abs(rgb[8:-8, 8:-8].astype(int) - np.array([230, 26, 64])).max() <= 2, (yuv, rgb[16, 16])

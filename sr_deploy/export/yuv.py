@@ -1,0 +1,167 @@
+"""Colour in the graph: a model form that takes and returns 4:2:0 YUV bytes (yuv420p, NV12, and their
+10-bit forms yuv420p10le and P010) with the source's matrix and range.
+
+A decoder hands out 4:2:0 YUV and an encoder takes it; the RGB path converts on the host at both ends,
+the second time at the output's size (a 4K frame), and moves 3 bytes a pixel each way. Here the frame
+crosses as it was decoded (1.5 bytes a pixel, or 3 at 10 bits where the RGB path moved 6) and the graph
+does the conversions on the device: chroma upsampled (bilinear, centre-sited), the matrix, the model,
+the inverse matrix, chroma averaged over 2x2, rounded into the output's code range. 10-bit sources stay
+10-bit all the way (the uint8 RGB graph would round them to 8 bits).
+
+Layouts, as FFmpeg names them and ``VideoFrame.to_ndarray`` / ``from_ndarray`` lay them out: one
+``(3H/2, W)`` array per frame, the Y plane's H rows, then
+
+    yuv420p, yuv420p10le   U plane then V plane (H/2 x W/2 each), flat; 10-bit codes in the low bits
+    nv12, p010le           U and V interleaved (H/2 rows of W); P010 keeps its 10-bit codes in the high bits
+
+Written by hand: the conversions are a few lines of arithmetic that must run inside the model's graph
+(on the GPU, in TensorRT or torch), where swscale and OpenCV cannot go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# FFmpeg's AVCOL_SPC_* matrix numbers → (Kr, Kb) of ITU-R BT.601/709/2020, SMPTE 240M, FCC
+MATRICES = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
+            9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+PIX_FMTS = {"yuv420p": (8, True), "nv12": (8, False), "yuv420p10le": (10, True), "p010le": (10, False)}
+
+
+@dataclass(frozen=True)
+class YuvSpec:
+    """How a frame's bytes hold colour: the layout (an FFmpeg pixel format of PIX_FMTS), the matrix
+    (AVCOL_SPC number) and the range (full: 0..2^bits-1; limited: 16..235 and 16..240 at 8 bits)."""
+
+    pix_fmt: str
+    matrix: int
+    full_range: bool
+
+    def __post_init__(self) -> None:
+        if self.pix_fmt not in PIX_FMTS:
+            raise ValueError(f"no YUV graph for {self.pix_fmt}; one of {', '.join(PIX_FMTS)}")
+        if self.matrix not in MATRICES:
+            raise ValueError(f"no YUV graph for colour matrix {self.matrix} (AVCOL_SPC)")
+
+    @property
+    def bits(self) -> int:
+        return PIX_FMTS[self.pix_fmt][0]
+
+    @property
+    def planar(self) -> bool:
+        return PIX_FMTS[self.pix_fmt][1]
+
+    @property
+    def shift(self) -> int:  # P010 keeps its codes in the high bits of each 16-bit word
+        return 6 if self.pix_fmt == "p010le" else 0
+
+    @property
+    def numpy_dtype(self) -> str:
+        return "uint8" if self.bits == 8 else "uint16"
+
+    def levels(self) -> tuple[float, float, float, float]:
+        """(Y offset, Y span, chroma centre, chroma span) in codes."""
+        top = float((1 << self.bits) - 1)
+        if self.full_range:
+            return 0.0, top, float(1 << (self.bits - 1)), top
+        k = float(1 << (self.bits - 8))
+        return 16.0 * k, 219.0 * k, 128.0 * k, 224.0 * k
+
+    def with_(self, pix_fmt: str) -> "YuvSpec":
+        return YuvSpec(pix_fmt, self.matrix, self.full_range)
+
+
+def supported(pix_fmt: str | None, matrix: int, width: int, height: int) -> bool:
+    """Whether frames of this format, matrix and size can take the YUV graph (4:2:0 at even sizes)."""
+    return pix_fmt in PIX_FMTS and matrix in MATRICES and width % 2 == 0 and height % 2 == 0
+
+
+def _rgb_from_ycc(kr: float, kb: float) -> torch.Tensor:
+    kg = 1.0 - kr - kb
+    return torch.tensor([[1.0, 0.0, 2 * (1 - kr)],
+                         [1.0, -2 * kb * (1 - kb) / kg, -2 * kr * (1 - kr) / kg],
+                         [1.0, 2 * (1 - kb), 0.0]], dtype=torch.float32)
+
+
+def _ycc_from_rgb(kr: float, kb: float) -> torch.Tensor:
+    kg = 1.0 - kr - kb
+    return torch.tensor([[kr, kg, kb],
+                         [-kr / (2 * (1 - kb)), -kg / (2 * (1 - kb)), 0.5],
+                         [0.5, -kg / (2 * (1 - kr)), -kb / (2 * (1 - kr))]], dtype=torch.float32)
+
+
+class YuvToRgb(nn.Module):
+    """``(N, 3H/2, W)`` codes of ``spec`` → ``(N, 3, H, W)`` float RGB in [0, 1]."""
+
+    def __init__(self, spec: YuvSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        y0, ys, c0, cs = spec.levels()
+        div = float(1 << spec.shift)
+        # code → normalized: (code / div - offset) / span, one scale and bias per channel
+        self.register_buffer("scale", torch.tensor([1 / (div * ys), 1 / (div * cs), 1 / (div * cs)]).view(1, 3, 1, 1))
+        self.register_buffer("bias", torch.tensor([-y0 / ys, -c0 / cs, -c0 / cs]).view(1, 3, 1, 1))
+        self.register_buffer("matrix", _rgb_from_ycc(*MATRICES[spec.matrix]).view(3, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, rows, w = x.shape
+        h = rows * 2 // 3
+        x = x.float()
+        y = x[:, :h].unsqueeze(1)
+        c = x[:, h:]
+        if self.spec.planar:
+            c = c.reshape(n, 2, h // 2, w // 2)
+        else:
+            c = c.reshape(n, h // 2, w // 2, 2).permute(0, 3, 1, 2)
+        c = nn.functional.interpolate(c, size=(h, w), mode="bilinear", align_corners=False)
+        ycc = torch.cat((y, c), 1) * self.scale + self.bias
+        return nn.functional.conv2d(ycc, self.matrix).clamp(0.0, 1.0)
+
+
+class RgbToYuv(nn.Module):
+    """``(N, 3, H, W)`` float RGB in [0, 1] → ``(N, 3H/2, W)`` codes of ``spec`` (H, W even)."""
+
+    def __init__(self, spec: YuvSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        y0, ys, c0, cs = spec.levels()
+        self.register_buffer("matrix", _ycc_from_rgb(*MATRICES[spec.matrix]).view(3, 3, 1, 1))
+        self.register_buffer("span", torch.tensor([ys, cs, cs]).view(1, 3, 1, 1))
+        self.register_buffer("offset", torch.tensor([y0, c0, c0]).view(1, 3, 1, 1))
+        self.top = float((1 << spec.bits) - 1)
+        self.mul = float(1 << spec.shift)
+        self.dtype = torch.uint8 if spec.bits == 8 else torch.uint16
+
+    def _codes(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.round().clamp(0.0, self.top)
+        return (v * self.mul if self.mul != 1 else v).to(self.dtype)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = rgb.shape
+        ycc = nn.functional.conv2d(rgb.float().clamp(0.0, 1.0), self.matrix) * self.span + self.offset
+        y = self._codes(ycc[:, 0]).reshape(n, h * w)
+        c = nn.functional.avg_pool2d(ycc[:, 1:], 2)  # chroma of each 2x2 block: their mean
+        if self.spec.planar:
+            c = self._codes(c).reshape(n, h * w // 2)
+        else:
+            c = self._codes(c).permute(0, 2, 3, 1).reshape(n, h * w // 2)
+        return torch.cat((y, c), 1).reshape(n, h * 3 // 2, w)
+
+
+class YuvModel(nn.Module):
+    """A float RGB model (NCHW, [0, 1]) between the two conversions: YUV codes in, YUV codes out. The model
+    runs under whatever autocast surrounds it; the conversions stay in fp32."""
+
+    def __init__(self, net: nn.Module, inp: YuvSpec, out: YuvSpec) -> None:
+        super().__init__()
+        self.to_rgb, self.net, self.to_yuv = YuvToRgb(inp), net, RgbToYuv(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            rgb = self.to_rgb(x)
+        y = self.net(rgb.contiguous(memory_format=torch.channels_last))
+        with torch.autocast(x.device.type, enabled=False):
+            return self.to_yuv(y.float())
