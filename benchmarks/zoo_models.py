@@ -95,7 +95,7 @@ def measure(name: str, work: Path, calib: Path | None, photos: Path | None, thre
             speed: bool = True, bf16_side: int = 0) -> dict:
     import torch
 
-    from sr_deploy.export.onnx_export import export_onnx, receptive_field
+    from sr_deploy.export.onnx_export import export_onnx
     from sr_deploy.fsutil import model_digest
     from sr_deploy.media.tiling import upscale_frame
     from sr_deploy.models.ncnn import load_ncnn

@@ -246,61 +246,15 @@ def run(
 ) -> None:
     """Upscale an image, a folder or a video."""
     from sr_deploy.fsutil import check_destination
-    from sr_deploy.media.images import IMAGE_SUFFIXES, default_output, is_image, upscale_folder, upscale_image
-    from sr_deploy.media.resize import check_outscale
-    from sr_deploy.media.tiling import check_tile
-    from sr_deploy.media.video import (VIDEO_SUFFIXES, VideoOptions, check_encoder, check_output_codec, is_video,
-                                       upscale_video)
-    from sr_deploy.runtime.select import make_runner, model_identity, resolve_model
+    from sr_deploy.media.images import default_output, is_image
+    from sr_deploy.media.video import VideoOptions, check_encoder, check_output_codec, is_video
+    from sr_deploy.runtime.select import make_runner, resolve_model
 
     pool = out = None
     try:
-        if not input.exists():
-            raise InputError(f"{input}: not found")
-        if not (input.is_dir() or input.is_file()):  # a FIFO would block the probe until someone writes to it
-            raise InputError(f"{input}: not a regular file or folder (a FIFO, socket or device)")
-        if not (input.is_dir() or is_image(input) or is_video(input)):
-            raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
-        if alpha not in ("bicubic", "model"):
-            raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
-        if alpha == "model" and is_video(input):
-            raise InputError("--alpha model applies to images; a video's alpha channel is upscaled bicubic")
-        if precision is not None and precision not in ("fp32", "bf16", "fp16", "int8"):
-            raise InputError(f"--precision must be fp32, bf16, fp16 or int8, got {precision!r}")
-        if not 0 <= crf <= 51:
-            raise InputError(f"--crf {crf}: x264/x265 CRF and NVENC CQ run from 0 (best) to 51")
-        if tile is not None:
-            check_tile(tile)
-        check_outscale(outscale)
-        image_suffix = None
-        if image_format is not None:
-            image_suffix = "." + image_format.lower().lstrip(".")
-            if image_suffix not in IMAGE_SUFFIXES:
-                raise InputError(f"--format {image_format}: not an image format srdeploy writes "
-                                 f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
-            if is_video(input):
-                raise InputError("--format sets the format of images; a video's is its output name's (-o NAME.mkv)")
-            if output is not None and is_image(input) and not output.is_dir() and output.suffix.lower() != image_suffix:
-                raise InputError(f"--format {image_format} and -o {output.name} disagree; give one of them")
-        if not max_megapixels > 0:
-            raise InputError(f"--max-megapixels must be positive, got {max_megapixels:g}")
-        into_folder = output is not None and output.is_dir() and not input.is_dir()  # -o DIR: DIR/NAME_x4.EXT
-        if output is not None and not input.is_dir() and not into_folder:
-            want = IMAGE_SUFFIXES if is_image(input) else VIDEO_SUFFIXES
-            if output.suffix.lower() not in want:
-                kind = "an image" if is_image(input) else "a video"
-                raise InputError(f"{output}: {output.suffix or 'no suffix'} is not {kind} format "
-                                 f"({', '.join(sorted(want))})")
-        if is_image(input):  # over the size limit: refused before a model is loaded or a pixel decoded
-            from sr_deploy.media.images import check_frames_fit, check_size, probe_image
-
-            header = probe_image(input)
-            if header is not None:
-                check_size(input, header, 1, max_megapixels, outscale=outscale)  # the model's own scale: once loaded
-                if header.frames > 1 and output is not None and not into_folder:
-                    check_frames_fit(input, output, header)
-        if segment_seconds is not None and not segment_seconds > 0:
-            raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
+        image_suffix, into_folder = _check_run_args(
+            input, output, alpha=alpha, precision=precision, crf=crf, tile=tile, outscale=outscale,
+            image_format=image_format, max_megapixels=max_megapixels, segment_seconds=segment_seconds)
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
                             segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale, yuv=yuv)
@@ -326,30 +280,10 @@ def run(
         named = default_output(input, runner.scale, outscale, image_suffix)
         out = output / named.name if into_folder else output or named
         check_destination(input, out, overwrite=overwrite, folder=input.is_dir())
-        with runner:
-            if not quiet:
-                typer.echo(f"model {source.name} x{runner.descriptor.model_scale} on {runner.describe()}: {why}", err=True)
-            if input.is_dir():
-                summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
-                                         tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
-                                         pool=pool, identity=model_identity(source, backend, precision, ensemble),
-                                         restart=restart, outscale=outscale, video=opts, image_suffix=image_suffix)
-                typer.echo(f"{out}: {summary.line()}")
-                for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
-                    typer.echo(f"error: {why}", err=True)
-                if summary.failed:
-                    raise typer.Exit(1)
-            elif is_image(input):
-                upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha,
-                              max_megapixels=max_megapixels, outscale=outscale)
-                typer.echo(str(out))
-            else:
-                identity = model_identity(source, backend, precision, ensemble)
-                res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet,
-                                    identity=identity, restart=restart, pool=pool)
-                reused = f", {res.reused_segments} of {res.segments} segments reused" if res.reused_segments else ""
-                typer.echo(f"{out}: {res.frames} frames at {res.width}x{res.height}, {res.copied_streams} streams copied, "
-                           f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s{reused}")
+        _upscale_input(runner, source, why, input, out, opts, backend=backend, precision=precision,
+                       ensemble=ensemble, overwrite=overwrite, skip_existing=skip_existing, tile=tile, alpha=alpha,
+                       quiet=quiet, max_megapixels=max_megapixels, pool=pool, restart=restart, outscale=outscale,
+                       image_suffix=image_suffix)
     except SRDeployError as exc:
         _fail(exc)
     except MemoryError:  # one image or frame larger than this machine's memory (a folder says it per file)
@@ -362,6 +296,99 @@ def run(
     finally:
         if pool is not None:
             pool.close()
+
+
+def _upscale_input(runner, source, why: str, input: Path, out: Path, opts, *, backend: str,
+                   precision: Optional[str], ensemble: bool, overwrite: bool, skip_existing: bool,
+                   tile: Optional[int], alpha: str, quiet: bool, max_megapixels: float, pool, restart: bool,
+                   outscale: Optional[float], image_suffix: Optional[str]) -> None:
+    """`run` once its runner is made: the folder, the image or the video, and the line that says it."""
+    from sr_deploy.media.images import is_image, upscale_folder, upscale_image
+    from sr_deploy.media.video import upscale_video
+    from sr_deploy.runtime.select import model_identity
+
+    with runner:
+        if not quiet:
+            typer.echo(f"model {source.name} x{runner.descriptor.model_scale} on {runner.describe()}: {why}", err=True)
+        if input.is_dir():
+            summary = upscale_folder(runner, input, out, overwrite=overwrite, skip_existing=skip_existing,
+                                     tile=tile, alpha=alpha, quiet=quiet, max_megapixels=max_megapixels,
+                                     pool=pool, identity=model_identity(source, backend, precision, ensemble),
+                                     restart=restart, outscale=outscale, video=opts, image_suffix=image_suffix)
+            typer.echo(f"{out}: {summary.line()}")
+            for path, why in summary.failed if quiet else ():  # otherwise each was reported as it happened
+                typer.echo(f"error: {why}", err=True)
+            if summary.failed:
+                raise typer.Exit(1)
+        elif is_image(input):
+            upscale_image(runner, input, out, overwrite=overwrite, tile=tile, alpha=alpha,
+                          max_megapixels=max_megapixels, outscale=outscale)
+            typer.echo(str(out))
+        else:
+            identity = model_identity(source, backend, precision, ensemble)
+            res = upscale_video(runner, input, out, options=opts, overwrite=overwrite, quiet=quiet,
+                                identity=identity, restart=restart, pool=pool)
+            reused = f", {res.reused_segments} of {res.segments} segments reused" if res.reused_segments else ""
+            typer.echo(f"{out}: {res.frames} frames at {res.width}x{res.height}, {res.copied_streams} streams copied, "
+                       f"{res.frames / max(res.seconds, 1e-9):.2f} frames/s{reused}")
+
+
+def _check_run_args(input: Path, output: Optional[Path], *, alpha: str, precision: Optional[str], crf: int,
+                    tile: Optional[int], outscale: Optional[float], image_format: Optional[str],
+                    max_megapixels: float, segment_seconds: Optional[float]) -> tuple[Optional[str], bool]:
+    """`run`'s arguments checked before a model loads; returns (the --format suffix, -o names a folder)."""
+    from sr_deploy.media.images import IMAGE_SUFFIXES, is_image
+    from sr_deploy.media.resize import check_outscale
+    from sr_deploy.media.tiling import check_tile
+    from sr_deploy.media.video import VIDEO_SUFFIXES, is_video
+
+    if not input.exists():
+        raise InputError(f"{input}: not found")
+    if not (input.is_dir() or input.is_file()):  # a FIFO would block the probe until someone writes to it
+        raise InputError(f"{input}: not a regular file or folder (a FIFO, socket or device)")
+    if not (input.is_dir() or is_image(input) or is_video(input)):
+        raise InputError(f"{input}: not an image, a folder or a video (by its extension)")
+    if alpha not in ("bicubic", "model"):
+        raise InputError(f"--alpha must be bicubic or model, got {alpha!r}")
+    if alpha == "model" and is_video(input):
+        raise InputError("--alpha model applies to images; a video's alpha channel is upscaled bicubic")
+    if precision is not None and precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise InputError(f"--precision must be fp32, bf16, fp16 or int8, got {precision!r}")
+    if not 0 <= crf <= 51:
+        raise InputError(f"--crf {crf}: x264/x265 CRF and NVENC CQ run from 0 (best) to 51")
+    if tile is not None:
+        check_tile(tile)
+    check_outscale(outscale)
+    image_suffix = None
+    if image_format is not None:
+        image_suffix = "." + image_format.lower().lstrip(".")
+        if image_suffix not in IMAGE_SUFFIXES:
+            raise InputError(f"--format {image_format}: not an image format srdeploy writes "
+                             f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
+        if is_video(input):
+            raise InputError("--format sets the format of images; a video's is its output name's (-o NAME.mkv)")
+        if output is not None and is_image(input) and not output.is_dir() and output.suffix.lower() != image_suffix:
+            raise InputError(f"--format {image_format} and -o {output.name} disagree; give one of them")
+    if not max_megapixels > 0:
+        raise InputError(f"--max-megapixels must be positive, got {max_megapixels:g}")
+    into_folder = output is not None and output.is_dir() and not input.is_dir()  # -o DIR: DIR/NAME_x4.EXT
+    if output is not None and not input.is_dir() and not into_folder:
+        want = IMAGE_SUFFIXES if is_image(input) else VIDEO_SUFFIXES
+        if output.suffix.lower() not in want:
+            kind = "an image" if is_image(input) else "a video"
+            raise InputError(f"{output}: {output.suffix or 'no suffix'} is not {kind} format "
+                             f"({', '.join(sorted(want))})")
+    if is_image(input):  # over the size limit: refused before a model is loaded or a pixel decoded
+        from sr_deploy.media.images import check_frames_fit, check_size, probe_image
+
+        header = probe_image(input)
+        if header is not None:
+            check_size(input, header, 1, max_megapixels, outscale=outscale)  # the model's own scale: once loaded
+            if header.frames > 1 and output is not None and not into_folder:
+                check_frames_fit(input, output, header)
+    if segment_seconds is not None and not segment_seconds > 0:
+        raise InputError(f"--segment-seconds must be positive, got {segment_seconds}")
+    return image_suffix, into_folder
 
 
 def _interrupted_line(src: Path, out: Path | None) -> str:
