@@ -338,24 +338,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
                         say(f"{name} x{scale} {source.name} {backend} {precision} x8 self-ensemble: "
                             f"{q.psnr_y:.3f} dB / {q.ssim_y:.4f}")
                 if cfg.speed:
-                    for (h, w) in cfg.sizes:
-                        for b in cfg.batches:
-                            x = rng.random((b, desc.in_channels, h, w), dtype=np.float32)
-                            reset_peak_rss()
-                            times = _time(runner, x, cfg)
-                            p50 = float(np.percentile(times, 50))
-                            fps = b / p50
-                            row = {"model": source.name, "backend": backend, "precision": precision,
-                                   "input": f"{h}x{w}", "batch": b, "latency_ms_p50": 1000 * p50,
-                                   "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
-                                   "mpix_per_s": fps * h * w * desc.scale * desc.scale / 1e6, "peak_mem_mb": peak_rss_mb(),
-                                   "runs": len(times), "gflops": 2 * macs_px * h * w * fps / 1e9}
-                            if runner.on_gpu:
-                                row.update(_gpu_stream(runner, rng.integers(0, 256, (b, h, w, desc.in_channels),
-                                                                            dtype=np.uint8)))
-                            res.speed.append(row)
-                            say(f"speed {source.name} {backend} {precision} {h}x{w} b{b}: p50 {row['latency_ms_p50']:.1f} ms, "
-                                f"{fps:.2f} fps, {row['mpix_per_s']:.2f} Mpix/s")
+                    _speed_rows(res, runner, source, backend, precision, desc, macs_px, cfg, rng, say)
             except Exception as exc:  # noqa: BLE001 - one failing backend must not end the benchmark
                 note(f"{source.name} {backend} {precision} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
             finally:
@@ -367,6 +350,29 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
         except SRDeployError as exc:
             note(f"skipped video: {exc}")
     return res
+
+
+def _speed_rows(res: "BenchResult", runner, source, backend: str, precision: str, desc, macs_px: float,
+                cfg: "BenchConfig", rng, say) -> None:
+    """Latency and throughput of one runner at every --size and --batch (and, on a GPU, the pipelined rate)."""
+    for (h, w) in cfg.sizes:
+        for b in cfg.batches:
+            x = rng.random((b, desc.in_channels, h, w), dtype=np.float32)
+            reset_peak_rss()
+            times = _time(runner, x, cfg)
+            p50 = float(np.percentile(times, 50))
+            fps = b / p50
+            row = {"model": source.name, "backend": backend, "precision": precision,
+                   "input": f"{h}x{w}", "batch": b, "latency_ms_p50": 1000 * p50,
+                   "latency_ms_p95": 1000 * float(np.percentile(times, 95)), "fps": fps,
+                   "mpix_per_s": fps * h * w * desc.scale * desc.scale / 1e6, "peak_mem_mb": peak_rss_mb(),
+                   "runs": len(times), "gflops": 2 * macs_px * h * w * fps / 1e9}
+            if runner.on_gpu:
+                row.update(_gpu_stream(runner, rng.integers(0, 256, (b, h, w, desc.in_channels),
+                                                            dtype=np.uint8)))
+            res.speed.append(row)
+            say(f"speed {source.name} {backend} {precision} {h}x{w} b{b}: p50 {row['latency_ms_p50']:.1f} ms, "
+                f"{fps:.2f} fps, {row['mpix_per_s']:.2f} Mpix/s")
 
 
 def _minutes(seconds: float) -> str:

@@ -273,7 +273,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
     source's audio and subtitle streams muxed once; returns how many streams were copied."""
     import av
 
-    from sr_deploy.media.container import container_takes, main_video, open_input
+    from sr_deploy.media.container import open_input
 
     start_s, end_s, _ = window_of(options)
     try:
@@ -303,24 +303,7 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                 # encoder starts with its own reordering delay) is a repeated frame. So one tick per frame,
                 # each packet the next tick (AVI keeps no pts: the decoder restores the order)
                 vout.time_base = 1 / Fraction(template.average_rate)
-            copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
-            upscaled = main_video(inp).index
-            for st in inp.streams.video:
-                if st.index != upscaled:
-                    kind = "cover picture" if st.disposition & av.stream.Disposition.attached_pic else "video stream"
-                    say(f"warning: {kind} #{st.index} ({st.codec_context.name}) is not kept: only video stream "
-                        f"#{upscaled} is upscaled")
-            mapping = {}
-            for st in copied:
-                stream = None
-                if container_takes(dst, st):
-                    with contextlib.suppress(av.error.FFmpegError, ValueError):
-                        stream = out.add_stream_from_template(st)
-                if stream is not None:
-                    mapping[st.index] = stream
-                else:
-                    say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
-                        f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
+            copied, upscaled, mapping = _map_streams(inp, out, dst, options, say)
 
             pairs = [(inp.streams[upscaled], vout)] + [(inp.streams[i], o) for i, o in mapping.items()]
             carry_container_metadata(inp, out, pairs, start_s, end_s)
@@ -394,6 +377,34 @@ def assemble(src: Path, parts: list[Path], tmp: Path, dst: Path, options, say) -
                 c.close()
         inp.close()
     return len(mapping)
+
+
+def _map_streams(inp, out, dst: Path, options, say) -> tuple[list, int, dict]:
+    """The source's streams beside the upscaled video: (audio and subtitle streams to copy, the upscaled
+    stream's index, source index → output stream for those the container takes); the rest said."""
+    import av
+
+    from sr_deploy.media.container import container_takes, main_video
+
+    copied = [st for st in inp.streams if st.type in ("audio", "subtitle")] if options.copy_streams else []
+    upscaled = main_video(inp).index
+    for st in inp.streams.video:
+        if st.index != upscaled:
+            kind = "cover picture" if st.disposition & av.stream.Disposition.attached_pic else "video stream"
+            say(f"warning: {kind} #{st.index} ({st.codec_context.name}) is not kept: only video stream "
+                f"#{upscaled} is upscaled")
+    mapping = {}
+    for st in copied:
+        stream = None
+        if container_takes(dst, st):
+            with contextlib.suppress(av.error.FFmpegError, ValueError):
+                stream = out.add_stream_from_template(st)
+        if stream is not None:
+            mapping[st.index] = stream
+        else:
+            say(f"warning: {st.type} stream #{st.index} ({st.codec_context.name}) is dropped: "
+                f"{dst.suffix or 'this'} files cannot hold it; write to .mkv (-o NAME.mkv) to keep it")
+    return copied, upscaled, mapping
 
 
 def _attach(out, st, dst: Path, say) -> None:
