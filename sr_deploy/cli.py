@@ -223,6 +223,10 @@ def run(
     segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help="Video: cut the run into segments "
                                                     "this long (default: about a minute of compute each, from the "
                                                     "model's measured speed); an interrupted run resumes from the finished ones."),
+    parallel_segments: Optional[int] = typer.Option(None, "--parallel-segments", metavar="N", help="Video: encode "
+                                                    "N segments at once, each with its own encoder, the model shared "
+                                                    "(default: one per 4 host cores when a GPU runs the model and the "
+                                                    "encoder is a software one, else 1)."),
     yuv: Optional[bool] = typer.Option(None, "--yuv/--no-yuv", help="Video: frames cross to the model as the "
                                        "decoder's 4:2:0 YUV, colour converted in the model's graph (half the bytes, "
                                        "no host conversion; 10-bit kept 10-bit). Default: on a GPU, where the "
@@ -257,7 +261,8 @@ def run(
             image_format=image_format, max_megapixels=max_megapixels, segment_seconds=segment_seconds)
         opts = VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, bitrate=bitrate,
                             tile=tile, batch=batch, max_frames=frames, start=start, duration=duration,
-                            segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale, yuv=yuv)
+                            segment_seconds=segment_seconds, deinterlace=deinterlace, outscale=outscale, yuv=yuv,
+                            parallel_segments=parallel_segments)
         if is_video(input) or input.is_dir():  # before the model loads; codec-specific checks once it is chosen
             opts.check()
             check_encoder(codec, opts)
@@ -539,7 +544,8 @@ def bench(
                                            "--outscale N` makes it (e.g. a x4 model for x2)."),
     host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
                                                           "(default 270x480 → 1080x1920): float I/O vs pixels in the graph, "
-                                                          "and RGB vs the YUV graph (also 540x960 → 4K)."),
+                                                          "RGB vs the YUV graph (also 540x960 → 4K), and the host encoder's "
+                                                          "ceiling at the output size (one encoder, and several side by side)."),
 ) -> None:
     """Latency, throughput and quality (Y-PSNR/SSIM vs bicubic) for every backend and precision."""
     from sr_deploy.bench.run import BenchConfig, markdown, run_bench, write_json, write_markdown, write_montage, write_plot
@@ -563,6 +569,15 @@ def bench(
                     c = measure_colour_io(hw, 4, bits)
                     typer.echo(f"| {hw[0]}x{hw[1]} | {hw[0] * 4}x{hw[1] * 4} | {bits} | {c.rgb_ms:.1f} | "
                                f"{c.yuv_ms:.1f} | {c.rgb_mb:.1f} | {c.yuv_mb:.1f} |")
+            from sr_deploy.bench.encoder import ceilings
+
+            typer.echo("\n| output | host encoder | encoders x threads | frames/s (all together) |")
+            typer.echo("|---|---|---|---|")
+            for hw in [parse_hw(s) for s in size] or [(270, 480), (540, 960)]:
+                h, w = (4 * hw[0]) // 2 * 2, (4 * hw[1]) // 2 * 2
+                for c in ceilings(w, h, seconds=min_time):
+                    typer.echo(f"| {w}x{h} | {c.codec} veryfast | {c.encoders} x "
+                               f"{c.threads_each or 'auto'} | {c.fps:.1f} |")
             return
         from sr_deploy.imagefiles import list_images
 

@@ -105,11 +105,16 @@ class VideoOptions:
     # frames cross to the runner as 4:2:0 YUV, the colour conversions in its graph (export/yuv.py), where
     # the runner has that graph; None: on a GPU
     yuv: bool | None = None
+    # segments encoded at once by their own encoders, the model shared (parallel_segments); None: several
+    # where a GPU runs the model and a software encoder takes its frames, else one
+    parallel_segments: int | None = None
 
     def check(self) -> None:
         """One line for settings that are wrong whatever the codec, before a model is loaded."""
         if self.batch < 1:
             raise InputError(f"--batch must be at least 1, got {self.batch}")
+        if self.parallel_segments is not None and self.parallel_segments < 1:
+            raise InputError(f"--parallel-segments must be at least 1, got {self.parallel_segments}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.max_frames}")
         if self.start is not None and not self.start >= 0:
@@ -249,12 +254,14 @@ class _Stage(threading.Thread):
 
 
 def _get(q: queue.Queue, stop: threading.Event):
+    """The next item, or KeyboardInterrupt once ``stop`` is set (items still queued are not worked on)."""
     while True:
+        if stop.is_set():
+            raise KeyboardInterrupt
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
-            if stop.is_set():
-                raise KeyboardInterrupt from None
+            continue
 
 
 def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions = VideoOptions(),
@@ -318,8 +325,13 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         done_frames = sum(int(r["frames"]) for r in parts.done.values())
         with Progress(plan.total_frames, desc="frames", unit="frame", quiet=quiet) as bar:
             bar.update(done_frames)
+            workers = parallel_segments(runner, codec, options, len(todo)) if pool is None else 1
             if pool is not None:
                 pool.run(src, plan, todo, options, parts, bar)
+            elif workers > 1:
+                say(f"note: {workers} segments encoded at once ({codec} on the host, the model on the GPU)"
+                    if options.parallel_segments is None else f"note: {workers} segments encoded at once")
+                encode_segments_parallel(runner, src, plan, todo, options, parts, workers, say, bar)
             else:
                 for seg in todo:
                     tmp = parts.tmp_path(seg.index)
@@ -833,10 +845,11 @@ def _output_frame(run: _Segment, arr: np.ndarray, a: np.ndarray | None, to_yuv: 
 
 
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
-                   on_frame=None) -> int:
+                   on_frame=None, abort: threading.Event | None = None) -> int:
     """Decode the frames of one segment (from the keyframe at or before its start), run them through
     ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
-    ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike."""
+    ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike. Setting
+    ``abort`` (another thread) stops it as an interrupt does (KeyboardInterrupt, ``tmp`` removed)."""
     import av
 
     say = say or (lambda line: None)
@@ -866,6 +879,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
                 dec.start()
                 inf.start()
                 while True:
+                    if abort is not None and abort.is_set():
+                        raise KeyboardInterrupt
                     item = _get(q_inf, stop)
                     if item is _END:
                         break
@@ -912,6 +927,92 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     finally:
         inp.close()
     return n
+
+
+class _SharedRunner:
+    """A runner several segment pipelines share: each batch runs alone under a lock (the model runs one
+    batch at a time whatever asks), everything else (sizes, descriptor, budget) is the runner's own."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner, self._lock = runner, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def stream_u8(self, batches):
+        for b in batches:
+            with self._lock:
+                y = next(iter(self._runner.stream_u8(iter([b]))))
+            yield y
+
+    def stream_yuv(self, batches, inp, out):
+        for b in batches:
+            with self._lock:
+                y = next(iter(self._runner.stream_yuv(iter([b]), inp, out)))
+            yield y
+
+    def infer_u8(self, batch):
+        with self._lock:
+            return self._runner.infer_u8(batch)
+
+    def infer(self, batch):
+        with self._lock:
+            return self._runner.infer(batch)
+
+
+def parallel_segments(runner: Runner, codec: str, options: VideoOptions, todo: int) -> int:
+    """How many segments are encoded at once: --parallel-segments, else, where a GPU runs the model and a
+    software encoder takes its frames (no NVENC: the H100 and A100 have none), one encoder per four host
+    cores, so the encoders use every core while one model on the GPU feeds them all."""
+    import os
+
+    if options.parallel_segments is not None:
+        return max(1, min(options.parallel_segments, todo))
+    if not runner.on_gpu or codec in NVENC_CODECS:
+        return 1
+    return max(1, min(todo, (os.cpu_count() or 1) // 4))
+
+
+def encode_segments_parallel(runner: Runner, src: Path, plan, todo: list, options: VideoOptions, parts,
+                             workers: int, say, bar) -> None:
+    """The segments of ``todo`` encoded ``workers`` at a time, each by its own decoder and encoder, the
+    model shared batch by batch; each finished segment is recorded as it ends. An interrupt or an error
+    stops every worker (each removes its unfinished file) before it is raised here."""
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    shared = _SharedRunner(runner)
+    if options.encoder_threads is None and options.codec in ("libx264", "libx265"):
+        options = dataclasses.replace(options, encoder_threads=max(1, (os.cpu_count() or 1) // workers))
+    abort, lock = threading.Event(), threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    def one(seg) -> None:
+        tmp = parts.tmp_path(seg.index)
+        n = encode_segment(shared, src, plan, seg, tmp, options, say=say, on_frame=progress, abort=abort)
+        with lock:
+            parts.record(seg.index, n, tmp)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="srdeploy-segment")
+    futures = []
+    try:
+        futures = [pool.submit(one, seg) for seg in todo]
+        pending = futures
+        while pending:  # woken often: an interrupt reaches this thread between waits
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()
+    except BaseException:
+        abort.set()
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 SEGMENT_COMPUTE_S = 60.0  # a segment is about this much compute: what an interrupt can lose

@@ -511,3 +511,149 @@ def test_every_setting_that_changes_pixels_changes_the_manifest_key(tmp_path):
     assert manifest_key(src, "model", base, "libx265", 1.0) != key
     assert manifest_key(src, "model", base, "libx264", 2.0) != key
     assert manifest_key(src, "model", base, "libx264", 1.0) == key
+
+
+def test_segments_encoded_in_parallel_make_the_same_video(tmp_path, tiny_ckpt):
+    """--parallel-segments 3: three segments at once, each its own decoder and encoder, one model shared;
+    lossless (CRF 0), the frames are those of the run one segment at a time, in order, with their times."""
+    import av
+
+    from sr_deploy.media.video import VideoOptions, upscale_video
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=36, fps=12, audio=False)
+    runner, _ = make_runner(resolve_model(str(tiny_ckpt)), "onnxruntime")
+    outs = {}
+    with runner:
+        for n in (1, 3):
+            dst = tmp_path / f"out{n}.mkv"
+            res = upscale_video(runner, src, dst, quiet=True,
+                                options=VideoOptions(segment_seconds=0.5, crf=0, parallel_segments=n))
+            assert res.segments == 6 and res.frames == 36
+            with av.open(str(dst)) as c:
+                outs[n] = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    assert [p for p, _ in outs[3]] == [p for p, _ in outs[1]]
+    for (_, a), (_, b) in zip(outs[1], outs[3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_failing_segment_stops_the_parallel_ones_and_keeps_the_finished(tmp_path, tiny_ckpt):
+    from sr_deploy.errors import ModelError
+    from sr_deploy.media.segments import Parts
+    from sr_deploy.media.video import VideoOptions, upscale_video
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=36, fps=12, audio=False)
+    runner, _ = make_runner(resolve_model(str(tiny_ckpt)), "onnxruntime")
+    calls = {"n": 0}
+    real = type(runner).infer_u8
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise ModelError("the model failed")
+        return real(self, batch)
+
+    dst = tmp_path / "out.mkv"
+    with runner, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(runner), "infer_u8", failing)
+        with pytest.raises(ModelError):
+            upscale_video(runner, src, dst, quiet=True, options=VideoOptions(segment_seconds=0.5, parallel_segments=3))
+    assert not dst.exists()
+    parts = Parts(dst)
+    left = sorted(p.name for p in parts.dir.iterdir())
+    assert not [n for n in left if ".tmp" in n], left  # no half-written segment
+    finished = [n for n in left if n.startswith("seg_")]
+    assert 1 <= len(finished) < 6, left  # those that ended before the failure are kept for the resume
+    res = upscale_video(runner, src, dst, quiet=True, options=VideoOptions(segment_seconds=0.5, parallel_segments=3))
+    assert res.reused_segments == len(finished) and res.frames == 36
+
+
+class _OneAtATime:
+    """A x2 runner that fails if two threads are inside it at once (OpenVINO's infer request, a TensorRT
+    context), slow enough for the segments to overlap; ``on_call(n)`` runs at each call."""
+
+    def __init__(self, on_call=None):
+        import threading
+
+        from sr_deploy.descriptor import ModelDescriptor
+        from sr_deploy.runtime.base import Runner
+
+        class R(Runner):
+            backend = "test"
+
+            def _activate(self):
+                pass
+
+            def _infer(self, batch):
+                raise AssertionError("uint8 only")
+
+            def _infer_u8(r, batch):
+                if not self.inside.acquire(blocking=False):
+                    self.overlapped = True
+                try:
+                    self.calls += 1
+                    if on_call:
+                        on_call(self.calls)
+                    time.sleep(0.02)
+                    return batch.repeat(2, axis=1).repeat(2, axis=2)
+                finally:
+                    self.inside.release()
+
+        self.inside, self.overlapped, self.calls = threading.Lock(), False, 0
+        self.runner = R(ModelDescriptor(name="x2", scale=2))
+
+
+def test_parallel_segments_share_the_model_one_batch_at_a_time(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=24, fps=12, audio=False)
+    import threading
+
+    callers = []  # each segment's inference stage is a thread of its own
+    one = _OneAtATime(on_call=lambda n: callers.append(threading.get_ident()))
+    with one.runner:
+        res = upscale_video(one.runner, src, tmp_path / "o.mkv", quiet=True,
+                            options=VideoOptions(segment_seconds=0.5, parallel_segments=4))
+    assert res.frames == 24 and one.calls == 24
+    firsts = {c: callers.index(c) for c in callers}
+    lasts = {c: len(callers) - 1 - callers[::-1].index(c) for c in callers}
+    assert len(firsts) == 4 and any(firsts[b] < lasts[a] for a in firsts for b in firsts if a != b and
+                                    firsts[a] < firsts[b]), callers  # segments did run at the same time
+    assert not one.overlapped  # but never two calls of the model at once
+
+
+def test_an_interrupt_stops_every_parallel_segment(tmp_path):
+    import _thread
+    import threading
+
+    from sr_deploy.media.segments import Parts
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=48, fps=12, audio=False)
+    one = _OneAtATime(on_call=lambda n: _thread.interrupt_main() if n == 3 else None)
+    dst = tmp_path / "o.mkv"
+    with one.runner, pytest.raises(KeyboardInterrupt):
+        upscale_video(one.runner, src, dst, quiet=True, options=VideoOptions(segment_seconds=0.5, parallel_segments=3))
+    assert one.calls < 12  # the three running segments stopped (6 frames each), the others never started
+    assert not [t for t in threading.enumerate() if t.name.startswith("srdeploy-segment")]
+    d = Parts(dst).dir  # kept only with finished segments in it, never a half-written one
+    assert not d.exists() or not [p.name for p in d.iterdir() if ".tmp" in p.name]
+    assert not dst.exists()
+
+
+def test_how_many_segments_run_at_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from sr_deploy.media.video import parallel_segments
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    gpu, cpu = SimpleNamespace(on_gpu=True), SimpleNamespace(on_gpu=False)
+    assert parallel_segments(gpu, "libx264", VideoOptions(), 10) == 4  # no NVENC (H100): one encoder per 4 cores
+    assert parallel_segments(gpu, "libx264", VideoOptions(), 2) == 2  # never more than the segments left
+    assert parallel_segments(gpu, "hevc_nvenc", VideoOptions(), 10) == 1  # the GPU encodes
+    assert parallel_segments(cpu, "libx264", VideoOptions(), 10) == 1  # the model has the cores
+    assert parallel_segments(cpu, "libx264", VideoOptions(parallel_segments=3), 10) == 3  # asked for
+    with pytest.raises(InputError, match="--parallel-segments"):
+        VideoOptions(parallel_segments=0).check()
