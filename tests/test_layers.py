@@ -33,3 +33,20 @@ def test_a_layer_loads_nothing_above_it(module, forbidden):
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{module} loaded {r.stdout.strip()} {r.stderr[-500:]}"
+
+
+MAX_FUNCTION_LINES = 120
+
+
+def test_no_function_is_longer_than_a_screenful_or_two():
+    """Every function of the package, nested ones and their docstrings counted, within MAX_FUNCTION_LINES."""
+    import ast
+
+    long = []
+    for f in sorted((REPO / "sr_deploy").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{f.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

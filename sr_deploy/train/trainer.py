@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -172,9 +173,136 @@ def _check_resume(cfg: TrainConfig, payload: dict, path: str) -> None:
 
 
 # --------------------------------------------------------------------------- main entry
-def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
-    """Run a training recipe; returns the path of the best (or last) checkpoint."""
-    # All input checks happen before any work starts.
+@dataclass
+class _Nets:
+    """What a run trains and saves: the generator, its optimizer and schedule, the EMA average, and for
+    srgan the discriminator, its optimizer and the content loss."""
+
+    G: nn.Module
+    g_opt: torch.optim.Optimizer
+    g_sched: torch.optim.lr_scheduler.LambdaLR
+    D: nn.Module | None = None
+    d_opt: torch.optim.Optimizer | None = None
+    ema: nn.Module | None = None
+    content: nn.Module | None = None
+
+
+def _build_nets(cfg: TrainConfig, device: torch.device, fmt, content) -> _Nets:
+    G = build_generator(cfg.arch_dict()).to(device, memory_format=fmt)
+    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+    nets = _Nets(G, g_opt, torch.optim.lr_scheduler.LambdaLR(g_opt, _schedule(cfg)))
+    if cfg.recipe == "srgan":
+        nets.D = Discriminator(blocks=cfg.d_blocks).to(device, memory_format=fmt)
+        nets.d_opt = torch.optim.Adam(nets.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
+        nets.content = content.to(device)
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel
+
+        def ema_avg(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            # decay warms up as (1 + n) / (10 + n) so that the average is not dominated
+            # by the random initialisation in the first thousands of steps
+            d = min(cfg.ema_decay, (1.0 + float(n)) / (10.0 + float(n)))
+            return d * avg + (1.0 - d) * new
+
+        nets.ema = AveragedModel(G, avg_fn=ema_avg, use_buffers=True)
+    return nets
+
+
+def _restore(nets: _Nets, cfg: TrainConfig, resume_payload, init_payload, main: bool) -> tuple[int, float, int]:
+    """Weights, optimizers and schedule from a resumed run or an init checkpoint; (start step, best score,
+    validations without improvement)."""
+    start, best, bad_vals = 0, -math.inf, 0
+    if resume_payload:
+        nets.G.load_state_dict(resume_payload["state_dict"])
+        nets.g_opt.load_state_dict(resume_payload["optimizer"])
+        nets.g_sched.load_state_dict(resume_payload["scheduler"])
+        if nets.D is not None:
+            nets.D.load_state_dict(resume_payload["d_state_dict"])
+            nets.d_opt.load_state_dict(resume_payload["d_optimizer"])
+        if nets.ema is not None and "ema_state_dict" in resume_payload:
+            nets.ema.load_state_dict(resume_payload["ema_state_dict"])
+        torch.set_rng_state(resume_payload["rng_cpu"])
+        start, best, bad_vals = resume_payload["step"], resume_payload.get("best", -math.inf), resume_payload.get("bad_vals", 0)
+        if main:
+            log.info("resumed from %s at step %d: %s schedule to step %d, lr now %.3g",
+                     cfg.resume, start, cfg.schedule, cfg.steps, nets.g_opt.param_groups[0]["lr"])
+    elif init_payload:
+        nets.G.load_state_dict(init_payload["state_dict"])
+        if nets.ema is not None:
+            nets.ema.module.load_state_dict(init_payload["state_dict"])
+        if cfg.start_step:
+            start = cfg.start_step
+            nets.g_sched.last_epoch = start
+            for group, base in zip(nets.g_opt.param_groups, nets.g_sched.base_lrs):
+                group["lr"] = base * nets.g_sched.lr_lambdas[0](start)
+    return start, best, bad_vals
+
+
+def _step(nets: _Nets, cfg: TrainConfig, lr_b: torch.Tensor, hr_b: torch.Tensor, autocast, pixel_fn) -> dict[str, float]:
+    """One training step (srgan: a discriminator step, real → 1 and fake → 0, then the generator's); the losses."""
+    G, D = nets.G, nets.D
+    losses: dict[str, float] = {}
+    if D is not None:
+        with torch.no_grad(), autocast:
+            fake = G(lr_b)
+        with autocast:
+            real_logits, fake_logits = D(hr_b), D(fake.detach())
+            loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                      + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        nets.d_opt.zero_grad(set_to_none=True)
+        loss_d.backward()
+        nets.d_opt.step()
+        losses["loss_d"] = loss_d.item()
+    with autocast:
+        sr = G(lr_b)
+        if D is None:
+            loss_g = loss_pixel = pixel_fn(sr.float(), hr_b)
+        else:
+            logits = D(sr)
+            loss_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            loss_content = nets.content(sr.float(), hr_b)
+            loss_pixel = pixel_fn(sr.float(), hr_b)
+            loss_g = cfg.w_content * loss_content + cfg.w_adv * loss_adv + cfg.w_pixel * loss_pixel
+            losses.update(loss_adv=loss_adv.item(), loss_content=loss_content.item())
+    nets.g_opt.zero_grad(set_to_none=True)
+    loss_g.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip)
+    nets.g_opt.step()
+    nets.g_sched.step()
+    if nets.ema is not None:
+        nets.ema.update_parameters(_unwrap(G))
+    losses.update(loss_g=loss_g.item(), loss_pixel=loss_pixel.item())
+    return losses
+
+
+def _save(nets: _Nets, cfg: TrainConfig, path: Path, step: int, best: float, bad_vals: int) -> None:
+    extra = {"recipe": cfg.recipe, "step": step, "best": best, "bad_vals": bad_vals,
+             "optimizer": nets.g_opt.state_dict(), "scheduler": nets.g_sched.state_dict(),
+             "rng_cpu": torch.get_rng_state(), "config": _plain(cfg.to_dict())}
+    if nets.D is not None:
+        extra["d_state_dict"] = _unwrap(nets.D).state_dict()
+        extra["d_optimizer"] = nets.d_opt.state_dict()
+    if nets.ema is not None:
+        extra["ema_state_dict"] = nets.ema.state_dict()
+    save_checkpoint(path, nets.G, extra=extra)
+
+
+def _validate(nets: _Nets, cfg: TrainConfig, val_pairs):
+    """Validate the raw weights and, with EMA, the average too; return the better one (val_score)."""
+    best_res, best_net = None, None
+    for net in ([_unwrap(nets.G)] + ([nets.ema.module] if nets.ema is not None else [])):
+        net.eval()
+        res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
+        net.train()
+        if best_res is None or val_score(cfg.recipe, res) > val_score(cfg.recipe, best_res):
+            best_res, best_net = res, net
+    return best_res, best_net
+
+
+def _inputs(cfg: TrainConfig):
+    """Everything a run reads, checked before any work starts: (resume payload, init payload, content loss,
+    training crops, validation pairs)."""
     if not cfg.data:
         raise InputError("no training data: pass --data DIR")
     resume_payload = None
@@ -196,7 +324,25 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         # mixed: every validation image twice, clean and degraded, so "best" balances the two
         makers = {"bicubic": [None], "real": [degraded_eval_lr], "mixed": [None, degraded_eval_lr]}[cfg.val_degradation]
         val_pairs = [p for make in makers for p in load_eval_set(cfg.val, cfg.scale, say=log.warning, make_lr=make)]
+    return resume_payload, init_payload, content, dataset, val_pairs
 
+
+def _loader(cfg: TrainConfig, dataset, start: int, rank: int, world: int, device: torch.device) -> DataLoader:
+    """Batches from step ``start`` to the end of the run, this rank's share."""
+    return DataLoader(
+        dataset,
+        batch_sampler=StepSampler(batch_size=cfg.batch_size, start_step=start, total_steps=cfg.steps, rank=rank, world=world),
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_loader_worker_init,
+    )
+
+
+def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
+    """Run a training recipe; returns the path of the best (or last) checkpoint."""
+    resume_payload, init_payload, content, dataset, val_pairs = _inputs(cfg)
     rank, world, device = _distributed()
     main = rank == 0
     out = Path(cfg.out)
@@ -206,70 +352,17 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                  len(dataset.images), dataset.skipped, cfg.hr_patch)
     torch.manual_seed(cfg.seed + rank)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    G = build_generator(cfg.arch_dict()).to(device, memory_format=fmt)
-    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
-    g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, _schedule(cfg))
-    D = d_opt = None
-    if cfg.recipe == "srgan":
-        D = Discriminator(blocks=cfg.d_blocks).to(device, memory_format=fmt)
-        d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
-        content = content.to(device)
-    ema = None
-    if cfg.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel
-
-        def ema_avg(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-            # decay warms up as (1 + n) / (10 + n) so that the average is not dominated
-            # by the random initialisation in the first thousands of steps
-            d = min(cfg.ema_decay, (1.0 + float(n)) / (10.0 + float(n)))
-            return d * avg + (1.0 - d) * new
-
-        ema = AveragedModel(G, avg_fn=ema_avg, use_buffers=True)
-
-    start, best = 0, -math.inf
-    bad_vals = 0
-    if resume_payload:
-        G.load_state_dict(resume_payload["state_dict"])
-        g_opt.load_state_dict(resume_payload["optimizer"])
-        g_sched.load_state_dict(resume_payload["scheduler"])
-        if D is not None:
-            D.load_state_dict(resume_payload["d_state_dict"])
-            d_opt.load_state_dict(resume_payload["d_optimizer"])
-        if ema is not None and "ema_state_dict" in resume_payload:
-            ema.load_state_dict(resume_payload["ema_state_dict"])
-        torch.set_rng_state(resume_payload["rng_cpu"])
-        start, best, bad_vals = resume_payload["step"], resume_payload.get("best", -math.inf), resume_payload.get("bad_vals", 0)
-        if main:
-            log.info("resumed from %s at step %d: %s schedule to step %d, lr now %.3g",
-                     cfg.resume, start, cfg.schedule, cfg.steps, g_opt.param_groups[0]["lr"])
-    elif init_payload:
-        G.load_state_dict(init_payload["state_dict"])
-        if ema is not None:
-            ema.module.load_state_dict(init_payload["state_dict"])
-        if cfg.start_step:
-            start = cfg.start_step
-            g_sched.last_epoch = start
-            for group, base in zip(g_opt.param_groups, g_sched.base_lrs):
-                group["lr"] = base * g_sched.lr_lambdas[0](start)
-
+    nets = _build_nets(cfg, device, fmt, content)
+    start, best, bad_vals = _restore(nets, cfg, resume_payload, init_payload, main)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        G = DDP(G, device_ids=ids)
-        if D is not None:
-            D = DDP(D, device_ids=ids)
+        nets.G = DDP(nets.G, device_ids=ids)
+        if nets.D is not None:
+            nets.D = DDP(nets.D, device_ids=ids)
 
-    loader = DataLoader(
-        dataset,
-        batch_sampler=StepSampler(batch_size=cfg.batch_size, start_step=start, total_steps=cfg.steps, rank=rank, world=world),
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_loader_worker_init,
-    )
+    loader = _loader(cfg, dataset, start, rank, world, device)
     pixel_fn = F.l1_loss if cfg.pixel_loss == "l1" else F.mse_loss
     use_bf16 = bf16_pays(cfg.bf16, device)
     if cfg.bf16 and not use_bf16 and main:
@@ -285,34 +378,12 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     if main:
         _open_log(csv_path, keep=bool(resume_payload), upto=start if resume_payload else None)
 
-    def save(step: int, name: str) -> None:
-        extra = {"recipe": cfg.recipe, "step": step, "best": best, "bad_vals": bad_vals,
-                 "optimizer": g_opt.state_dict(), "scheduler": g_sched.state_dict(),
-                 "rng_cpu": torch.get_rng_state(), "config": _plain(cfg.to_dict())}
-        if D is not None:
-            extra["d_state_dict"] = _unwrap(D).state_dict()
-            extra["d_optimizer"] = d_opt.state_dict()
-        if ema is not None:
-            extra["ema_state_dict"] = ema.state_dict()
-        save_checkpoint(out / name, G, extra=extra)
-
-    def validate(step: int):
-        """Validate the raw weights and, with EMA, the average too; return the better one (val_score)."""
-        best_res, best_net = None, None
-        for net in ([_unwrap(G)] + ([ema.module] if ema is not None else [])):
-            net.eval()
-            res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
-            net.train()
-            if best_res is None or val_score(cfg.recipe, res) > val_score(cfg.recipe, best_res):
-                best_res, best_net = res, net
-        return best_res, best_net
-
     progress = Progress(cfg.steps, desc=cfg.recipe, unit="step", quiet=quiet or not main, initial=start)
     t0, t_window, window_start = time.perf_counter(), time.perf_counter(), start
     running: dict[str, float] = {}
     step = start
     stop = False
-    G.train()
+    nets.G.train()
     batches = None
     try:
         batches = iter(loader)
@@ -321,42 +392,8 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                 batch = next(batches, None)
             if batch is None:
                 break
-            lr_b, hr_b = batch
-            lr_b = lr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            hr_b = hr_b.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            losses: dict[str, float] = {}
-            if D is not None:
-                # discriminator step: real → 1, fake → 0
-                with torch.no_grad(), autocast:
-                    fake = G(lr_b)
-                with autocast:
-                    real_logits, fake_logits = D(hr_b), D(fake.detach())
-                    loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-                d_opt.zero_grad(set_to_none=True)
-                loss_d.backward()
-                d_opt.step()
-                losses["loss_d"] = loss_d.item()
-            with autocast:
-                sr = G(lr_b)
-                if D is None:
-                    loss_g = loss_pixel = pixel_fn(sr.float(), hr_b)
-                else:
-                    logits = D(sr)
-                    loss_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-                    loss_content = content(sr.float(), hr_b)
-                    loss_pixel = pixel_fn(sr.float(), hr_b)
-                    loss_g = cfg.w_content * loss_content + cfg.w_adv * loss_adv + cfg.w_pixel * loss_pixel
-                    losses.update(loss_adv=loss_adv.item(), loss_content=loss_content.item())
-            g_opt.zero_grad(set_to_none=True)
-            loss_g.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip)
-            g_opt.step()
-            g_sched.step()
-            if ema is not None:
-                ema.update_parameters(_unwrap(G))
-            losses.update(loss_g=loss_g.item(), loss_pixel=loss_pixel.item())
+            lr_b, hr_b = (t.to(device, non_blocking=True).contiguous(memory_format=fmt) for t in batch)
+            losses = _step(nets, cfg, lr_b, hr_b, autocast, pixel_fn)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise ModelError(f"training diverged at step {step + 1}: losses {losses}; lower the learning rate")
             step += 1
@@ -373,7 +410,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                 row["steps_per_s"] = (step - window_start) / max(1e-9, now - t_window)
                 t_window, window_start, running = now, step, {}
             if val_pairs and main and (step % cfg.val_every == 0 or step == cfg.steps):
-                res, val_net = validate(step)
+                res, val_net = _validate(nets, cfg, val_pairs)
                 row.update(val_psnr=res.psnr_y, val_ssim=res.ssim_y, val_detail=res.detail, bicubic_psnr=bicubic_psnr)
                 progress.write(f"step {step}: val Y-PSNR {res.psnr_y:.3f} dB, SSIM {res.ssim_y:.4f}, detail vs HR "
                                f"{res.detail:.3f} (bicubic {bicubic_psnr:.3f} dB)")
@@ -384,25 +421,25 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
                 else:
                     bad_vals += 1
             if row and main:
-                row.update(step=step, elapsed_s=round(time.perf_counter() - t0, 1), lr=g_sched.get_last_lr()[0])
+                row.update(step=step, elapsed_s=round(time.perf_counter() - t0, 1), lr=nets.g_sched.get_last_lr()[0])
                 with open(csv_path, "a", newline="") as f:
                     csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
             if main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                save(step, "last.pt")
+                _save(nets, cfg, out / "last.pt", step, best, bad_vals)
             wants_stop = bool(cfg.patience and bad_vals >= cfg.patience)
             wants_stop |= bool(cfg.stop_at and step >= cfg.stop_at)
             wants_stop |= bool(cfg.time_limit_min and time.perf_counter() - t0 > 60 * cfg.time_limit_min)
             if _any(wants_stop, world, device):
                 if main:
                     progress.write(f"stopping at step {step} (patience, stop step or time limit reached)")
-                    save(step, "last.pt")
+                    _save(nets, cfg, out / "last.pt", step, best, bad_vals)
                 stop = True
                 break
     except KeyboardInterrupt:
         if main:
             progress.write(f"interrupted: saving step {step} to {out / 'last.pt'}")
             with _signals_deferred():  # a second Ctrl-C or SIGTERM waits until the checkpoint is whole
-                save(step, "last.pt")
+                _save(nets, cfg, out / "last.pt", step, best, bad_vals)
         raise
     finally:
         progress.close()
@@ -415,7 +452,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
             stop_workers()
     if main:
         if not stop and step % cfg.ckpt_every:
-            save(step, "last.pt")
+            _save(nets, cfg, out / "last.pt", step, best, bad_vals)
         plot_curves(csv_path, out / "curves.png")
     if world > 1:
         dist.barrier()
