@@ -280,8 +280,11 @@ def run(
             pool = RayPool(ray, str(model) if model else None, backend, precision, ensemble=ensemble,
                            cuda_graph=cuda_graph, workers=workers, tile=tile, alpha=alpha,
                            max_megapixels=max_megapixels, outscale=outscale, quiet=quiet)
-        runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph, outscale=outscale,
-                                  ensemble=ensemble)
+        if pool is not None:  # the workers load the model; the driver plans with what they describe
+            runner, why = pool.planner(), f"{pool.n} Ray workers"
+        else:
+            runner, why = make_runner(source, backend, precision, cuda_graph=cuda_graph, outscale=outscale,
+                                      ensemble=ensemble)
         named = default_output(input, runner.scale, outscale, image_suffix)
         out = output / named.name if into_folder else output or named
         check_destination(input, out, overwrite=overwrite, folder=input.is_dir())

@@ -36,6 +36,10 @@ class _Worker:
     def describe(self) -> tuple[str, str, bool, int]:
         return socket.gethostname(), self.runner.describe(), bool(self.runner.on_gpu), os.getpid()
 
+    def model(self):
+        """What the driver plans with: the runner's descriptor and precision (it loads no model itself)."""
+        return self.runner.descriptor, self.runner.precision
+
     def segment(self, src: str, plan, seg, options) -> tuple[int, bytes]:
         from sr_deploy.media.video import encode_segment
 
@@ -118,6 +122,34 @@ class RayPool:
         # cores that an uncapped model uses.
         self._actors: list = []
         self.failures = 0
+
+    def planner(self):
+        """The driver's runner: the workers' model as they describe it (scale, sizes, name), for naming outputs
+        and planning segments. It runs nothing; the driver never loads the model or needs its backend."""
+        from sr_deploy.runtime.base import Runner
+
+        actors = self.actors()
+        descriptor, precision = self.ray.get(actors[0].model.remote())
+        described = self.ray.get(actors[0].describe.remote())[1]
+        on_gpu = self.on_gpu
+
+        class _Planner(Runner):
+            backend = "ray"
+
+            @property
+            def on_gpu(self) -> bool:
+                return on_gpu
+
+            def describe(self) -> str:
+                return f"{described} on Ray workers"
+
+            def _activate(self) -> None:
+                pass
+
+            def _infer(self, batch):
+                raise SRDeployError("the model runs on the Ray workers, not in the driver")
+
+        return _Planner(descriptor, precision)
 
     def _new_actor(self):
         return self.ray.remote(**self.resources)(_Worker).remote(*self.args)

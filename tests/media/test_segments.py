@@ -251,12 +251,24 @@ def _has_ray():
 needs_ray = pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install 'srdeploy[ray]')")
 
 
+def _driver_loads_no_model(monkeypatch):
+    """Any model loaded in this process (the Ray driver) fails the run: the workers load it."""
+    from sr_deploy.runtime import select
+
+    def refuse(*a, **k):
+        raise AssertionError("the Ray driver loaded the model")
+
+    monkeypatch.setattr(select, "make_runner", refuse)
+
+
 @needs_ray
 def test_ray_two_local_workers_match_single_process(tmp_path, tiny_ckpt):
     src = tmp_path / "r.mkv"
     make_clip(src, frames=24, vfr=True, subtitles=True)
     common = ["--model", tiny_ckpt, "--backend", "onnxruntime", "--segment-seconds", "0.3"]
-    r = _run(src, "-o", tmp_path / "ray.mkv", "--ray", "local", "--workers", "2", *common)
+    with pytest.MonkeyPatch.context() as mp:
+        _driver_loads_no_model(mp)
+        r = _run(src, "-o", tmp_path / "ray.mkv", "--ray", "local", "--workers", "2", *common)
     assert r.exit_code == 0, r.output
     assert "ray: 2 workers" in r.output
     assert _run(src, "-o", tmp_path / "one.mkv", *common).exit_code == 0
@@ -271,8 +283,10 @@ def test_ray_two_local_workers_match_single_process(tmp_path, tiny_ckpt):
     for i in range(5):
         cv2.imwrite(str(folder / ("sub" if i % 2 else "") / f"i{i}.png"), pattern_image(20 + i, 24))
     (folder / "bad.png").write_bytes(b"not a png")
-    r = _run(folder, "-o", tmp_path / "out", "--ray", "local", "--workers", "2", "--model", tiny_ckpt,
-             "--backend", "onnxruntime", "--outscale", "1.5")
+    with pytest.MonkeyPatch.context() as mp:
+        _driver_loads_no_model(mp)
+        r = _run(folder, "-o", tmp_path / "out", "--ray", "local", "--workers", "2", "--model", tiny_ckpt,
+                 "--backend", "onnxruntime", "--outscale", "1.5")
     assert r.exit_code == 1 and "bad.png" in r.output
     for i in range(5):
         out = cv2.imread(str(tmp_path / "out" / ("sub" if i % 2 else "") / f"i{i}.png"))
