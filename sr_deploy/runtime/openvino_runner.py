@@ -69,6 +69,9 @@ class OpenVINORunner(OnnxFileRunner):
         super().__init__(descriptor, precision)
         self.path, self.threads = Path(onnx_path), threads or default_threads()
         self.pixels = pixels  # infer_u8 runs the uint8-I/O form of the graph (export/pixels.py)
+        # frames in flight (OpenVINO CPU streams, stream_u8): set from tune's ranking; None: SRDEPLOY_OV_STREAMS
+        # (a number or auto), else one request at a time on every core
+        self.streams: int | None = None
 
     @staticmethod
     def available() -> bool:
@@ -130,7 +133,8 @@ class OpenVINORunner(OnnxFileRunner):
         and srresnet_x4 at 270x480 3-6% slower than one request on both cores (same output, bit for bit),
         while vs-mlrt measured two streams 20% faster on a 2-core AMX Xeon (issue 40)."""
         if self._stream_requests is None:
-            wanted = os.environ.get("SRDEPLOY_OV_STREAMS", "").strip().lower()
+            wanted = (str(self.streams) if self.streams is not None
+                      else os.environ.get("SRDEPLOY_OV_STREAMS", "").strip().lower())
             requests: list = []
             if wanted not in ("", "0", "1"):
                 config = {k: v for k, v in self.config.items() if k != "PERFORMANCE_HINT"}

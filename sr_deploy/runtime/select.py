@@ -187,6 +187,8 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
                     runner, _ = make_runner(source, r["backend"], r["precision"])
                 except SRDeployError:
                     continue
+                if r.get("streams", 1) > 1:  # frames in flight, as timed (OpenVINO CPU streams)
+                    runner.streams = int(r["streams"])
                 return runner, f"CPU only; fastest here by measurement ({how}): {tune.describe(ranking)}"
     if precision is None and OpenVINORunner.available():
         from sr_deploy.runtime.openvino_runner import cpu_supports_bf16

@@ -36,8 +36,9 @@ def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
     labels = {(r["backend"], r["precision"]) for r in ranking}
     assert {("onnxruntime", "fp32"), ("torch", "fp32")} <= labels and all(r["ms"] > 0 for r in ranking)
     n = len(tune.candidates(source))  # a line per candidate as it ends, not silence until the last
+    m = len(tune.streams_candidates(ranking))  # then the stream count on the fastest OpenVINO row
     assert [line.split("]")[0].strip() for line in notes if line.lstrip().startswith("[")] == \
-        [f"[{i}/{n}" for i in range(1, n + 1)], notes
+        [f"[{i}/{n}" for i in range(1, n + 1)] + [f"[{i}/{m}" for i in range(1, m + 1)], notes
     assert [r["ms"] for r in ranking] == sorted(r["ms"] for r in ranking)
     assert tune.cached_ranking(source)[0] == ranking
     # auto runs the first of the cached ranking, whatever it is: put torch first to see it obeyed
@@ -343,3 +344,30 @@ def test_openvino_precisions_are_asked_of_the_runtime(tiny_ckpt, monkeypatch):
     with pytest.raises(BackendUnavailable, match="no native fp16"):
         with runner:
             pass
+
+
+def test_the_stream_count_is_timed_on_the_fastest_openvino_row_and_followed(tiny_ckpt, measuring, monkeypatch):
+    """OpenVINO streams (frames in flight) help on some CPUs and cost on others: timed, not assumed."""
+    from sr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    if not OpenVINORunner.available():
+        pytest.skip("OpenVINO is not installed")
+    monkeypatch.setattr(tune.os, "cpu_count", lambda: 2)
+    source = resolve_model(str(tiny_ckpt))
+    ranking = tune.measure(source)
+    rows = [r for r in ranking if r.get("streams")]
+    assert len(rows) == 1 and rows[0]["backend"] == "openvino" and rows[0]["streams"] == 2 and rows[0]["ms"] > 0
+    ov = [r for r in ranking if r["backend"] == "openvino" and not r.get("streams")]
+    assert rows[0]["precision"] == min(ov, key=lambda r: r["ms"])["precision"]
+    assert "x2 streams" in tune.describe([rows[0]])
+    # auto follows a ranking whose first row has streams: that many frames in flight
+    forced = sorted(ranking, key=lambda r: not r.get("streams"))
+    data = json.loads(tune.cache_path(source).read_text())
+    tune.cache_path(source).write_text(json.dumps({**data, "ranking": forced}))
+    runner, why = make_runner(source, "auto")
+    assert runner.backend == "openvino" and runner.streams == 2 and "x2 streams" in why
+    with runner:
+        assert len(runner._in_flight()) == 2
+    # one core: nothing to share
+    monkeypatch.setattr(tune.os, "cpu_count", lambda: 1)
+    assert tune.streams_candidates(ranking) == []
