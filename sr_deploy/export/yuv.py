@@ -165,3 +165,64 @@ class YuvModel(nn.Module):
         y = self.net(rgb.contiguous(memory_format=torch.channels_last))
         with torch.autocast(x.device.type, enabled=False):
             return self.to_yuv(y.float())
+
+
+YUV_FORM = 1  # the version of yuv_onnx's graph, in its cache name (a newer srdeploy never reuses an older form)
+
+
+def _exported(module: nn.Module, example: torch.Tensor, dims: dict, opset: int):
+    """``module`` as an ONNX model with dynamic ``dims`` (its one input and output named x and y)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=(dims,), opset_version=opset,
+                                 input_names=["x"], output_names=["y"], verbose=False)
+    return prog.model_proto
+
+
+def yuv_onnx(onnx_path, inp: YuvSpec, out: YuvSpec):
+    """The YUV-I/O form of a float-I/O srdeploy ONNX (fp32, fp16 or int8 inside): ``YuvToRgb(inp)``, the
+    model, ``RgbToYuv(out)``, the two conversions exported from the same torch modules the torch runner
+    runs (one implementation), joined by onnx.compose; written once into the cache, keyed by the source's
+    hash and both specs. Input and output are ``(N, 3H/2, W)`` uint8 (uint16 at 10 bits)."""
+    from pathlib import Path
+
+    import onnx
+    from onnx import compose
+
+    from sr_deploy.export.onnx_export import load_onnx
+    from sr_deploy.export.pixels import _set_descriptor, descriptor_of
+    from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, seal, sha256_file
+
+    src = Path(onnx_path)
+    tag = f"{inp.pix_fmt}-{out.pix_fmt}-m{inp.matrix}{'f' if inp.full_range else 'l'}"
+    path = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.yuv-{tag}v{YUV_FORM}.onnx"
+    if is_sealed(path):
+        return path
+    model = load_onnx(src, external_data=True)
+    desc = descriptor_of(model)
+    if desc.io != "float" or (desc.in_channels, desc.out_channels) != (3, 3) or desc.value_range != (0.0, 1.0):
+        from sr_deploy.errors import ModelError
+
+        raise ModelError(f"{src.name}: the YUV graph wraps a float-I/O RGB model in [0, 1] (this one: {desc.io}, "
+                         f"{desc.in_channels}->{desc.out_channels} channels, range {desc.value_range})")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    dtype = torch.uint8 if inp.bits == 8 else torch.uint16
+    pre = _exported(YuvToRgb(inp), torch.zeros(1, 24, 32, dtype=dtype), {0: "n", 1: "rows", 2: "w"}, opset)
+    post = _exported(RgbToYuv(out), torch.zeros(1, 3, 16, 32), {0: "n", 2: "h", 3: "w"}, opset)
+    pre, post = (onnx.version_converter.convert_version(m, opset) if m.ir_version != model.ir_version else m
+                 for m in (pre, post))
+    for m in (pre, post):
+        m.ir_version = model.ir_version
+    body = compose.add_prefix(model, "m_")
+    joined = compose.merge_models(compose.add_prefix(pre, "pre_"), body,
+                                  io_map=[("pre_y", body.graph.input[0].name)])
+    joined = compose.merge_models(joined, compose.add_prefix(post, "post_"),
+                                  io_map=[(body.graph.output[0].name, "post_x")])
+    del joined.metadata_props[:]
+    _set_descriptor(joined, desc.with_(io=f"yuv-{tag}"))
+    with atomic_path(path, overwrite=True) as tmp:
+        onnx.save(joined, str(tmp))
+    seal(path)
+    return path

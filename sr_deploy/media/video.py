@@ -558,7 +558,8 @@ def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first
                    and options.outscale is None and _yuv_format(src_fmt, deep) is not None
                    and pix_fmt in ("yuv420p", "nv12", "yuv420p10le", "p010le") and src_w % 2 == 0 and src_h % 2 == 0)
     if options.yuv and not yuv_allowed:
-        say("note: --yuv is not used for this video (" + ("the runner has no YUV graph: torch has"
+        say("note: --yuv is not used for this video (" + ("the runner has no YUV graph: torch, ONNX Runtime "
+                                                          "and OpenVINO have one, TensorRT and the x8 ensemble not yet"
             if not yuv_wanted(runner, options) else "it takes 4:2:0 at even sizes, whole frames, no alpha, "
             "no --outscale") + "); frames cross as RGB")
     if deep and not yuv_allowed:
@@ -570,7 +571,8 @@ def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first
 
 def yuv_wanted(runner: Runner, options: VideoOptions) -> bool:
     """Frames cross as YUV where the runner has the graph for it and --yuv says so (default: on a GPU,
-    where it halves the bytes over the bus and leaves the host no colour conversion)."""
+    where it halves the bytes over the bus and leaves the host no colour conversion; on the CPU the same
+    cores would do the conversions either way)."""
     if not getattr(runner, "yuv_capable", False):
         return False
     return runner.on_gpu if options.yuv is None else options.yuv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -275,6 +276,24 @@ class OnnxFileRunner(Runner):
 
     def _run_u8(self, batch: np.ndarray) -> np.ndarray:
         return self._u8_out(self._run(True, batch))
+
+    @property
+    def yuv_capable(self) -> bool:  # a float-I/O file can be wrapped (export/yuv.py); one with pixels inside cannot
+        return self.descriptor.io == "float"
+
+    def stream_yuv(self, batches: Iterable[np.ndarray], inp, out) -> Iterator[np.ndarray]:
+        """The file's YUV-I/O form (export/yuv.yuv_onnx, made once into the cache) over ``batches``."""
+        from sr_deploy.export.yuv import yuv_onnx
+
+        if not self.active:
+            self.activate()
+        run = self._graph_runner(yuv_onnx(self.path, inp, out))
+        for b in batches:
+            yield run(np.ascontiguousarray(b))
+
+    @abstractmethod
+    def _graph_runner(self, path: Path):
+        """A function running the ONNX at ``path`` (another form of this file) as this runner runs its own."""
 
     def resample_output(self, to_scale: int) -> bool:
         """Run the file's resampled form instead. A graph with pixels already inside (given by path)

@@ -193,6 +193,18 @@ class OpenVINORunner(OnnxFileRunner):
         extra = " (float layers bf16)" if self.precision == "int8" and getattr(self, "hint", "") == "bf16" else ""
         return f"openvino {self.precision}{extra}"
 
+    def _graph_runner(self, path: Path):
+        key = str(path)
+        if key not in self._requests:
+            self._requests[key] = self.core.compile_model(key, "CPU", self.config).create_infer_request()
+        req = self._requests[key]
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            req.infer({0: batch})
+            return np.array(req.get_output_tensor(0).data, copy=True)
+
+        return run
+
     def _run(self, u8: bool, batch: np.ndarray) -> np.ndarray:
         req = self._request(u8)
         req.infer({0: batch})

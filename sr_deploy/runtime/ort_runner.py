@@ -72,6 +72,16 @@ class OrtRunner(OnnxFileRunner):
         sess = self._session(u8)
         return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
 
+    def _graph_runner(self, path: Path):
+        import onnxruntime as ort
+
+        if path not in self._sessions:
+            self._sessions[path] = ort.InferenceSession(str(path), sess_options=self._opts,
+                                                        providers=self.providers(self.device))
+        sess = self._sessions[path]
+        name = sess.get_inputs()[0].name
+        return lambda batch: sess.run(None, {name: batch})[0]
+
 
     def describe(self) -> str:
         where = "cuda" if getattr(self, "active_provider", "").startswith("CUDA") else "cpu"

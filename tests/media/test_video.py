@@ -585,7 +585,7 @@ def test_yuv_asked_of_a_runner_without_the_graph_says_so(tmp_path, tiny_ckpt):
     src = tmp_path / "c.mp4"
     make_clip(src, frames=2, audio=False)
     r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_ckpt),
-                                 "--backend", "onnxruntime", "--yuv"])
+                                 "--backend", "onnxruntime", "--ensemble", "--yuv"])
     assert r.exit_code == 0, r.output
     assert "--yuv is not used" in r.output and "no YUV graph" in r.output
 
@@ -616,3 +616,36 @@ def test_the_yuv_graph_encodes_with_the_source_matrix_and_range(tmp_path, name, 
         with av.open(str(dst)) as c:
             rgb = next(c.decode(video=0)).to_ndarray(format="rgb24", src_colorspace=sws, src_color_range=color_range)
         assert np.abs(rgb[8:-8, 8:-8].astype(int) - np.array([230, 26, 64])).max() <= 2, (yuv, rgb[16, 16])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_onnx_runners_run_the_yuv_graph_as_torch_does(tmp_path, backend):
+    """The YUV graph's ONNX form (the torch modules exported around the model's ONNX) on ONNX Runtime and
+    OpenVINO: the torch form's output within one code, 8 and 10 bits, and a video through it."""
+    import torch
+
+    from sr_deploy.export.yuv import RgbToYuv, YuvSpec
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    source = resolve_model("light_x4")
+    try:
+        runner, _ = make_runner(source, backend, "fp32")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{backend}: {exc}")
+    ref, _ = make_runner(source, "torch", "fp32")
+    rgb = torch.from_numpy(np.random.default_rng(0).random((2, 3, 24, 32), dtype=np.float32))
+    with runner, ref:
+        assert runner.yuv_capable
+        for a, b in (("yuv420p", "nv12"), ("yuv420p10le", "p010le")):
+            inp, out = YuvSpec(a, 9, False), YuvSpec(b, 9, False)
+            x = RgbToYuv(inp)(rgb).numpy()
+            got = next(runner.stream_yuv(iter([x]), inp, out))
+            want = next(ref.stream_yuv(iter([x]), inp, out))
+            step = 64 if b == "p010le" else 1
+            assert got.dtype == want.dtype and got.shape == want.shape == (2, 144, 128)
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= step
+    src = tmp_path / "c.mp4"
+    make_clip(src, frames=3, audio=False)
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "light_x4",
+                                 "--backend", backend, "--yuv"])
+    assert r.exit_code == 0 and "not used" not in r.output, r.output
