@@ -90,16 +90,19 @@ def measure_colour_io(lr_hw: tuple[int, int] = (270, 480), scale: int = 4, bits:
     else:
         out_rgb = rng.random((oh, ow, 3), dtype=np.float32)
     colours = {"src_colorspace": 1, "src_color_range": 1}
+    from av.video.reformatter import VideoReformatter
+
+    dec, enc = VideoReformatter(), VideoReformatter()  # kept across frames, as media/video.py keeps them
 
     def rgb_path():
-        x = src.to_ndarray(format=rgb_fmt, **colours)
+        x = dec.reformat(src, format=rgb_fmt, **colours).to_ndarray()
         if bits > 8:  # into the float graph, and its float output rounded to 16 bits
             x = x.astype(np.float32) * (1 / 65535)
             y = np.clip(np.rint(out_rgb * 65535.0), 0, 65535).astype(np.uint16)
         else:
             y = out_rgb.copy()  # a runner hands back a fresh array
-        return x, av.VideoFrame.from_ndarray(y, format=rgb_fmt).reformat(format=fmt, dst_colorspace=1,
-                                                                            dst_color_range=1)
+        return x, enc.reformat(av.VideoFrame.from_ndarray(y, format=rgb_fmt), format=fmt, dst_colorspace=1,
+                               dst_color_range=1)
 
     def yuv_path():
         return src.to_ndarray(), av.VideoFrame.from_ndarray(out_yuv.copy(), format=fmt)
