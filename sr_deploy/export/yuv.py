@@ -58,10 +58,6 @@ class YuvSpec:
     def shift(self) -> int:  # P010 keeps its codes in the high bits of each 16-bit word
         return 6 if self.pix_fmt == "p010le" else 0
 
-    @property
-    def numpy_dtype(self) -> str:
-        return "uint8" if self.bits == 8 else "uint16"
-
     def levels(self) -> tuple[float, float, float, float]:
         """(Y offset, Y span, chroma centre, chroma span) in codes."""
         top = float((1 << self.bits) - 1)
@@ -69,14 +65,6 @@ class YuvSpec:
             return 0.0, top, float(1 << (self.bits - 1)), top
         k = float(1 << (self.bits - 8))
         return 16.0 * k, 219.0 * k, 128.0 * k, 224.0 * k
-
-    def with_(self, pix_fmt: str) -> "YuvSpec":
-        return YuvSpec(pix_fmt, self.matrix, self.full_range)
-
-
-def supported(pix_fmt: str | None, matrix: int, width: int, height: int) -> bool:
-    """Whether frames of this format, matrix and size can take the YUV graph (4:2:0 at even sizes)."""
-    return pix_fmt in PIX_FMTS and matrix in MATRICES and width % 2 == 0 and height % 2 == 0
 
 
 def _rgb_from_ycc(kr: float, kb: float) -> torch.Tensor:
