@@ -123,7 +123,7 @@ def test_every_layout_holds_the_same_picture():
 
 
 def test_unsupported_layouts_and_matrices_are_refused():
-    with pytest.raises(ValueError, match="yuv422p"):
+    with pytest.raises(ValueError, match="yuv422p; one of yuv420p, nv12, yuv420p10le, p010le"):
         YuvSpec("yuv422p", 1, False)
     with pytest.raises(ValueError, match="matrix 0"):
         YuvSpec("yuv420p", 0, False)
@@ -171,3 +171,36 @@ def test_yuv_through_the_gpu_pipeline_on_the_simulated_device():
     for f, g in zip(frames, got, strict=True):
         np.testing.assert_array_equal(g, model(torch.from_numpy(f)).numpy())
     assert sim.live == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("full", [False, True])
+def test_a_model_overshooting_black_and_white_is_clamped_to_the_range(fmt, full):
+    """Models overshoot [0, 1] (ringing at edges): RGB is clamped before the matrix, so over-white is white
+    and under-black is black, in the range's own codes (limited: 16..235), never past the format's."""
+    bits = 8 if fmt in ("yuv420p", "nv12") else 10
+    y0, ys, c0, _ = _levels(bits, full)
+    shift = 6 if fmt == "p010le" else 0
+    grey = torch.tensor([-0.3, 0.0, 1.0, 1.3]).repeat_interleave(2).view(1, 1, 1, 8).expand(1, 3, 2, 8)
+    codes = RgbToYuv(YuvSpec(fmt, 1, full))(grey)[0].numpy().astype(np.int64) >> shift
+    assert codes[:2].tolist() == [[y0, y0, y0, y0, y0 + ys, y0 + ys, y0 + ys, y0 + ys]] * 2
+    assert (codes[2:] == c0).all()  # no colour in grey
+    # codes past the format's range decode to the clamped colour, never wrap
+    top = 2 ** bits - 1
+    x = torch.from_numpy(_pack(np.full((2, 4), top), np.full((1, 2), 0), np.full((1, 2), top), fmt))[None]
+    rgb = YuvToRgb(YuvSpec(fmt, 1, full))(x)
+    assert rgb.min() >= 0 and rgb.max() <= 1 and rgb[0, 0].max() == 1.0  # saturated red clamps at 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_full_range_chroma_of_pure_blue_and_yellow_stays_in_the_codes(fmt):
+    """Full range: pure blue's Cb is the centre plus half the span (255.5 at 8 bits), which rounds past the
+    top code; it must clamp to the top (an uint8 would wrap it to 0), and pure yellow's Cb to 0."""
+    bits = 8 if fmt in ("yuv420p", "nv12") else 10
+    shift = 6 if fmt == "p010le" else 0
+    rgb = torch.zeros(1, 3, 2, 4)
+    rgb[0, 2, :, :2] = 1.0  # blue
+    rgb[0, :2, :, 2:] = 1.0  # yellow
+    codes = RgbToYuv(YuvSpec(fmt, 1, True))(rgb)[0].numpy().astype(np.int64) >> shift
+    cb = codes[2:].reshape(-1)[:2] if fmt in ("yuv420p", "yuv420p10le") else codes[2:, 0::2].reshape(-1)
+    assert cb.tolist() == [2 ** bits - 1, 0]
