@@ -8,7 +8,9 @@ when complete: an error or an interrupt leaves nothing under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import queue
 import sys
 from collections import deque
@@ -505,6 +507,7 @@ class FramePlan:
 
 def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first: bool) -> FramePlan:
     """The segment's FramePlan; ``first``: the segment that says the notes about it."""
+    from sr_deploy.export.yuv import PIX_FMTS
     from sr_deploy.media.segments import segment_format
 
     say = say if first else (lambda line: None)
@@ -556,7 +559,7 @@ def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first
     fits = not d.fixed_hw and src_h % m == 0 and src_w % m == 0 and min(src_h, src_w) >= (d.size_minimum or 0)
     yuv_allowed = (yuv_wanted(runner, options) and fits and not (alpha or tile or too_big or cut_w or cut_h)
                    and options.outscale is None and _yuv_format(src_fmt, deep) is not None
-                   and pix_fmt in ("yuv420p", "nv12", "yuv420p10le", "p010le") and src_w % 2 == 0 and src_h % 2 == 0)
+                   and pix_fmt in PIX_FMTS and src_w % 2 == 0 and src_h % 2 == 0)
     if options.yuv and not yuv_allowed:
         say("note: --yuv is not used for this video (" + ("the runner has no YUV graph: torch, ONNX Runtime "
                                                           "and OpenVINO have one, TensorRT and the x8 ensemble not yet"
@@ -759,7 +762,7 @@ def _infer(run: _Segment, runner: Runner, q_dec: queue.Queue, put) -> None:
         first = next(it, None)  # the first frame decided the path (run.yuv)
         if first is None:
             return
-        chain = _chain(first, it)
+        chain = itertools.chain((first,), it)
         if run.yuv:
             for y in runner.stream_yuv(chain, *run.yuv):
                 if y.shape[1:] != (plan.height * 3 // 2, plan.width):  # the graph's, not the descriptor's word
@@ -777,11 +780,6 @@ def _infer(run: _Segment, runner: Runner, q_dec: queue.Queue, put) -> None:
     for res in outputs():
         for p, o in zip(order.popleft(), res):
             put(("frame", p[1], p[2], p[3], o, p[5]))
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _open_encoder(run: _Segment, runner: Runner, tmp: Path):
@@ -822,8 +820,14 @@ def _open_encoder(run: _Segment, runner: Runner, tmp: Path):
             threads = encoder_threads_for(runner) if threads is None else threads
             if threads:
                 vout.codec_context.thread_count = threads
-    except BaseException:
-        out.close()
+    except BaseException as exc:
+        with contextlib.suppress(OSError, av.error.FFmpegError):
+            out.close()
+        # the same one-line errors as the encoding that follows (encode_segment)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{tmp.parent}: write failed ({exc.strerror or exc})") from exc
+        if isinstance(exc, av.error.FFmpegError):
+            raise OutputError(f"{tmp.parent}: encoding failed ({exc})") from exc
         raise
     return out, vout
 

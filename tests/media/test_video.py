@@ -649,3 +649,50 @@ def test_the_onnx_runners_run_the_yuv_graph_as_torch_does(tmp_path, backend):
     r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mp4"), "--model", "light_x4",
                                  "--backend", backend, "--yuv"])
     assert r.exit_code == 0 and "not used" not in r.output, r.output
+
+
+def test_an_encoder_that_fails_while_being_set_up_is_one_line_and_leaves_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    from sr_deploy.media import video
+
+    def refuse(*a, **k):
+        raise av.error.FFmpegError(22, "Invalid argument")
+
+    src = tmp_path / "c.mp4"
+    make_clip(src, frames=2, audio=False)
+    monkeypatch.setattr(video, "encoder_options", refuse)
+    r = CliRunner().invoke(app, ["run", str(src), "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_ckpt),
+                                 "--backend", "onnxruntime"])
+    assert r.exit_code != 0 and "encoding failed" in r.output and "Traceback" not in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4"]
+
+
+def test_the_yuv_form_is_made_once_per_runner_not_per_call(monkeypatch):
+    """Parallel segments call stream_yuv once per batch: the YUV form (the cache lookup hashes the ONNX, the
+    torch form moves its buffers to the device) is made once per runner and specs."""
+    from sr_deploy.export import yuv
+    from sr_deploy.export.yuv import RgbToYuv, YuvSpec
+    from sr_deploy.runtime.select import make_runner, resolve_model
+
+    made = {"onnx": 0, "torch": 0}
+    real_onnx, real_model = yuv.yuv_onnx, yuv.YuvModel
+
+    def counting_onnx(*a, **k):
+        made["onnx"] += 1
+        return real_onnx(*a, **k)
+
+    class CountingModel(real_model):
+        def __init__(self, *a, **k):
+            made["torch"] += 1
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(yuv, "yuv_onnx", counting_onnx)
+    monkeypatch.setattr(yuv, "YuvModel", CountingModel)
+    spec = YuvSpec("yuv420p", 1, False)
+    x = RgbToYuv(spec)(__import__("torch").rand(1, 3, 8, 12)).numpy()
+    source = resolve_model("light_x4")
+    for backend in ("onnxruntime", "torch"):
+        runner, _ = make_runner(source, backend, "fp32")
+        with runner:
+            outs = [next(runner.stream_yuv(iter([x]), spec, spec)) for _ in range(3)]
+        assert all(np.array_equal(o, outs[0]) for o in outs)
+    assert made == {"onnx": 1, "torch": 1}
