@@ -281,13 +281,21 @@ class OnnxFileRunner(Runner):
     def yuv_capable(self) -> bool:  # a float-I/O file can be wrapped (export/yuv.py); one with pixels inside cannot
         return self.descriptor.io == "float"
 
+    _yuv_graphs: dict | None = None  # (file, specs) -> its YUV form's path: the cache lookup hashes the file
+
     def stream_yuv(self, batches: Iterable[np.ndarray], inp, out) -> Iterator[np.ndarray]:
-        """The file's YUV-I/O form (export/yuv.yuv_onnx, made once into the cache) over ``batches``."""
+        """The file's YUV-I/O form (export/yuv.yuv_onnx, made once into the cache) over ``batches``; looked up
+        once per runner, not per call (parallel segments call once per batch)."""
         from sr_deploy.export.yuv import yuv_onnx
 
         if not self.active:
             self.activate()
-        run = self._graph_runner(yuv_onnx(self.path, inp, out))
+        if self._yuv_graphs is None:
+            self._yuv_graphs = {}
+        key = (self.path, inp, out)
+        if key not in self._yuv_graphs:
+            self._yuv_graphs[key] = yuv_onnx(self.path, inp, out)
+        run = self._graph_runner(self._yuv_graphs[key])
         for b in batches:
             yield run(np.ascontiguousarray(b))
 

@@ -64,6 +64,7 @@ class TorchRunner(Runner):
         if self.descriptor.resizes_output:  # --outscale at a whole factor: on the device
             net = nn.Sequential(net, AreaResample(self.descriptor))
         self.net = net.to(self.device, memory_format=torch.channels_last)
+        self._yuv_models: dict = {}  # (input, output) YuvSpec -> the YUV form of self.net (stream_yuv)
 
     def resample_output(self, to_scale: int) -> bool:
         if not self._resamplable(to_scale):
@@ -72,7 +73,7 @@ class TorchRunner(Runner):
         return True
 
     def _deactivate(self) -> None:
-        del self.net
+        del self.net, self._yuv_models
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
@@ -110,7 +111,9 @@ class TorchRunner(Runner):
 
         if not self.active:
             self.activate()
-        model = YuvModel(self.net, inp, out).to(self.device)
+        if (inp, out) not in self._yuv_models:  # once per runner, not per call (parallel segments: per batch)
+            self._yuv_models[(inp, out)] = YuvModel(self.net, inp, out).to(self.device)
+        model = self._yuv_models[(inp, out)]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
