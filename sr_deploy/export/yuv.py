@@ -195,11 +195,15 @@ def yuv_onnx(onnx_path, inp: YuvSpec, out: YuvSpec):
 
         raise ModelError(f"{src.name}: the YUV graph wraps a float-I/O RGB model in [0, 1] (this one: {desc.io}, "
                          f"{desc.in_channels}->{desc.out_channels} channels, range {desc.value_range})")
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    def opset_of(m) -> int:
+        return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+    opset = opset_of(model)
     dtype = torch.uint8 if inp.bits == 8 else torch.uint16
     pre = _exported(YuvToRgb(inp), torch.zeros(1, 24, 32, dtype=dtype), {0: "n", 1: "rows", 2: "w"}, opset)
     post = _exported(RgbToYuv(out), torch.zeros(1, 3, 16, 32), {0: "n", 2: "h", 3: "w"}, opset)
-    pre, post = (onnx.version_converter.convert_version(m, opset) if m.ir_version != model.ir_version else m
+    # onnx.compose joins graphs of one opset and IR version: the model's
+    pre, post = (onnx.version_converter.convert_version(m, opset) if opset_of(m) != opset else m
                  for m in (pre, post))
     for m in (pre, post):
         m.ir_version = model.ir_version
