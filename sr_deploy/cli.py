@@ -125,7 +125,7 @@ def train(
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(STOPPED_BY["code"])
+        raise typer.Exit(_stopped())
     typer.echo(str(best))
 
 
@@ -300,7 +300,7 @@ def run(
         raise typer.Exit(2)
     except KeyboardInterrupt:
         typer.echo(_interrupted_line(input, out), err=True)
-        raise typer.Exit(STOPPED_BY["code"])
+        raise typer.Exit(_stopped())
     finally:
         if pool is not None:
             pool.close()
@@ -702,7 +702,7 @@ def tune(
         _fail(exc)
     except KeyboardInterrupt:
         typer.echo("interrupted: the previous ranking (if any) is kept", err=True)
-        raise typer.Exit(STOPPED_BY["code"])
+        raise typer.Exit(_stopped())
 
 
 @app.command(cls=_Command)
@@ -790,12 +790,31 @@ def _check_plan(plan: Path, onnx_path: Path) -> None:
                          f"({model.name} x{model.scale})")
 
 
-STOPPED_BY = {"code": 130}  # 130 after SIGINT (Ctrl-C), 143 after SIGTERM: the shell's 128 + signal number
+# Stopping is a state, entered once. The first SIGINT (Ctrl-C) or SIGTERM raises KeyboardInterrupt where the
+# main thread is; each command turns that into a clean stop (temporary outputs removed, finished files kept)
+# and exits 128 + the signal's number. Later signals do not raise again: a second KeyboardInterrupt inside
+# the cleanup cuts it short, and one arriving after Python has put the default handlers back at exit ends the
+# process by that signal (exit -2 or -15 in place of 130/143; seen with a second SIGTERM in 7 of 10 tries).
+# Only a stop that no command has taken up after LOST_STOP_S (a KeyboardInterrupt raised inside a __del__ is
+# swallowed by Python) is raised again, so Ctrl-C always works.
+STOPPED_BY: dict = {"code": None, "at": 0.0, "taken": False}
+LOST_STOP_S = 5.0
 
 
-def _sigterm(signum, frame):  # noqa: ARG001
-    STOPPED_BY["code"] = 143
-    raise KeyboardInterrupt
+def _on_stop_signal(signum, frame):  # noqa: ARG001
+    import time
+
+    if STOPPED_BY["code"] is None:
+        STOPPED_BY.update(code=128 + signum, at=time.monotonic())
+        raise KeyboardInterrupt
+    if not STOPPED_BY["taken"] and time.monotonic() - STOPPED_BY["at"] > LOST_STOP_S:
+        raise KeyboardInterrupt
+
+
+def _stopped() -> int:
+    """The exit code of a stop a command has taken up (130 for a KeyboardInterrupt raised by no signal)."""
+    STOPPED_BY["taken"] = True
+    return STOPPED_BY["code"] or 130
 
 
 def _ray_default(argv: list[str]) -> list[str]:
@@ -814,7 +833,9 @@ def main() -> None:
     import signal
 
     # SIGTERM stops like Ctrl-C: temporary outputs are removed, finished files stay.
-    signal.signal(signal.SIGTERM, _sigterm)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
+            signal.signal(sig, _on_stop_signal)
     # A file name that is not UTF-8 is printed as its own bytes (what `ls` shows), never a crash on output
     # (Python's strict UTF-8 streams under a UTF-8 locale other than C.UTF-8 would raise)
     for stream in (sys.stdout, sys.stderr):
@@ -823,11 +844,21 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the library's notes, one line each
     try:
         app(args=_ray_default(sys.argv[1:]))
+    except KeyboardInterrupt:  # a stop outside any command's own handling (typer's own would say 130)
+        sys.exit(_stopped())
+    except SystemExit as exc:
+        if STOPPED_BY["code"] is not None and exc.code == 130:  # typer's exit for an interrupt, whichever signal
+            sys.exit(_stopped())
+        raise
     except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback
         # "PATH: No such file or directory", not Python's "[Errno 2] No such file or directory: 'PATH'"
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
+    finally:
+        if STOPPED_BY["code"] is not None:  # only the interpreter's exit is left: Python puts the default
+            for sig in (signal.SIGINT, signal.SIGTERM):  # handlers back for it, and a late signal would kill
+                signal.signal(sig, signal.SIG_IGN)  # the process by that signal in place of exit 130/143
 
 
 if __name__ == "__main__":
