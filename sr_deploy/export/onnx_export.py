@@ -275,11 +275,35 @@ def _check_external_data(path: Path, proto) -> None:
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
                       opset: int = DEFAULT_OPSET, overwrite: bool = False,
                       shape: tuple[int, int] | None = None) -> ExportReport:
-    """Load a checkpoint and export it beside itself (or to ``out``)."""
+    """Load a checkpoint and export it beside itself (or to ``out``). A dynamic export these weights were
+    refused is refused again at once, for ``export`` and ``run`` alike (``refusal_memo``)."""
+    from sr_deploy.errors import SRDeployError
     from sr_deploy.models.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
+    digest = model_digest(checkpoint)
+    memo = refusal_memo(digest, opset) if shape is None else None
+    if memo is not None and memo.is_file():
+        raise DynamicExportUnsupported(memo.read_text().strip())
     model, _ = load_checkpoint(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
-    return export_onnx(model, out, name=checkpoint.stem, source_sha256=model_digest(checkpoint),
-                       opset=opset, overwrite=overwrite, shape=shape)
+    try:
+        return export_onnx(model, out, name=checkpoint.stem, source_sha256=digest,
+                           opset=opset, overwrite=overwrite, shape=shape)
+    except DynamicExportUnsupported as exc:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            with atomic_path(memo) as tmp:  # type: ignore[arg-type]
+                tmp.write_text(str(exc))
+        except (OSError, SRDeployError):
+            pass  # not remembered: the next export tries again
+        raise
+
+
+def refusal_memo(digest: str, opset: int) -> Path:
+    """Where a refused dynamic export of the weights with SHA-256 ``digest`` is remembered. The attempt
+    takes from half a minute to several (two exporters, each in a child process, then a parity check), and
+    its verdict holds until the weights, torch (whose exporter decides) or the opset change: all in the name."""
+    from sr_deploy.fsutil import cache_root
+
+    return cache_root() / "onnx" / "refused" / f"{digest[:16]}-torch{torch.__version__}-opset{opset}.txt"

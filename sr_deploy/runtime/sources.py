@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_deploy.errors import InputError, ModelError, SRDeployError
-from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, model_digest, seal
+from sr_deploy.errors import InputError, ModelError
+from sr_deploy.fsutil import cache_root, is_sealed, model_digest, seal
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "srresnet_x4"
@@ -84,24 +84,10 @@ def onnx_for(source: ModelSource) -> Path:
         raise ModelError(f"{source.path}: an engine has no ONNX to run on another backend")
     from sr_deploy.export.onnx_export import export_checkpoint
 
-    from sr_deploy.export.onnx_export import DynamicExportUnsupported
-
     target = cache_root() / "onnx" / f"{source.name}-{model_digest(source.path)[:16]}.onnx"
-    refused = target.with_suffix(".no-dynamic-shape.txt")  # remembered: the attempt takes a minute
-    if refused.exists():
-        raise DynamicExportUnsupported(refused.read_text().strip())
-    if not is_sealed(target):
-        try:
-            export_checkpoint(source.path, target, overwrite=True)
-            seal(target)
-        except DynamicExportUnsupported as exc:
-            try:
-                refused.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(refused) as tmp:
-                    tmp.write_text(str(exc))
-            except (OSError, SRDeployError):
-                pass  # not remembered: the next run tries again
-            raise
+    if not is_sealed(target):  # a refused dynamic export is remembered by export_checkpoint
+        export_checkpoint(source.path, target, overwrite=True)
+        seal(target)
     return target
 
 

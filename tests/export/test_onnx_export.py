@@ -88,3 +88,40 @@ def test_not_a_checkpoint_cli(tmp_path):
     res = CliRunner().invoke(app, ["export", str(bad)])
     assert res.exit_code != 0
     assert "bad.pt" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_refused_dynamic_export_is_remembered_for_export_and_run_alike(tiny_ckpt, tmp_path, monkeypatch):
+    """The attempt costs minutes for a transformer (two exporters in child processes): its refusal is
+    remembered per weights, torch version and opset, and `export` and `run`'s cache share it."""
+    import shutil
+
+    import sr_deploy.export.onnx_export as ox
+    from sr_deploy.runtime.sources import onnx_for, resolve_model
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "w.pt"
+    shutil.copy(tiny_ckpt, ckpt)
+    tries = []
+
+    def refuse(model, out, **kw):
+        tries.append(kw.get("opset"))
+        if kw.get("shape") is None:
+            raise ox.DynamicExportUnsupported(f"refused try {len(tries)}")
+        return "fixed"
+
+    monkeypatch.setattr(ox, "export_onnx", refuse)
+    for _ in range(2):
+        with pytest.raises(ox.DynamicExportUnsupported, match="refused try 1$"):
+            ox.export_checkpoint(ckpt, tmp_path / "w.onnx")
+    with pytest.raises(ox.DynamicExportUnsupported, match="refused try 1$"):
+        onnx_for(resolve_model(str(ckpt)))  # `run`'s export into the cache: the same verdict, not a new try
+    assert len(tries) == 1
+    with pytest.raises(ox.DynamicExportUnsupported, match="refused try 2$"):  # another opset decides anew
+        ox.export_checkpoint(ckpt, tmp_path / "w.onnx", opset=17)
+    assert ox.export_checkpoint(ckpt, tmp_path / "w.onnx", shape=(16, 16)) == "fixed"  # a fixed size is tried
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # other weights: tried again (they may export)
+    with pytest.raises(ox.DynamicExportUnsupported, match="refused try 4$"):
+        ox.export_checkpoint(ckpt, tmp_path / "w.onnx")
+    monkeypatch.setattr(ox.torch, "__version__", "99.0")  # another torch: its exporter may succeed
+    with pytest.raises(ox.DynamicExportUnsupported, match="refused try 5$"):
+        ox.export_checkpoint(ckpt, tmp_path / "w.onnx")

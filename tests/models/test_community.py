@@ -83,9 +83,11 @@ def test_export_parity_and_run(name, tmp_path):
     assert model.config.arch_name == arch and model.scale == scale
 
     onnx_path = tmp_path / f"{name}.onnx"
-    code, out = _cli("export", weights, "-o", onnx_path)
+    if dynamic or name == "swinir":  # the refusal of a dynamic export is checked on one architecture: each
+        code, out = _cli("export", weights, "-o", onnx_path)  # try is two exporters (half a minute or more)
     if not dynamic:  # one line naming the way out, then the fixed-size export
-        assert code != 0 and out.startswith("error:") and "--shape HxW" in out and not onnx_path.exists(), out
+        if name == "swinir":
+            assert code != 0 and out.startswith("error:") and "--shape HxW" in out and not onnx_path.exists(), out
         code, out = _cli("export", weights, "-o", onnx_path, "--shape", f"{STATIC[0]}x{STATIC[1]}")
     assert code == 0, out
     assert arch in out

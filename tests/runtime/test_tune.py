@@ -29,6 +29,16 @@ def measuring(monkeypatch):
     monkeypatch.setattr(tune, "OtherLoad", _QuietCPU)
 
 
+@pytest.fixture
+def two_candidates(monkeypatch):
+    """Two runners to time, for the tests about a ranking's life rather than its rows: each candidate is
+    timed in a child process of its own (seconds each), and these tests measure two to three times."""
+    real = tune.candidates
+    keep = {("onnxruntime", "fp32"), ("torch", "fp32")}
+    monkeypatch.setattr(tune, "candidates", lambda s: [c for c in real(s) if (c.backend, c.precision) in keep])
+    monkeypatch.setattr(tune, "streams_candidates", lambda ranking: [])
+
+
 def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
     source = resolve_model(str(tiny_ckpt))
     notes = []
@@ -49,7 +59,7 @@ def test_auto_follows_the_measured_ranking(tiny_ckpt, measuring, monkeypatch):
     assert runner.backend == "torch" and "by measurement" in why and "torch fp32" in why
 
 
-def test_corrupt_or_foreign_cache_is_measured_again(tiny_ckpt, measuring, monkeypatch):
+def test_corrupt_or_foreign_cache_is_measured_again(tiny_ckpt, measuring, two_candidates, monkeypatch):
     source = resolve_model(str(tiny_ckpt))
     tune.measure(source)
     path = tune.cache_path(source)
@@ -62,7 +72,7 @@ def test_corrupt_or_foreign_cache_is_measured_again(tiny_ckpt, measuring, monkey
     assert "measured just now" in why and tune.cached_ranking(source)[0] is not None
 
 
-def test_a_candidate_that_fails_or_hangs_is_skipped(tiny_ckpt, measuring, monkeypatch):
+def test_a_candidate_that_fails_or_hangs_is_skipped(tiny_ckpt, measuring, two_candidates, monkeypatch):
     source = resolve_model(str(tiny_ckpt))
     # an INT8 candidate with no INT8 ONNX: its child process fails; the others are still timed
     real = tune.candidates
@@ -89,7 +99,7 @@ def test_a_variant_given_by_path_is_not_tuned_away(tiny_onnx, tmp_path, measurin
     assert runner.path.name == "m.fp16.onnx" and "by measurement" not in why
 
 
-def test_an_interrupted_tune_leaves_the_previous_ranking(tiny_ckpt, measuring, monkeypatch):
+def test_an_interrupted_tune_leaves_the_previous_ranking(tiny_ckpt, measuring, two_candidates, monkeypatch):
     import subprocess
 
     source = resolve_model(str(tiny_ckpt))
@@ -176,7 +186,7 @@ def test_other_load_sees_a_process_spinning_beside_it():
     assert load.share is not None and load.share >= 0.5 / cpus
 
 
-def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measuring, monkeypatch):
+def test_a_ranking_timed_while_the_cpu_was_busy_is_provisional(tiny_ckpt, measuring, two_candidates, monkeypatch):
     class Busy(_QuietCPU):
         share = 0.6
 
@@ -218,7 +228,7 @@ def _provisional(source, share=0.6):
 
 
 def test_a_provisional_ranking_on_a_quiet_cpu_is_followed_at_once_and_timed_again_after_the_run(
-        tiny_ckpt, measuring, monkeypatch, tmp_path):
+        tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path):
     """The run's first frame waits for no re-timing: auto follows the provisional ranking, and a detached
     re-timing is started for after the run."""
     monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
@@ -247,7 +257,7 @@ def test_a_provisional_ranking_on_a_quiet_cpu_is_followed_at_once_and_timed_agai
 
 
 def test_the_detached_re_timing_waits_for_the_run_then_times_once_and_only_if_still_provisional(
-        tiny_ckpt, measuring, monkeypatch, tmp_path):
+        tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path):
     import fcntl
     import subprocess
     import sys
@@ -278,7 +288,7 @@ def test_the_detached_re_timing_waits_for_the_run_then_times_once_and_only_if_st
     assert tune.still_provisional(source)
 
 
-def test_the_re_timing_process_runs_as_a_module_and_logs_what_it_did(tiny_ckpt, measuring, monkeypatch, tmp_path):
+def test_the_re_timing_process_runs_as_a_module_and_logs_what_it_did(tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path):
     """The command retime_after_exit starts, run for real: a ranking that is final is left alone."""
     import subprocess
     import sys
