@@ -6,7 +6,6 @@ from __future__ import annotations
 import _thread
 import threading
 
-import numpy as np
 import pytest
 
 from sr_deploy.descriptor import ModelDescriptor
