@@ -85,3 +85,80 @@ def test_tiles_keep_their_own_height_and_width_and_fit_an_engine_profile(tiny_on
         runner.shapes = []  # tiles asked for: each side capped by the profile's side, not the other one's
         upscale_frame(runner, frame, tile=(100, 48))
         assert max(h for h, _ in runner.shapes) == 40 and max(w for _, w in runner.shapes) == 48, runner.shapes
+
+
+class _Budget:
+    """What auto_tile and tile_batch ask of a runner: bytes per pixel, the memory budget, the batch cap."""
+
+    def __init__(self, per_px: float, budget: int, max_batch: int | None = None):
+        self.per_px, self.budget, self.max_batch = per_px, budget, max_batch
+
+    def bytes_per_pixel(self):
+        return self.per_px
+
+    def memory_budget(self):
+        return self.budget
+
+    def input_spec(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(max_batch=self.max_batch)
+
+
+def _computed(h, w, tile, overlap):
+    """Pixels the model computes for an h x w frame in tiles of ``tile`` (as upscale_frame lays them)."""
+    th, tw = min(tile[0], h), min(tile[1], w)
+    return len(_starts(h, th, overlap)) * len(_starts(w, tw, overlap)) * th * tw
+
+
+def test_auto_tile_runs_whole_frames_that_fit_and_balanced_strips_that_do_not():
+    from sr_deploy.media.tiling import auto_tile
+
+    assert auto_tile(_Budget(2, 2 * 480 * 640), 480, 640) == 0  # exactly the budget: one call
+    # the docstring's case: 120k pixels of budget for a 480x640 frame is three 480x224 strips, 5% more
+    # pixels than the frame, where square 344-pixel tiles would compute 54% more
+    tile = auto_tile(_Budget(1, 120_000), 480, 640)
+    assert tile == (480, 224) and len(_starts(640, 224, 16)) == 3
+    assert _computed(480, 640, tile, 16) <= 1.06 * 480 * 640
+    assert auto_tile(_Budget(1, 480 * 640 - 1), 480, 640) != 0
+    # a tile at least three overlaps wide (the blend bands of its sides never meet), MIN_TILE at least,
+    # even when the budget allows less
+    assert auto_tile(_Budget(1, 120_000), 480, 640, overlap=40) == (480, 240)
+    assert auto_tile(_Budget(1, 10), 480, 640) == (48, 48)
+    assert auto_tile(_Budget(1, 10), 480, 640, overlap=2) == (16, 16)
+
+
+def test_auto_tile_keeps_every_call_within_the_budget_and_computes_near_the_fewest_pixels():
+    """Against every tile size the budget allows (brute force over the same layout upscale_frame uses)."""
+    import random
+
+    from sr_deploy.media.tiling import auto_tile
+
+    rnd = random.Random(0)
+    tried = 0
+    for _ in range(40):
+        h, w, overlap = rnd.randint(20, 160), rnd.randint(20, 160), rnd.choice([0, 2, 4, 6])
+        least = max(16, 3 * overlap)
+        per_px = rnd.choice([1, 3])
+        most = rnd.randint(least * least, h * w - 1)
+        th, tw = auto_tile(_Budget(per_px, most * per_px), h, w, overlap)
+        assert least <= th and least <= tw and th * tw <= most, (h, w, overlap, most, th, tw)
+        best = min(_computed(h, w, (a, b), overlap) for a in range(least, h + 1) for b in range(least, w + 1)
+                   if a * b <= most)
+        assert _computed(h, w, (th, tw), overlap) <= 1.02 * best, (h, w, overlap, most, th, tw, best)
+        tried += 1
+    assert tried == 40
+
+
+def test_tile_batch_fills_the_budget_up_to_the_cap_and_the_engines_batch():
+    from sr_deploy.media.tiling import tile_batch
+
+    # a 10x10 tile at 2 bytes a pixel is 200 bytes
+    assert tile_batch(_Budget(2, 650), (10, 10)) == 3
+    assert tile_batch(_Budget(2, 650), 10) == 3  # a square tile given as one number
+    assert tile_batch(_Budget(2, 10_000), (10, 10)) == 4  # the default cap
+    assert tile_batch(_Budget(2, 10_000), (10, 10), most=6) == 6
+    assert tile_batch(_Budget(2, 10_000, max_batch=2), (10, 10)) == 2  # an engine profile's batch
+    assert tile_batch(_Budget(2, 50), (10, 10)) == 1  # never none
+    assert tile_batch(_Budget(2, 850), (10, 20)) == 2  # height and width both count
+    assert tile_batch(_Budget(0.001, 5), (10, 10)) == 4  # under a byte a tile still counts one byte a pixel
