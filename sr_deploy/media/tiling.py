@@ -91,12 +91,11 @@ def auto_tile(runner: Runner, h: int, w: int, overlap: int = 16) -> int | tuple[
             if th * tw <= most or tw <= least:
                 break
             nx += 1
-        if th * tw > most:
-            continue
-        cost = (ny * nx * th * tw, ny * nx)
+        # within the budget here: the loop ends at tw <= least only where th * least <= most (checked above)
+        cost = (ny * nx * th * tw, ny * nx)  # the fewest pixels, then the fewest calls
         if best is None or cost < best[0]:
             best = (cost, (th, tw))
-    return best[1] if best else (least, least)
+    return best[1]  # never None: the last row count has th == least, and least x least fits `most`
 
 
 def tile_batch(runner: Runner, tile: int | tuple[int, int], most: int = 4) -> int:
