@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from sr_deploy.export.onnx_export import read_descriptor
 from sr_deploy.media.tiling import _ramp, _starts, upscale_frame
@@ -188,3 +189,69 @@ def test_tile_batch_fills_the_budget_up_to_the_cap_and_the_engines_batch():
     assert tile_batch(_Budget(2, 50), (10, 10)) == 1  # never none
     assert tile_batch(_Budget(2, 850), (10, 20)) == 2  # height and width both count
     assert tile_batch(_Budget(0.001, 5), (10, 10)) == 4  # under a byte a tile still counts one byte a pixel
+
+
+class _Nearest:
+    """A x2 nearest-neighbour runner that records where each tile it is given starts (the frame's first
+    channel holds each pixel's column), with a descriptor to carry a window or a receptive field."""
+
+    def __new__(cls, **desc):
+        from sr_deploy.descriptor import ModelDescriptor
+        from sr_deploy.runtime.base import Runner
+
+        class Nearest(Runner):
+            backend = "test"
+
+            def _activate(self):
+                pass
+
+            def _infer(self, batch):
+                self.seen.extend(int(round(float(t[0, 0, 0]) * 1000)) for t in batch)
+                return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+        r = Nearest(ModelDescriptor(name="nearest", scale=2, **desc))
+        r.seen = []
+        return r
+
+
+def _columns(h, w):
+    frame = np.zeros((h, w, 3), np.float32)
+    frame[..., 0] = np.arange(w, dtype=np.float32)[None, :] / 1000  # column index, readable from any tile
+    frame[..., 1] = 0.5
+    return frame
+
+
+def test_tiles_overlap_by_the_default_a_models_window_or_twice_its_receptive_field():
+    # (a 64-row frame in 100x100 tiles: one row of tiles, the overlap capped at half the tile's 100)
+    for desc, overlap in [({}, 16), ({"arch": {"window": 24}}, 24), ({"receptive_field": 20}, 40),
+                          ({"arch": {"window": 24}, "receptive_field": 8}, 24), ({"receptive_field": 60}, 50)]:
+        r = _Nearest(**desc)
+        with r:
+            upscale_frame(r, _columns(64, 300), tile=(100, 100))
+        starts = sorted(set(r.seen))
+        assert starts == _starts(300, 100, overlap), (desc, starts)
+
+
+def test_a_float_frame_rounds_into_16_bit_pixels_tiled_or_whole():
+    from sr_deploy.metrics import quantize
+
+    frame = np.random.default_rng(0).random((40, 70, 3), dtype=np.float32)
+    r = _Nearest()
+    with r:
+        whole_f = upscale_frame(r, frame)
+        whole = upscale_frame(r, frame, out_max=65535, out_dtype=np.uint16)
+        tiled = upscale_frame(r, frame, tile=32, out_max=65535, out_dtype=np.uint16)
+    assert whole_f.dtype == np.float32 and whole.dtype == tiled.dtype == np.uint16
+    np.testing.assert_array_equal(whole, quantize(whole_f, 65535, np.uint16))
+    assert np.abs(tiled.astype(np.int32) - whole).max() <= 1  # nearest x2: the blend of equal tiles
+
+
+def test_a_tile_below_the_least_is_refused_in_one_line():
+    from sr_deploy.errors import InputError
+    from sr_deploy.media.tiling import MIN_TILE, check_tile
+
+    for ok in (0, MIN_TILE, 512):
+        check_tile(ok)
+    for bad in (-1, 1, MIN_TILE - 1):
+        with pytest.raises(InputError, match=rf"^--tile {bad}: use 0 \(whole frames\) or at least {MIN_TILE} input pixels$"):
+            check_tile(bad)
