@@ -207,10 +207,11 @@ class _Nearest:
 
             def _infer(self, batch):
                 self.seen.extend(int(round(float(t[0, 0, 0]) * 1000)) for t in batch)
+                self.shapes.extend(t.shape[1:] for t in batch)
                 return batch.repeat(2, axis=2).repeat(2, axis=3)
 
         r = Nearest(ModelDescriptor(name="nearest", scale=2, **desc))
-        r.seen = []
+        r.seen, r.shapes = [], []
         return r
 
 
@@ -230,6 +231,56 @@ def test_tiles_overlap_by_the_default_a_models_window_or_twice_its_receptive_fie
             upscale_frame(r, _columns(64, 300), tile=(100, 100))
         starts = sorted(set(r.seen))
         assert starts == _starts(300, 100, overlap), (desc, starts)
+    # the overlap is at most half the tile's own height or width, whichever is smaller (an odd width halves
+    # down to whole pixels); and none where none is asked for and the model has no window
+    for tile, overlap in [((40, 100), 20), ((100, 41), 20)]:
+        r = _Nearest(receptive_field=60)
+        with r:
+            upscale_frame(r, _columns(64, 300), tile=tile)
+        assert sorted(set(r.seen)) == _starts(300, tile[1], overlap), (tile, sorted(set(r.seen)))
+    r = _Nearest()
+    with r:
+        upscale_frame(r, _columns(64, 300), tile=(100, 100), overlap=0)
+    assert sorted(set(r.seen)) == [0, 100, 200]
+
+
+def test_auto_tiles_and_an_engines_largest_input_bound_every_call_and_change_no_pixel():
+    from types import SimpleNamespace
+
+    from sr_deploy.media.tiling import auto_tile
+
+    frame = _columns(100, 300)
+    frame[..., 2] = np.random.default_rng(1).random((100, 300), dtype=np.float32)
+    ref = frame.repeat(2, axis=0).repeat(2, axis=1)
+    r = _Nearest()
+    r.bytes_per_pixel = lambda: 4.0
+    r.memory_budget = lambda: 4 * 100 * 120  # a 100x120 tile's worth: the frame does not fit whole
+    with r:
+        tile = auto_tile(r, 100, 300, 16)
+        got = upscale_frame(r, frame, tile=None)
+    assert tile != 0 and set(r.shapes) <= {(100, tile[1]), (tile[0], tile[1])} and len(r.shapes) > 1
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    for size in [(40, 100), (60, 50), (48, 64)]:  # wider, taller, and exactly the engine's largest input
+        r = _Nearest()
+        r.input_spec = lambda: SimpleNamespace(max_hw=(48, 64), max_batch=None)
+        f = _columns(*size)
+        with r:
+            got = upscale_frame(r, f)  # tile 0 (whole frames) asked: tiled within the profile all the same
+        assert all(h <= 48 and w <= 64 for h, w in r.shapes), (size, r.shapes)
+        assert r.shapes == [(48, 64)] if size == (48, 64) else len(r.shapes) > 1
+        np.testing.assert_allclose(got, f.repeat(2, axis=0).repeat(2, axis=1), atol=1e-6)
+
+
+def test_uint8_frames_come_back_uint8_whole_or_tiled():
+    frame = (np.random.default_rng(2).random((40, 70, 3)) * 255).astype(np.uint8)
+    ref = frame.repeat(2, axis=0).repeat(2, axis=1)
+    r = _Nearest()
+    with r:
+        whole = upscale_frame(r, frame, out_max=65535, out_dtype=np.uint16)  # uint8 in: uint8 out, whatever asked
+        tiled = upscale_frame(r, frame, tile=32)
+    assert whole.dtype == tiled.dtype == np.uint8 and whole.shape == ref.shape
+    np.testing.assert_array_equal(whole, ref)
+    np.testing.assert_array_equal(tiled, ref)  # equal tiles blended and rounded back: the same bytes
 
 
 def test_a_float_frame_rounds_into_16_bit_pixels_tiled_or_whole():
