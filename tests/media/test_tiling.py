@@ -198,7 +198,7 @@ class _Nearest:
     """A x2 nearest-neighbour runner that records where each tile it is given starts (the frame's first
     channel holds each pixel's column), with a descriptor to carry a window or a receptive field."""
 
-    def __new__(cls, **desc):
+    def __new__(cls, scale: int = 2, **desc):
         from sr_deploy.descriptor import ModelDescriptor
         from sr_deploy.runtime.base import Runner
 
@@ -211,9 +211,9 @@ class _Nearest:
             def _infer(self, batch):
                 self.seen.extend(int(round(float(t[0, 0, 0]) * 1000)) for t in batch)
                 self.shapes.extend(t.shape[1:] for t in batch)
-                return batch.repeat(2, axis=2).repeat(2, axis=3)
+                return batch.repeat(scale, axis=2).repeat(scale, axis=3)
 
-        r = Nearest(ModelDescriptor(name="nearest", scale=2, **desc))
+        r = Nearest(ModelDescriptor(name="nearest", scale=scale, **desc))
         r.seen, r.shapes = [], []
         return r
 
@@ -323,3 +323,13 @@ def test_a_tile_below_the_least_is_refused_in_one_line():
     for bad in (-1, 1, MIN_TILE - 1):
         with pytest.raises(InputError, match=rf"^--tile {bad}: use 0 \(whole frames\) or at least {MIN_TILE} input pixels$"):
             check_tile(bad)
+
+
+def test_an_x1_model_in_tiles_overlapping_by_one_pixel_keeps_the_shared_row():
+    """At x1 with a one-pixel overlap the strip keeps one row when it moves down: that row is both tiles'."""
+    f = _columns(40, 30)
+    f[..., 2] = np.random.default_rng(3).random((40, 30), dtype=np.float32)
+    r = _Nearest(scale=1)
+    with r:
+        got = upscale_frame(r, f, tile=(16, 100), overlap=1)
+    np.testing.assert_allclose(got, f, atol=1e-6)
