@@ -65,9 +65,10 @@ def _interrupted_mid_call(tmp_path):
     assert not dst.exists()
 
 
-@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_the_exit_code_names_the_signal(tmp_path, sig, code):
-    import os
+def _interrupted_run(tmp_path, signal_it) -> tuple[int, str]:
+    """Start `srdeploy run` on a long clip in a session of its own (Ctrl-C's default handling restored, as a
+    terminal's job has it), wait until it is under way (its segments folder exists, made before the first
+    frame), call ``signal_it(process)``, and return the exit code and stderr."""
     import signal
     import subprocess
     import sys
@@ -81,17 +82,25 @@ def test_the_exit_code_names_the_signal(tmp_path, sig, code):
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     try:
-        # wait for the run to be under way: its segments folder exists (made before the first frame)
         while p.poll() is None and time.monotonic() < deadline and not (tmp_path / "o.mp4.segments").exists():
             time.sleep(0.05)
         assert p.poll() is None, p.communicate()
-        os.kill(p.pid, getattr(signal, sig))
+        signal_it(p)
         _, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
-    assert p.returncode == code, err
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_the_exit_code_names_the_signal(tmp_path, sig, code):
+    import os
+    import signal
+
+    rc, err = _interrupted_run(tmp_path, lambda p: os.kill(p.pid, getattr(signal, sig)))
+    assert rc == code, err
     assert "Traceback" not in err and "terminate called" not in err
 
 
@@ -102,39 +111,25 @@ def test_signals_after_the_first_neither_cut_the_stop_short_nor_change_the_exit(
     Python has put the default handlers back (they used to end it by that signal: exit -2 or -15)."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    src, dst = tmp_path / "in.mp4", tmp_path / "o.mp4"
-    make_clip(src, frames=720, size=(64, 48), audio=False)
-    p = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst),
-                          "--model", "light_x4", "--backend", "onnxruntime"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    try:
-        while p.poll() is None and time.monotonic() < deadline and not (tmp_path / "o.mp4.segments").exists():
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()
+    def term_then_again(p):
         os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120
         while p.poll() is None and time.monotonic() < deadline:
             try:
                 os.kill(p.pid, getattr(signal, again))
             except ProcessLookupError:
                 break
             time.sleep(0.02)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+
+    rc, err = _interrupted_run(tmp_path, term_then_again)
     # 143, the first signal's code; SIGINT's 130 where both were pending together (Python then handles the
     # lower number first): never killed by the signal (negative), never a traceback
-    assert p.returncode == 143 if again == "SIGTERM" else p.returncode in (130, 143), err
+    assert (rc == 143 if again == "SIGTERM" else rc in (130, 143)), (rc, err)
     assert "Traceback" not in err and "terminate called" not in err
     assert "interrupted: no partial output left" in err
-    assert not dst.exists()
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_a_stop_is_entered_once_unless_no_command_took_it_up(monkeypatch):
