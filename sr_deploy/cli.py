@@ -859,6 +859,12 @@ def main() -> None:
         if STOPPED_BY["code"] is not None:  # only the interpreter's exit is left: Python puts the default
             for sig in (signal.SIGINT, signal.SIGTERM):  # handlers back for it, and a late signal would kill
                 signal.signal(sig, signal.SIG_IGN)  # the process by that signal in place of exit 130/143
+            # A stop whose KeyboardInterrupt left an exec() or eval() of a string (namedtuple and dataclass
+            # creation do that, so a signal during a lazy import lands there) sets CPython's "unhandled
+            # KeyboardInterrupt" flag although a command handled it, and under `python -m` the interpreter then
+            # ends itself by SIGINT at exit (exit -2 in place of 143). Each exec of a string clears the flag
+            # first and only sets it again on a KeyboardInterrupt, so one that finishes clears it.
+            exec("pass")  # noqa: S102
 
 
 if __name__ == "__main__":

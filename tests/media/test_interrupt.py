@@ -148,3 +148,30 @@ def test_a_stop_is_entered_once_unless_no_command_took_it_up(monkeypatch):
         cli._on_stop_signal(signal.SIGINT, None)
     assert cli._stopped() == 143  # the first signal's code, whatever came after
     cli._on_stop_signal(signal.SIGINT, None)  # taken up: never raised again
+
+
+def test_a_stop_landing_inside_an_exec_of_a_string_still_exits_with_its_code(tmp_path):
+    """A signal during a lazy import can land inside the exec() of a string that namedtuple and dataclass
+    creation run. CPython then marks the KeyboardInterrupt unhandled although a command handled it, and under
+    `python -m` ended the process by SIGINT at exit (-2 in place of 143: the flake of the signal tests)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "stopped_inside_exec.py").write_text(
+        "import sys\n"
+        "from sr_deploy import cli\n"
+        "def command(args):\n"
+        "    try:\n"
+        "        exec('import os, signal; os.kill(os.getpid(), signal.SIGTERM); sum(range(1000))')\n"
+        "    except KeyboardInterrupt:\n"
+        "        sys.exit(cli._stopped())\n"
+        "    sys.exit(0)\n"
+        "cli.app = command\n"
+        "cli.main()\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-m", "stopped_inside_exec"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.returncode == 143, (p.returncode, p.stderr)
