@@ -180,6 +180,13 @@ class Parts:
             self._lock.close()
             self._lock = None
             raise OutputError(f"{self.dir}: another srdeploy run is writing this output now") from None
+        try:
+            return self._take_up(key, plan, restart=restart, say=say)
+        except BaseException:
+            self.close(remove=False)  # a folder refused (or a run stopped here) is not left locked
+            raise
+
+    def _take_up(self, key: dict, plan: Plan, *, restart: bool, say) -> int:
         for stale in self.dir.glob("*.tmp*"):
             stale.unlink(missing_ok=True)
         old = None

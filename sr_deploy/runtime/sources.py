@@ -105,7 +105,9 @@ def report_is_faithful(data: dict, precision: str) -> bool:
     fid, p999 = data.get("fidelity_db"), data.get("p999_levels")
     if not data.get("passed") or not isinstance(fid, (int, float)) or not isinstance(p999, (int, float)):
         return False
-    return fid >= MIN_FIDELITY_DB.get(precision, 1e9) and p999 <= MAX_P999_LEVELS.get(precision, -1)
+    if precision not in MIN_FIDELITY_DB:  # a precision without a gate of its own is never trusted
+        return False
+    return fid >= MIN_FIDELITY_DB[precision] and p999 <= MAX_P999_LEVELS[precision]
 
 
 def precision_sibling(path: Path, precision: str) -> Path | None:
