@@ -19,6 +19,30 @@ KEY = {"format": 1, "srdeploy": "1.0", "input": {"name": "in.mp4", "bytes": 10, 
        "codec": "libx264", "settings": {"crf": 18}, "segment_seconds": 10.0}
 
 
+def test_the_manifest_key_is_the_input_the_model_and_every_setting(tmp_path):
+    """Its layout is a file format: a manifest written by one run is read by the next (MANIFEST_FORMAT)."""
+    from types import SimpleNamespace
+
+    from sr_deploy import __version__
+    from sr_deploy.media.segments import manifest_key
+
+    src = tmp_path / "in.mp4"
+    src.write_bytes(b"video")
+    names = ("crf", "preset", "pix_fmt", "bitrate", "tile", "start", "duration", "max_frames", "deinterlace",
+             "outscale", "b_frames", "yuv")
+    options = SimpleNamespace(**{n: f"{n}-value" for n in names}, unrelated="not a setting")
+    assert manifest_key(src, "model m", options, "libx264", 4.0) == {
+        "format": 1, "srdeploy": __version__,
+        "input": {"name": "in.mp4", "bytes": 5, "sha256": sha256_file(src)},
+        "model": "model m", "codec": "libx264", "settings": {n: f"{n}-value" for n in names}, "segment_seconds": 4.0}
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"video!")
+    key = manifest_key(src, "model m", options, "libx264", 4.0)
+    assert _differs(key, manifest_key(other, "model m", options, "libx264", 4.0)).startswith("another input")
+    assert _differs(key, manifest_key(src, "model n", options, "libx264", 4.0)).startswith("another model")
+    assert _differs(key, manifest_key(src, "model m", options, "libx265", 4.0)) == "other settings"
+
+
 def _plan(n=3):
     return Plan([Segment(i, 25 * i, 25, 1000 * i or None, 1000 * (i + 1) if i + 1 < n else None) for i in range(n)],
                 Fraction(1, 1000), 25 * n)
@@ -76,6 +100,8 @@ def test_finished_segments_are_listed_and_reused_by_the_same_run(tmp_path):
     ("gone", "missing"),
     ("no frames", "damaged"),
     ("not a record", "damaged"),
+    ("no frame count", "damaged"),
+    ("a frame count that is no number", "damaged"),
     ("past the plan", "past"),
 ])
 def test_a_damaged_or_missing_segment_is_done_again(tmp_path, damage, why):
@@ -93,6 +119,10 @@ def test_a_damaged_or_missing_segment_is_done_again(tmp_path, damage, why):
         hit.unlink()
     elif damage == "no frames":
         body["segments"]["1"]["frames"] = 0
+    elif damage == "no frame count":
+        del body["segments"]["1"]["frames"]
+    elif damage == "a frame count that is no number":
+        body["segments"]["1"]["frames"] = "many"
     elif damage == "not a record":
         body["segments"]["1"] = "seg_00001.mov"
     else:  # the same manifest read with a plan of one segment: a different run, refused (below), so
@@ -103,7 +133,17 @@ def test_a_damaged_or_missing_segment_is_done_again(tmp_path, damage, why):
     assert again.open(KEY, plan, restart=False, say=said) == 1
     assert sorted(again.done) == [0] and keep.exists() and not hit.exists()
     assert said == ["note: segment 1 (seg_00001.mov) is missing or damaged: it is done again"], why
-    assert json.loads(again.manifest.read_text())["segments"].keys() == {"0"}
+    assert json.loads(again.manifest.read_text())["segments"] == {"0": body["segments"]["0"]}
+
+
+def test_a_segment_of_one_frame_is_reused(tmp_path):
+    parts = Parts(tmp_path / "out.mp4")
+    parts.open(KEY, _plan(), restart=False, say=Said())
+    data = parts.tmp_path(0)
+    data.write_bytes(b"one frame")
+    parts.record(0, 1, data)
+    parts.close(remove=False)
+    assert Parts(tmp_path / "out.mp4").open(KEY, _plan(), restart=False, say=Said()) == 1
 
 
 @pytest.mark.parametrize("entry", ["x", "-1", "1.5"])
@@ -113,7 +153,7 @@ def test_a_manifest_entry_that_is_no_segment_number_is_said_and_ignored(tmp_path
     _finish(parts, 0)
     parts.close(remove=False)
     body = json.loads(parts.manifest.read_text())
-    body["segments"][entry] = body["segments"]["0"]
+    body["segments"] = {entry: body["segments"]["0"], **body["segments"]}  # listed first: the rest still read
     parts.manifest.write_text(json.dumps(body))
     again, said = Parts(tmp_path / "out.mp4"), Said()
     assert again.open(KEY, _plan(), restart=False, say=said) == 1
@@ -171,8 +211,27 @@ def test_a_restart_discards_even_a_matching_manifest(tmp_path):
 
 def test_a_folder_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(OutputError, match=r"out.mp4.segments: cannot write here \("):
+    with pytest.raises(OutputError) as exc:
         Parts(tmp_path / "file" / "out.mp4").open(KEY, _plan(), restart=False, say=Said())
+    assert str(exc.value) == f"{tmp_path}/file/out.mp4.segments: cannot write here (Not a directory)"
+
+
+def test_an_output_in_a_folder_not_made_yet_gets_its_segment_folder(tmp_path):
+    parts = Parts(tmp_path / "new" / "deeper" / "out.mp4")
+    assert parts.open(KEY, _plan(), restart=False, say=Said()) == 0 and parts.manifest.exists()
+    parts.close(remove=True)
+    parts.close(remove=True)  # twice: nothing left to close or remove
+    Parts(tmp_path / "never-opened.mp4").close(remove=False)
+
+
+def test_a_run_refused_because_another_holds_the_folder_can_still_be_closed(tmp_path):
+    holder = Parts(tmp_path / "out.mp4")
+    holder.open(KEY, _plan(), restart=False, say=Said())
+    refused = Parts(tmp_path / "out.mp4")
+    with pytest.raises(OutputError, match="another srdeploy run"):
+        refused.open(KEY, _plan(), restart=False, say=Said())
+    refused.close(remove=False)
+    holder.close(remove=False)
 
 
 def test_what_differs_is_named_input_first():
@@ -255,9 +314,9 @@ def test_torn_and_foreign_lines_are_skipped(tmp_path):
     j.record("a.png", src, out)
     j.close(remove=False)
     with open(tmp_path / "out" / NAME, "a") as f:
-        f.write('{"bytes": 1}\n[1, 2]\n"text"\n{"file": "b.png", "byt')
+        f.write('{"bytes": 1}\n[1, 2]\n"text"\n{"file": "b.png", "byt\n{"file": "c.png"}\n{"file": "d.png", "byt')
     j = _journal(tmp_path)
-    assert list(j.finished) == ["a.png"]
+    assert list(j.finished) == ["a.png", "c.png"]  # lines past a torn one are still read
 
 
 @pytest.mark.parametrize("text, what", [('{"format": 1, "model": "other"}\n', "a run of another model or settings"),
@@ -306,10 +365,19 @@ def test_closing_with_remove_deletes_the_journal(tmp_path):
     j = _journal(tmp_path)
     j.close(remove=True)
     assert not (tmp_path / "out" / NAME).exists()
-    j.close(remove=False)  # twice: nothing left to close
+    j.close(remove=True)  # twice: nothing left to close or remove
+    Journal(tmp_path / "never", {"model": "m"}).close(remove=False)  # never opened
+
+
+def test_a_journal_in_a_folder_not_made_yet(tmp_path):
+    j = Journal(tmp_path / "new" / "deeper", {"model": "m"})
+    j.open(restart=False)
+    assert (tmp_path / "new" / "deeper" / NAME).read_text() == '{"format": 1, "model": "m"}\n'
+    j.close(remove=False)
 
 
 def test_a_journal_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "out").write_text("a file")
-    with pytest.raises(OutputError, match=r"out/.srdeploy-run.jsonl: cannot write here \("):
+    with pytest.raises(OutputError) as exc:
         _journal(tmp_path)
+    assert str(exc.value) == f"{tmp_path}/out/.srdeploy-run.jsonl: cannot write here (File exists)"
