@@ -754,10 +754,15 @@ def info() -> None:
     typer.echo(f"GPU: {_gpu_name() if gpu_available() else 'none'}")
     typer.echo(f"backends: {', '.join(available_backends())}")
     try:
+        from sr_deploy.runtime import tune
         from sr_deploy.runtime.select import make_runner, resolve_model
 
-        runner, why = make_runner(resolve_model(None), "auto")
+        source = resolve_model(None)
+        runner, why = make_runner(source, "auto", measure=False)  # what a run picks; info never times
         typer.echo(f"auto: {runner.describe()} ({why})")
+        if tune.enabled() and tune.cached_ranking(source)[0] is None:
+            typer.echo("      not timed on this machine yet: the first run (or `srdeploy tune`) times the "
+                       "candidates and may pick another")
     except SRDeployError as exc:
         typer.echo(f"auto: unavailable ({exc})")
 

@@ -26,17 +26,20 @@ def gpu_available() -> bool:
 
 
 def make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None, *,
-                cuda_graph: bool = False, outscale: float | None = None, ensemble: bool = False) -> tuple[Runner, str]:
+                cuda_graph: bool = False, outscale: float | None = None, ensemble: bool = False,
+                measure: bool = True) -> tuple[Runner, str]:
     """Build the runner for ``source`` on ``backend``; returns it and a one-line reason. The one recipe of
     a run's runner (model, outscale, CUDA graph, ensemble) for `run`, the Ray workers and bench.
 
     ``cuda_graph``: replay the model as a captured CUDA graph (TensorRT, or torch on CUDA).
     ``ensemble``: the x8 self-ensemble around it (runtime/ensemble.py).
     ``outscale``: the run's output factor; where it is a whole number below the model's scale, the runner
-    area-resizes its output to it in its graph (its ``scale`` is then the outscale; export/pixels.graph_outscale)."""
+    area-resizes its output to it in its graph (its ``scale`` is then the outscale; export/pixels.graph_outscale).
+    ``measure``: `auto` may time the candidates when no ranking is cached (False: it follows a cached
+    ranking only, else the fixed rules; `srdeploy info` says what a run would pick without a minute of timing)."""
     from sr_deploy.export.pixels import graph_outscale
 
-    runner, why = _make_runner(source, backend, precision, outscale)
+    runner, why = _make_runner(source, backend, precision, outscale, measure)
     to_scale, full = graph_outscale(runner.scale, outscale), runner.scale
     if to_scale is not None and runner.resample_output(to_scale):
         why += f"; the x{full} output area-resized to x{to_scale} in the graph (--outscale)"
@@ -54,7 +57,7 @@ def make_runner(source: ModelSource, backend: str = "auto", precision: str | Non
 
 
 def _make_runner(source: ModelSource, backend: str = "auto", precision: str | None = None,
-                 outscale: float | None = None) -> tuple[Runner, str]:
+                 outscale: float | None = None, measure: bool = True) -> tuple[Runner, str]:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; pick one of {', '.join(BACKENDS)}")
     if source.kind == "engine":
@@ -64,7 +67,7 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
 
         return TensorRTRunner(source.path), "a TensorRT engine was given"
     if backend == "auto":
-        return _auto(source, precision, outscale)
+        return _auto(source, precision, outscale, measure)
     if backend == "torch":
         if source.kind != "checkpoint":
             raise InputError(f"{source.path}: the torch backend needs a checkpoint (.pt/.safetensors), not ONNX")
@@ -135,7 +138,8 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _auto(source: ModelSource, precision: str | None, outscale: float | None = None) -> tuple[Runner, str]:
+def _auto(source: ModelSource, precision: str | None, outscale: float | None = None,
+          measure: bool = True) -> tuple[Runner, str]:
     """TensorRT engine > ONNX Runtime CUDA > fastest CPU runner installed, at a precision that passed its gate."""
     from sr_deploy.runtime.openvino_runner import OpenVINORunner
     from sr_deploy.runtime.ort_runner import OrtRunner
@@ -178,11 +182,11 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
         from sr_deploy.runtime import tune
 
         if tune.enabled():
-            ranking, how = tune.cached_ranking(source, background=tune.retime_in_background())
-            if ranking is None:
+            ranking, how = tune.cached_ranking(source, background=measure and tune.retime_in_background())
+            if ranking is None and measure:
                 _note(f"note: {how}")
                 ranking, how = tune.measure(source, say=_note), "measured just now"
-            for r in ranking:
+            for r in ranking or ():
                 try:
                     runner, _ = make_runner(source, r["backend"], r["precision"])
                 except SRDeployError:

@@ -242,8 +242,15 @@ def test_fp16_overflow_is_refused_by_the_gate(tmp_path):
 @pytest.mark.slow
 def test_dat_runs_through_pytorch(tmp_path):
     """DAT has no working ONNX (ONNX Runtime rejects its exported LayerNorm even at a fixed size): `auto`
-    falls back to PyTorch, which runs an odd-sized image and a clip, matching the module."""
+    falls back to PyTorch, which runs an odd-sized image and a clip, matching the module.
+
+    The refusal is taken from its memo, written here as a refused export writes it: trying both exporters on
+    DAT takes over a minute of this suite, and the refusal itself (exporters, parity, memo) is tested on
+    SwinIR above and in tests/export/test_onnx_export.py."""
     from spandrel.architectures.DAT import DAT
+
+    from sr_deploy.export.onnx_export import DEFAULT_OPSET, refusal_memo
+    from sr_deploy.fsutil import model_digest
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -252,6 +259,9 @@ def test_dat_runs_through_pytorch(tmp_path):
                   expansion_factor=2.0).eval()
     weights = tmp_path / "dat.pth"
     _save(net, weights)
+    memo = refusal_memo(model_digest(weights), DEFAULT_OPSET)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text("DAT cannot be exported with dynamic height and width (dynamo: ...; torchscript: ...)")
     img = tmp_path / "odd.png"
     x = pattern_image(37, 29, seed=3)
     cv2.imwrite(str(img), x[..., ::-1])

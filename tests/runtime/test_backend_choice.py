@@ -53,7 +53,8 @@ def choose(monkeypatch, capsys):
     from sr_deploy.models import checkpoint
     from sr_deploy.runtime import openvino_runner, ort_runner, torch_runner, tune
 
-    def run(w: World, kind: str = "checkpoint", precision: str | None = None, outscale: float | None = None):
+    def run(w: World, kind: str = "checkpoint", precision: str | None = None, outscale: float | None = None,
+            measure: bool = True):
         path = Path("/models/m.safetensors") if kind == "checkpoint" else Path(f"/models/m.{w.given_precision}.onnx")
         src = ModelSource(kind, path, "m")
         asked: list[tuple] = []
@@ -105,11 +106,11 @@ def choose(monkeypatch, capsys):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"] if w.ort_cuda else ["CPUExecutionProvider"]
 
         def ranking(source, *, background):
-            assert source is src and background is True
+            assert source is src and background is measure
             return (w.ranking, "cached, timed quiet") if w.ranking is not None else (None, "no ranking for this model")
 
-        def measure(source, *, say):
-            assert source is src and say is select._note
+        def timed(source, *, say):
+            assert source is src and say is select._note and measure
             return w.measured
 
         def descriptor_for(model, *, name):
@@ -135,8 +136,8 @@ def choose(monkeypatch, capsys):
         monkeypatch.setattr(tune, "enabled", lambda: w.tune)
         monkeypatch.setattr(tune, "retime_in_background", lambda: True)
         monkeypatch.setattr(tune, "cached_ranking", ranking)
-        monkeypatch.setattr(tune, "measure", measure)
-        runner, why = select._auto(src, precision, outscale)
+        monkeypatch.setattr(tune, "measure", timed)
+        runner, why = select._auto(src, precision, outscale, measure)
         return runner.backend, runner.precision, why, capsys.readouterr().err, asked, runner
 
     return run
@@ -247,6 +248,14 @@ def test_the_ranking_is_tried_in_its_order_and_its_stream_count_kept(choose):
     assert runner.streams == 1
 
 
+def test_without_measuring_a_cached_ranking_is_followed_and_none_means_the_fixed_rules(choose):
+    """`srdeploy info` says what a run would pick without timing the candidates (a minute on this CPU)."""
+    assert choose(World(tune=True, ranking=TWO), measure=False)[:3] == (
+        "openvino", "int8", MEASURED.format("cached, timed quiet", tune.describe(TWO)))
+    backend, prec, why, notes, *_ = choose(World(tune=True, measured=TWO, ov_bf16=True), measure=False)
+    assert (backend, prec, why, notes) == ("openvino", "bf16", OV_BF16, "")
+
+
 def test_a_missing_ranking_is_said_before_measuring(choose):
     *_, notes, _, _ = choose(World(tune=True, measured=_rank(("onnxruntime", "fp32", 1))))
     assert notes == "note: no ranking for this model\n"
@@ -316,9 +325,10 @@ def named(monkeypatch, tmp_path):
     monkeypatch.setattr(tensorrt_runner, "TensorRTRunner", built("tensorrt"))
     monkeypatch.setattr(select, "cached_engine_runner",
                         lambda source, prec, *, outscale: (built("engine")(source.name, prec, outscale=outscale), "e"))
-    monkeypatch.setattr(select, "_auto", lambda source, prec, outscale: (built("auto")(source.name, prec, outscale), "a"))
+    monkeypatch.setattr(select, "_auto", lambda source, prec, outscale, measure: (
+        built("auto")(source.name, prec, outscale, measure), "a"))
 
-    def run(backend, precision=None, kind="checkpoint", files=None, outscale=None, **world):
+    def run(backend, precision=None, kind="checkpoint", files=None, outscale=None, measure=True, **world):
         state.update(world)
         (tmp_path / "cache").mkdir(exist_ok=True)
         for name, prec in {ONNX: "fp32", **(files or {})}.items():
@@ -327,7 +337,7 @@ def named(monkeypatch, tmp_path):
         path = tmp_path / {"checkpoint": "m.safetensors", "onnx": ONNX, "engine": "m.engine"}[kind]
         src = ModelSource(kind, path, "m")
         monkeypatch.setattr(select, "onnx_for", lambda source: tmp_path / ONNX if source is src else None)
-        runner, why = select._make_runner(src, backend, precision, outscale)
+        runner, why = select._make_runner(src, backend, precision, outscale, measure)
         name, args, kw = runner.made
         return name, [a.relative_to(tmp_path).as_posix() if isinstance(a, Path) else getattr(a, "name", a)
                       for a in args], kw, why
@@ -346,7 +356,8 @@ def test_a_named_backend_builds_its_runner_from_the_right_file(named):
     assert named("openvino", "fp16", ov_fp16=True)[1:3] == ([ONNX, ONNX], {"precision": "fp16"})  # fp16 from fp32
     assert named("openvino")[2] == {"precision": None}
     assert named("tensorrt", "int8", outscale=2)[1:] == (["m", "int8"], {"outscale": 2}, "e")
-    assert named("auto", "int8", outscale=3) == ("auto", ["m", "int8", 3], {}, "a")
+    assert named("auto", "int8", outscale=3) == ("auto", ["m", "int8", 3, True], {}, "a")
+    assert named("auto", measure=False)[1] == ["m", None, None, False]
     assert named("auto", kind="engine")[:2] == ("tensorrt", ["m.engine"])
     assert named("tensorrt", kind="engine")[3] == "a TensorRT engine was given"
 

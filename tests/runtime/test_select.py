@@ -88,14 +88,19 @@ def test_openvino_missing_is_a_clear_error(model_dir, monkeypatch):
         make_runner(resolve_model(str(model_dir)), "openvino")
 
 
-def test_info_reports_auto_choice():
+def test_info_reports_auto_choice_and_never_times_the_candidates(monkeypatch):
     from typer.testing import CliRunner
 
     from sr_deploy.cli import app
+    from sr_deploy.runtime import tune
 
+    monkeypatch.setenv("SRDEPLOY_TUNE", "1")  # as a user has it: a run would time the candidates first
+    monkeypatch.setattr(tune, "measure", lambda *a, **k: pytest.fail("info timed the candidates"))
+    monkeypatch.setattr(tune, "cached_ranking", lambda source, background=False: (None, "not measured"))
     r = CliRunner().invoke(app, ["info"])
     assert r.exit_code == 0, r.output
     assert "backends:" in r.output and "auto:" in r.output and "GPU:" in r.output
+    assert "not timed on this machine yet: the first run (or `srdeploy tune`) times the candidates" in r.output
     assert select.available_backends()[0] == "torch"
 
 
