@@ -113,7 +113,8 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
     if repeats:
         # Timestamps that repeat (recordings joined byte by byte, damaged muxing) have no order to keep:
         # refused here, before any work, rather than failing in the muxer after the whole run.
-        raise InputError(f"{src}: {len(repeats)} video frames repeat another frame's timestamp (the first at "
+        many = "1 video frame repeats" if len(repeats) == 1 else f"{len(repeats)} video frames repeat"
+        raise InputError(f"{src}: {many} another frame's timestamp (the first at "
                          f"{float(pts[repeats[0]] * tb):.2f}s): the file was joined from several recordings or is "
                          "damaged; remux it with new timestamps first")
     if not windowed and expected:

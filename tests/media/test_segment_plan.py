@@ -157,6 +157,15 @@ def test_repeated_timestamps_are_refused_with_the_first_repeat(tmp_path):
                               "timestamps first")
 
 
+def test_a_repeat_of_the_first_frame_alone_is_refused(tmp_path):
+    from tests.media.test_robust import _ts_part
+
+    twice = tmp_path / "first.ts"  # the first frame comes again, on its own
+    twice.write_bytes(_ts_part(tmp_path / "a.ts", (48, 32), 0) + _ts_part(tmp_path / "b.ts", (48, 32), 0, frames=1))
+    with pytest.raises(InputError, match=r"first.ts: 1 video frame repeats another frame's timestamp \(the first at "):
+        plan_segments(twice, _opts(), seconds=1.0)
+
+
 def test_a_clip_of_one_frame_has_no_repeat(tmp_path):
     one = tmp_path / "one.mp4"
     make_clip(one, frames=1, audio=False)
