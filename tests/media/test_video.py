@@ -277,31 +277,33 @@ def test_no_video_stream_and_corrupt(tmp_path, tiny_ckpt):
 
 
 def test_interrupt_leaves_no_output(tmp_path, tiny_ckpt):
+    """Ctrl-C once the first one-second segment is finished: the unfinished one and every temporary output
+    are removed, the finished one is kept for the same command to resume, and the run says so. The signal
+    follows an event (the first segment moved into place), never a sleep."""
     src = tmp_path / "long.mp4"
     make_clip(src, frames=300, size=(96, 64), fps=25)
     dst = tmp_path / "long_up.mp4"
-    # --tile 16: two dozen small tiles a frame keep the run going for many seconds, so the signal always lands
-    # mid-run (whole frames of the tiny model finished 300 frames before it on a fast machine)
+    # --tile 16: two dozen small tiles a frame keep each segment going for a while, so the run is still in its
+    # second of twelve segments when the signal comes, on a fast machine too
     proc = subprocess.Popen([sys.executable, "-m", "sr_deploy.cli", "run", str(src), "-o", str(dst), "--model",
-                             str(tiny_ckpt), "--backend", "torch", "--quiet", "--tile", "16"],
+                             str(tiny_ckpt), "--backend", "torch", "--quiet", "--tile", "16", "--segment-seconds", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell that starts jobs in the background ignores SIGINT, and the child would
                             # inherit that; Ctrl-C's default is what is under test
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = tmp_path / "long_up.mp4.segments"
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(parts.glob("seg_*.tmp.mov")):
+    first = parts / "seg_00000.mov"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not first.exists():
         time.sleep(0.05)
-    time.sleep(0.3)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert proc.poll() is None and first.exists(), "the run ended (or never finished a segment) before the signal"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "interrupted" in err
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
     assert not dst.exists()
     assert not list(tmp_path.glob(".long_up.*")), "temporary output removed"
     assert not list(parts.glob("*.tmp*")), "the unfinished segment removed"
-    if parts.exists():  # finished segments are kept for the next run, and said so
-        assert "the same command resumes" in err and list(parts.glob("seg_*.mov"))
+    assert first.exists() and "the same command resumes" in err, err  # the finished segment kept, and said
 
 
 def test_window_start_duration(tmp_path, tiny_ckpt):
