@@ -466,15 +466,16 @@ def build_engine_cmd(
     from sr_deploy.engine.build import build_engine, gpu_total_bytes, tensorrt_available
     from sr_deploy.engine.profile import make_profile, parse_hw
     from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.export.pixels import deployed_onnx
     from sr_deploy.precision.convert import make_precision_onnx
-    from sr_deploy.runtime.select import gpu_available, onnx_for, resolve_model
+    from sr_deploy.runtime.chain import ModelChain
+    from sr_deploy.runtime.select import gpu_available
 
     try:
         if fp16 and int8:
             raise InputError("choose one precision: --fp16, or --int8 --calib DIR (neither: fp32)")
         # an fp32 ONNX, or a shipped/zoo name or checkpoint as `run --model` takes (exported once into the cache)
-        src = onnx if onnx is not None and onnx.suffix.lower() == ".onnx" else onnx_for(resolve_model(onnx))
+        chain = ModelChain.of(onnx)
+        src = chain.onnx()
         desc = read_descriptor(src)  # an ONNX without srdeploy metadata is refused before any work
         shapes = {"min_hw": parse_hw(min_hw) if min_hw else None, "opt_hw": parse_hw(opt_hw) if opt_hw else None,
                   "max_hw": parse_hw(max_hw) if max_hw else None}
@@ -512,7 +513,7 @@ def build_engine_cmd(
             typer.echo(f"error: building a TensorRT engine needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                        f"The {precision} ONNX runs on this machine: `srdeploy run INPUT --model {model_onnx}`", err=True)
             raise typer.Exit(3)
-        model_onnx = deployed_onnx(model_onnx, outscale=to_scale, pixels=not float_io)
+        model_onnx = chain.pixel_graph(model_onnx, outscale=to_scale, pixels=not float_io)
         edesc = read_descriptor(model_onnx)
         profile = make_profile(edesc, **shapes, max_batch=max_batch, memory_bytes=gpu_total_bytes())
         engine = build_engine(model_onnx, edesc, profile, out=output, workspace_gb=workspace_gb, overwrite=overwrite)
@@ -655,23 +656,22 @@ def triton(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model's folder in the repository."),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt checked against Triton's schema)."""
-    from sr_deploy.export.pixels import deployed_onnx
     from sr_deploy.export.triton import write_repository
-    from sr_deploy.runtime.select import onnx_for, resolve_model
+    from sr_deploy.runtime.chain import ModelChain
 
     try:
-        source = resolve_model(model)
-        onnx_path = onnx_for(source)
+        chain = ModelChain.of(model)
+        onnx_path = chain.onnx()
         from sr_deploy.export.onnx_export import read_descriptor
 
         to_scale = _graph_outscale_or_fail(read_descriptor(onnx_path).scale, outscale)
         if to_scale and plan is not None:
             raise InputError("--outscale with --plan: build the plan with `srdeploy build-engine --outscale N` "
                              "and serve it without --outscale")
-        onnx_path = deployed_onnx(onnx_path, outscale=to_scale, pixels=not float_io)
+        onnx_path = chain.pixel_graph(onnx_path, outscale=to_scale, pixels=not float_io)
         if plan is not None:
             _check_plan(plan, onnx_path)
-        out = write_repository(onnx_path, output, name=name or source.name, plan=plan, overwrite=overwrite,
+        out = write_repository(onnx_path, output, name=name or chain.source.name, plan=plan, overwrite=overwrite,
                                max_batch=max_batch, instances=instances, kind=kind, trt_accelerator=trt_accelerator)
         typer.echo(f"{out}: config.pbtxt (validated against Triton's model_config.proto), "
                    f"1/{'model.plan' if plan else 'model.onnx'}")

@@ -242,7 +242,8 @@ def _gpu_stream(runner, x_u8: np.ndarray) -> dict:
 def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchResult:
     from sr_deploy.export.onnx_export import read_descriptor
     from sr_deploy.quality import bicubic_upscale, evaluate
-    from sr_deploy.runtime.select import ModelSource, make_runner, onnx_for, resolve_model
+    from sr_deploy.runtime.chain import ModelChain
+    from sr_deploy.runtime.select import ModelSource, make_runner, resolve_model
 
     res = BenchResult(machine=machine_info())
 
@@ -277,7 +278,7 @@ def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchR
     loaded: dict[int, list] = {}  # evaluation sets per scale, read once
     for source in sources:
         try:
-            base = onnx_for(source)
+            base = ModelChain(source).onnx()
             macs_px = conv_macs_per_pixel(base)
             desc = read_descriptor(base)
             scale = cfg.outscale or desc.scale  # the factor scored (the model runs at desc.scale)

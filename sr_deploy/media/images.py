@@ -678,76 +678,93 @@ DECODE_AHEAD = 2  # images decoded ahead of the model
 ENCODERS = 2  # outputs encoded behind it at once
 
 
+@dataclasses.dataclass
+class _Image:
+    """One file of a folder run between the stages: decoded (``img``), then upscaled (``up``), or its
+    one-line failure (``why``); ``written`` when the model stage wrote it itself (an animation)."""
+
+    f: Path
+    out: Path
+    overwrite: bool
+    header: object = None
+    img: np.ndarray | None = None
+    up: np.ndarray | None = None
+    why: str | None = None
+    written: bool = False
+
+
 def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, tile, alpha, max_megapixels,
                 outscale=None) -> None:
-    """The folder's images through the model with decoding ahead of it and encoding behind it, in threads
-    (OpenCV releases the GIL while it decodes and encodes): on a GPU the model no longer waits for the CPU
-    to read the next image and write the last one. The model runs on this thread only. Outputs are
-    published as before (whole or not at all) and reported as they finish; outputs waiting to be encoded
-    are bounded in count and in bytes (a quarter of the memory available, or one output), and an
-    interrupted run first finishes the files being written, so its journal lists them."""
+    """The folder's images through the video's three stages (media/stages.py): decoding ahead of the model,
+    the model in its own thread, and encoding behind it on ENCODERS threads (OpenCV releases the GIL while it
+    decodes and encodes), so on a GPU the model does not wait for the CPU to read the next image and write the
+    last one. Outputs are published as before (whole or not at all) and reported as they finish; outputs
+    waiting to be encoded are bounded in count and in bytes (a quarter of the memory available, or one
+    output; one more may wait in the queue behind the model), and an interrupted run first finishes the files
+    being written, so its journal lists them."""
     import threading
-    from collections import deque
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from sr_deploy.machine import available_memory_bytes
+    from sr_deploy.media.stages import ThreeStages
 
     lock = threading.Lock()
 
-    def report(f: Path, out: Path, why: str | None) -> None:
+    def report(item: _Image) -> None:
         with lock:
-            done(f, out, why)
+            done(item.f, item.out, item.why)
 
-    def encode(f: Path, out: Path, ow: bool, header, up: np.ndarray) -> None:
+    def decode(put) -> None:
+        for f, out, ow in todo:
+            item = _Image(f, out, ow)
+            try:
+                item.header, item.img = _prepare(runner, f, out, overwrite=ow, max_megapixels=max_megapixels,
+                                                 outscale=outscale)
+            except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
+                item.why = _reason(f, exc)
+            put(item)
+            del item
+
+    def upscale(decoded, put) -> None:
+        for item in decoded:
+            if item.why is None:
+                try:
+                    if item.img is None:  # an animation: decoded, upscaled and written frame by frame, here
+                        item.why = upscale_one(runner, item.f, item.out, overwrite=item.overwrite, tile=tile,
+                                               alpha=alpha, max_megapixels=max_megapixels, outscale=outscale)
+                        item.written = True
+                    else:
+                        item.up = upscale_image_array(runner, item.img, tile=tile, alpha=alpha, outscale=outscale)
+                except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
+                    item.why = _reason(item.f, exc)
+                item.img = None
+            put(item)
+            del item
+
+    def encode(item: _Image, up: np.ndarray) -> None:
         try:
-            write_image(out, up, overwrite=ow, gray_alpha=_gray_alpha(header), meta=header)
-            why = None
+            write_image(item.out, up, overwrite=item.overwrite, gray_alpha=_gray_alpha(item.header), meta=item.header)
         except Exception as exc:  # noqa: BLE001 - reported for this file only, as upscale_one does
-            why = _reason(f, exc)
-        report(f, out, why)
+            item.why = _reason(item.f, exc)
+        report(item)
 
-    items = iter(todo)
-    reads: deque = deque()
     writes: dict = {}  # future -> bytes of the output it holds
     budget = available_memory_bytes() // 4
-    with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder, \
-            ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode") as encoder:
-
-        def read_next() -> None:
-            item = next(items, None)
-            if item is not None:
-                f, out, ow = item
-                reads.append((item, decoder.submit(_prepare, runner, f, out, overwrite=ow,
-                                                   max_megapixels=max_megapixels, outscale=outscale)))
-
-        try:
-            for _ in range(DECODE_AHEAD):
-                read_next()
-            while reads:
-                (f, out, ow), job = reads.popleft()
-                read_next()
-                try:
-                    header, img = job.result()
-                    if img is None:  # an animation: decoded, upscaled and written frame by frame, here
-                        report(f, out, upscale_one(runner, f, out, overwrite=ow, tile=tile, alpha=alpha,
-                                                   max_megapixels=max_megapixels, outscale=outscale))
-                        continue
-                    up = upscale_image_array(runner, img, tile=tile, alpha=alpha, outscale=outscale)
-                    del img
-                except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
-                    report(f, out, _reason(f, exc))
-                    continue
-                while writes and (len(writes) >= ENCODERS or sum(writes.values()) + up.nbytes > budget):
-                    for fut in wait(writes, return_when=FIRST_COMPLETED).done:
-                        writes.pop(fut)
-                        fut.result()  # the run's own bookkeeping failing (its journal) ends the run, as before
-                writes[encoder.submit(encode, f, out, ow, header, up)] = up.nbytes
-                del up
-            for fut in wait(writes).done:
-                fut.result()
-        finally:
-            for _, job in reads:  # not started: dropped; the journal does not list them
-                job.cancel()
+    with ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode") as encoder, \
+            ThreeStages(decode, upscale, ahead=DECODE_AHEAD, behind=1) as stages:
+        for item in stages:
+            if item.why is not None or item.written:
+                report(item)
+                continue
+            up, item.up = item.up, None
+            while writes and (len(writes) >= ENCODERS or sum(writes.values()) + up.nbytes > budget):
+                for fut in wait(writes, return_when=FIRST_COMPLETED).done:
+                    writes.pop(fut)
+                    fut.result()  # the run's own bookkeeping failing (its journal) ends the run, as before
+            writes[encoder.submit(encode, item, up)] = up.nbytes
+            del up, item
+        for fut in wait(writes).done:
+            fut.result()
 
 
 def upscale_one(runner: Runner, f: Path, out: Path, **kw) -> str | None:

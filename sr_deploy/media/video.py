@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import queue
 import sys
 from collections import deque
 import threading
@@ -25,6 +24,7 @@ from sr_deploy.errors import InputError, ModelError, OutputError, SRDeployError
 from sr_deploy.fsutil import atomic_path, check_destination
 from sr_deploy.media.container import frame_rate, main_video, open_input
 from sr_deploy.media.resize import check_outscale, final_size, label, resize_to
+from sr_deploy.media.stages import ThreeStages
 from sr_deploy.media.tiling import auto_tile, upscale_frame
 from sr_deploy.progress import Progress
 from sr_deploy.runtime.base import Runner
@@ -36,7 +36,6 @@ INPUT_ONLY_VIDEO_SUFFIXES = {".vob", ".m2ts", ".mts", ".mod", ".tod", ".dv", ".m
                              ".h264", ".264", ".hevc", ".265", ".m2v", ".ivf", ".asf", ".f4v", ".ogv", ".divx",
                              ".nut", ".rm", ".rmvb"}
 DEFAULT_VIDEO_SUFFIX = ".mkv"  # the output of an input-only format (Matroska holds DVD audio and subtitles)
-_END = object()
 
 
 NVENC_CODECS = ("hevc_nvenc", "h264_nvenc")
@@ -229,41 +228,6 @@ class VideoSummary:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES | INPUT_ONLY_VIDEO_SUFFIXES
-
-
-class _Stage(threading.Thread):
-    """A pipeline thread that forwards any exception to the consumer through its output queue."""
-
-    def __init__(self, fn, out: queue.Queue, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.out, self.stop = fn, out, stop
-
-    def run(self) -> None:
-        try:
-            self.fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            self.put(exc)
-        else:
-            self.put(_END)
-
-    def put(self, item) -> None:
-        while not self.stop.is_set():
-            try:
-                self.out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-
-def _get(q: queue.Queue, stop: threading.Event):
-    """The next item, or KeyboardInterrupt once ``stop`` is set (items still queued are not worked on)."""
-    while True:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            continue
 
 
 def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions = VideoOptions(),
@@ -731,31 +695,26 @@ def _decode(run: _Segment, frames, put) -> None:
         n += 1
 
 
-def _infer(run: _Segment, runner: Runner, q_dec: queue.Queue, put) -> None:
-    """The inference stage. Frames flow through runner.stream_u8 (or stream_yuv), which may keep several
-    batches in flight (the GPU pipeline); ``order`` keeps each batch's frame records until its output
-    comes back."""
+def _infer(run: _Segment, runner: Runner, decoded, put) -> None:
+    """The model stage: the decoded frames (an iterator) flow through runner.stream_u8 (or stream_yuv), which
+    may keep several batches in flight (the GPU pipeline); ``order`` keeps each batch's frame records until
+    its output comes back. A decode failure ends the segment (no output of it is kept)."""
     plan = run.plan
     order: deque = deque()
     one_by_one = bool(plan.tile or plan.too_big or plan.deep)
 
     def batches():
         pending: list[tuple] = []
-        while True:
-            item = _get(q_dec, run.stop)
-            if item is _END or isinstance(item, BaseException):
-                if pending:
-                    order.append(list(pending))
-                    yield np.stack([p[4] for p in pending])
-                if isinstance(item, BaseException):
-                    raise item
-                return
+        for item in decoded:
             pending.append(item)
             if len(pending) >= plan.batch or (one_by_one and not run.yuv):
                 order.append(list(pending))
                 arr = np.stack([p[4] for p in pending])  # uint8 RGB or YUV: bytes to the runner
                 pending.clear()
                 yield arr
+        if pending:
+            order.append(list(pending))
+            yield np.stack([p[4] for p in pending])
 
     def outputs():
         it = batches()
@@ -872,31 +831,22 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         stop = threading.Event()
         run = _Segment(fp, seg, options, src, vin, say, stop, bool(plan.timestamps))
         run.dec_sws, run.enc_sws = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
-        # queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
-        # one upscaled frame waiting for the encoder, not eight
-        q_dec: queue.Queue = queue.Queue(max(2, min(options.queue_size, QUEUE_BYTES // (fp.src_h * fp.src_w * fp.px_bytes))))
-        q_inf: queue.Queue = queue.Queue(max(1, min(options.queue_size, QUEUE_BYTES // (fp.height * fp.width * fp.px_bytes))))
         frames = _frames_in_segment(inp, src, seg)
         if options.deinterlace:
             frames = deinterlaced(frames, vin, say if seg.index == 0 else None)
-        dec = _Stage(lambda: _decode(run, frames, dec.put), q_dec, stop)
-        inf = _Stage(lambda: _infer(run, runner, q_dec, inf.put), q_inf, stop)
+        # the queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
+        # one upscaled frame waiting for the encoder, not eight
+        stages = ThreeStages(lambda put: _decode(run, frames, put), lambda decoded, put: _infer(run, runner, decoded, put),
+                             ahead=max(2, min(options.queue_size, QUEUE_BYTES // (fp.src_h * fp.src_w * fp.px_bytes))),
+                             behind=min(options.queue_size, QUEUE_BYTES // (fp.height * fp.width * fp.px_bytes)),
+                             stop=stop, abort=abort)
         n = 0
         try:
             out, vout = _open_encoder(run, runner, tmp)
             try:
                 rate = frame_rate(vin)
                 ticks_per_frame = 1 / (rate * vin.time_base) if vin.time_base else 1
-                dec.start()
-                inf.start()
-                while True:
-                    if abort is not None and abort.is_set():
-                        raise KeyboardInterrupt
-                    item = _get(q_inf, stop)
-                    if item is _END:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
+                for item in stages:
                     _, idx, pts, tb, arr, a = item
                     if not n:  # before the first frame is encoded: the stream's display matrix and colours
                         if run.matrix:
@@ -933,8 +883,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
             tmp.unlink(missing_ok=True)
             raise
         finally:
-            stop.set()
-            join_stages(dec, inf)
+            stages.close()
     finally:
         inp.close()
     return n
@@ -1066,24 +1015,6 @@ def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOpt
     per_frame = max(time.perf_counter() - t0, 1e-4)
     seconds = SEGMENT_COMPUTE_S / per_frame / rate
     return float(min(max(seconds, SEGMENT_RANGE_S[0], 1.0 / rate), SEGMENT_RANGE_S[1]))
-
-
-def join_stages(*threads: threading.Thread) -> None:
-    """Wait for stopped stage threads to end, however long the runtime's current call takes.
-
-    A thread left inside ONNX Runtime or OpenVINO when the interpreter exits aborts the process
-    ("terminate called without an active exception", exit 134) instead of the clean exit 130/143;
-    a slow model's call can last seconds, so there is no time limit, and a second Ctrl-C while
-    waiting does not cut the wait short (the stop is already under way)."""
-    again = False
-    for t in threads:
-        while t.is_alive():
-            try:
-                t.join(timeout=0.2)
-            except KeyboardInterrupt:
-                again = True
-    if again:
-        raise KeyboardInterrupt
 
 
 # encoders that write the sample aspect ratio into the bitstream (H.264/HEVC VUI, MPEG-2/4 headers); other

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from sr_deploy.errors import BackendUnavailable, InputError, QualityGateError, SRDeployError
-from sr_deploy.fsutil import cache_root, is_sealed, seal
 from sr_deploy.runtime.base import Runner
+from sr_deploy.runtime.chain import ModelChain
 # the model-file names are re-exported: callers resolve and run models through this one module
 from sr_deploy.runtime.sources import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, WEIGHTS_DIR, ModelSource,  # noqa: F401
-                                       model_identity, onnx_for, precision_sibling, report_is_faithful,
-                                       resolve_model, shipped_models, variant_path)
+                                       model_identity, onnx_for, precision_sibling, resolve_model, shipped_models)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -84,7 +80,7 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
         return TorchRunner(model, descriptor_for(model, name=source.name), precision=precision or "fp32"), "asked for"
     if backend == "tensorrt":
         return cached_engine_runner(source, precision, outscale=outscale)
-    onnx_path = _onnx_at_precision(source, precision, backend)
+    onnx_path = ModelChain(source).variant(precision, backend)
     from sr_deploy.export.onnx_export import read_descriptor
 
     desc = read_descriptor(onnx_path)
@@ -100,36 +96,6 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
         raise BackendUnavailable("openvino is not installed: pip install 'srdeploy[openvino]'")
     ov_precision = precision if precision in ("bf16", "fp16") else None
     return OpenVINORunner(onnx_path, desc, precision=ov_precision), "asked for"
-
-
-def _onnx_at_precision(source: ModelSource, precision: str | None, backend: str) -> Path:
-    base = onnx_for(source)
-    if precision in ("fp16", "int8"):
-        from sr_deploy.export.onnx_export import read_descriptor
-
-        if read_descriptor(base).precision == precision:
-            return base
-        # beside the fp32 ONNX, or beside the checkpoint (a shipped model's INT8 sits with its weights)
-        for sib in (variant_path(base, precision), variant_path(source.path, precision)):
-            if sib.exists():
-                return sib
-        if precision == "fp16" and backend == "openvino":
-            from sr_deploy.runtime.openvino_runner import cpu_supports_fp16
-
-            if cpu_supports_fp16():
-                return base  # computed in fp16 by OpenVINO's precision hint
-            raise InputError(f"no fp16 ONNX beside {base}, and OpenVINO reports no native fp16 on this CPU "
-                             f"(AVX512-FP16/AMX-FP16) to compute the fp32 one in: use fp32, bf16 or int8")
-        raise InputError(f"no {precision} ONNX beside {base}: make one with `srdeploy build-engine {base} --{precision} --onnx-only`")
-    if precision == "bf16" and backend != "openvino":
-        raise InputError(f"bf16 runs on the openvino (or torch) backend, not {backend}")
-    return base
-
-
-def _onnx_precision(path: Path) -> str:
-    from sr_deploy.export.onnx_export import read_descriptor
-
-    return read_descriptor(path).precision
 
 
 def _note(line: str) -> None:
@@ -167,17 +133,16 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
                 return runner, "a GPU is present and onnxruntime has its CUDA provider (build an engine for more speed)"
         except BackendUnavailable:
             pass
+    chain = ModelChain(source)
     if source.kind == "checkpoint":
         from sr_deploy.export.onnx_export import DynamicExportUnsupported
 
         try:
-            onnx_for(source)
+            chain.onnx()
         except DynamicExportUnsupported as exc:  # a community architecture: PyTorch runs any size
             runner, _ = make_runner(source, "torch", precision)
             return runner, f"CPU only; PyTorch, because this architecture has no dynamic-shape ONNX ({exc.args[0].split(' (')[0]})"
-    # a variant file given by path (NAME.fp16.onnx, NAME.int8.onnx) runs as given: `auto` picks
-    # among variants only for a model named as a whole (shipped name, checkpoint, fp32 ONNX)
-    given_variant = source.kind == "onnx" and _onnx_precision(source.path) != "fp32"
+    given_variant = chain.given_variant()  # runs as given: no ranking, no other variant
     if precision is None and not given_variant:
         from sr_deploy.runtime import tune
 
@@ -196,9 +161,7 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
                 return runner, f"CPU only; fastest here by measurement ({how}): {tune.describe(ranking)}"
     if precision is None and OpenVINORunner.available():
         from sr_deploy.runtime.openvino_runner import cpu_supports_bf16
-        int8 = None if given_variant else precision_sibling(source.path, "int8")
-        if int8 is None and source.kind == "checkpoint":
-            int8 = precision_sibling(onnx_for(source), "int8")
+        int8 = chain.gated("int8")
         from sr_deploy.machine import cpu_has_vnni
 
         # without measuring, OpenVINO INT8 only where the CPU has INT8 dot products: without them it
@@ -231,144 +194,17 @@ def tensorrt_ready() -> bool:
     return tensorrt_available() and gpu_available()
 
 
-def default_engine_onnx(source: ModelSource, *, say=None) -> Path:
-    """The ONNX a TensorRT engine is built from by default: fp16 (what a datacenter GPU runs fastest, and
-    what torch on CUDA defaults to), made once into the cache and gated like any variant (fidelity to the
-    fp32 output on real photographs); fp32 where the fp16 variant was refused. An fp16 ONNX shipped or
-    built beside the model and passed is used as it is; a variant given by path runs as given."""
-    from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.fsutil import sha256_file
-
-    fp32 = onnx_for(source)
-    if read_descriptor(fp32).precision != "fp32":
-        return fp32
-    beside = precision_sibling(fp32, "fp16") or (precision_sibling(source.path, "fp16")
-                                                  if source.kind == "checkpoint" else None)
-    if beside is not None:
-        return beside
-    out = cache_root() / "onnx" / f"{fp32.name.split('.')[0]}-{sha256_file(fp32)[:16]}.fp16.onnx"
-    report = out.with_suffix(".quality.json")
-    if report.exists() and is_sealed(out):
-        try:
-            if report_is_faithful(json.loads(report.read_text()), "fp16"):
-                return out
-        except (OSError, ValueError):
-            pass
-    if out.with_suffix(".refused.json").exists():
-        return fp32
-    from sr_deploy.precision.convert import make_precision_onnx
-
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        rep = make_precision_onnx(fp32, "fp16", out=out)
-    except QualityGateError as exc:
-        if say:
-            say(f"note: the fp16 variant was refused, the engine is fp32 ({str(exc).split(';')[0]})")
-        return fp32
-    seal(out)
-    if say:
-        say(f"note: {rep.line()}")
-    return out
-
-
 def cached_engine_runner(source: ModelSource, precision: str | None, *, say=None,
                          outscale: float | None = None) -> tuple[Runner, str]:
-    """The TensorRT runner for ``source``: its engine from the cache, built there on first use.
-
-    The engine is built from the uint8-I/O form of the model's ONNX at the asked precision
-    (default: fp16, gated and made once into the cache by default_engine_onnx; fp32 where refused) and keyed by
-    that ONNX's hash, the precision, the profile, TensorRT's version and the GPU: a new TensorRT or
-    GPU gets a new engine, never a mismatched one. With ``outscale`` a whole number below the model's scale,
-    the engine area-resizes its output to it on the GPU (a graph of its own, so an engine of its own).
-    """
+    """The TensorRT runner for ``source``: its engine from the cache, built there on first use and gated
+    (runtime/chain.py ``ModelChain.engine``); default precision fp16 where its variant passed, else fp32."""
     if not tensorrt_ready():
         from sr_deploy.engine.build import tensorrt_available
 
         missing = "a CUDA GPU" if tensorrt_available() else "TensorRT (pip install 'srdeploy[gpu]' on a GPU machine)"
         raise BackendUnavailable(f"the tensorrt backend needs TensorRT and an NVIDIA GPU; {missing} is missing here. "
                                  f"On this machine `--backend auto` runs the fastest CPU backend")
-    from sr_deploy.engine.build import build_engine, current_key, gpu_total_bytes
-    from sr_deploy.engine.key import engine_path
-    from sr_deploy.engine.profile import make_profile
-    from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
-
-    if precision is None:
-        base = default_engine_onnx(source, say=say)
-    else:
-        base = _onnx_at_precision(source, precision, "tensorrt")
-    desc = read_descriptor(base)
-    if not desc.pixel_io:
-        from sr_deploy.export.pixels import deployed_onnx, graph_outscale
-
-        base = deployed_onnx(base, outscale=graph_outscale(desc.scale, outscale))
-        desc = read_descriptor(base)
-    profile = make_profile(desc, memory_bytes=gpu_total_bytes())
-    key = current_key(base, desc, profile)
-    target = cache_root() / "tensorrt" / engine_path(base, key, desc).name
-    reference = onnx_for(source)
-    if read_descriptor(reference).precision != "fp32":  # a precision ONNX given by path: its fp32 sibling
-        sibling = reference.with_name(f"{reference.name.split('.')[0]}.onnx")
-        reference = sibling if sibling.exists() else None
-    if reference is not None and desc.resizes_output:  # the gate compares like with like
-        from sr_deploy.export.pixels import resampled_onnx
-
-        reference = resampled_onnx(reference, desc.scale)
-    if target.exists() and target.with_suffix(".json").exists():
-        runner = TensorRTRunner(target)
-        how = "from the cache"
-    else:
-        if say:
-            say(f"building the TensorRT {desc.precision} engine for {source.name} (first use on this GPU and "
-                f"TensorRT; cached in {target.parent})")
-        build_engine(base, desc, profile, out=target)
-        runner, how = TensorRTRunner(target), "built on first use"
-    gate = gate_engine(runner, reference)
-    if not gate["passed"]:
-        raise QualityGateError(f"{target}: the {desc.precision} engine's output is {gate['psnr_vs_fp32_db']:.1f} dB "
-                               f"from the fp32 model's (gate {gate['min_psnr_db']:g} dB): not used; try --precision fp32")
-    return runner, f"TensorRT engine {how} ({desc.precision}, {gate['psnr_vs_fp32_db']:.1f} dB vs fp32 on its gate)"
-
-
-ENGINE_GATE_DB = {"fp32": 50.0, "fp16": 40.0, "int8": 30.0}  # PSNR of the engine's output vs the fp32 ONNX's
-
-
-def gate_engine(runner: Runner, reference: Path | None) -> dict:
-    """Check an engine's output against the fp32 ONNX on ONNX Runtime (CPU) once, on generated images
-    (edges, text, gradients, texture: no dataset is needed at run time), and record the verdict in the
-    engine's sidecar so later runs reuse it. Catches what the ONNX-level gates cannot see: a TensorRT
-    tactic or an fp16 overflow that only the built engine has. Returns the recorded verdict."""
-    import numpy as np
-
-    from sr_deploy.export.onnx_export import read_descriptor
-    from sr_deploy.metrics import psnr
-    from sr_deploy.runtime.ort_runner import OrtRunner
-    from sr_deploy.synthetic import synthetic_images
-
-    sidecar = runner.path.with_suffix(".json")
-    data = json.loads(sidecar.read_text())
-    if "gate" in data:
-        return data["gate"]
-    imgs = [im[:64, :96] for im in synthetic_images(count=3, size=(64, 96), seed=11)]
-    min_db = ENGINE_GATE_DB.get(runner.precision, 30.0)
-    if reference is None:  # nothing to compare against: the ONNX-level gate is all there is
-        verdict = {"psnr_vs_fp32_db": float("inf"), "min_psnr_db": min_db, "passed": True, "images": 0}
-    else:
-        ref = OrtRunner(reference, read_descriptor(reference))
-        scores = []
-        with ref, runner:
-            for im in imgs:
-                a = ref.infer_u8(im[None])[0]
-                b = runner.infer_u8(im[None])[0]
-                scores.append(psnr(a.astype(np.float64), b.astype(np.float64)))
-        worst = float(min(scores))
-        verdict = {"psnr_vs_fp32_db": worst, "min_psnr_db": min_db, "passed": worst >= min_db, "images": len(imgs)}
-    data["gate"] = verdict
-    from sr_deploy.fsutil import atomic_path
-
-    with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
-    return verdict
+    return ModelChain(source).engine(precision, outscale=outscale, say=say)
 
 
 def available_backends() -> list[str]:

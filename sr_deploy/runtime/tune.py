@@ -66,11 +66,10 @@ def candidates(source) -> list[Candidate]:
     """Every CPU runner that can run ``source`` here at a precision whose gate passed within auto's budget."""
     from sr_deploy.machine import cpu_has_bf16
     from sr_deploy.runtime.openvino_runner import OpenVINORunner, compute_precisions
-    from sr_deploy.runtime.sources import onnx_for, precision_sibling
+    from sr_deploy.runtime.chain import ModelChain
 
     out: list[Candidate] = []
-    base = onnx_for(source) if source.kind == "checkpoint" else source.path
-    int8 = precision_sibling(source.path, "int8") or precision_sibling(base, "int8")
+    int8 = ModelChain(source).gated("int8")
     have_ov = OpenVINORunner.available()
     if have_ov:
         out.append(Candidate("openvino", "fp32"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sr_deploy.errors import BackendUnavailable, QualityGateError, SRDeployError
-from sr_deploy.runtime import select, tune
+from sr_deploy.runtime import chain, select, tune
 from sr_deploy.runtime.sources import ModelSource
 
 
@@ -121,9 +121,9 @@ def choose(monkeypatch, capsys):
         monkeypatch.setattr(select, "cached_engine_runner", engine)
         monkeypatch.setattr(select, "tensorrt_ready", lambda: w.tensorrt)
         monkeypatch.setattr(select, "gpu_available", lambda: w.gpu)
-        monkeypatch.setattr(select, "onnx_for", onnx_for)
-        monkeypatch.setattr(select, "precision_sibling", sibling)
-        monkeypatch.setattr(select, "_onnx_precision", lambda at: w.given_precision if at == path else "?")
+        monkeypatch.setattr(chain, "onnx_for", onnx_for)
+        monkeypatch.setattr(chain, "precision_sibling", sibling)
+        monkeypatch.setattr(chain.ModelChain, "precision_of", lambda self, at: w.given_precision if at == path else "?")
         monkeypatch.setattr(ort_runner.OrtRunner, "providers", staticmethod(providers))
         monkeypatch.setattr(openvino_runner, "OpenVINORunner", OV)
         monkeypatch.setattr(openvino_runner, "cpu_supports_bf16", lambda: w.ov_bf16)
@@ -336,7 +336,7 @@ def named(monkeypatch, tmp_path):
             precisions[tmp_path / name] = prec
         path = tmp_path / {"checkpoint": "m.safetensors", "onnx": ONNX, "engine": "m.engine"}[kind]
         src = ModelSource(kind, path, "m")
-        monkeypatch.setattr(select, "onnx_for", lambda source: tmp_path / ONNX if source is src else None)
+        monkeypatch.setattr(chain, "onnx_for", lambda source: tmp_path / ONNX if source is src else None)
         runner, why = select._make_runner(src, backend, precision, outscale, measure)
         name, args, kw = runner.made
         return name, [a.relative_to(tmp_path).as_posix() if isinstance(a, Path) else getattr(a, "name", a)
