@@ -56,6 +56,7 @@ class Plan:
     time_base: Fraction
     total_frames: int | None
     size: tuple[int, int] = (0, 0)  # the source's video width and height
+    pix_fmt: str | None = None  # and its decoder's pixel format: with the size, what the run's FramePlan reads
     timestamps: bool = True  # False: the source has frames without timestamps; one segment, decoded from the start
     notes: list[str] = field(default_factory=list)
 
@@ -98,7 +99,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
                              f"({exc.__class__.__name__}): the file is truncated or damaged") from exc
         expected = stream_seconds(vin)
         interval = float(1 / frame_rate(vin))
-        size = (vin.codec_context.width, vin.codec_context.height)
+        size, pix_fmt = (vin.codec_context.width, vin.codec_context.height), vin.codec_context.pix_fmt
     finally:
         inp.close()
     if missing or not pts:
@@ -107,7 +108,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
         if limit and total:
             total = min(total, limit)
         note = [f"note: {src.name} has video packets without timestamps: it runs as one segment"] if missing else []
-        return Plan([Segment(0, 0, total or 0, None, None)], tb, total, size, timestamps=False, notes=note)
+        return Plan([Segment(0, 0, total or 0, None, None)], tb, total, size, pix_fmt, timestamps=False, notes=note)
     pts.sort()
     repeats = [i for i in range(1, len(pts)) if pts[i] == pts[i - 1]]
     if repeats:
@@ -138,7 +139,7 @@ def plan_segments(src: Path, options, seconds: float = SEGMENT_SECONDS) -> Plan:
         # the last segment ends at the window's last frame when a frame limit cut it, else at the end
         hi = kept[b] if b < len(kept) else (pts[pts.index(kept[-1]) + 1] if limit and kept[-1] != pts[-1] else None)
         segments.append(Segment(k, a, b - a, lo, hi))
-    return Plan(segments, tb, len(kept), size)
+    return Plan(segments, tb, len(kept), size, pix_fmt)
 
 
 def manifest_key(src: Path, identity: str, options, codec: str, seconds: float) -> dict:

@@ -289,6 +289,10 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
             say(f"resuming: {reused} of {len(plan.segments)} segments reused from {parts.dir}")
         todo = [seg for seg in plan.segments if seg.index not in parts.done]
         done_frames = sum(int(r["frames"]) for r in parts.done.values())
+        # what every frame gets (sizes, pixel formats, alpha, depth, tiles, batch), decided once for the run
+        # here; a Ray worker decides it from its own runner
+        frames = None if pool is not None or not todo else frame_plan(runner, plan.size, plan.pix_fmt, options,
+                                                                      src, say)
         with Progress(plan.total_frames, desc="frames", unit="frame", quiet=quiet) as bar:
             bar.update(done_frames)
             workers = parallel_segments(runner, codec, options, len(todo)) if pool is None else 1
@@ -297,11 +301,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
             elif workers > 1:
                 say(f"note: {workers} segments encoded at once ({codec} on the host, the model on the GPU)"
                     if options.parallel_segments is None else f"note: {workers} segments encoded at once")
-                encode_segments_parallel(runner, src, plan, todo, options, parts, workers, say, bar)
+                encode_segments_parallel(runner, src, plan, todo, options, parts, workers, say, bar, frames)
             else:
                 for seg in todo:
                     tmp = parts.tmp_path(seg.index)
-                    n = encode_segment(runner, src, plan, seg, tmp, options, say=say, on_frame=bar.update)
+                    n = encode_segment(runner, src, plan, seg, tmp, options, say=say, on_frame=bar.update,
+                                       frames=frames)
                     parts.record(seg.index, n, tmp)
         frames = sum(int(parts.done[s.index]["frames"]) for s in plan.segments)
         with open_input(parts.path(plan.segments[0].index)) as first:  # the size as encoded (even, or cut)
@@ -469,15 +474,15 @@ class FramePlan:
         return (6 if self.deep else 3) + (2 if self.deep else 1) * self.alpha
 
 
-def frame_plan(runner: Runner, vin, options: VideoOptions, src: Path, say, first: bool) -> FramePlan:
-    """The segment's FramePlan; ``first``: the segment that says the notes about it."""
+def frame_plan(runner: Runner, size: tuple[int, int], src_fmt: str | None, options: VideoOptions, src: Path,
+               say) -> FramePlan:
+    """The run's FramePlan, from the source's video ``size`` (width, height) and decoded pixel format; its
+    notes go to ``say``. Decided once per run (and once per segment on a Ray worker, with its own runner)."""
     from sr_deploy.export.yuv import PIX_FMTS
     from sr_deploy.media.segments import segment_format
 
-    say = say if first else (lambda line: None)
     s = runner.scale
-    src_h, src_w = vin.codec_context.height, vin.codec_context.width
-    src_fmt = vin.codec_context.pix_fmt
+    src_w, src_h = size
     # Deeper than 8 bits (10-bit HEVC/AV1/ProRes...): 10-bit YUV through the YUV graph where the runner
     # has one, else decoded as 16-bit RGB through the float graph; encoded 10-bit unless --pix-fmt says 8
     deep = _bit_depth(src_fmt) > 8
@@ -814,11 +819,12 @@ def _output_frame(run: _Segment, arr: np.ndarray, a: np.ndarray | None, to_yuv: 
 
 
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
-                   on_frame=None, abort: threading.Event | None = None) -> int:
+                   on_frame=None, abort: threading.Event | None = None, frames: FramePlan | None = None) -> int:
     """Decode the frames of one segment (from the keyframe at or before its start), run them through
     ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
     ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike. Setting
-    ``abort`` (another thread) stops it as an interrupt does (KeyboardInterrupt, ``tmp`` removed)."""
+    ``abort`` (another thread) stops it as an interrupt does (KeyboardInterrupt, ``tmp`` removed).
+    ``frames``: the run's FramePlan, decided once by the caller (None: from this segment's own stream)."""
     import av
 
     say = say or (lambda line: None)
@@ -827,7 +833,8 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
     try:
         vin = main_video(inp)
         vin.thread_type = "AUTO"
-        fp = frame_plan(runner, vin, options, src, say, seg.index == 0)
+        fp = frames or frame_plan(runner, (vin.codec_context.width, vin.codec_context.height),
+                                  vin.codec_context.pix_fmt, options, src, say if seg.index == 0 else (lambda line: None))
         stop = threading.Event()
         run = _Segment(fp, seg, options, src, vin, say, stop, bool(plan.timestamps))
         run.dec_sws, run.enc_sws = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
@@ -934,7 +941,7 @@ def parallel_segments(runner: Runner, codec: str, options: VideoOptions, todo: i
 
 
 def encode_segments_parallel(runner: Runner, src: Path, plan, todo: list, options: VideoOptions, parts,
-                             workers: int, say, bar) -> None:
+                             workers: int, say, bar, frames: FramePlan | None = None) -> None:
     """The segments of ``todo`` encoded ``workers`` at a time, each by its own decoder and encoder, the
     model shared batch by batch; each finished segment is recorded as it ends. An interrupt or an error
     stops every worker (each removes its unfinished file) before it is raised here."""
@@ -952,7 +959,8 @@ def encode_segments_parallel(runner: Runner, src: Path, plan, todo: list, option
 
     def one(seg) -> None:
         tmp = parts.tmp_path(seg.index)
-        n = encode_segment(shared, src, plan, seg, tmp, options, say=say, on_frame=progress, abort=abort)
+        n = encode_segment(shared, src, plan, seg, tmp, options, say=say, on_frame=progress, abort=abort,
+                           frames=frames)
         with lock:
             parts.record(seg.index, n, tmp)
 

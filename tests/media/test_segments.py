@@ -638,6 +638,33 @@ def test_parallel_segments_share_the_model_one_batch_at_a_time(tmp_path):
     assert not one.overlapped  # but never two calls of the model at once
 
 
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_the_frame_plan_is_decided_once_per_run_and_its_notes_said_once(tmp_path, monkeypatch, parallel):
+    """Sizes, pixel formats, alpha, depth, tiles and batch are the run's, not each segment's: one decision
+    for six segments, made before the first frame, from the probe's size and pixel format."""
+    from sr_deploy.media import video
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=36, fps=12, size=(48, 32), audio=False)
+    made, said = [], []
+    real = video.frame_plan
+
+    def plan(runner, size, src_fmt, options, path, say):
+        made.append((size, src_fmt))
+        say("note: planned")
+        return real(runner, size, src_fmt, options, path, say)
+
+    monkeypatch.setattr(video, "frame_plan", plan)
+    monkeypatch.setattr(video, "quiet_say", said.append)
+    one = _OneAtATime()
+    with one.runner:
+        res = upscale_video(one.runner, src, tmp_path / "o.mkv", quiet=True,
+                            options=VideoOptions(segment_seconds=0.5, parallel_segments=parallel))
+    assert res.segments == 6 and res.frames == 36 and one.calls == 36
+    assert made == [((48, 32), "yuv420p")]
+    assert said.count("note: planned") == 1
+
+
 def test_an_interrupt_stops_every_parallel_segment(tmp_path):
     import _thread
     import threading

@@ -45,12 +45,12 @@ def test_the_source_runs_ahead_of_the_model_by_the_queue_only():
     def model(items, put):
         for x in items:
             first.set()
-            assert hold.wait(30)
+            assert hold.wait(5)
             put(x)
 
     with ThreeStages(source, model, ahead=2, behind=1) as stages:
         out = iter(stages)
-        release = threading.Thread(target=lambda: (first.wait(30), blocked.wait(30), hold.set()), daemon=True)
+        release = threading.Thread(target=lambda: (first.wait(5), blocked.wait(5), hold.set()), daemon=True)
         release.start()
         assert next(out) == 0
         assert put_count[0] <= 4  # at most: the model's one, two queued, one being put when it was released
@@ -92,14 +92,14 @@ def test_an_interrupt_in_the_caller_waits_for_the_model_s_call_and_leaves_no_thr
     def model(items, put):
         for x in items:
             inside.set()
-            release.wait(30)  # a runtime's call in progress
+            release.wait(5)  # a runtime's call in progress
             finished.set()
             put(x)
 
     abort = threading.Event()
     with pytest.raises(KeyboardInterrupt):
         with ThreeStages(lambda put: [put(i) for i in range(100)], model, ahead=2, behind=1, abort=abort) as stages:
-            threading.Thread(target=lambda: (inside.wait(30), abort.set(), release.set()), daemon=True).start()
+            threading.Thread(target=lambda: (inside.wait(5), abort.set(), release.set()), daemon=True).start()
             for _ in stages:
                 pass
     assert finished.is_set()
@@ -131,7 +131,7 @@ def test_a_second_interrupt_while_joining_does_not_cut_the_wait_short(monkeypatc
             self.joins = 0
 
         def run(self):
-            self.go.wait(30)
+            self.go.wait(5)
 
         def join(self, timeout=None):
             self.joins += 1
