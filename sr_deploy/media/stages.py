@@ -109,9 +109,14 @@ class ThreeStages:
     def __enter__(self) -> "ThreeStages":
         return self
 
+    def start(self) -> None:
+        """Start the source and model stages (iterating starts them too); once only."""
+        if self._source.ident is None:
+            self._source.start()
+            self._model.start()
+
     def __iter__(self) -> Iterator:
-        self._source.start()
-        self._model.start()
+        self.start()
         while True:
             if self.abort is not None and self.abort.is_set():
                 raise KeyboardInterrupt

@@ -818,13 +818,63 @@ def _output_frame(run: _Segment, arr: np.ndarray, a: np.ndarray | None, to_yuv: 
     return frame
 
 
+class _SegmentSink:
+    """A segment's frame sink: its output file and video stream (``_open_encoder``), written frame by frame on
+    the caller's thread, the stream's display matrix and colours set from the first frame's source."""
+
+    def __init__(self, run: _Segment, runner: Runner, tmp: Path) -> None:
+        self.run, self.tmp = run, tmp
+        self.out, self.vout = _open_encoder(run, runner, tmp)
+        vin = run.vin
+        self.rate = frame_rate(vin)
+        self.ticks_per_frame = 1 / (self.rate * vin.time_base) if vin.time_base else 1
+        self.frames = 0
+        self.to_yuv = False
+
+    def write(self, item) -> None:
+        import av
+
+        run, vout = self.run, self.vout
+        _, idx, pts, tb, arr, a = item
+        if not self.frames:  # before the first frame is encoded: the stream's display matrix and colours
+            if run.matrix:
+                vout.set_display_matrix(run.matrix)
+            colors, cc = run.colors, vout.codec_context
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
+                colors.matrix, colors.primaries, colors.trc, colors.range)
+            self.to_yuv = not av.VideoFormat(run.plan.pix_fmt).is_rgb
+        frame = _output_frame(run, arr, a, self.to_yuv, vout.codec_context.thread_count)
+        del arr, a, item
+        # a raw .h264/.hevc stream has no timestamps: the frame's place at the stream's rate
+        frame.pts = pts if pts is not None else int(round(idx * self.ticks_per_frame))
+        frame.time_base = tb or run.vin.time_base or 1 / self.rate
+        for pkt in vout.encode(frame):
+            self.out.mux(pkt)
+        self.frames += 1
+
+    def finish(self) -> None:
+        """The encoder's delayed frames and the file's trailer (which can fail on a full disk too)."""
+        for pkt in self.vout.encode(None):
+            self.out.mux(pkt)
+        self.out.close()
+
+    def close(self) -> None:
+        import av
+
+        try:
+            self.out.close()
+        except (OSError, av.error.FFmpegError):
+            pass  # already reported; the temporary file is removed by the caller
+
+
 def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: VideoOptions, *, say=None,
                    on_frame=None, abort: threading.Event | None = None, frames: FramePlan | None = None) -> int:
     """Decode the frames of one segment (from the keyframe at or before its start), run them through
-    ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count.
-    ``options.codec`` must be resolved (not ``auto``): every segment of a run is encoded alike. Setting
-    ``abort`` (another thread) stops it as an interrupt does (KeyboardInterrupt, ``tmp`` removed).
-    ``frames``: the run's FramePlan, decided once by the caller (None: from this segment's own stream)."""
+    ``runner`` and encode them, video only, into ``tmp`` (a QuickTime file); returns the frame count: the
+    segment's frame source (``_decode``), the model (``_infer``) and its sink (``_SegmentSink``) on the three
+    stages of media/stages.py. ``options.codec`` must be resolved (not ``auto``): every segment of a run is
+    encoded alike. Setting ``abort`` (another thread) stops it as an interrupt does (KeyboardInterrupt, ``tmp``
+    removed). ``frames``: the run's FramePlan, decided once by the caller (None: from this segment's stream)."""
     import av
 
     say = say or (lambda line: None)
@@ -838,52 +888,30 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
         stop = threading.Event()
         run = _Segment(fp, seg, options, src, vin, say, stop, bool(plan.timestamps))
         run.dec_sws, run.enc_sws = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
-        frames = _frames_in_segment(inp, src, seg)
+        decoded = _frames_in_segment(inp, src, seg)
         if options.deinterlace:
-            frames = deinterlaced(frames, vin, say if seg.index == 0 else None)
+            decoded = deinterlaced(decoded, vin, say if seg.index == 0 else None)
         # the queues hold whole frames: bounded in bytes too, so a 4K source (a 398 MB x4 output frame) keeps
         # one upscaled frame waiting for the encoder, not eight
-        stages = ThreeStages(lambda put: _decode(run, frames, put), lambda decoded, put: _infer(run, runner, decoded, put),
+        stages = ThreeStages(lambda put: _decode(run, decoded, put), lambda items, put: _infer(run, runner, items, put),
                              ahead=max(2, min(options.queue_size, QUEUE_BYTES // (fp.src_h * fp.src_w * fp.px_bytes))),
                              behind=min(options.queue_size, QUEUE_BYTES // (fp.height * fp.width * fp.px_bytes)),
                              stop=stop, abort=abort)
-        n = 0
         try:
-            out, vout = _open_encoder(run, runner, tmp)
+            sink = _SegmentSink(run, runner, tmp)
             try:
-                rate = frame_rate(vin)
-                ticks_per_frame = 1 / (rate * vin.time_base) if vin.time_base else 1
                 for item in stages:
-                    _, idx, pts, tb, arr, a = item
-                    if not n:  # before the first frame is encoded: the stream's display matrix and colours
-                        if run.matrix:
-                            vout.set_display_matrix(run.matrix)
-                        colors, cc = run.colors, vout.codec_context
-                        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = (
-                            colors.matrix, colors.primaries, colors.trc, colors.range)
-                        to_yuv = not av.VideoFormat(fp.pix_fmt).is_rgb
-                    frame = _output_frame(run, arr, a, to_yuv, vout.codec_context.thread_count)
-                    del arr, a
-                    # a raw .h264/.hevc stream has no timestamps: the frame's place at the stream's rate
-                    frame.pts = pts if pts is not None else int(round(idx * ticks_per_frame))
-                    frame.time_base = tb or vin.time_base or 1 / rate
-                    for pkt in vout.encode(frame):
-                        out.mux(pkt)
-                    n += 1
+                    sink.write(item)
+                    del item
                     on_frame(1)
-                for pkt in vout.encode(None):
-                    out.mux(pkt)
-                out.close()  # writes the trailer: can fail on a full disk too
+                sink.finish()
             except OSError as exc:
                 raise OutputError(f"{tmp.parent}: write failed ({exc.strerror or exc})") from exc
             except av.error.FFmpegError as exc:
                 raise OutputError(f"{tmp.parent}: encoding failed ({exc})") from exc
             finally:
-                try:
-                    out.close()
-                except (OSError, av.error.FFmpegError):
-                    pass  # already reported; the temporary file is removed next
-            if n == 0:
+                sink.close()
+            if sink.frames == 0:
                 raise InputError(f"{src}: no decodable video frames"
                                  + (f" from frame {seg.first_frame}" if seg.index else ""))
         except BaseException:
@@ -893,7 +921,7 @@ def encode_segment(runner: Runner, src: Path, plan, seg, tmp: Path, options: Vid
             stages.close()
     finally:
         inp.close()
-    return n
+    return sink.frames
 
 
 class _SharedRunner:

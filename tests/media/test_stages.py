@@ -27,34 +27,93 @@ def test_items_come_out_in_order_through_both_stages():
     with ThreeStages(lambda put: [put(i) for i in range(7)], model, ahead=2, behind=1) as stages:
         assert list(stages) == [0, 10, 20, 30, 40, 50, 60]
     assert threading.main_thread() not in seen and len(set(seen)) == 1  # the model runs in its own thread only
+    assert seen[0].daemon  # a stage never keeps the interpreter from exiting
     assert _stage_threads() == threads
 
 
-def test_the_source_runs_ahead_of_the_model_by_the_queue_only():
-    """With the model holding its first item, the source puts ``ahead`` more and then waits."""
-    put_count, hold, first = [0], threading.Event(), threading.Event()
-    blocked = threading.Event()
+def _pause(seconds: float = 0.3) -> None:
+    """A moment for a stage to run into its queue's bound. The tests pass with any pause (nothing waits on
+    it); it only gives a broken bound time to show."""
+    threading.Event().wait(seconds)
+
+
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_the_source_runs_ahead_of_the_model_by_the_queue_only(ahead):
+    """While the model holds its first item, the source has put that one and ``ahead`` more, no more; then all
+    arrive in order."""
+    put_count, first = [0], threading.Event()
+    release = threading.Event()
 
     def source(put):
         for i in range(10):
-            if put_count[0] == 3:  # item 0 taken by the model + 2 queued: this put would wait
-                blocked.set()
             put(i)
             put_count[0] += 1
 
     def model(items, put):
         for x in items:
             first.set()
-            assert hold.wait(5)
+            assert release.wait(5)
             put(x)
 
-    with ThreeStages(source, model, ahead=2, behind=1) as stages:
+    with ThreeStages(source, model, ahead=ahead, behind=1) as stages:
+        stages.start()
+        assert first.wait(5)
+        _pause()
+        assert put_count[0] <= 1 + ahead
+        release.set()
+        assert list(stages) == list(range(10))
+
+
+@pytest.mark.parametrize("behind", [1, 2])
+def test_the_model_runs_ahead_of_the_sink_by_the_queue_only(behind):
+    """While the caller holds its first result, the model has put that one and ``behind`` more, no more; a model
+    kept waiting on a full queue (many times its poll) still delivers everything."""
+    put_count = [0]
+
+    def model(items, put):
+        for x in items:
+            put(x)
+            put_count[0] += 1
+
+    with ThreeStages(lambda put: [put(i) for i in range(8)], model, ahead=2, behind=behind) as stages:
         out = iter(stages)
-        release = threading.Thread(target=lambda: (first.wait(5), blocked.wait(5), hold.set()), daemon=True)
-        release.start()
         assert next(out) == 0
-        assert put_count[0] <= 4  # at most: the model's one, two queued, one being put when it was released
-        assert list(out) == list(range(1, 10))
+        _pause()
+        assert put_count[0] <= 2 + behind  # the one taken, ``behind`` queued, and the one whose put returned last
+        assert list(out) == list(range(1, 8))
+
+
+def test_a_stop_reaches_a_caller_waiting_for_an_item_that_does_not_come(monkeypatch):
+    """The caller notices a stop while its queue stays empty (it does not wait on the queue for good), sees no
+    item that was never sent, and no stage thread dies with an unhandled exception."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    stop, inside, release, noticed = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    seen, waited = [], []
+
+    def model(items, put):
+        for x in items:
+            inside.set()
+            release.wait(5)
+            put(x)
+
+    def stopper():
+        inside.wait(5)
+        stop.set()
+        waited.append(noticed.wait(5))
+        release.set()
+
+    threading.Thread(target=stopper, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        with ThreeStages(lambda put: put("only"), model, ahead=1, behind=1, stop=stop) as stages:
+            try:
+                for item in stages:
+                    seen.append(item)
+            except KeyboardInterrupt:
+                noticed.set()
+                raise
+    assert waited == [True] and seen == []
+    assert not died
 
 
 @pytest.mark.parametrize("where", ["source", "model"])
@@ -99,7 +158,7 @@ def test_an_interrupt_in_the_caller_waits_for_the_model_s_call_and_leaves_no_thr
     abort = threading.Event()
     with pytest.raises(KeyboardInterrupt):
         with ThreeStages(lambda put: [put(i) for i in range(100)], model, ahead=2, behind=1, abort=abort) as stages:
-            threading.Thread(target=lambda: (inside.wait(5), abort.set(), release.set()), daemon=True).start()
+            threading.Thread(target=lambda: (inside.wait(5), abort.set(), _pause(), release.set()), daemon=True).start()
             for _ in stages:
                 pass
     assert finished.is_set()
