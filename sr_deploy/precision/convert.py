@@ -57,7 +57,7 @@ class PrecisionReport:
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "REFUSED"
-        loss = f"lost {self.delta_psnr_db:.4f} dB" if self.delta_psnr_db > 0 else f"gained {-self.delta_psnr_db:.4f} dB"
+        loss = f"lost {self.delta_psnr_db:.4f} dB" if self.delta_psnr_db >= 0 else f"gained {-self.delta_psnr_db:.4f} dB"
         mixed = f"; {len(self.mixed_precision)} convs kept in float after a sensitivity search" if self.mixed_precision else ""
         return (f"{self.precision}: {self.fidelity_db:.2f} dB from the fp32 output (at least {self.min_fidelity_db:g}), "
                 f"99.9th-percentile error {self.p999_levels:.0f} levels (at most {self.max_p999_levels:g}); "
