@@ -1,0 +1,146 @@
+"""Joining a run's segment files (`segments.assemble`) on its own: segment files written here directly, a few
+frames each, so that every rule of the join runs in a fraction of a second (the whole runs that make real
+segments are in test_segments.py and test_video.py)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from sr_deploy.errors import OutputError, SRDeployError
+from sr_deploy.media.segments import assemble
+from sr_deploy.media.video import VideoOptions
+from tests.conftest import make_clip
+
+FPS = 12
+
+
+def _segment(path: Path, pts: list[int], *, size=(96, 64), profile: str | None = None) -> Path:
+    """A segment file as encode_segment writes it: QuickTime, H.264 without B-frames, the source's time base."""
+    out = av.open(str(path), "w", format="mov")
+    vs = out.add_stream("libx264", rate=FPS)
+    vs.width, vs.height, vs.pix_fmt = *size, "yuv420p"
+    vs.time_base = vs.codec_context.time_base = Fraction(1, FPS)
+    vs.options = {"bf": "0", **({"profile": profile} if profile else {})}
+    for p in pts:
+        f = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), _level(p), np.uint8), format="rgb24")
+        f.pts, f.time_base = p, Fraction(1, FPS)
+        for pkt in vs.encode(f):
+            out.mux(pkt)
+    for pkt in vs.encode(None):
+        out.mux(pkt)
+    out.close()
+    return path
+
+
+def _level(pts: int) -> int:
+    """The grey level of the frame at ``pts``: each frame of a segment is told apart by it."""
+    return 16 + 18 * pts
+
+
+def _parts(tmp_path: Path, cuts: list[range], **kw) -> list[Path]:
+    return [_segment(tmp_path / f"seg_{k}.mov", list(r), **kw) for k, r in enumerate(cuts)]
+
+
+def _streams(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        got = {"video": [], "audio": [], "size": (v.codec_context.width, v.codec_context.height), "tb": v.time_base}
+        for pkt in c.demux():
+            if pkt.dts is not None:
+                got[pkt.stream.type].append(pkt.pts)
+    return got
+
+
+def _source_audio(src: Path) -> list[int]:
+    with av.open(str(src)) as c:
+        return [p.pts for p in c.demux(audio=0) if p.dts is not None]
+
+
+def test_the_segments_are_joined_in_order_with_the_source_s_audio_once(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=12, fps=FPS, audio=True)
+    said = []
+    dst = tmp_path / "out.mkv"
+    n = assemble(src, _parts(tmp_path, [range(0, 5), range(5, 9), range(9, 12)]), dst, dst, VideoOptions(), said.append)
+    assert n == 1 and said == []
+    got = _streams(dst)
+    assert got["size"] == (96, 64)
+    first = got["video"][0]  # Matroska moves everything later by the audio's priming (AAC: 1024 samples)
+    assert [float((p - first) * got["tb"]) for p in got["video"]] == pytest.approx([i / FPS for i in range(12)], abs=2e-3)
+    assert len(got["audio"]) == len(_source_audio(src))
+    with av.open(str(dst)) as c:
+        levels = [round(float(f.to_ndarray(format="rgb24").mean())) for f in c.decode(video=0)]
+    assert levels == pytest.approx([_level(k) for k in range(12)], abs=2)  # every frame once, in its place
+
+
+def test_without_copying_streams_only_the_video_is_written(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=6, fps=FPS, audio=True)
+    dst = tmp_path / "out.mp4"
+    assert assemble(src, _parts(tmp_path, [range(0, 6)]), dst, dst, VideoOptions(copy_streams=False), print) == 0
+    got = _streams(dst)
+    assert len(got["video"]) == 6 and got["audio"] == []
+
+
+def test_a_window_keeps_the_audio_inside_it_shifted_to_its_start(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=24, fps=FPS, audio=True)
+    dst = tmp_path / "out.mkv"
+    opts = VideoOptions(start=0.5, duration=1.0)  # frames 6-17, their pts already shifted by encode_segment
+    assert assemble(src, _parts(tmp_path, [range(0, 6), range(6, 12)]), dst, dst, opts, print) == 1
+    with av.open(str(src)) as c:
+        tb = c.streams.audio[0].time_base
+        inside = [p.pts for p in c.demux(audio=0) if p.dts is not None and 0.5 <= float(p.pts * tb) < 1.5]
+    with av.open(str(dst)) as c:
+        a = c.streams.audio[0]
+        kept = [float(p.pts * a.time_base) for p in c.demux(a) if p.dts is not None]
+    assert len(kept) == len(inside)
+    assert kept == pytest.approx([float(p * tb) - 0.5 for p in inside], abs=2e-3)
+    assert min(kept) >= -1e-3 and max(kept) < 1.0
+
+
+def test_a_segment_encoded_with_other_settings_is_refused(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=8, fps=FPS, audio=False)
+    parts = [_segment(tmp_path / "a.mov", [0, 1, 2, 3]), _segment(tmp_path / "b.mov", [4, 5, 6, 7], profile="baseline")]
+    dst = tmp_path / "out.mkv"
+    with pytest.raises(SRDeployError, match=r"b.mov: encoded with other settings than the first segment; "
+                                            r"rerun with --restart$"):
+        assemble(src, parts, dst, dst, VideoOptions(), print)
+
+
+def test_avi_gets_one_tick_per_frame(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=8, fps=FPS, audio=False)
+    dst = tmp_path / "out.avi"
+    assemble(src, _parts(tmp_path, [range(0, 4), range(4, 8)]), dst, dst, VideoOptions(), print)
+    with av.open(str(dst)) as c:
+        v = c.streams.video[0]
+        assert v.time_base == Fraction(1, FPS) and v.average_rate == FPS
+        frames = [f for f in c.decode(v)]
+    assert len(frames) == 8 and [f.pts - frames[0].pts for f in frames] == list(range(8))
+    assert [round(float(f.to_ndarray(format="rgb24").mean())) for f in frames] == pytest.approx(
+        [_level(k) for k in range(8)], abs=2)  # each frame in its place
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames=4, fps=FPS, audio=False)
+    dst = tmp_path / "missing" / "out.mkv"
+    with pytest.raises(OutputError, match=rf"^{dst}: write failed \(No such file or directory\)$"):
+        assemble(src, _parts(tmp_path, [range(0, 4)]), dst, dst, VideoOptions(), print)
+
+
+def test_a_data_stream_is_named_as_not_kept(tmp_path):
+    src = tmp_path / "in.mov"
+    make_clip(src, frames=4, fps=FPS, audio=False, timecode="01:00:00:00")  # QuickTime writes a timecode track
+    said = []
+    dst = tmp_path / "out.mkv"
+    assemble(src, _parts(tmp_path, [range(0, 4)]), dst, dst, VideoOptions(), said.append)
+    data = [s for s in said if s.startswith("warning: data stream #")]
+    assert len(data) == 1 and data[0].endswith(") is not kept"), said
