@@ -204,3 +204,28 @@ def test_attachments_are_carried_into_matroska(tmp_path):
     assemble(src, _parts(tmp_path, [range(0, 4)]), dst2, dst2, VideoOptions(copy_streams=False), print)
     with av.open(str(dst2)) as c:
         assert not [st for st in c.streams if st.type == "attachment"]
+
+
+def _meta(path: Path) -> tuple[dict, list, list]:
+    with av.open(str(path)) as c:
+        streams = [({k: v for k, v in s.metadata.items() if k in ("language", "title")}, s.type) for s in c.streams]
+        chapters = [(ch["metadata"].get("title"), float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]))
+                    for ch in c.chapters()]
+        return dict(c.metadata), streams, chapters
+
+
+@pytest.mark.parametrize("window, chapters", [
+    ({}, [("first", 0.0, 1.0), ("second", 1.0, 2.0)]),
+    ({"start": 0.75, "duration": 0.5}, [("first", 0.0, 0.25), ("second", 0.25, 0.5)]),  # cut and shifted
+    ({"start": 0.25, "duration": 0.5}, [("first", 0.0, 0.5)]),  # a chapter outside the window is dropped
+    ({"start": 1.5}, [("second", 0.0, 0.5)]),  # a start alone: from it to the end
+])
+def test_tags_and_chapters_are_kept_and_cut_to_the_window(tmp_path, window, chapters):
+    src = tmp_path / "in.mkv"
+    make_clip(src, frames=24, fps=FPS, audio=True, tags=True)  # chapters "first" 0-1 s and "second" 1-2 s
+    dst = tmp_path / "out.mkv"
+    assemble(src, _parts(tmp_path, [range(0, 6)]), dst, dst, VideoOptions(**window), print)
+    tags, streams, got = _meta(dst)
+    assert tags["title"] == "A clip" and tags["COMMENT"] == "made by a test"
+    assert streams == [({"language": "eng", "title": "picture"}, "video"), ({"language": "fra", "title": "commentaire"}, "audio")]
+    assert [(t, pytest.approx(a, abs=1e-6), pytest.approx(b, abs=1e-6)) for t, a, b in got] == chapters
