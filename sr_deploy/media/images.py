@@ -691,6 +691,7 @@ class _Image:
     up: np.ndarray | None = None
     why: str | None = None
     written: bool = False
+    held: bool = False  # the model took the one place for an output not yet handed to the encoders
 
 
 def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, tile, alpha, max_megapixels,
@@ -700,8 +701,9 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
     decodes and encodes), so on a GPU the model does not wait for the CPU to read the next image and write the
     last one. Outputs are published as before (whole or not at all) and reported as they finish; outputs
     waiting to be encoded are bounded in count and in bytes (a quarter of the memory available, or one
-    output; one more may wait in the queue behind the model), and an interrupted run first finishes the files
-    being written, so its journal lists them."""
+    output), the model makes the next output only once the last one is handed to the encoders (so one output
+    at most waits between them), and an interrupted run first finishes the files being written, so its
+    journal lists them."""
     import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -709,6 +711,12 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
     from sr_deploy.media.stages import ThreeStages
 
     lock = threading.Lock()
+    room = threading.Semaphore(1)  # one output made and not yet handed to the encoders, at most
+
+    def take_room() -> None:
+        while not room.acquire(timeout=0.1):
+            if stages.stop.is_set():
+                raise KeyboardInterrupt
 
     def report(item: _Image) -> None:
         with lock:
@@ -734,6 +742,8 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
                                                alpha=alpha, max_megapixels=max_megapixels, outscale=outscale)
                         item.written = True
                     else:
+                        take_room()
+                        item.held = True
                         item.up = upscale_image_array(runner, item.img, tile=tile, alpha=alpha, outscale=outscale)
                 except Exception as exc:  # noqa: BLE001 - one file's failure, reported; the rest go on
                     item.why = _reason(item.f, exc)
@@ -754,6 +764,8 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
             ThreeStages(decode, upscale, ahead=DECODE_AHEAD, behind=1) as stages:
         for item in stages:
             if item.why is not None or item.written:
+                if item.held:  # the model failed on it: nothing to hand over
+                    room.release()
                 report(item)
                 continue
             up, item.up = item.up, None
@@ -762,6 +774,7 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
                     writes.pop(fut)
                     fut.result()  # the run's own bookkeeping failing (its journal) ends the run, as before
             writes[encoder.submit(encode, item, up)] = up.nbytes
+            room.release()  # handed over: the model may make the next one
             del up, item
         for fut in wait(writes).done:
             fut.result()

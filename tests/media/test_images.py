@@ -161,6 +161,52 @@ def test_folder_decodes_ahead_of_the_model_and_encodes_behind_it(tmp_path, monke
         assert np.array_equal(cv2.imread(str(dst / f"{i}.png")), a.repeat(2, axis=0).repeat(2, axis=1))
 
 
+def test_the_model_makes_one_output_at_most_beyond_what_the_encoders_hold(tmp_path, monkeypatch):
+    """With both encoders busy, the model has made the outputs they hold and one more (waiting to be handed
+    over), and does not start the next: outputs in memory stay bounded however far decoding runs ahead."""
+    import threading
+
+    from sr_deploy.descriptor import ModelDescriptor
+    from sr_deploy.media import images
+    from sr_deploy.runtime.base import Runner
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(src / f"{i}.png"), pattern_image(10, 12, 3, seed=i))
+    writing, release, seen = [], threading.Event(), []
+    real_write = images.write_image
+
+    def write(path, img, **kw):
+        writing.append(path.stem)
+        assert release.wait(10)
+        return real_write(path, img, **kw)
+
+    class Nearest(Runner):
+        calls = 0
+
+        def _activate(self):
+            pass
+
+        def _infer(self, batch):
+            Nearest.calls += 1
+            return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    def watch():
+        while len(writing) < images.ENCODERS or Nearest.calls < images.ENCODERS + 1:
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.3)  # time for a broken bound to show
+        seen.append(Nearest.calls)
+        release.set()
+
+    monkeypatch.setattr(images, "write_image", write)
+    threading.Thread(target=watch, daemon=True).start()
+    with Nearest(ModelDescriptor(name="n", scale=2)) as r:
+        s = images.upscale_folder(r, src, dst, quiet=True)
+    assert seen == [images.ENCODERS + 1]
+    assert len(s.done) == 6 and not s.failed
+
+
 def test_a_folder_run_whose_journal_cannot_be_written_stops(tmp_path, monkeypatch):
     """A failure of the run's own bookkeeping in the encoder threads is not swallowed: the run ends with it."""
     import pytest
