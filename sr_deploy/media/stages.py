@@ -117,14 +117,13 @@ class ThreeStages:
 
     def __iter__(self) -> Iterator:
         self.start()
+        results = drain(self._out, self.stop)
         while True:
             if self.abort is not None and self.abort.is_set():
                 raise KeyboardInterrupt
-            item = get(self._out, self.stop)
+            item = next(results, END)
             if item is END:
                 return
-            if isinstance(item, BaseException):
-                raise item
             yield item
 
     def close(self) -> None:

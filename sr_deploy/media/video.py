@@ -291,8 +291,8 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
         done_frames = sum(int(r["frames"]) for r in parts.done.values())
         # what every frame gets (sizes, pixel formats, alpha, depth, tiles, batch), decided once for the run
         # here; a Ray worker decides it from its own runner
-        frames = None if pool is not None or not todo else frame_plan(runner, plan.size, plan.pix_fmt, options,
-                                                                      src, say)
+        run_plan = None if pool is not None or not todo else frame_plan(runner, plan.size, plan.pix_fmt, options,
+                                                                        src, say)
         with Progress(plan.total_frames, desc="frames", unit="frame", quiet=quiet) as bar:
             bar.update(done_frames)
             workers = parallel_segments(runner, codec, options, len(todo)) if pool is None else 1
@@ -301,12 +301,12 @@ def upscale_video(runner: Runner, src: Path, dst: Path, *, options: VideoOptions
             elif workers > 1:
                 say(f"note: {workers} segments encoded at once ({codec} on the host, the model on the GPU)"
                     if options.parallel_segments is None else f"note: {workers} segments encoded at once")
-                encode_segments_parallel(runner, src, plan, todo, options, parts, workers, say, bar, frames)
+                encode_segments_parallel(runner, src, plan, todo, options, parts, workers, say, bar, run_plan)
             else:
                 for seg in todo:
                     tmp = parts.tmp_path(seg.index)
                     n = encode_segment(runner, src, plan, seg, tmp, options, say=say, on_frame=bar.update,
-                                       frames=frames)
+                                       frames=run_plan)
                     parts.record(seg.index, n, tmp)
         frames = sum(int(parts.done[s.index]["frames"]) for s in plan.segments)
         with open_input(parts.path(plan.segments[0].index)) as first:  # the size as encoded (even, or cut)
@@ -823,7 +823,7 @@ class _SegmentSink:
     the caller's thread, the stream's display matrix and colours set from the first frame's source."""
 
     def __init__(self, run: _Segment, runner: Runner, tmp: Path) -> None:
-        self.run, self.tmp = run, tmp
+        self.run = run
         self.out, self.vout = _open_encoder(run, runner, tmp)
         vin = run.vin
         self.rate = frame_rate(vin)
