@@ -465,7 +465,7 @@ def build_engine_cmd(
     (pixels in the graph: bytes in, bytes out) unless --float-io."""
     from sr_deploy.engine.build import build_engine, gpu_total_bytes, tensorrt_available
     from sr_deploy.engine.profile import make_profile, parse_hw
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
     from sr_deploy.precision.convert import make_precision_onnx
     from sr_deploy.runtime.chain import ModelChain
     from sr_deploy.runtime.select import gpu_available
@@ -662,7 +662,7 @@ def triton(
     try:
         chain = ModelChain.of(model)
         onnx_path = chain.onnx()
-        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.onnx_file import read_descriptor
 
         to_scale = _graph_outscale_or_fail(read_descriptor(onnx_path).scale, outscale)
         if to_scale and plan is not None:
@@ -779,7 +779,7 @@ def _check_plan(plan: Path, onnx_path: Path) -> None:
     model's engine) would otherwise be installed as model.plan and fail in the server, or serve other pixels."""
     from sr_deploy.engine.key import read_sidecar
     from sr_deploy.errors import ModelError
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
 
     if not plan.is_file():
         raise InputError(f"--plan {plan}: not found")

@@ -15,6 +15,11 @@ class ModelError(SRDeployError):
     """A checkpoint, ONNX file or engine is not one srdeploy can use."""
 
 
+class DynamicExportUnsupported(ModelError):
+    """An architecture whose graph cannot take any height and width (export it with a fixed shape).
+    Here, not in export/onnx_export.py, so that catching it needs no PyTorch."""
+
+
 class BackendUnavailable(SRDeployError):
     """The requested backend (or its hardware) is not present here."""
 

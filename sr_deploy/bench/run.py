@@ -240,7 +240,7 @@ def _gpu_stream(runner, x_u8: np.ndarray) -> dict:
 
 
 def run_bench(cfg: BenchConfig, *, say: Callable[[str], None] = print) -> BenchResult:
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
     from sr_deploy.quality import bicubic_upscale, evaluate
     from sr_deploy.runtime.chain import ModelChain
     from sr_deploy.runtime.select import ModelSource, make_runner, resolve_model

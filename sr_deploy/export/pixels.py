@@ -198,7 +198,7 @@ def resampled_onnx(onnx_path: str | os.PathLike, to_scale: int) -> Path:
     written once into the cache, keyed by the source's hash."""
     import onnx
 
-    from sr_deploy.export.onnx_export import load_onnx
+    from sr_deploy.export.onnx_file import load_onnx
     from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, seal, sha256_file
 
     src = Path(onnx_path)
@@ -240,7 +240,7 @@ def uint8_onnx(onnx_path: str | os.PathLike, *, layout: str = "nhwc", out: str |
         out = cache_root() / "onnx" / f"{src.name[:-5]}-{sha256_file(src)[:16]}.{io_name(layout)}v{PIXELS_FORM}.onnx"
         if is_sealed(out):
             return Path(out)
-    from sr_deploy.export.onnx_export import load_onnx
+    from sr_deploy.export.onnx_file import load_onnx
 
     proto = load_onnx(src, external_data=True)
     wrapped = wrap_uint8_io(proto, layout=layout)

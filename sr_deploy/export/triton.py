@@ -24,7 +24,7 @@ def _io(onnx_path: Path) -> tuple[tuple[str, str, list[int]], tuple[str, str, li
     """((input name, Triton dtype, dims without batch), (output ...)) read from the graph and its descriptor."""
     import onnx
 
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
 
     desc = read_descriptor(onnx_path)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph

@@ -20,51 +20,11 @@ Written by hand: the conversions are a few lines of arithmetic that must run ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-# FFmpeg's AVCOL_SPC_* matrix numbers → (Kr, Kb) of ITU-R BT.601/709/2020, SMPTE 240M, FCC
-MATRICES = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
-            9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
-PIX_FMTS = {"yuv420p": (8, True), "nv12": (8, False), "yuv420p10le": (10, True), "p010le": (10, False)}
-
-
-@dataclass(frozen=True)
-class YuvSpec:
-    """How a frame's bytes hold colour: the layout (an FFmpeg pixel format of PIX_FMTS), the matrix
-    (AVCOL_SPC number) and the range (full: 0..2^bits-1; limited: 16..235 and 16..240 at 8 bits)."""
-
-    pix_fmt: str
-    matrix: int
-    full_range: bool
-
-    def __post_init__(self) -> None:
-        if self.pix_fmt not in PIX_FMTS:
-            raise ValueError(f"no YUV graph for {self.pix_fmt}; one of {', '.join(PIX_FMTS)}")
-        if self.matrix not in MATRICES:
-            raise ValueError(f"no YUV graph for colour matrix {self.matrix} (AVCOL_SPC)")
-
-    @property
-    def bits(self) -> int:
-        return PIX_FMTS[self.pix_fmt][0]
-
-    @property
-    def planar(self) -> bool:
-        return PIX_FMTS[self.pix_fmt][1]
-
-    @property
-    def shift(self) -> int:  # P010 keeps its codes in the high bits of each 16-bit word
-        return 6 if self.pix_fmt == "p010le" else 0
-
-    def levels(self) -> tuple[float, float, float, float]:
-        """(Y offset, Y span, chroma centre, chroma span) in codes."""
-        top = float((1 << self.bits) - 1)
-        if self.full_range:
-            return 0.0, top, float(1 << (self.bits - 1)), top
-        k = float(1 << (self.bits - 8))
-        return 16.0 * k, 219.0 * k, 128.0 * k, 224.0 * k
+# the layouts, matrices and ranges are plain data in yuv_spec.py: a run decides its frame plan without PyTorch
+from sr_deploy.export.yuv_spec import MATRICES, YuvSpec
 
 
 def _rgb_from_ycc(kr: float, kb: float) -> torch.Tensor:
@@ -179,7 +139,7 @@ def yuv_onnx(onnx_path, inp: YuvSpec, out: YuvSpec):
     import onnx
     from onnx import compose
 
-    from sr_deploy.export.onnx_export import load_onnx
+    from sr_deploy.export.onnx_file import load_onnx
     from sr_deploy.export.pixels import _set_descriptor, descriptor_of
     from sr_deploy.fsutil import atomic_path, cache_root, is_sealed, seal, sha256_file
 

@@ -478,7 +478,7 @@ def frame_plan(runner: Runner, size: tuple[int, int], src_fmt: str | None, optio
                say) -> FramePlan:
     """The run's FramePlan, from the source's video ``size`` (width, height) and decoded pixel format; its
     notes go to ``say``. Decided once per run (and once per segment on a Ray worker, with its own runner)."""
-    from sr_deploy.export.yuv import PIX_FMTS
+    from sr_deploy.export.yuv_spec import PIX_FMTS
     from sr_deploy.media.segments import segment_format
 
     s = runner.scale
@@ -559,7 +559,7 @@ def _yuv_format(src_fmt: str | None, deep: bool) -> str | None:
 
 def yuv_specs(plan: FramePlan, src_fmt: str | None, colors: "Colors"):
     """(input, output) YuvSpec for frames of this plan with these colours, or None: the RGB path."""
-    from sr_deploy.export.yuv import MATRICES, YuvSpec
+    from sr_deploy.export.yuv_spec import MATRICES, YuvSpec
 
     fmt = _yuv_format(src_fmt, plan.deep)
     if not plan.yuv_allowed or fmt is None or colors.matrix not in MATRICES:

@@ -240,7 +240,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     import onnx
 
     from sr_deploy.descriptor import METADATA_KEY
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
 
     if precision not in BUDGETS_DB:
         raise InputError(f"precision must be fp16 or int8, got {precision!r}")
@@ -403,7 +403,7 @@ def regate(src: Path, variant: Path, *, gate_data: Path | None = None) -> Precis
     """Score an existing variant of ``src`` again with today's gate (fidelity included) and rewrite its report
     beside it: ``python -m sr_deploy.precision.convert FP32.onnx VARIANT.onnx [GATE_DIR]``. The variant
     itself is not touched; calibration facts of the old report (percentile, search, excluded convs) are kept."""
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
 
     desc, vdesc = read_descriptor(src), read_descriptor(variant)
     precision = vdesc.precision

@@ -308,7 +308,7 @@ class OnnxFileRunner(Runner):
         rounds before any resampling could run: left as it is."""
         if not self._resamplable(to_scale) or self.descriptor.pixel_io:
             return False
-        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.onnx_file import read_descriptor
         from sr_deploy.export.pixels import resampled_onnx
 
         self.path = resampled_onnx(self.path, to_scale)

@@ -46,7 +46,7 @@ class ModelChain:
     def precision_of(self, path: Path) -> str:
         """The precision an ONNX's metadata says it holds (read once per file)."""
         if path not in self._precision:
-            from sr_deploy.export.onnx_export import read_descriptor
+            from sr_deploy.export.onnx_file import read_descriptor
 
             self._precision[path] = read_descriptor(path).precision
         return self._precision[path]
@@ -162,7 +162,7 @@ class ModelChain:
         from sr_deploy.engine.build import build_engine, current_key, gpu_total_bytes
         from sr_deploy.engine.key import engine_path
         from sr_deploy.engine.profile import make_profile
-        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.onnx_file import read_descriptor
         from sr_deploy.export.pixels import graph_outscale
         from sr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
@@ -198,7 +198,7 @@ def gate_engine(runner, reference: Path | None) -> dict:
     tactic or an fp16 overflow that only the built engine has. Returns the recorded verdict."""
     import numpy as np
 
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
     from sr_deploy.fsutil import atomic_path
     from sr_deploy.metrics import psnr
     from sr_deploy.runtime.ort_runner import OrtRunner

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sr_deploy.errors import BackendUnavailable, InputError, QualityGateError, SRDeployError
+from sr_deploy.errors import (BackendUnavailable, DynamicExportUnsupported, InputError, QualityGateError,
+                              SRDeployError)
 from sr_deploy.runtime.base import Runner
 from sr_deploy.runtime.chain import ModelChain
 # the model-file names are re-exported: callers resolve and run models through this one module
@@ -13,6 +14,11 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def gpu_available() -> bool:
+    """A CUDA GPU that PyTorch can use (torch is imported only where a driver may be)."""
+    from sr_deploy.machine import nvidia_driver_present
+
+    if not nvidia_driver_present():
+        return False
     try:
         import torch
 
@@ -81,7 +87,7 @@ def _make_runner(source: ModelSource, backend: str = "auto", precision: str | No
     if backend == "tensorrt":
         return cached_engine_runner(source, precision, outscale=outscale)
     onnx_path = ModelChain(source).variant(precision, backend)
-    from sr_deploy.export.onnx_export import read_descriptor
+    from sr_deploy.export.onnx_file import read_descriptor
 
     desc = read_descriptor(onnx_path)
     if backend == "onnxruntime":
@@ -135,8 +141,6 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
             pass
     chain = ModelChain(source)
     if source.kind == "checkpoint":
-        from sr_deploy.export.onnx_export import DynamicExportUnsupported
-
         try:
             chain.onnx()
         except DynamicExportUnsupported as exc:  # a community architecture: PyTorch runs any size
@@ -167,7 +171,7 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
         # without measuring, OpenVINO INT8 only where the CPU has INT8 dot products: without them it
         # was measured to lose accuracy the ONNX Runtime gate does not see (tune.FIDELITY_MARGIN_DB)
         if int8 is not None and cpu_has_vnni():
-            from sr_deploy.export.onnx_export import read_descriptor
+            from sr_deploy.export.onnx_file import read_descriptor
 
             return (OpenVINORunner(int8, read_descriptor(int8)),
                     "CPU only; OpenVINO on the INT8 Q/DQ ONNX (it passed the gate, faithful to the fp32 output) is fastest")

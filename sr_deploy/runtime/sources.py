@@ -58,7 +58,7 @@ def resolve_model(spec: str | os.PathLike | None) -> ModelSource:
     if suffix in CHECKPOINT_SUFFIXES:
         return ModelSource("checkpoint", path, path.stem)
     if suffix == ".onnx":
-        from sr_deploy.export.onnx_export import read_descriptor
+        from sr_deploy.export.onnx_file import read_descriptor
 
         read_descriptor(path)  # not ONNX, or not srdeploy's: one line now, before any command's work
         return ModelSource("onnx", path, path.name.split(".")[0])
@@ -82,10 +82,10 @@ def onnx_for(source: ModelSource) -> Path:
         return source.path
     if source.kind != "checkpoint":
         raise ModelError(f"{source.path}: an engine has no ONNX to run on another backend")
-    from sr_deploy.export.onnx_export import export_checkpoint
-
     target = cache_root() / "onnx" / f"{source.name}-{model_digest(source.path)[:16]}.onnx"
     if not is_sealed(target):  # a refused dynamic export is remembered by export_checkpoint
+        from sr_deploy.export.onnx_export import export_checkpoint  # PyTorch: only when there is no ONNX
+
         export_checkpoint(source.path, target, overwrite=True)
         seal(target)
     return target

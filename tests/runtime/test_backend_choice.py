@@ -49,7 +49,7 @@ def choose(monkeypatch, capsys):
     ``world`` in place; ``asked`` lists the (backend, precision) pairs the rules asked make_runner for, in
     order. Every stand-in checks that it was handed the model the choice is for (and what else it needs)."""
     from sr_deploy import machine
-    from sr_deploy.export import onnx_export
+    from sr_deploy.export import onnx_export, onnx_file
     from sr_deploy.models import checkpoint
     from sr_deploy.runtime import openvino_runner, ort_runner, torch_runner, tune
 
@@ -129,7 +129,7 @@ def choose(monkeypatch, capsys):
         monkeypatch.setattr(openvino_runner, "cpu_supports_bf16", lambda: w.ov_bf16)
         monkeypatch.setattr(machine, "cpu_has_vnni", lambda: w.vnni)
         monkeypatch.setattr(machine, "cpu_has_bf16", lambda: w.torch_bf16)
-        monkeypatch.setattr(onnx_export, "read_descriptor", read_descriptor)
+        monkeypatch.setattr(onnx_file, "read_descriptor", read_descriptor)
         monkeypatch.setattr(onnx_export, "descriptor_for", descriptor_for)
         monkeypatch.setattr(checkpoint, "load_checkpoint", lambda at: (loaded, {}) if at == path else None)
         monkeypatch.setattr(torch_runner, "TorchRunner", Torch)
@@ -295,7 +295,7 @@ def named(monkeypatch, tmp_path):
     """``named(backend, precision, kind, files)``: a backend named by the user → (runner class, its arguments,
     its keywords, why), with ``files`` (``{path under tmp_path: precision}``, besides the fp32 ONNX) made in
     ``tmp_path``; nothing is loaded. ``named.dir`` is ``tmp_path``."""
-    from sr_deploy.export import onnx_export
+    from sr_deploy.export import onnx_export, onnx_file
     from sr_deploy.models import checkpoint
     from sr_deploy.runtime import openvino_runner, ort_runner, tensorrt_runner, torch_runner
 
@@ -315,7 +315,7 @@ def named(monkeypatch, tmp_path):
         return type("D", (), {"precision": precisions[at], "name": at.relative_to(tmp_path).as_posix()})
 
     monkeypatch.setattr(select, "gpu_available", lambda: state["gpu"])
-    monkeypatch.setattr(onnx_export, "read_descriptor", read_descriptor)
+    monkeypatch.setattr(onnx_file, "read_descriptor", read_descriptor)
     monkeypatch.setattr(onnx_export, "descriptor_for", lambda model, *, name: ("desc", model is loaded, name))
     monkeypatch.setattr(checkpoint, "load_checkpoint", lambda at: (loaded, {}) if at == tmp_path / "m.safetensors" else None)
     monkeypatch.setattr(torch_runner, "TorchRunner", built("torch"))

@@ -23,7 +23,7 @@ FAITHFUL = {"fp16": {"passed": True, "fidelity_db": 45.0, "p999_levels": 4.0},
 def world(tmp_path, monkeypatch):
     """``world.file(name, precision, report)`` writes a placeholder ONNX (its gate report beside it when
     ``report`` is given); ``world.exports`` counts the checkpoint exports; ``world.reads`` the descriptor reads."""
-    from sr_deploy.export import onnx_export
+    from sr_deploy.export import onnx_file
 
     class W:
         precisions: dict = {}
@@ -48,7 +48,7 @@ def world(tmp_path, monkeypatch):
         W.exports.append(source)
         return W.file("cache-m.onnx") if source.kind == "checkpoint" else source.path
 
-    monkeypatch.setattr(onnx_export, "read_descriptor", read_descriptor)
+    monkeypatch.setattr(onnx_file, "read_descriptor", read_descriptor)
     monkeypatch.setattr(chain_mod, "onnx_for", onnx_for)
     W.precisions, W.exports, W.reads = {}, [], []
     return W
@@ -217,7 +217,7 @@ def engines(world, monkeypatch):
     the profile is (precision, GPU memory), an engine's name is its ONNX's and key's, the gate's verdict is
     ``engines.verdict`` (recorded with the reference it was asked for in ``engines.gated``)."""
     from sr_deploy.engine import build, key, profile
-    from sr_deploy.export import onnx_export, pixels
+    from sr_deploy.export import onnx_file, pixels
     from sr_deploy.runtime import tensorrt_runner
 
     class E:
@@ -251,7 +251,7 @@ def engines(world, monkeypatch):
         E.gated.append((runner.path.name, reference and reference.name))
         return E.verdict
 
-    monkeypatch.setattr(onnx_export, "read_descriptor", read_descriptor)
+    monkeypatch.setattr(onnx_file, "read_descriptor", read_descriptor)
     monkeypatch.setattr(pixels, "deployed_onnx", deployed)
     monkeypatch.setattr(pixels, "resampled_onnx", lambda at, to: Path(at).with_name(Path(at).name[:-5] + f".to{to}.onnx"))
     monkeypatch.setattr(build, "gpu_total_bytes", lambda: 80 << 30)
@@ -337,11 +337,11 @@ class _Model:
 
 @pytest.fixture()
 def gate_world(tmp_path, monkeypatch):
-    from sr_deploy.export import onnx_export
+    from sr_deploy.export import onnx_file
     from sr_deploy.runtime import ort_runner
 
     reference = _Model()
-    monkeypatch.setattr(onnx_export, "read_descriptor", lambda at: "desc" if at == tmp_path / "m.onnx" else None)
+    monkeypatch.setattr(onnx_file, "read_descriptor", lambda at: "desc" if at == tmp_path / "m.onnx" else None)
     monkeypatch.setattr(ort_runner, "OrtRunner", lambda at, desc: reference if (at, desc) == (tmp_path / "m.onnx", "desc") else None)
     engine = tmp_path / "m.engine"
     engine.with_suffix(".json").write_text(json.dumps({"precision": "fp16"}))
