@@ -60,6 +60,10 @@ class OpenVINORunner(OnnxFileRunner):
     # 24-30 ms of a 250 ms light_x4 frame at 270x480 (2-core AVX2 EPYC), cv2.merge 1.1 ms; bit-identical.
     # ONNX Runtime's transpose costs nothing measurable there, so it keeps the NHWC graph
     u8_layout = "nhwc-planar"
+    # measured peak RSS growth per LR pixel, srresnet_x4 fp32 (runtime/base.py Runner.work_factor): 5.3-5.6 KB
+    # against the estimate's 8.9 KB. It decides tiling: at 1.0, srresnet_x4's 270x480 video frames ran as
+    # tiles blended on the host (bf16 end to end 0.69 frames/s against 1.3 whole, AVX512-BF16 EPYC)
+    work_factor = 0.65
 
     def __init__(self, onnx_path: str | os.PathLike, descriptor: ModelDescriptor, *, precision: str | None = None,
                  threads: int = 0, pixels: bool = True) -> None:
@@ -72,6 +76,11 @@ class OpenVINORunner(OnnxFileRunner):
         # frames in flight (OpenVINO CPU streams, stream_u8): set from tune's ranking; None: SRDEPLOY_OV_STREAMS
         # (a number or auto), else one request at a time on every core
         self.streams: int | None = None
+
+    def bytes_per_pixel(self) -> float:
+        """Activations in bf16 (the bf16 hint, and INT8's float layers where the CPU has bf16) take half."""
+        half = self.precision in ("bf16", "fp16") or (self.precision == "int8" and cpu_supports_bf16())
+        return super().bytes_per_pixel() * (0.5 if half else 1.0)
 
     @staticmethod
     def available() -> bool:
