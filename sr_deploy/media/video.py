@@ -1017,7 +1017,7 @@ SEGMENT_RANGE_S = (0.2, 60.0)  # of video, whatever the speed
 
 def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOptions, *, pool=None) -> float:
     """Segment length (seconds of video) for about SEGMENT_COMPUTE_S of compute per segment, from one timed
-    frame of the source's size on this runner; an unfinished run of the same output keeps its own length
+    frame on this runner (a quarter of the source's area); an unfinished run of the same output keeps its own length
     (its manifest), so a resumed run cuts where the first did. Ray pools keep the fixed 10 s (their workers
     are elsewhere). Measured because the same clip is 0.2 frames/s with srresnet_x4 on a 2-core CPU and
     hundreds on a GPU: a fixed 10 s of video was 21 minutes of work lost to an interrupt."""
@@ -1044,11 +1044,16 @@ def auto_segment_seconds(runner: Runner, src: Path, dst: Path, options: VideoOpt
         w, h = vin.codec_context.width, vin.codec_context.height
     finally:
         inp.close()
-    frame = np.zeros((max(1, h), max(1, w), 3), np.uint8)
+    # timed on a frame of a quarter of the area (sides halved, 64 px at least), scaled by the area: a model's
+    # work grows with its pixels, and two whole frames computed only to be timed were 1.4 s of a 12-frame
+    # srresnet_x4 run (bf16, 270x480, AVX512-BF16 EPYC) before its first frame
+    h, w = max(1, h), max(1, w)
+    th, tw = max(min(h, 64), -(-h // 2)), max(min(w, 64), -(-w // 2))
+    frame = np.zeros((th, tw, 3), np.uint8)
     upscale_frame(runner, frame, tile=options.tile)  # warm-up: compilation, allocation
     t0 = time.perf_counter()
     upscale_frame(runner, frame, tile=options.tile)
-    per_frame = max(time.perf_counter() - t0, 1e-4)
+    per_frame = max((time.perf_counter() - t0) * (h * w) / (th * tw), 1e-4)
     seconds = SEGMENT_COMPUTE_S / per_frame / rate
     return float(min(max(seconds, SEGMENT_RANGE_S[0], 1.0 / rate), SEGMENT_RANGE_S[1]))
 

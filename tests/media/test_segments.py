@@ -489,14 +489,17 @@ def test_segments_are_about_a_minute_of_compute_and_a_resume_keeps_the_first_run
         def _activate(self):
             pass
 
-        def _infer(self, batch):
-            clock[0] += self.seconds
+        def _infer(self, batch):  # ``seconds`` per frame of the clip's 256x160, in proportion to the pixels
+            clock[0] += self.seconds * batch.shape[2] * batch.shape[3] / (256 * 160)
+            calls.append(batch.shape[2:])
             return batch.repeat(2, axis=2).repeat(2, axis=3)
 
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
-    make_clip(src, frames=12, fps=12, audio=False)
+    make_clip(src, frames=12, fps=12, audio=False, size=(256, 160))
+    calls = []
     slow = video.auto_segment_seconds(Timed(2.5), src, dst, video.VideoOptions())
     assert slow == pytest.approx(60.0 / 2.5 / 12)  # 24 frames of 2.5 s: 2 s of 12 fps video
+    assert calls == [(80, 128)] * 2  # timed on a quarter of the frame, not on two whole ones
     assert video.auto_segment_seconds(Timed(0.0005), src, dst, video.VideoOptions()) == video.SEGMENT_RANGE_S[1]
     assert video.auto_segment_seconds(Timed(100.0), src, dst, video.VideoOptions()) == video.SEGMENT_RANGE_S[0]
     # an unfinished run's manifest: its length is kept, whatever this machine measures now
