@@ -809,8 +809,11 @@ LOST_STOP_S = 5.0
 def _on_stop_signal(signum, frame):  # noqa: ARG001
     import time
 
+    from sr_deploy.stopping import REQUESTED
+
     if STOPPED_BY["code"] is None:
         STOPPED_BY.update(code=128 + signum, at=time.monotonic())
+        REQUESTED.set()  # the frame loops see it even where this KeyboardInterrupt is swallowed
         raise KeyboardInterrupt
     if not STOPPED_BY["taken"] and time.monotonic() - STOPPED_BY["at"] > LOST_STOP_S:
         raise KeyboardInterrupt
@@ -853,6 +856,11 @@ def main() -> None:
         sys.exit(_stopped())
     except SystemExit as exc:
         if STOPPED_BY["code"] is not None and exc.code == 130:  # typer's exit for an interrupt, whichever signal
+            sys.exit(_stopped())
+        if STOPPED_BY["code"] is not None and not STOPPED_BY["taken"] and exc.code in (0, None):
+            # a stop no command took up (its KeyboardInterrupt swallowed where it landed) as the command ended:
+            # the first signal still names the exit; what was finished is kept as it is
+            typer.echo("note: stopped as the command finished; its outputs are complete", err=True)
             sys.exit(_stopped())
         raise
     except OSError as exc:  # a full disk or a failing device anywhere: one line, no traceback

@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _no_stop_left_requested():
+    """A test that calls the command line's signal handler in-process leaves the process-wide stop request
+    set (sr_deploy/stopping.py): cleared after each test, so that no later frame loop sees it."""
+    from sr_deploy import stopping
+
+    yield
+    stopping.REQUESTED.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     # `auto` measures the CPU runners once per model (runtime/tune.py); each tiny test model would

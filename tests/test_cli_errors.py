@@ -1,6 +1,7 @@
 """User mistakes end in one `error:` line and a non-zero exit, and lose nothing."""
 
 import os
+import sys
 
 import cv2
 import pytest
@@ -365,3 +366,28 @@ def test_an_interrupt_says_what_it_kept(tmp_path):
     (tmp_path / "out" / ".srdeploy-run.jsonl").write_text("{}\n")
     assert _interrupted_line(folder, tmp_path / "out") == (
         "interrupted: no partial output left; finished files kept, the same command resumes")
+
+
+def test_a_stop_no_command_took_up_still_names_the_exit(monkeypatch, capsys):
+    """A SIGTERM whose KeyboardInterrupt was swallowed where it landed, while the command went on to finish:
+    the process exits 143 (the first signal names the exit), not 0, and says that its outputs are complete."""
+    import signal
+
+    from sr_deploy import cli, stopping
+
+    def finishing_anyway(args):
+        cli.STOPPED_BY.update(code=128 + signal.SIGTERM, at=0.0)  # what the handler records before raising
+        stopping.REQUESTED.set()
+        raise SystemExit(0)  # typer's exit for a command that returned
+
+    monkeypatch.setattr(cli, "app", finishing_anyway)
+    monkeypatch.setattr(cli, "STOPPED_BY", {"code": None, "at": 0.0, "taken": False})
+    monkeypatch.setattr(sys, "argv", ["srdeploy", "run", "x.mp4"])
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # leave pytest's own handlers alone
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        stopping.REQUESTED.clear()
+    assert exc.value.code == 143
+    assert "outputs are complete" in capsys.readouterr().err

@@ -16,6 +16,8 @@ import queue
 import threading
 from typing import Callable, Iterator
 
+from sr_deploy.stopping import REQUESTED
+
 END = object()  # what a stage sends after its last item
 
 
@@ -119,8 +121,8 @@ class ThreeStages:
         self.start()
         results = drain(self._out, self.stop)
         while True:
-            if self.abort is not None and self.abort.is_set():
-                raise KeyboardInterrupt
+            if (self.abort is not None and self.abort.is_set()) or REQUESTED.is_set():
+                raise KeyboardInterrupt  # an abort, or a stop whose own KeyboardInterrupt was swallowed
             item = next(results, END)
             if item is END:
                 return

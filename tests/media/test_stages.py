@@ -204,3 +204,23 @@ def test_a_second_interrupt_while_joining_does_not_cut_the_wait_short(monkeypatc
     with pytest.raises(KeyboardInterrupt):
         join_stages(t)
     assert not t.is_alive() and t.joins >= 2
+
+
+def test_a_stop_request_whose_interrupt_was_lost_ends_the_caller_at_its_next_item():
+    """The command line's signal handler raises KeyboardInterrupt and sets stopping.REQUESTED; where that
+    exception was swallowed (a SIGTERM was seen to let a video run go on to its end and exit 0), the caller's
+    loop still stops at its next item."""
+    from sr_deploy import stopping
+
+    got = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ThreeStages(lambda put: [put(i) for i in range(1000)], lambda items, put: [put(x) for x in items],
+                             ahead=2, behind=1) as stages:
+                for x in stages:
+                    got.append(x)
+                    if x == 2:
+                        stopping.REQUESTED.set()  # as the handler does, its own exception lost
+    finally:
+        stopping.REQUESTED.clear()
+    assert got == [0, 1, 2]
