@@ -761,8 +761,8 @@ def info() -> None:
         runner, why = make_runner(source, "auto", measure=False)  # what a run picks; info never times
         typer.echo(f"auto: {runner.describe()} ({why})")
         if tune.enabled() and tune.cached_ranking(source)[0] is None:
-            typer.echo("      not timed on this machine yet: the first run (or `srdeploy tune`) times the "
-                       "candidates and may pick another")
+            typer.echo("      not timed on this machine yet: the candidates are timed once the first run ends "
+                       "(or now, with `srdeploy tune`), and a later run may pick another")
     except SRDeployError as exc:
         typer.echo(f"auto: unavailable ({exc})")
 

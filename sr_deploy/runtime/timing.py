@@ -1,7 +1,7 @@
 """The child process that times one candidate runner for runtime/tune.py:
 ``python -m sr_deploy.runtime.timing MODEL BACKEND PRECISION`` prints one JSON line.
 ``python -m sr_deploy.runtime.timing --retime-after PID MODEL``: the detached re-timing of a provisional
-ranking, once run PID has ended (``retime_after``).
+ranking, or the first timing of a model, once run PID has ended (``retime_after``).
 
 A module of its own, above runtime/select.py (it makes runners): tune only starts it by name, so the
 ranking that select reads never imports select back."""
@@ -88,9 +88,10 @@ def _alive(pid: int) -> bool:
 
 
 def retime_after(pid: int, model: str, *, poll_s: float = 0.5, say=print) -> str:
-    """The detached re-timing of a provisional ranking (runtime/tune.py RETIME_ENV): wait for run ``pid`` to
-    end, then time the candidates again if the CPU is quiet and the ranking still provisional; one such
-    process per model at a time (a lock beside the ranking). Returns what it did, in a few words."""
+    """The detached re-timing of a provisional ranking (runtime/tune.py RETIME_ENV), or the first timing of a
+    model that a run followed the fixed rules for: wait for run ``pid`` to end, then time the candidates
+    (again only if the CPU is quiet and the ranking still provisional); one such process per model at a
+    time (a lock beside the ranking). Returns what it did, in a few words."""
     import fcntl
 
     from sr_deploy.runtime import tune
@@ -100,18 +101,20 @@ def retime_after(pid: int, model: str, *, poll_s: float = 0.5, say=print) -> str
         time.sleep(poll_s)
     source = resolve_model(model)
     lock_path = tune.cache_path(source).with_suffix(".retime.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return "another re-timing of this model is under way"
-        if not tune.still_provisional(source):
+        first = tune.needs_first_timing(source)  # a first run followed the fixed rules: time it whatever the load
+        if not first and not tune.still_provisional(source):
             return "the ranking is no longer provisional"
-        if not tune.quiet_now(1.0):
+        if not first and not tune.quiet_now(1.0):
             return "the CPU is busy again: left provisional for a later run"
         os.nice(10)  # a user's next run, started meanwhile, comes first (and makes this timing provisional)
         tune.measure(source, say=say)
-        return "timed again"
+        return "timed for the first time" if first else "timed again"
 
 
 if __name__ == "__main__":

@@ -202,10 +202,31 @@ _detached: list = []  # the re-timing processes started here: kept so that Pytho
 _retiming: dict[str, tuple[int, Path]] = {}  # cached ranking's path -> (pid, log) of the re-timing started for it
 
 
+def time_after_exit(source) -> tuple[int, Path]:
+    """The detached timing of a model never timed on this machine, started once per model and run (a first
+    run follows the fixed rules at once rather than wait for every runner to be timed)."""
+    sha = cache_key(source)["model_sha256"]
+    path = str(cache_path(source, sha))
+    if path not in _retiming:
+        _retiming[path] = retime_after_exit(source, sha)
+    return _retiming[path]
+
+
+def needs_first_timing(source) -> bool:
+    """No ranking of ``source`` for this machine (none, unreadable, or another CPU's or version's)."""
+    key = cache_key(source)
+    try:
+        data = json.loads(cache_path(source, key["model_sha256"]).read_text())
+        return data.get("key") != key or not isinstance(data.get("ranking"), list)
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def retime_after_exit(source, sha: str) -> tuple[int, Path]:
     """Start ``python -m sr_deploy.runtime.timing --retime-after PID MODEL`` in a session of its own (a
     Ctrl-C on this run does not reach it); its output goes to a log beside the cached ranking."""
     log = cache_path(source, sha).with_suffix(".retime.log")
+    log.parent.mkdir(parents=True, exist_ok=True)  # a model's first timing: no ranking, maybe no folder yet
     cmd = [sys.executable, "-m", "sr_deploy.runtime.timing", "--retime-after", str(os.getpid()), str(source.path)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -100,7 +100,7 @@ def test_info_reports_auto_choice_and_never_times_the_candidates(monkeypatch):
     r = CliRunner().invoke(app, ["info"])
     assert r.exit_code == 0, r.output
     assert "backends:" in r.output and "auto:" in r.output and "GPU:" in r.output
-    assert "not timed on this machine yet: the first run (or `srdeploy tune`) times the candidates" in r.output
+    assert "not timed on this machine yet: the candidates are timed once the first run ends" in r.output
     assert select.available_backends()[0] == "torch"
 
 

@@ -381,3 +381,39 @@ def test_the_stream_count_is_timed_on_the_fastest_openvino_row_and_followed(tiny
     # one core: nothing to share
     monkeypatch.setattr(tune.os, "cpu_count", lambda: 1)
     assert tune.streams_candidates(ranking) == []
+
+
+def test_a_first_run_follows_the_rules_at_once_and_the_runners_are_timed_after_it(
+        tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path, capsys):
+    """No ranking on this machine yet: the run waits for no timing (16 s for light_x4 on a 2-core EPYC before
+    its first image); it follows the fixed rules, and one detached timing per model is started for after it,
+    which then times whatever the load (a first ranking, provisional if the CPU was busy)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(tune.RETIME_ENV, "background")  # the default outside the tests
+    source = resolve_model(str(tiny_ckpt))
+    started = []
+    monkeypatch.setattr(tune, "_retiming", {})
+    monkeypatch.setattr(tune, "retime_after_exit", lambda src, sha: started.append(src.path) or (4343, Path("y.log")))
+
+    def no_timing_now(*a, **k):
+        raise AssertionError("timed before the run")
+
+    real_measure = tune.measure
+    monkeypatch.setattr(tune, "measure", no_timing_now)
+    assert tune.needs_first_timing(source)
+    runner, why = make_runner(source, "auto")
+    assert "by measurement" not in why and started == [source.path]
+    assert "timed once it ends (process 4343" in capsys.readouterr().err
+    make_runner(source, "auto")  # asked again in the same run: no second timing process
+    assert started == [source.path]
+    # the detached process, once the run has ended: times for the first time, even on a busy CPU
+    monkeypatch.setattr(tune, "measure", real_measure)
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: False)
+    monkeypatch.setattr(timing.os, "nice", lambda n: 0)
+    run = subprocess.Popen([sys.executable, "-c", "pass"])
+    run.wait()
+    assert timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None) == "timed for the first time"
+    assert not tune.needs_first_timing(source) and tune.cached_ranking(source)[0]
