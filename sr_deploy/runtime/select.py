@@ -156,9 +156,13 @@ def _auto(source: ModelSource, precision: str | None, outscale: float | None = N
             if ranking is None and background:
                 # never timed here (or the ranking is for another machine): this run follows the fixed rules
                 # below at once; the runners are timed once it ends (16 s for light_x4 on a 2-core EPYC)
-                pid, log = tune.time_after_exit(source)
-                _note(f"note: {how}; this run follows the fixed rules, and the CPU runners are timed once it "
-                      f"ends (process {pid}, log {log}; `srdeploy tune` times them now)")
+                try:
+                    pid, log = tune.time_after_exit(source)
+                    later = (f"the CPU runners are timed once it ends (process {pid}, log {log}; "
+                             "`srdeploy tune` times them now)")
+                except OSError as exc:  # a cache folder that cannot be written: the run goes on
+                    later = f"the CPU runners could not be timed after it ({exc.strerror or exc})"
+                _note(f"note: {how}; this run follows the fixed rules, and {later}")
             elif ranking is None and measure:
                 _note(f"note: {how}")
                 ranking, how = tune.measure(source, say=_note), "measured just now"
