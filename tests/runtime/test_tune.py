@@ -387,7 +387,7 @@ def test_a_first_run_follows_the_rules_at_once_and_the_runners_are_timed_after_i
         tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path, capsys):
     """No ranking on this machine yet: the run waits for no timing (16 s for light_x4 on a 2-core EPYC before
     its first image); it follows the fixed rules, and one detached timing per model is started for after it,
-    which then times whatever the load (a first ranking, provisional if the CPU was busy)."""
+    which times only on a quiet CPU (under load it ranked the wrong runner first, and the next run followed it)."""
     import subprocess
     import sys
 
@@ -409,11 +409,15 @@ def test_a_first_run_follows_the_rules_at_once_and_the_runners_are_timed_after_i
     assert "timed once it ends (process 4343" in capsys.readouterr().err
     make_runner(source, "auto")  # asked again in the same run: no second timing process
     assert started == [source.path]
-    # the detached process, once the run has ended: times for the first time, even on a busy CPU
+    # the detached process, once the run has ended: on a busy CPU (the user's next command) it times nothing,
+    # the fixed rules stay; on a quiet one it times for the first time
     monkeypatch.setattr(tune, "measure", real_measure)
     monkeypatch.setattr(tune, "quiet_now", lambda *a: False)
     monkeypatch.setattr(timing.os, "nice", lambda n: 0)
     run = subprocess.Popen([sys.executable, "-c", "pass"])
     run.wait()
+    assert "fixed rules stay" in timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None)
+    assert tune.needs_first_timing(source)
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
     assert timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None) == "timed for the first time"
     assert not tune.needs_first_timing(source) and tune.cached_ranking(source)[0]
