@@ -4,7 +4,7 @@ The names below load on first use (PEP 562): ``sr_deploy.export.pixels`` and ``.
 without PyTorch, and importing torch cost a light_x4 video run 1 s of a 5 s command."""
 
 _NAMES = {"fold_batchnorm": "fold", "export_checkpoint": "onnx_export", "export_onnx": "onnx_export",
-          "read_descriptor": "onnx_export"}
+          "read_descriptor": "onnx_file"}
 
 __all__ = sorted(_NAMES)
 
