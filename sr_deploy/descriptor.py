@@ -38,6 +38,10 @@ class ModelDescriptor:
     # measured at export (export/onnx_export.receptive_field): how far, in input pixels, a pixel's change
     # still moves the output by a visible amount; tiles overlap by twice this (media/tiling.py). 0: unknown
     receptive_field: int = 0
+    # measured at export (export/activations.py): the peak bytes of activations alive at once per input
+    # pixel of the float graph, from its own shapes; sizes batches and tiles. 0: unknown (the formula in
+    # engine/profile.activation_bytes_per_pixel stands)
+    activation_bytes: int = 0
 
     def resampled(self, to_scale: int) -> "ModelDescriptor":
         """The descriptor of this model's graph with its output area-resampled to ``to_scale`` (export/pixels.
@@ -98,7 +102,7 @@ class ModelDescriptor:
 
 _INTS = {"scale": (1, 16), "in_channels": (1, 4), "out_channels": (1, 4), "size_multiple": (1, 1024),
          "size_minimum": (0, 8192), "max_batch": (0, 4096), "network_scale": (0, 16), "receptive_field": (0, 4096),
-         "reduce": (1, 16)}
+         "activation_bytes": (0, 1 << 24), "reduce": (1, 16)}
 _IOS = ("float", "uint8-nhwc", "uint8-nchw", "uint8-nhwc-planar")
 _PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 

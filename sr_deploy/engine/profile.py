@@ -70,10 +70,16 @@ def activation_bytes_per_pixel(desc: ModelDescriptor) -> int:
     alive: 2·C·s² values per input pixel at the last stage, plus the output and the trunk's skip.
     Values are 4 bytes (fp32; half precision halves it, which only leaves margin).
 
+    A graph exported since the descriptor carried ``activation_bytes`` says its own figure: the peak of
+    its live tensors at a probe size (export/activations.py), which also fits community architectures
+    the formulas below do not describe (SRVGG compact: every conv at the input's size, like light_x4).
+
     light_x4's every convolution runs at the input's resolution and one pixel shuffle makes the output:
     its peak is a feature layer's input and output there, or the last conv's 3·s² channels and the
     shuffled output, 11x less than the upsampler bound (which tiled its 270x480 video frames on a 1 GiB
     host budget: tiles blended in float on the host, 0.7x the frames/s of whole frames end to end)."""
+    if desc.activation_bytes:
+        return desc.activation_bytes
     c = int(desc.arch.get("channels", 64)) if desc.arch else 64
     s = desc.model_scale  # a graph that resamples its output still makes the full-scale one first
     if desc.arch.get("arch") == "light":

@@ -12,6 +12,7 @@ from torch import nn
 
 from sr_deploy.descriptor import METADATA_KEY, ModelDescriptor
 from sr_deploy.errors import DynamicExportUnsupported, ModelError  # noqa: F401 - re-exported
+from sr_deploy.export.activations import peak_bytes_per_pixel
 from sr_deploy.export.fold import inference_form
 # ONNX files are read without PyTorch (onnx_file.py); the names stay importable from here
 from sr_deploy.export.onnx_file import load_onnx, read_descriptor, reflect_minimum  # noqa: F401
@@ -69,6 +70,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, name: str, source_s
     if wrote != opset:  # PyTorch's version converter falls back to its own opset with only a warning
         raise ModelError(f"opset {opset}: PyTorch {torch.__version__} could not convert to it and wrote opset "
                          f"{wrote} instead; pass another --opset (nothing was written)")
+    desc = desc.with_(activation_bytes=peak_bytes_per_pixel(proto, desc))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, desc.to_json()
