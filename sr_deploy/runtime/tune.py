@@ -163,27 +163,45 @@ def retime_in_background() -> bool:
     return os.environ.get(RETIME_ENV, "background") != "foreground"
 
 
+def _stored(source) -> tuple[dict, Path, dict | None, str]:
+    """(this machine's key, the ranking file, its content, why not): the content only when it is a ranking
+    for this key, else None and why (missing, unreadable, or another CPU's, model's or versions'). The one
+    reader of the file: the run, the first timing and the re-timing must agree on what counts as a ranking
+    (a damaged file that the run rejected and the re-timing took for a final ranking was never timed)."""
+    key = cache_key(source)
+    path = cache_path(source, key["model_sha256"])
+    if not path.is_file():
+        return key, path, None, "not measured on this machine yet"
+    try:
+        data = json.loads(path.read_text())
+        ranking = data["ranking"]
+        if not isinstance(ranking, list) or not all(
+                isinstance(r, dict) and {"backend", "precision", "ms"} <= set(r) for r in ranking):
+            raise ValueError("bad ranking")
+    except (OSError, ValueError, KeyError, TypeError):
+        return key, path, None, f"the cached ranking {path} is unreadable: measuring again"
+    if data.get("key") != key:
+        return key, path, None, "the cached ranking is from another CPU, model or library version: measuring again"
+    return key, path, data, ""
+
+
+def _busy_share(data: dict) -> float | None:
+    """The other load a stored ranking was timed under, when it made the ranking provisional."""
+    busy = data.get("busy_share")
+    return busy if isinstance(busy, (int, float)) and busy >= BUSY_SHARE else None
+
+
 def cached_ranking(source, *, background: bool = False) -> tuple[list[dict] | None, str]:
     """(ranking, why) from the cache; (None, why not) when missing, unreadable or for another machine.
 
     A provisional ranking (timed while the CPU was busy) on a CPU that is quiet now: (None, ...) so that the
     caller times it again, or with ``background`` the ranking itself, its re-timing left to a detached
     process that starts once this one has ended (``retime_after_exit``)."""
-    key = cache_key(source)
-    path = cache_path(source, key["model_sha256"])
-    if not path.is_file():
-        return None, "not measured on this machine yet"
-    try:
-        data = json.loads(path.read_text())
-        stored, ranking = data["key"], data["ranking"]
-        if not isinstance(ranking, list) or not all({"backend", "precision", "ms"} <= set(r) for r in ranking):
-            raise ValueError("bad ranking")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"the cached ranking {path} is unreadable: measuring again"
-    if stored != key:
-        return None, "the cached ranking is from another CPU, model or library version: measuring again"
-    busy = data.get("busy_share")
-    if isinstance(busy, (int, float)) and busy >= BUSY_SHARE:
+    key, path, data, why = _stored(source)
+    if data is None:
+        return None, why
+    ranking, busy = data["ranking"], _busy_share(data)
+    if busy is not None:
         if quiet_now():
             if background:
                 pid, log = _retiming.get(str(path)) or retime_after_exit(source, key["model_sha256"])
@@ -214,12 +232,7 @@ def time_after_exit(source) -> tuple[int, Path]:
 
 def needs_first_timing(source) -> bool:
     """No ranking of ``source`` for this machine (none, unreadable, or another CPU's or version's)."""
-    key = cache_key(source)
-    try:
-        data = json.loads(cache_path(source, key["model_sha256"]).read_text())
-        return data.get("key") != key or not isinstance(data.get("ranking"), list)
-    except (OSError, ValueError, AttributeError):
-        return True
+    return _stored(source)[2] is None
 
 
 def retime_after_exit(source, sha: str) -> tuple[int, Path]:
@@ -237,13 +250,8 @@ def retime_after_exit(source, sha: str) -> tuple[int, Path]:
 
 def still_provisional(source) -> bool:
     """Whether the cached ranking of ``source`` is for this machine and was timed on a busy CPU."""
-    key = cache_key(source)
-    try:
-        data = json.loads(cache_path(source, key["model_sha256"]).read_text())
-    except (OSError, ValueError):
-        return False
-    busy = data.get("busy_share") if isinstance(data, dict) else None
-    return data.get("key") == key and isinstance(busy, (int, float)) and busy >= BUSY_SHARE
+    data = _stored(source)[2]
+    return data is not None and _busy_share(data) is not None
 
 
 def measure(source, *, say=None, timeout_s: float = CANDIDATE_TIMEOUT_S) -> list[dict]:

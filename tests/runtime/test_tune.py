@@ -421,3 +421,32 @@ def test_a_first_run_follows_the_rules_at_once_and_the_runners_are_timed_after_i
     monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
     assert timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None) == "timed for the first time"
     assert not tune.needs_first_timing(source) and tune.cached_ranking(source)[0]
+
+
+@pytest.mark.parametrize("damage", ["rows", "list", "key"])
+def test_a_damaged_ranking_for_this_machine_is_timed_again_by_the_detached_process(
+        tiny_ckpt, measuring, two_candidates, monkeypatch, tmp_path, damage):
+    """A ranking file whose rows are not rankings (a write cut short by another tool, an edit) reads as
+    unreadable to the run, which follows the fixed rules; the detached process must then time it, not
+    take it for a final ranking and leave every later run on the fixed rules. A file that is a JSON list
+    or has no key is the same case, and no reader may fail on it."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    source = resolve_model(str(tiny_ckpt))
+    tune.measure(source)
+    path = tune.cache_path(source)
+    good = json.loads(path.read_text())
+    bad = {"rows": {**good, "ranking": [{"backend": "openvino"}]}, "list": [good],
+           "key": {k: v for k, v in good.items() if k != "key"}}[damage]
+    path.write_text(json.dumps(bad))
+    ranking, why = tune.cached_ranking(source)
+    assert ranking is None and ("unreadable" in why or "another CPU" in why)
+    assert tune.needs_first_timing(source) and not tune.still_provisional(source)
+    monkeypatch.setattr(tune, "quiet_now", lambda *a: True)
+    monkeypatch.setattr(timing.os, "nice", lambda n: 0)
+    run = subprocess.Popen([sys.executable, "-c", "pass"])
+    run.wait()
+    assert timing.retime_after(run.pid, str(tiny_ckpt), say=lambda line: None) == "timed for the first time"
+    assert tune.cached_ranking(source)[0] and not tune.needs_first_timing(source)
