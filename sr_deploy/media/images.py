@@ -708,15 +708,13 @@ def _overlapped(runner: Runner, todo: list[tuple[Path, Path, bool]], done, *, ti
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from sr_deploy.machine import available_memory_bytes
-    from sr_deploy.media.stages import ThreeStages
+    from sr_deploy.media.stages import TIMED_OUT, ThreeStages, wait_or_stop
 
     lock = threading.Lock()
     room = threading.Semaphore(1)  # one output made and not yet handed to the encoders, at most
 
     def take_room() -> None:
-        while not room.acquire(timeout=0.1):
-            if stages.stop.is_set():
-                raise KeyboardInterrupt
+        wait_or_stop(lambda timeout: True if room.acquire(timeout=timeout) else TIMED_OUT, stages.stop)
 
     def report(item: _Image) -> None:
         with lock:

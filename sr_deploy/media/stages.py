@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 from sr_deploy.stopping import REQUESTED
 
 END = object()  # what a stage sends after its last item
+TIMED_OUT = object()  # what an attempt of ``wait_or_stop`` returns when its wait ended without a result
+POLL_S = 0.1  # how often a waiting stage looks at the stop
 
 
 class _Stage(threading.Thread):
@@ -39,28 +41,40 @@ class _Stage(threading.Thread):
     def put(self, item) -> None:
         """Queue ``item`` for the next stage; once the run is stopped, KeyboardInterrupt (as ``get`` raises),
         so a stage's loop ends at its next item whatever it checks itself."""
-        while not self.stop.is_set():
+        def attempt(timeout: float):
             try:
-                self.out.put(item, timeout=0.1)
-                return
+                self.out.put(item, timeout=timeout)
             except queue.Full:
-                continue
-        raise KeyboardInterrupt
+                return TIMED_OUT
+            return None
+
+        wait_or_stop(attempt, self.stop)
 
     def _end(self, item) -> None:
         with contextlib.suppress(KeyboardInterrupt):  # stopped: nobody reads it
             self.put(item)
 
 
+def wait_or_stop(attempt: Callable[[float], object], stop: threading.Event):
+    """``attempt(POLL_S)`` again and again until it returns something other than TIMED_OUT, which is
+    returned; KeyboardInterrupt once ``stop`` is set. Every wait between stages (a queue's get or put, a
+    semaphore) goes through here, so each of them sees a stop within POLL_S."""
+    while not stop.is_set():
+        got = attempt(POLL_S)
+        if got is not TIMED_OUT:
+            return got
+    raise KeyboardInterrupt
+
+
 def get(q: queue.Queue, stop: threading.Event):
     """The next item, or KeyboardInterrupt once ``stop`` is set (items still queued are not worked on)."""
-    while True:
-        if stop.is_set():
-            raise KeyboardInterrupt
+    def attempt(timeout: float):
         try:
-            return q.get(timeout=0.1)
+            return q.get(timeout=timeout)
         except queue.Empty:
-            continue
+            return TIMED_OUT
+
+    return wait_or_stop(attempt, stop)
 
 
 def drain(q: queue.Queue, stop: threading.Event) -> Iterator:

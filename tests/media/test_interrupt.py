@@ -175,3 +175,83 @@ def test_a_stop_landing_inside_an_exec_of_a_string_still_exits_with_its_code(tmp
     p = subprocess.run([sys.executable, "-m", "stopped_inside_exec"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.returncode == 143, (p.returncode, p.stderr)
+
+
+_WAITING_FOR_ROOM = '''
+import json, os, signal, sys, threading, time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sr_deploy.descriptor import ModelDescriptor
+from sr_deploy.media import images
+from sr_deploy.runtime.base import Runner
+
+
+class Nearest(Runner):
+    backend = "test"
+
+    def __init__(self):
+        super().__init__(ModelDescriptor(name="n", scale=2))
+
+    def _activate(self):
+        pass
+
+    def _infer(self, batch):
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+src.mkdir()
+for i in range(8):
+    cv2.imwrite(str(src / f"{i}.png"), np.full((16, 16, 3), 20 * i, np.uint8))
+writing, release, started = threading.Event(), threading.Event(), []
+real = images.write_image
+
+
+def slow_write(*a, **k):  # the encoders stay busy until after the stop
+    started.append(1)
+    if len(started) == 2:  # both encoders writing
+        writing.set()
+    release.wait(30)
+    return real(*a, **k)
+
+
+images.write_image = slow_write
+
+
+def stop_while_the_model_waits():
+    writing.wait(30)
+    time.sleep(0.5)  # one output waiting for the encoders, the model waiting for room
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    release.set()
+
+
+threading.Thread(target=stop_while_the_model_waits, daemon=True).start()
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    with Nearest() as runner:
+        images.upscale_folder(runner, src, dst, quiet=True)
+except KeyboardInterrupt:
+    print(json.dumps(sorted(p.name for p in dst.glob("*.png"))))
+'''
+
+
+def test_a_stop_while_the_model_waits_for_the_encoders_ends_the_folder_run(tmp_path):
+    """In a folder run the model makes its next output only once the last one is handed to the encoders;
+    a Ctrl-C while it waits for that room (both encoders busy) must reach the wait too: the run ends once
+    the files being written are finished, where a wait that ignored the stop left the run hanging for room
+    that the stopped main thread never gives back."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _WAITING_FOR_ROOM, str(tmp_path / "in"), str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the folder run did not end after the stop")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert json.loads(done.stdout) == ["0.png", "1.png"]  # the two the encoders were writing, finished
