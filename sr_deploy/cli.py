@@ -15,6 +15,20 @@ from typer.core import TyperCommand, TyperGroup
 from sr_deploy.errors import InputError, OutputError, SRDeployError
 
 
+# Typer 0.29 carries its own copy of Click (typer._click), whose errors are not `click.UsageError`: the class
+# is found through the public typer.BadParameter, so that this holds with either
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_error(exc, name: str):
+    """A command line that does not parse (a missing argument, an unknown option or command, a value of the
+    wrong type) as every other bad input: one ``error:`` line and exit 2, not Typer's usage and framed box."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else name
+    typer.echo(f"error: {exc.format_message().rstrip('.')} (`{where} --help` shows the usage)", err=True)
+    return SystemExit(exc.exit_code)
+
+
 class _BareHelp:
     """--help is a flag: no `<bool>` beside it in the help (this Typer shows one by default)."""
 
@@ -24,9 +38,23 @@ class _BareHelp:
             opt.metavar = ""
         return opt
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `srdeploy` alone: the help, as before
+                raise
+            raise _usage_error(exc, info_name or "srdeploy") from None
+
 
 class _Group(_BareHelp, TyperGroup):
     """`srdeploy --help` as conventional as the subcommands' (see _Command)."""
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except _UsageError as exc:  # no such command
+            raise _usage_error(exc, ctx.command_path) from None
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -391,3 +391,22 @@ def test_a_stop_no_command_took_up_still_names_the_exit(monkeypatch, capsys):
         stopping.REQUESTED.clear()
     assert exc.value.code == 143
     assert "outputs are complete" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run"], "error: Missing argument 'INPUT' (`srdeploy run --help` shows the usage)"),
+    (["run", "x.png", "--nope"], "error: No such option: --nope"),
+    (["run", "x.png", "--tile", "abc"], "error: Invalid value for '--tile'"),
+    (["tune", "light_x4"], "error: Got unexpected extra argument(s) (light_x4) (`srdeploy tune --help`"),
+    (["bogus"], "error: No such command 'bogus' (`srdeploy --help` shows the usage)"),
+])
+def test_a_command_line_that_does_not_parse_is_one_error_line(args, says):
+    """As every other bad input: one `error:` line naming the mistake and where the usage is, exit 2 (Typer
+    printed its usage and the message in a frame of box-drawing characters)."""
+    r = CliRunner().invoke(app, args, prog_name="srdeploy")
+    assert r.exit_code == 2 and r.output.startswith(says) and r.output.count("\n") == 1, r.output
+
+
+def test_srdeploy_alone_still_shows_the_help():
+    r = CliRunner().invoke(app, [], prog_name="srdeploy")
+    assert "Usage: srdeploy [OPTIONS] COMMAND" in r.output and "error:" not in r.output
