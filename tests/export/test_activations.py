@@ -98,3 +98,41 @@ def test_an_all_low_resolution_community_model_is_sized_by_its_own_graph(tmp_pat
     frame = 270 * 480
     assert frame * activation_bytes_per_pixel(desc) < 1 << 30 < frame * activation_bytes_per_pixel(
         desc.with_(activation_bytes=0))
+
+
+def test_the_probe_size_follows_the_graphs_size_rules():
+    from sr_deploy.export.activations import probe_size
+
+    assert probe_size(ONE) == (PROBE, PROBE)
+    assert probe_size(ONE.with_(size_multiple=12)) == (264, 264)  # PROBE rounded up to the multiple
+    assert probe_size(ONE.with_(size_minimum=300)) == (300, 300)
+    assert probe_size(ONE.with_(fixed_hw=(32, 40), max_batch=1)) == (32, 40)
+
+
+def test_a_fixed_size_graph_is_measured_at_its_size_and_a_pixel_graph_in_its_layout():
+    """A graph exported at one size is measured there; a uint8 graph whose input is NHWC gets its probe in
+    that order (a 3-channel NHWC input read as NCHW would feed the conv 256 channels, not 3)."""
+    fixed = _graph([helper.make_node("Relu", ["x"], ["d"])])
+    for d, v in zip(fixed.graph.input[0].type.tensor_type.shape.dim, (1, 1, 32, 40)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    assert peak_bytes_per_pixel(fixed, ONE.with_(fixed_hw=(32, 40), max_batch=1)) == 2 * 4
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, "h", "w", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "h", "w"])
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["f", "w"], ["y"], kernel_shape=[1, 1])]
+    pixels = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], [0.0] * 12)]), opset_imports=[helper.make_opsetid("", 18)])
+    desc = ModelDescriptor(name="p", scale=1, io="uint8-nhwc")
+    # the Cast's float input and output, 3 channels each side: t (uint8, 3) + f (fp32, 12 bytes), then f + y (16)
+    assert peak_bytes_per_pixel(pixels, desc) == 12 + 16
+
+
+def test_a_graph_with_more_than_one_input_or_not_an_image_input_says_unknown():
+    two = _graph([helper.make_node("Add", ["x", "z"], ["d"])])
+    two.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 1, "h", "w"]))
+    assert peak_bytes_per_pixel(two, ONE) == 0
+    flat = _graph([helper.make_node("Relu", ["x"], ["d"])])
+    flat.graph.input[0].type.tensor_type.shape.dim.pop()
+    assert peak_bytes_per_pixel(flat, ONE) == 0
