@@ -56,8 +56,6 @@ def peak_bytes_per_pixel(proto, desc: ModelDescriptor) -> int:
         model = _infer_shapes(model)
     except Exception:  # noqa: BLE001 - any failure of the inference means "unknown", never a failed export
         return 0
-    if model is None:
-        return 0
     graph = model.graph
     size: dict[str, int] = {}
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -80,8 +78,8 @@ def peak_bytes_per_pixel(proto, desc: ModelDescriptor) -> int:
     n = len(graph.node)
     change = [0] * (n + 3)  # step 0: the input; step k+1: node k; a tensor lives from its birth to its last use
     for name, b in birth.items():
-        change[b + 1] += size.get(name, 0)
-        change[max(last.get(name, b), b) + 2] -= size.get(name, 0)
+        change[b + 1] += size[name]
+        change[max(last.get(name, b), b) + 2] -= size[name]  # a tensor nothing reads dies where it is made
     peak = alive = 0
     for c in change[:n + 2]:
         alive += c
@@ -91,14 +89,14 @@ def peak_bytes_per_pixel(proto, desc: ModelDescriptor) -> int:
 
 def _infer_shapes(model):
     """ONNX Runtime's symbolic shape inference, driven the way its ``infer_shapes`` does it, except that a
-    graph it cannot complete gives None here: ``infer_shapes`` then writes ``sym_shape_infer_temp.onnx``
-    (with the model's weights) into the current folder, which a user's export must never leave behind."""
+    graph it cannot complete is returned as far as it went (its unknown shapes make the caller say 0):
+    ``infer_shapes`` then writes ``sym_shape_infer_temp.onnx`` (with the model's weights) into the current
+    folder, which a user's export must never leave behind."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
     inference._preprocess(model)
-    done = False
     while inference.run_:
-        done = inference._infer_impl()
+        inference._infer_impl()
     inference._update_output_from_vi()
-    return inference.out_mp_ if done else None
+    return inference.out_mp_

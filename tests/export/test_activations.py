@@ -22,8 +22,9 @@ def _graph(nodes, out_shape=("h", "w"), weights=()):
 def test_a_skip_stays_alive_across_the_nodes_between():
     """x feeds the last node, so it is alive beside every tensor made on the way: three fp32 values per
     pixel at every step from b on (a per-node input + output count says two at the chain's steps)."""
-    chain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("Add", ["x", "c"], ["d"])]
+    chain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["unread"]),
+             helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("Add", ["x", "c"], ["d"])]  # "unread": made and never read, dead at once
     assert peak_bytes_per_pixel(_graph(chain), ONE) == 3 * 4
     # without the skip, a chain holds only a node's input and output
     plain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
@@ -46,6 +47,8 @@ def test_a_graph_with_a_shape_that_is_not_known_says_unknown_and_writes_nothing(
     custom = _graph([helper.make_node("Foo", ["x"], ["a"], domain="my.ops"), helper.make_node("Relu", ["a"], ["d"])])
     custom.opset_import.append(helper.make_opsetid("my.ops", 1))
     assert peak_bytes_per_pixel(custom, ONE) == 0
+    cyclic = _graph([helper.make_node("Relu", ["x"], ["d"]), helper.make_node("Relu", ["d"], ["d"])])
+    assert peak_bytes_per_pixel(cyclic, ONE) == 0  # the inference raises: unknown, never a failed export
     assert list(tmp_path.iterdir()) == []
     assert activation_bytes_per_pixel(ONE.with_(activation_bytes=0)) == activation_bytes_per_pixel(ONE) > 0
 
@@ -109,7 +112,8 @@ def test_the_probe_size_follows_the_graphs_size_rules():
     assert probe_size(ONE.with_(fixed_hw=(32, 40), max_batch=1)) == (32, 40)
 
 
-def test_a_fixed_size_graph_is_measured_at_its_size_and_a_pixel_graph_in_its_layout():
+@pytest.mark.parametrize("io", ["uint8-nhwc", "uint8-nhwc-planar"])
+def test_a_fixed_size_graph_is_measured_at_its_size_and_a_pixel_graph_in_its_layout(io):
     """A graph exported at one size is measured there; a uint8 graph whose input is NHWC gets its probe in
     that order (a 3-channel NHWC input read as NCHW would feed the conv 256 channels, not 3)."""
     fixed = _graph([helper.make_node("Relu", ["x"], ["d"])])
@@ -124,7 +128,7 @@ def test_a_fixed_size_graph_is_measured_at_its_size_and_a_pixel_graph_in_its_lay
              helper.make_node("Conv", ["f", "w"], ["y"], kernel_shape=[1, 1])]
     pixels = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[
         helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], [0.0] * 12)]), opset_imports=[helper.make_opsetid("", 18)])
-    desc = ModelDescriptor(name="p", scale=1, io="uint8-nhwc")
+    desc = ModelDescriptor(name="p", scale=1, io=io)
     # the Cast's float input and output, 3 channels each side: t (uint8, 3) + f (fp32, 12 bytes), then f + y (16)
     assert peak_bytes_per_pixel(pixels, desc) == 12 + 16
 
