@@ -194,3 +194,14 @@ def test_a_full_disk_under_the_cache_names_the_path(tiny_ckpt, tmp_path, monkeyp
     assert r.exit_code != 0 and f"error: {tmp_path / 'cache' / 'onnx'}" in r.output, r.output
     assert "write failed (No space left on device)" in r.output
     assert not list((tmp_path / "cache" / "onnx").glob("*.onnx")) and not (tmp_path / "o.png").exists()
+
+
+def test_the_cpu_is_named_with_its_family_and_model():
+    """Two cloud EPYCs both called "AMD EPYC" (Zen 4, family 25; Zen 5, family 26) measure differently: the
+    name every figure and every cached ranking carries says which. Only the first processor's block is read."""
+    from sr_deploy.machine import cpu_name
+
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n"
+            "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9454\n")
+    assert cpu_name(info) == "AMD EPYC (family 26, model 2)"
+    assert cpu_name("model name\t: Some CPU\n") == "Some CPU"  # no family line: the name alone
