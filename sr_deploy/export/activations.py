@@ -4,9 +4,8 @@ The profile and the runners size batches and tiles by it (engine/profile.activat
 formula from the descriptor (channels, scale) fits the pixel-shuffle networks trained here but not every
 community architecture: SRVGG compact (Real-ESRGAN's animevideov3) runs every convolution at the input's
 size, so the upsampler bound overstated it 15x and tiled its 270x480 video frames on ONNX Runtime (0.9 →
-1.4 frames/s end to end), and Real-CUGAN
-(unpadded convolutions on a border-padded input, a U-Net) holds 1.4x more than the bound said. Shape
-inference gives every intermediate tensor's shape at a probe size (ONNX Runtime's symbolic inference:
+1.4 frames/s end to end), and Real-CUGAN (unpadded convolutions on a border-padded input, a U-Net) holds
+1.2x more than the bound said. Shape inference gives every intermediate tensor's shape at a probe size (ONNX Runtime's symbolic inference:
 onnx's own stops at the Max() of the pad that graphs cropping their border compute); a sweep over the
 nodes in their (topological) order gives the bytes alive at each step, as a sequential executor holds them. No
 library computes this liveness figure (ONNX Runtime's memory planner works inside a session and reports
