@@ -163,15 +163,15 @@ def retime_in_background() -> bool:
     return os.environ.get(RETIME_ENV, "background") != "foreground"
 
 
-def _stored(source) -> tuple[dict, Path, dict | None, str]:
-    """(this machine's key, the ranking file, its content, why not): the content only when it is a ranking
+def _stored(source) -> tuple[dict, dict | None, str]:
+    """(this machine's key, the ranking file's content, why not): the content only when it is a ranking
     for this key, else None and why (missing, unreadable, or another CPU's, model's or versions'). The one
     reader of the file: the run, the first timing and the re-timing must agree on what counts as a ranking
     (a damaged file that the run rejected and the re-timing took for a final ranking was never timed)."""
     key = cache_key(source)
     path = cache_path(source, key["model_sha256"])
     if not path.is_file():
-        return key, path, None, "not measured on this machine yet"
+        return key, None, "not measured on this machine yet"
     try:
         data = json.loads(path.read_text())
         ranking = data["ranking"]
@@ -179,10 +179,10 @@ def _stored(source) -> tuple[dict, Path, dict | None, str]:
                 isinstance(r, dict) and {"backend", "precision", "ms"} <= set(r) for r in ranking):
             raise ValueError("bad ranking")
     except (OSError, ValueError, KeyError, TypeError):
-        return key, path, None, f"the cached ranking {path} is unreadable: measuring again"
+        return key, None, f"the cached ranking {path} is unreadable: measuring again"
     if data.get("key") != key:
-        return key, path, None, "the cached ranking is from another CPU, model or library version: measuring again"
-    return key, path, data, ""
+        return key, None, "the cached ranking is from another CPU, model or library version: measuring again"
+    return key, data, ""
 
 
 def _busy_share(data: dict) -> float | None:
@@ -197,15 +197,14 @@ def cached_ranking(source, *, background: bool = False) -> tuple[list[dict] | No
     A provisional ranking (timed while the CPU was busy) on a CPU that is quiet now: (None, ...) so that the
     caller times it again, or with ``background`` the ranking itself, its re-timing left to a detached
     process that starts once this one has ended (``retime_after_exit``)."""
-    key, path, data, why = _stored(source)
+    key, data, why = _stored(source)
     if data is None:
         return None, why
     ranking, busy = data["ranking"], _busy_share(data)
     if busy is not None:
         if quiet_now():
             if background:
-                pid, log = _retiming.get(str(path)) or retime_after_exit(source, key["model_sha256"])
-                _retiming[str(path)] = (pid, log)  # one re-timing per model and run, however often auto asks
+                pid, log = time_after_exit(source, key["model_sha256"])
                 return ranking, (f"measured earlier while other work used {busy:.0%} of the CPU, so provisional; "
                                  f"timed again once this run ends, if the CPU is still quiet (process {pid}, "
                                  f"log {log})")
@@ -220,10 +219,11 @@ _detached: list = []  # the re-timing processes started here: kept so that Pytho
 _retiming: dict[str, tuple[int, Path]] = {}  # cached ranking's path -> (pid, log) of the re-timing started for it
 
 
-def time_after_exit(source) -> tuple[int, Path]:
-    """The detached timing of a model never timed on this machine, started once per model and run (a first
-    run follows the fixed rules at once rather than wait for every runner to be timed)."""
-    sha = cache_key(source)["model_sha256"]
+def time_after_exit(source, sha: str | None = None) -> tuple[int, Path]:
+    """The detached timing for after this run (``retime_after_exit``), started once per model and run however
+    often auto asks: the first timing of a model never timed on this machine (a first run follows the fixed
+    rules at once rather than wait for every runner to be timed), or the re-timing of a provisional ranking."""
+    sha = sha or cache_key(source)["model_sha256"]
     path = str(cache_path(source, sha))
     if path not in _retiming:
         _retiming[path] = retime_after_exit(source, sha)
@@ -232,7 +232,7 @@ def time_after_exit(source) -> tuple[int, Path]:
 
 def needs_first_timing(source) -> bool:
     """No ranking of ``source`` for this machine (none, unreadable, or another CPU's or version's)."""
-    return _stored(source)[2] is None
+    return _stored(source)[1] is None
 
 
 def retime_after_exit(source, sha: str) -> tuple[int, Path]:
@@ -250,7 +250,7 @@ def retime_after_exit(source, sha: str) -> tuple[int, Path]:
 
 def still_provisional(source) -> bool:
     """Whether the cached ranking of ``source`` is for this machine and was timed on a busy CPU."""
-    data = _stored(source)[2]
+    data = _stored(source)[1]
     return data is not None and _busy_share(data) is not None
 
 
