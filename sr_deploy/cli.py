@@ -94,6 +94,8 @@ class _Command(_BareHelp, TyperCommand):
 
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "train"
+# the recipes the checkout holds, named in `train --help` from the folder so that a new one is never left out
+_RECIPE_NAMES = ", ".join(sorted(p.stem for p in REPO_RECIPES.glob("*.toml"))) or "none in this install"
 
 
 def _fail(exc: SRDeployError) -> None:
@@ -105,7 +107,7 @@ def _fail(exc: SRDeployError) -> None:
 def train(
     data: List[Path] = typer.Option(..., "--data", help="Folder(s) of HR training images (recursive)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Folder of HR validation images."),
-    recipe: str = typer.Option("srresnet", "--recipe", help="A recipe in train/ (srresnet_x4, srgan_x4, light_x4, srresnet_x4_degraded), a TOML file, or srresnet | srgan for the built-in defaults."),
+    recipe: str = typer.Option("srresnet", "--recipe", help=f"A recipe in train/ ({_RECIPE_NAMES}), a TOML file, or srresnet | srgan for the built-in defaults."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Upscaling factor (recipe: 4)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total steps of the LR schedule (recipe's; with --resume: the checkpoint's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (the recipe's schedule scales it)."),
@@ -123,7 +125,7 @@ def train(
     channels: Optional[int] = typer.Option(None, "--channels", help="Feature channels (recipe: 64)."),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
     arch: Optional[str] = typer.Option(None, "--arch", help="srresnet | light."),
-    degradation: Optional[str] = typer.Option(None, "--degradation", help="bicubic (clean) | degraded (blur, noise, JPEG)."),
+    degradation: Optional[str] = typer.Option(None, "--degradation", help="bicubic (clean) | degraded (blur, noise, JPEG) | real (Real-ESRGAN's second order: blur, resize, noise, JPEG, twice)."),
     scale_aug: Optional[float] = typer.Option(None, "--scale-aug", help="VDSR's scale augmentation: HR images downscaled by a random factor in [F, 1] before cropping (1 = off)."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate (and keep best.pt) every N steps."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),

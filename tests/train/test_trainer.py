@@ -190,10 +190,23 @@ def test_bad_inputs(hr_dir, tmp_path):
         train(_cfg(hr_dir, tmp_path / "o", resume=str(other)), quiet=True)
 
 
-def test_shipped_recipes_parse():
-    for name in ("srresnet_x4", "srgan_x4"):
+def test_shipped_recipes_parse_and_train_help_names_each():
+    from typer.testing import CliRunner
+
+    from sr_deploy.cli import app
+
+    names = sorted(p.stem for p in (REPO / "train").glob("*.toml"))
+    assert {"srresnet_x4", "srgan_x4", "light_x4", "srresnet_x4_real"} <= set(names)
+    for name in names:
         cfg = load_recipe(name, REPO / "train")
-        assert cfg.scale == 4 and cfg.num_blocks == 16
+        assert cfg.scale == 4
+    assert load_recipe("srresnet_x4", REPO / "train").num_blocks == 16
+    # the help is read by people choosing a recipe: every shipped one is named there, and every degradation
+    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    for name in names:
+        assert name in help_text, name
+    for kind in ("bicubic", "degraded", "real"):
+        assert f"{kind} (" in help_text, kind
 
 
 def test_ddp_two_cpu_processes(hr_dir, tmp_path):
