@@ -9,6 +9,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
@@ -148,12 +150,37 @@ def is_sealed(entry: str | os.PathLike) -> bool:
     return ok
 
 
+# One read per file version and process: a run names its model to the export cache, the tune cache and the
+# auto choice, and checks the cached graphs' seals, so a 67 MB community model was read 12 times before its
+# first frame (0.3-0.6 s). A digest is reused only while the file's identity, size, mtime and ctime are
+# unchanged, and only for files last changed more than RACY_NS before they were read (git's "racy" rule:
+# within a timestamp's granularity, a rewrite of the same size could leave all four unchanged).
+_DIGESTS: OrderedDict[tuple, str] = OrderedDict()
+_DIGESTS_KEPT = 64
+RACY_NS = 2_000_000_000
+
+
+def _signature(path: str | os.PathLike) -> tuple[int, int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def sha256_file(path: str | os.PathLike) -> str:
+    sig = _signature(path)
+    digest = _DIGESTS.get(sig)
+    if digest is not None:
+        _DIGESTS.move_to_end(sig)
+        return digest
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - max(sig[3], sig[4]) > RACY_NS:
+        _DIGESTS[sig] = digest
+        while len(_DIGESTS) > _DIGESTS_KEPT:
+            _DIGESTS.popitem(last=False)
+    return digest
 
 
 def model_digest(path: str | os.PathLike) -> str:
