@@ -131,6 +131,7 @@ def train(
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many minutes."),
     stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the schedule still spans --steps)."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX)."),
+    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="Keep the generator's BatchNorm statistics fixed (a fine-tune trains the network as deployed)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
     quiet: bool = typer.Option(False, "--quiet", help="Warnings and errors only, no progress."),
 ) -> None:
@@ -145,7 +146,8 @@ def train(
                           resume=str(resume) if resume else None, init=str(init) if init else None, start_step=start_step,
                           vgg_weights=str(vgg_weights) if vgg_weights else None, content_loss=content_loss,
                           batch_size=batch_size, hr_patch=patch, num_blocks=num_blocks, channels=channels, upsampler=upsampler, arch=arch, degradation=degradation, scale_aug=scale_aug,
-                          val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers)
+                          val_every=val_every, time_limit_min=time_limit, stop_at=stop_at, bf16=bf16, num_workers=workers,
+                          freeze_bn=freeze_bn)
         if out is None and cfg.out == "runs/srresnet":
             from dataclasses import replace
 

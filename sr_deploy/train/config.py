@@ -45,6 +45,10 @@ class TrainConfig:
     pixel_loss: str = "mse"  # mse | l1
     grad_clip: float = 0.0
     ema_decay: float = 0.0  # weight averaging; 0 disables
+    # the generator's BatchNorm kept in eval mode (running statistics fixed, scale and shift still learned): a
+    # fine-tune then trains the network exactly as it is deployed (BN folded), free of the batch statistics'
+    # noise at small batches and of their drift when the input mix changes (clean and degraded samples)
+    freeze_bn: bool = False
     # srgan
     init: str | None = None  # weights to start from: srgan's SRResNet, or shipped weights to continue training
     start_step: int = 0  # with init: continue the schedule and data sequence from this step (re-warmed up)

@@ -288,13 +288,22 @@ def _save(nets: _Nets, cfg: TrainConfig, path: Path, step: int, best: float, bad
     save_checkpoint(path, nets.G, extra=extra)
 
 
+def _train_mode(net: nn.Module, cfg: TrainConfig) -> None:
+    """Training mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode (TrainConfig.freeze_bn)."""
+    net.train()
+    if cfg.freeze_bn:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _validate(nets: _Nets, cfg: TrainConfig, val_pairs):
     """Validate the raw weights and, with EMA, the average too; return the better one (val_score)."""
     best_res, best_net = None, None
     for net in ([_unwrap(nets.G)] + ([nets.ema.module] if nets.ema is not None else [])):
         net.eval()
         res = evaluate(val_pairs, cfg.scale, torch_upscaler(net, channels_last=cfg.channels_last))
-        net.train()
+        _train_mode(net, cfg)
         if best_res is None or val_score(cfg.recipe, res) > val_score(cfg.recipe, best_res):
             best_res, best_net = res, net
     return best_res, best_net
@@ -383,7 +392,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     running: dict[str, float] = {}
     step = start
     stop = False
-    nets.G.train()
+    _train_mode(nets.G, cfg)
     batches = None
     try:
         batches = iter(loader)

@@ -59,6 +59,26 @@ def test_srresnet_step_changes_weights(hr_dir, tmp_path):
     assert (tmp_path / "r" / "curves.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_trains_the_deployed_network_and_keeps_the_statistics(hr_dir, tmp_path, freeze):
+    """freeze_bn: BatchNorm's running statistics stay as they were through training and after a
+    validation (which puts the network back in training mode), while every parameter, BN's scale and
+    shift included, still learns; without it the statistics follow the batches."""
+    init = save_checkpoint(tmp_path / "init.pt", tiny_model(2))
+    cfg = _cfg(hr_dir, tmp_path / "r", init=str(init), steps=4, val_every=2, ckpt_every=4, ema_decay=0.9,
+               freeze_bn=freeze)
+    train(cfg, quiet=True)
+    before, ck = _weights(init), read_checkpoint(tmp_path / "r" / "last.pt")
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for state in (ck["state_dict"], {k.removeprefix("module."): v for k, v in ck["ema_state_dict"].items()}):
+        # (the EMA's average of a constant rounds in the last bit: "moved" is beyond that)
+        moved = [k for k in stats if not torch.allclose(state[k], before[k], rtol=1e-6, atol=1e-7)]
+        assert moved == ([] if freeze else stats)
+    params = [n for n, _ in tiny_model(2).named_parameters()]
+    assert all(not torch.equal(ck["state_dict"][k], before[k]) for k in params)
+
+
 def _vgg_file(path, *, wrong=False):
     feats = VGGFeatures("vgg54").features if not wrong else torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
@@ -202,7 +222,8 @@ def test_shipped_recipes_parse_and_train_help_names_each():
         assert cfg.scale == 4
     assert load_recipe("srresnet_x4", REPO / "train").num_blocks == 16
     # the help is read by people choosing a recipe: every shipped one is named there, and every degradation
-    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    help_text = " ".join(out.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # rich's frame, its wrapping undone
     for name in names:
         assert name in help_text, name
     for kind in ("bicubic", "degraded", "real"):
@@ -248,11 +269,11 @@ def test_cli_flags_reach_the_config(hr_dir, tmp_path):
     r = CliRunner().invoke(app, ["train", "--data", str(hr_dir), "--scale", "2", "--blocks", "2", "--channels", "8",
                                  "--patch", "24", "--batch-size", "2", "--steps", "1", "--lr", "3e-3", "--workers", "0",
                                  "--pixel-loss", "mse", "--ema-decay", "0.9", "--scale-aug", "0.7",
-                                 "--no-bf16", "--out", str(out), "--quiet"])
+                                 "--no-bf16", "--freeze-bn", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     cfg = read_checkpoint(out / "last.pt")["config"]
     assert (cfg["lr"], cfg["steps"], cfg["num_blocks"], cfg["hr_patch"]) == (3e-3, 1, 2, 24)
-    assert (cfg["pixel_loss"], cfg["ema_decay"], cfg["scale_aug"]) == ("mse", 0.9, 0.7)
+    assert (cfg["pixel_loss"], cfg["ema_decay"], cfg["scale_aug"], cfg["freeze_bn"]) == ("mse", 0.9, 0.7, True)
 
 
 def test_best_means_psnr_for_srresnet_and_hr_like_detail_for_srgan():
