@@ -578,6 +578,11 @@ def bench(
     outscale: Optional[int] = typer.Option(None, "--outscale", metavar="N", help="Score quality at xN (LR images "
                                            "downscaled by N) with each model's output resized to it, as `run "
                                            "--outscale N` makes it (e.g. a x4 model for x2)."),
+    degrade: str = typer.Option("bicubic", "--degrade", metavar="bicubic|real[:SEED]",
+                                help="How the quality sets' LR images are made: bicubic downscales, or Real-ESRGAN's "
+                                     "second-order degradation (blur, resize, noise, JPEG, twice), one draw per "
+                                     "image from SEED (default 777), the same on every run: scores models for real "
+                                     "footage."),
     host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
                                                           "(default 270x480 → 1080x1920): float I/O vs pixels in the graph, "
                                                           "RGB vs the YUV graph (also 540x960 → 4K), and the host encoder's "
@@ -627,6 +632,9 @@ def bench(
             raise InputError(f"--outscale must be at least 1, got {outscale}")
         if outscale is not None and montage:
             raise InputError("--montage shows each model at its own scale; run it without --outscale")
+        from sr_deploy.quality import lr_maker
+
+        lr_maker(degrade)  # a spec that does not parse: one line, before anything runs
         if video is not None:  # so is a clip that is not there, or not a video
             from sr_deploy.media.container import open_input
 
@@ -650,7 +658,7 @@ def bench(
                           sizes=tuple(parse_hw(s) for s in size) or ((128, 128), (270, 480)),
                           batches=tuple(batch) or (1,), video=str(video) if video else None,
                           calib=str(calib) if calib else None, speed=not no_speed, quality=not no_quality,
-                          min_time_s=min_time, ensemble=ensemble, outscale=outscale)
+                          min_time_s=min_time, ensemble=ensemble, outscale=outscale, degrade=degrade)
         res = run_bench(cfg, say=lambda line: typer.echo(line, err=True))
         typer.echo(markdown(res))
         if not (res.quality or res.speed or res.video):  # every part skipped: the notes above say why
@@ -662,7 +670,7 @@ def bench(
         if plot:
             write_plot(res, plot)
         if montage:
-            write_montage(list(model), str(data[0]) if data else None, montage)
+            write_montage(list(model), str(data[0]) if data else None, montage, degrade=degrade)
     except SRDeployError as exc:
         _fail(exc)
 

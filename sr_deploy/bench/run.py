@@ -41,6 +41,7 @@ class BenchConfig:
     speed: bool = True
     ensemble: bool = False  # also score the x8 self-ensemble (rows of their own, precision "P+x8")
     outscale: int | None = None  # score at this factor (LR downscaled by it; the model's output resized to it)
+    degrade: str = "bicubic"  # the quality sets' LR: bicubic, or real[:SEED] (quality.lr_maker)
 
 
 @dataclass
@@ -143,21 +144,24 @@ def _uint8_upscaler(runner, outscale: int | None = None) -> Callable[[np.ndarray
 
 
 def _datasets(cfg: BenchConfig, scale: int, say) -> list[tuple[str, list]]:
-    from sr_deploy.quality import load_eval_set
+    from sr_deploy.quality import load_eval_set, lr_maker
 
+    label, make = lr_maker(cfg.degrade)
+    suffix = "" if make is None else f" ({label})"
     out = []
     if not cfg.data:
         from sr_deploy.synthetic import synthetic_images
         from sr_deploy.metrics import make_lr, mod_crop
         from sr_deploy.quality import EvalPair
 
-        pairs = [EvalPair(f"gen{i}", mod_crop(im, scale), make_lr(mod_crop(im, scale), scale))
-                 for i, im in enumerate(synthetic_images())]
+        hrs = [mod_crop(im, scale) for im in synthetic_images()]
+        pairs = [EvalPair(f"gen{i}", hr, make(hr, scale, i) if make else make_lr(hr, scale))
+                 for i, hr in enumerate(hrs)]
         say("quality on built-in generated images; published-comparable numbers need --data (e.g. Set5)")
-        return [("generated", pairs)]
+        return [("generated" + suffix, pairs)]
     for d in cfg.data:
         try:
-            out.append((Path(d).name, load_eval_set(d, scale, say=say)))
+            out.append((Path(d).name + suffix, load_eval_set(d, scale, say=say, make_lr=make)))
         except SRDeployError as exc:
             say(f"skipped dataset {d}: {exc}")
     return out
@@ -550,28 +554,29 @@ def write_plot(res: BenchResult, path: Path) -> None:
 
 
 def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64, zoom: int = 4,
-                  max_images: int = 5) -> None:
+                  max_images: int = 5, degrade: str = "bicubic") -> None:
     """One row per image (up to ``max_images``): bicubic | each model | HR, zoomed (nearest) on that
     image's most detailed crop, so that textures (hair, feathers, fabric) are compared side by side.
-    Models run at fp32."""
+    Models run at fp32; the LR is made as the quality rows make it (``degrade``: quality.lr_maker)."""
     import cv2
 
-    from sr_deploy.quality import bicubic_upscale, load_eval_set
+    from sr_deploy.quality import bicubic_upscale, load_eval_set, lr_maker
     from sr_deploy.runtime.select import make_runner, resolve_model
 
     sources = [resolve_model(m) for m in (models or [None])]
     # fp32 for every model: the montage compares the models themselves, not their INT8 variants
     runners = [make_runner(s, "auto", "fp32")[0] for s in sources]
     scale = runners[0].scale
+    make = lr_maker(degrade)[1]
     if data:
-        pairs = load_eval_set(data, scale)[:max_images]
+        pairs = load_eval_set(data, scale, make_lr=make)[:max_images]
     else:
         from sr_deploy.synthetic import synthetic_images
         from sr_deploy.metrics import make_lr, mod_crop
         from sr_deploy.quality import EvalPair
 
         hr = mod_crop(synthetic_images(1)[0], scale)
-        pairs = [EvalPair("gen", hr, make_lr(hr, scale))]
+        pairs = [EvalPair("gen", hr, make(hr, scale, 0) if make else make_lr(hr, scale))]
     outputs = [[bicubic_upscale(p.lr, scale) for p in pairs]]
     for r in runners:
         with r:

@@ -34,7 +34,8 @@ from sr_deploy.models.discriminator import Discriminator
 from sr_deploy.progress import Progress
 from sr_deploy.quality import bicubic_upscale, evaluate, load_eval_set, torch_upscaler
 from sr_deploy.train.config import TrainConfig
-from sr_deploy.train.data import CropDataset, StepSampler, degradation_for, degraded_eval_lr
+from sr_deploy.degradations import degradation_for, degraded_eval_lr
+from sr_deploy.train.data import CropDataset, StepSampler
 
 log = logging.getLogger(__name__)
 VGG_RESCALE = 1.0 / 12.75

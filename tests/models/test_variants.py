@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from sr_deploy.models.discriminator import Discriminator
-from sr_deploy.train.data import Degradation
+from sr_deploy.degradations import Degradation
 
 
 def test_ten_block_discriminator_with_skip():

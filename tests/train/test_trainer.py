@@ -426,7 +426,8 @@ def test_a_run_with_loader_workers_exits_when_it_is_done(hr_dir, tmp_path):
 
 
 def test_clean_prob_reaches_the_second_order_degradation_and_mixed_validation_pools_both(hr_dir, tmp_path, monkeypatch):
-    from sr_deploy.train import data, trainer
+    from sr_deploy import degradations as data
+    from sr_deploy.train import trainer
 
     assert data.degradation_for("real", 0.5).clean_prob == 0.5
     hr = pattern_image(48, 48, 3, seed=2)
