@@ -31,7 +31,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     degradation: str = "bicubic"  # bicubic (clean) | degraded (blur, noise, JPEG) | real (second order); see sr_deploy/degradations.py
-    val_degradation: str = "bicubic"  # bicubic | real: validation LR made by data.degraded_eval_lr (fixed seeds) | mixed: both, pooled
+    val_degradation: str = "bicubic"  # bicubic | real: validation LR made by degradations.degraded_eval_lr (fixed seeds) | mixed: both, pooled
     clean_prob: float = 0.2  # degradation = real: the share of samples kept as clean bicubic downscales
     scale_aug: float = 1.0  # VDSR's scale augmentation: HR downscaled by a factor in [scale_aug, 1] before cropping; 1 = off
     # optimisation
