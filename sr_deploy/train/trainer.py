@@ -209,6 +209,33 @@ def _build_nets(cfg: TrainConfig, device: torch.device, fmt, content) -> _Nets:
     return nets
 
 
+def _grows(old: dict, new: dict) -> bool:
+    """Whether ``new`` is the SRResNet ``old`` with more residual blocks (all else equal)."""
+    return (old.get("arch") == new.get("arch") == "srresnet" and isinstance(old.get("num_blocks"), int)
+            and new["num_blocks"] > old["num_blocks"]
+            and {k: v for k, v in old.items() if k != "num_blocks"} == {k: v for k, v in new.items() if k != "num_blocks"})
+
+
+def _grown(init_payload: dict, G: nn.Module, main: bool) -> dict:
+    """The init weights for ``G``; where ``G`` has more residual blocks than the checkpoint, its first
+    blocks take the checkpoint's and the extra ones, appended at the end of the trunk, start as identities
+    (their last BatchNorm's scale and shift zero, as in zero-initialised residual branches), so training
+    starts from the checkpoint's exact function and the new blocks learn from there: capacity added to a
+    trained generator without training it again from scratch."""
+    state, own = dict(init_payload["state_dict"]), _unwrap(G).state_dict()
+    extra = sorted(k for k in own if k not in state)
+    if not extra:
+        return state
+    for k in extra:
+        state[k] = own[k].clone()
+        if k.endswith(("body.4.weight", "body.4.bias")):  # the block's last BN: scale and shift 0
+            state[k] = torch.zeros_like(own[k])
+    if main:
+        log.info("grown from %d to %d residual blocks: the extra blocks start as identities",
+                 init_payload["arch"]["num_blocks"], _unwrap(G).config.num_blocks)
+    return state
+
+
 def _restore(nets: _Nets, cfg: TrainConfig, resume_payload, init_payload, main: bool) -> tuple[int, float, int]:
     """Weights, optimizers and schedule from a resumed run or an init checkpoint; (start step, best score,
     validations without improvement)."""
@@ -228,9 +255,10 @@ def _restore(nets: _Nets, cfg: TrainConfig, resume_payload, init_payload, main: 
             log.info("resumed from %s at step %d: %s schedule to step %d, lr now %.3g",
                      cfg.resume, start, cfg.schedule, cfg.steps, nets.g_opt.param_groups[0]["lr"])
     elif init_payload:
-        nets.G.load_state_dict(init_payload["state_dict"])
+        state = _grown(init_payload, nets.G, main)
+        nets.G.load_state_dict(state)
         if nets.ema is not None:
-            nets.ema.module.load_state_dict(init_payload["state_dict"])
+            nets.ema.module.load_state_dict(state)
         if cfg.start_step:
             start = cfg.start_step
             nets.g_sched.last_epoch = start
@@ -325,8 +353,9 @@ def _inputs(cfg: TrainConfig):
         raise InputError("the srgan recipe starts from an SRResNet checkpoint: pass --init CKPT")
     if cfg.init and not resume_payload:
         init_payload = read_checkpoint(cfg.init)
-        if init_payload["arch"] != cfg.arch_dict():
-            raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}")
+        if init_payload["arch"] != cfg.arch_dict() and not _grows(init_payload["arch"], cfg.arch_dict()):
+            raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}"
+                             " (an SRResNet may only grow: more --blocks than the checkpoint, all else equal)")
     dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
                           degradation=degradation_for(cfg.degradation, cfg.clean_prob))
     val_pairs = None

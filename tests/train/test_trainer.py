@@ -79,6 +79,32 @@ def test_freeze_bn_trains_the_deployed_network_and_keeps_the_statistics(hr_dir, 
     assert all(not torch.equal(ck["state_dict"][k], before[k]) for k in params)
 
 
+def test_a_generator_grows_from_a_checkpoint_with_fewer_blocks(hr_dir, tmp_path):
+    """--blocks above the init checkpoint's: its blocks first, the extra ones as identities, so the grown
+    network computes what the checkpoint did; then it trains. Shrinking or another width is refused."""
+    from sr_deploy.models.checkpoint import build_generator
+    from sr_deploy.train.trainer import _grown
+
+    small = tiny_model(2)
+    init = save_checkpoint(tmp_path / "init.pt", small)
+    big = build_generator({**read_checkpoint(init)["arch"], "num_blocks": 4})
+    big.load_state_dict(_grown(read_checkpoint(init), big, False))
+    x = torch.rand(1, 3, 12, 16)
+    with torch.no_grad():
+        assert torch.allclose(big.eval()(x), small.eval()(x), atol=1e-6)
+    sd = big.state_dict()
+    for i in (2, 3):  # the extra blocks: a zero last BN (so identities), the rest trainable as initialised
+        assert not sd[f"trunk.{i}.body.4.weight"].any() and not sd[f"trunk.{i}.body.4.bias"].any()
+        assert sd[f"trunk.{i}.body.0.weight"].abs().sum() > 0
+    train(_cfg(hr_dir, tmp_path / "r", init=str(init), num_blocks=4), quiet=True)
+    ck = read_checkpoint(tmp_path / "r" / "last.pt")
+    assert ck["arch"]["num_blocks"] == 4 and ck["step"] == 2
+    assert not torch.equal(ck["state_dict"]["trunk.3.body.4.weight"], torch.zeros(8))  # the new blocks learn
+    for kw in ({"num_blocks": 1}, {"channels": 16}, {"num_blocks": 4, "channels": 16}):
+        with pytest.raises(ModelError, match="init checkpoint architecture"):
+            train(_cfg(hr_dir, tmp_path / "no", init=str(init), **kw), quiet=True)
+
+
 def _vgg_file(path, *, wrong=False):
     feats = VGGFeatures("vgg54").features if not wrong else torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     state = {f"features.{k}": v.clone() for k, v in feats.state_dict().items()}
