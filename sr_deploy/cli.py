@@ -121,7 +121,7 @@ def train(
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="srgan: vgg54 | vgg22 | mse."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (recipe: 16)."),
     patch: Optional[int] = typer.Option(None, "--patch", help="HR crop size in pixels (a multiple of the scale)."),
-    num_blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual blocks (recipe: 16)."),
+    num_blocks: Optional[int] = typer.Option(None, "--blocks", help="Residual blocks (recipe: 16); more than an --init checkpoint's grows it (the extra blocks start as identities)."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Feature channels (recipe: 64)."),
     upsampler: Optional[str] = typer.Option(None, "--upsampler", help="pixelshuffle | deconv | nearest_conv."),
     arch: Optional[str] = typer.Option(None, "--arch", help="srresnet | light."),
