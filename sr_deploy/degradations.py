@@ -34,9 +34,7 @@ class Degradation:
             noisy = lr.astype(np.float32) + rng.normal(0.0, rng.uniform(*self.noise_sigma), lr.shape)
             lr = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
         if rng.random() < self.jpeg_prob:
-            q = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
-            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(lr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, q])
-            lr = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+            lr = _jpeg(lr, rng, self.jpeg_quality)
         return np.ascontiguousarray(lr)
 
 
