@@ -477,6 +477,9 @@ def build_engine_cmd(
                                              "(default: the --calib folder's held-out files, else srdeploy's bundled photographs)."),
     min_fidelity_db: Optional[float] = typer.Option(None, "--min-fidelity-db", help="Least PSNR of the variant's output "
                                                     "against the fp32 model's own (default 45 fp16, 40 int8)."),
+    degrade: Optional[str] = typer.Option(None, "--degrade", metavar="real[:SEED]",
+                                          help="For a model made for real footage: calibrate and gate on each image "
+                                               "also degraded (Real-ESRGAN's second order: blur, resize, noise, JPEG)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="LR calibration crops (default 64 percentile/entropy, 256 minmax)."),
     calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
@@ -522,7 +525,7 @@ def build_engine_cmd(
                                          budget_db=max_delta_db, min_fidelity_db=min_fidelity_db,
                                          calib_count=calib_count, calib_size=calib_size,
                                          quantize_ends=quantize_ends, calib_method=calib_method, overwrite=overwrite,
-                                         **({"percentiles": tuple(percentile)} if percentile else {}))
+                                         degrade=degrade, **({"percentiles": tuple(percentile)} if percentile else {}))
             if report.percentile_search:
                 typer.echo("percentile search (ΔPSNR on held-out calibration images): "
                            + ", ".join(f"{k}: {v:.3f} dB" for k, v in report.percentile_search.items())

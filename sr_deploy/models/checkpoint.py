@@ -47,10 +47,16 @@ def arch_of(model: nn.Module) -> dict:
     return model.config.to_dict()  # type: ignore[attr-defined]
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write model weights + hyperparameters (+ optional training state) atomically."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write model weights + hyperparameters (+ optional training state) atomically.
+
+    ``dtype`` (torch.float16): floating tensors stored in it, half the bytes (a release's weights; loading
+    casts them back into the model's float32 parameters). Integer buffers keep theirs."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     arch = arch_of(_unwrap(model))
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":

@@ -70,10 +70,17 @@ def precision_path(src: Path, precision: str) -> Path:
     return src.with_name(f"{name}.{precision}.onnx")
 
 
-def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int = 8, held_out: bool = False):
-    """(HR, LR) pairs for the gate: center crops of real images, or the built-in generated set."""
+def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int = 8, held_out: bool = False,
+               degrade: str | None = None):
+    """(HR, LR) pairs for the gate: center crops of real images, or the built-in generated set.
+
+    ``degrade`` (``real[:SEED]``, quality.lr_maker): each crop also as a degraded LR (a second pair sharing
+    the HR array), for a model made for real footage, whose variant must hold on the noise and JPEG it is
+    for; a clean-only gate never feeds it any (bicubic downscales are smooth)."""
     from sr_deploy.metrics import make_lr, mod_crop
-    from sr_deploy.quality import EvalPair
+    from sr_deploy.quality import EvalPair, lr_maker
+
+    dlabel, dmake = lr_maker(degrade)
 
     if folder is None:
         imgs, label = bundled_images(count), "srdeploy's bundled real photographs"
@@ -101,6 +108,9 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
         y, x = (h - c) // 2, (w - c) // 2
         hr = mod_crop(img[y:y + c, x:x + c], scale)
         pairs.append(EvalPair(f"{i}", hr, make_lr(hr, scale)))
+    if dmake is not None:
+        pairs += [EvalPair(f"{p.name} ({dlabel})", p.hr, dmake(p.hr, scale, i)) for i, p in enumerate(pairs)]
+        label = f"{label}; each also degraded ({dlabel})"
     if not pairs:
         raise InputError(f"{folder}: no images for the quality gate")
     return pairs, label
@@ -150,8 +160,11 @@ class Gate:
     def __init__(self, fp32: Path, pairs, scale: int) -> None:
         self.fp32, self.pairs, self.scale = fp32, pairs, scale
         # fidelity also on a crop of each real picture as it is (no downscale: its own noise and JPEG
-        # blocks), as a user's input would be; a model trained on other degradations shows it here
-        self.inputs = [_center(p.hr, NATIVE_CROP) for p in pairs] + [p.lr for p in pairs]
+        # blocks), as a user's input would be; a model trained on other degradations shows it here.
+        # One per picture: pairs that share an HR array (gate_pairs' degraded copies) share its crop.
+        hrs = list({id(p.hr): p.hr for p in pairs}.values())
+        self.native = len(hrs)
+        self.inputs = [_center(hr, NATIVE_CROP) for hr in hrs] + [p.lr for p in pairs]
         self._ref: list[np.ndarray] | None = None  # the fp32 outputs, float, clipped to [0, 1]
 
     def _run(self, model: Path):
@@ -166,7 +179,7 @@ class Gate:
 
         if self._ref is None:
             self._ref = [np.clip(r, 0, 1) for r in self._run(self.fp32)]
-        n = len(self.pairs)
+        n = self.native
         ps: list[list[float]] = [[], []]
         imgs: list[list[np.ndarray]] = [[], []]
         worst = 0.0
@@ -226,13 +239,18 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                         calib_size: int = 48, quantize_ends: bool = False, calib_method: str = "percentile",
                         percentiles: tuple[float, ...] = (DEFAULT_PERCENTILE,),
                         min_fidelity_db: float | None = None, max_p999_levels: float | None = None,
-                        mixed_precision: bool = True, overwrite: bool = True) -> PrecisionReport:
+                        mixed_precision: bool = True, overwrite: bool = True,
+                        degrade: str | None = None) -> PrecisionReport:
     """Convert, gate, and write ``NAME.<precision>.onnx`` plus ``NAME.<precision>.quality.json``.
 
     With several ``percentiles`` (percentile calibration), each is quantized and scored on
     held-out crops of the *calibration* folder, never on the gate data, and the best is kept:
     which percentile clips least harmfully shifts as a model trains (on srresnet_x4, 99.999
     was best at step 7000 and 99.995 at step 10000).
+
+    ``degrade`` (``real[:SEED]``): calibration crops and gate images (the percentile and mixed-precision
+    searches' too) also come degraded, for a model made for real footage: its activations on noise and
+    JPEG blocks are what its ranges must hold, and what its variant must reproduce.
 
     Raises QualityGateError (nothing written under the model's final name) when
     ΔPSNR exceeds the budget; the report is written either way.
@@ -255,6 +273,9 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     bad = [p for p in percentiles if not 50 < p < 100]
     if bad:
         raise InputError(f"--percentile must be above 50 and below 100 (for example 99.999), got {bad[0]:g}")
+    from sr_deploy.quality import lr_maker
+
+    lr_maker(degrade)  # a bad spec fails before any work
     desc = read_descriptor(src)
     if desc.precision != "fp32":
         raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")
@@ -272,8 +293,9 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             # ONNX Runtime's histogram calibrators keep every crop's activations until the end
             # (about 65 MB per 48px crop for srresnet_x4): 64 crops stay near 4 GB; min/max streams
             calib_count = 256 if calib_method == "minmax" else 64
-        batches = calibration_batches(calib, count=calib_count, lr_size=calib_size, scale=desc.scale)
-    pairs, label = gate_pairs(gate_data or calib, desc.scale, held_out=gate_data is None and calib is not None)
+        batches = calibration_batches(calib, count=calib_count, lr_size=calib_size, scale=desc.scale, degrade=degrade)
+    pairs, label = gate_pairs(gate_data or calib, desc.scale, held_out=gate_data is None and calib is not None,
+                              degrade=degrade)
     excluded: list[str] = []
     chosen = search = None
     gate = Gate(src, pairs, desc.scale)
@@ -292,7 +314,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             chosen, search = None, None
             if calib_method == "percentile" and len(percentiles) > 1:
                 chosen, search = _search_percentile(src, tmp, batches, calib, desc.scale, percentiles, quantize_ends,
-                                                    ranges)
+                                                    ranges, degrade)
             elif calib_method == "percentile":
                 chosen = percentiles[0]
             excluded = convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method=calib_method,
@@ -312,7 +334,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
             # before refusing: keep the convolutions that measured most sensitive in float (mixed precision)
             pct = chosen or DEFAULT_PERCENTILE
             mixed, g = _mixed_precision(src, tmp, batches, calib, desc.scale, gate, excluded, pct, quantize_ends,
-                                        calib_method, budget, min_fid, max_p999, ranges(pct))
+                                        calib_method, budget, min_fid, max_p999, ranges(pct), degrade)
             excluded = excluded + mixed
             stamp()
         if precision == "fp16":
@@ -339,11 +361,11 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
 
 
 def _search_percentile(src: Path, tmp: Path, batches, calib: Path, scale: int, candidates: tuple[float, ...],
-                       quantize_ends: bool, ranges) -> tuple[float, dict[str, float]]:
+                       quantize_ends: bool, ranges, degrade: str | None = None) -> tuple[float, dict[str, float]]:
     """The candidate percentile with the smallest ΔPSNR on calibration-folder crops not used to calibrate."""
     from sr_deploy.precision.int8 import convert_int8
 
-    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=8)[0], scale)
+    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=8, degrade=degrade)[0], scale)
     scores: dict[str, float] = {}
     for pct in candidates:
         convert_int8(src, tmp, batches, quantize_ends=quantize_ends, method="percentile", percentile=pct,
@@ -364,7 +386,8 @@ MIXED_MAX_FLOAT_SHARE = 0.5  # past half the convolutions in float, INT8 is no l
 
 def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, gate: Gate, excluded: list[str],
                      percentile: float, quantize_ends: bool, method: str, budget: float, min_fid: float,
-                     max_p999: float, ranges: Path | None = None) -> tuple[list[str], GateScores]:
+                     max_p999: float, ranges: Path | None = None,
+                     degrade: str | None = None) -> tuple[list[str], GateScores]:
     """Keep the most sensitive convolutions in float until the INT8 graph passes (or half are float).
 
     Sensitivity is measured: the fidelity of the graph with only one group of convolutions quantized (one
@@ -376,7 +399,7 @@ def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, gat
     once per set of crops (``Gate``)."""
     from sr_deploy.precision.int8 import conv_names, convert_int8
 
-    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=4, crop=96)[0], scale)
+    held_out = Gate(src, gate_pairs(calib, scale, held_out=True, count=4, crop=96, degrade=degrade)[0], scale)
     convs = [c for c in conv_names(src) if c not in excluded]
     size = -(-len(convs) // MAX_GROUPS)
     groups = [convs[i:i + size] for i in range(0, len(convs), size)]
@@ -399,7 +422,7 @@ def _mixed_precision(src: Path, tmp: Path, batches, calib: Path, scale: int, gat
         n *= 2
 
 
-def regate(src: Path, variant: Path, *, gate_data: Path | None = None) -> PrecisionReport:
+def regate(src: Path, variant: Path, *, gate_data: Path | None = None, degrade: str | None = None) -> PrecisionReport:
     """Score an existing variant of ``src`` again with today's gate (fidelity included) and rewrite its report
     beside it: ``python -m sr_deploy.precision.convert FP32.onnx VARIANT.onnx [GATE_DIR]``. The variant
     itself is not touched; calibration facts of the old report (percentile, search, excluded convs) are kept."""
@@ -411,7 +434,7 @@ def regate(src: Path, variant: Path, *, gate_data: Path | None = None) -> Precis
         raise InputError(f"{variant}: regate takes an fp32 ONNX and its fp16 or int8 variant")
     old_path = variant.with_suffix(".quality.json")
     old = json.loads(old_path.read_text()) if old_path.exists() else {}
-    pairs, label = gate_pairs(gate_data, desc.scale)
+    pairs, label = gate_pairs(gate_data, desc.scale, degrade=degrade)
     g = quality_gate(src, variant, pairs, desc.scale)
     budget, min_fid, max_p999 = BUDGETS_DB[precision], MIN_FIDELITY_DB[precision], MAX_P999_LEVELS[precision]
     delta = g.psnr_fp32 - g.psnr_new

@@ -33,14 +33,21 @@ def split_holdout(files: list) -> tuple[list, list]:
     return [f for i, f in enumerate(files) if i % HOLD_OUT_EVERY], list(files[::HOLD_OUT_EVERY])
 
 
+CALIB_DRAWS = 1 << 20  # degraded calibration crops draw from [SEED, CALIB_DRAWS + i]: never a gate image's draw
+
+
 def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, scale: int = 4,
-                        seed: int = 0) -> list[np.ndarray]:
+                        seed: int = 0, degrade: str | None = None) -> list[np.ndarray]:
     """Random LR crops (bicubic-downscaled HR crops) from a folder of real images.
 
     The files ``split_holdout`` holds out are left out, so that crops scored after calibration
-    come from images it never saw.
+    come from images it never saw. ``degrade`` (``real[:SEED]``): every second crop is degraded
+    instead (quality.lr_maker), with draws of its own, so the ranges cover noisy and blocky inputs too.
     """
     from sr_deploy.metrics import make_lr
+    from sr_deploy.quality import lr_maker
+
+    _label, degraded = lr_maker(degrade)
 
     files, _held_out = split_holdout(list_images([folder]))
     if not files:
@@ -67,7 +74,8 @@ def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, sc
         img = images[i % len(images)]
         y = int(rng.integers(0, img.shape[0] - hr_size + 1))
         x = int(rng.integers(0, img.shape[1] - hr_size + 1))
-        lr = make_lr(img[y:y + hr_size, x:x + hr_size], scale)
+        hr = img[y:y + hr_size, x:x + hr_size]
+        lr = degraded(hr, scale, CALIB_DRAWS + i) if degraded is not None and i % 2 else make_lr(hr, scale)
         out.append((lr.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
     return out
 

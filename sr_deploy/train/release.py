@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from sr_deploy.export.onnx_export import export_onnx
 from sr_deploy.fsutil import atomic_path, sha256_file
 from sr_deploy.models.checkpoint import load_checkpoint, save_checkpoint, read_checkpoint
@@ -106,13 +108,21 @@ def _write_json(path: Path, data: dict) -> None:
 
 def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: str = "best.pt",
             notes: str = "", training_machines: str | None = None,
-            data: str = "291 images (yang91 + bsd200), validation Set5") -> dict:
+            data: str = "291 images (yang91 + bsd200), validation Set5", degrade: str | None = None,
+            fp16_weights: bool = False) -> dict:
     """Ship ``run/checkpoint``: best.pt is the run's best validation (trainer.val_score: Y-PSNR, or for
-    srgan the detail ratio closest to HR's)."""
+    srgan the detail ratio closest to HR's).
+
+    ``degrade`` (``real[:SEED]``): a model for real footage; its INT8 is calibrated and gated on degraded
+    inputs too (make_precision_onnx). ``fp16_weights``: the safetensors stored in float16 (half the bytes);
+    everything after (ONNX, scores, variants) is made from the weights as stored, so they all describe
+    the file that ships."""
     ckpt = run / checkpoint
     model, payload = load_checkpoint(ckpt)
     weights_dir = REPO / "sr_deploy" / "weights"
-    weights = save_checkpoint(weights_dir / f"{name}.safetensors", model)
+    weights = save_checkpoint(weights_dir / f"{name}.safetensors", model,
+                              dtype=torch.float16 if fp16_weights else None)
+    model, _ = load_checkpoint(weights)
     onnx_path = REPO / "export" / f"{name}.onnx"
     rep = export_onnx(model, onnx_path, name=name, source_sha256=sha256_file(weights))
     pairs = load_eval_set(val, model.scale)
@@ -145,6 +155,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
         "onnx": f"export/{name}.onnx",
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_parity_max_abs": rep.max_abs_diff,
+        "weights_dtype": "float16" if fp16_weights else "float32",
         "notes": notes,
     }
     if calib is not None:
@@ -155,7 +166,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
             # the INT8 keeps the first and last conv in float (quantizing them cost >0.1 dB from step 7000 on)
             # and takes the calibration percentile that did best on held-out calibration images
             r = make_precision_onnx(onnx_path, precision, calib=calib if precision == "int8" else None,
-                                    gate_data=val, percentiles=PERCENTILE_CANDIDATES)
+                                    gate_data=val, percentiles=PERCENTILE_CANDIDATES, degrade=degrade)
             card[f"{precision}_gate"] = {"delta_psnr_db": round(r.delta_psnr_db, 4), "max_abs_diff": round(r.max_abs_diff, 4),
                                          "fidelity_db": round(r.fidelity_db, 2), "p999_levels": r.p999_levels,
                                          "passed": r.passed, "gate_data": r.gate_data,
@@ -187,9 +198,13 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--data", default="291 images (yang91 + bsd200), validation Set5", help="what it trained on")
     ap.add_argument("--training-machines", help="where the run trained, when not (only) this machine")
+    ap.add_argument("--degrade", metavar="real[:SEED]",
+                    help="a model for real footage: its INT8 calibrated and gated on degraded inputs too")
+    ap.add_argument("--fp16-weights", action="store_true", help="store the safetensors in float16 (half the bytes)")
     args = ap.parse_args()
     card = release(args.run, args.name, val=args.val, calib=args.calib, checkpoint=args.checkpoint, notes=args.notes,
-                   training_machines=args.training_machines, data=args.data)
+                   training_machines=args.training_machines, data=args.data, degrade=args.degrade,
+                   fp16_weights=args.fp16_weights)
     print(json.dumps({k: card[k] for k in card if k not in ("config",)}, indent=2))
 
 

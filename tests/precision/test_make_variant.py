@@ -69,22 +69,28 @@ def steps(tmp_path, monkeypatch):
             return S.scores.pop(0)
 
     def mixed(src, tmp, batches, calib, scale, gate, excluded, pct, quantize_ends, method, budget, min_fid,
-              max_p999, ranges):
+              max_p999, ranges, degrade):
         assert src == S.src and Path(tmp).parent == tmp_path and isinstance(gate, Gate)
         record("mixed", batches, calib, scale, list(excluded), pct, quantize_ends, method, budget, min_fid, max_p999,
-               ranges.name)
+               ranges.name, **({"degrade": degrade} if degrade else {}))
         return S.mixed
 
-    def search(src, tmp, batches, calib, scale, percentiles, quantize_ends, ranges):
+    def search(src, tmp, batches, calib, scale, percentiles, quantize_ends, ranges, degrade):
         assert src == S.src and Path(tmp).parent == tmp_path
-        record("search", batches, calib, scale, percentiles, quantize_ends, ranges(99.9).name)
+        record("search", batches, calib, scale, percentiles, quantize_ends, ranges(99.9).name,
+               **({"degrade": degrade} if degrade else {}))
         return 99.99, {"99.9": 0.2, "99.99": 0.1}
 
     monkeypatch.setattr(fp16, "convert_fp16", convert_fp16)
     monkeypatch.setattr(int8, "convert_int8", convert_int8)
-    monkeypatch.setattr(int8, "calibration_batches", lambda folder, **kw: record("batches", folder, **kw) or "batches")
-    monkeypatch.setattr(convert, "gate_pairs", lambda folder, scale, *, held_out: (
-        record("pairs", folder, scale, held_out=held_out) or ["p1", "p2", "p3"], f"pairs from {folder}"))
+    # a degradation is recorded where one is asked for: the calls of a clean conversion read as before
+    def batches(folder, *, degrade, **kw):
+        return record("batches", folder, **kw, **({"degrade": degrade} if degrade else {})) or "batches"
+
+    monkeypatch.setattr(int8, "calibration_batches", batches)
+    monkeypatch.setattr(convert, "gate_pairs", lambda folder, scale, *, held_out, degrade: (
+        record("pairs", folder, scale, held_out=held_out, **({"degrade": degrade} if degrade else {}))
+        or ["p1", "p2", "p3"], f"pairs from {folder}"))
     monkeypatch.setattr(convert, "Gate", Gate)
     monkeypatch.setattr(convert, "_mixed_precision", mixed)
     monkeypatch.setattr(convert, "_search_percentile", search)
@@ -227,7 +233,21 @@ def test_a_gate_at_exactly_its_thresholds_passes(steps):
     assert make_precision_onnx(steps.src, "int8", calib=steps.src.parent, mixed_precision=False, budget_db=0.25).passed
 
 
+def test_a_degradation_reaches_calibration_the_gate_and_both_searches(steps, tmp_path):
+    calib = tmp_path / "photos"
+    steps.scores = [FAR]
+    make_precision_onnx(steps.src, "int8", calib=calib, percentiles=(99.9, 99.99), degrade="real:5")
+    assert steps.calls["batches"] == [((calib,), {"count": 64, "lr_size": 48, "scale": 2, "degrade": "real:5"})]
+    assert steps.calls["pairs"] == [((calib, 2), {"held_out": True, "degrade": "real:5"})]
+    assert steps.calls["search"][0][1] == {"degrade": "real:5"}
+    assert steps.calls["mixed"][0][1] == {"degrade": "real:5"}
+    steps.scores = [GOOD]
+    make_precision_onnx(steps.src, "fp16", degrade="real")  # fp16: no calibration, its gate degraded too
+    assert steps.calls["pairs"][-1] == ((None, 2), {"held_out": False, "degrade": "real"})
+
+
 @pytest.mark.parametrize("kw, says", [
+    ({"degrade": "real:x"}, "--degrade must be bicubic, real or real:SEED (SEED a whole number), got 'real:x'"),
     ({"precision": "bf16"}, "precision must be fp16 or int8, got 'bf16'"),
     ({"calib_method": "mean"}, "calibration method must be one of percentile, minmax, entropy, got 'mean'"),
     ({"calib_count": 0}, "--calib-count must be at least 1, got 0"),

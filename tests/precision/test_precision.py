@@ -357,3 +357,61 @@ def test_calibration_settings_out_of_range_are_one_line_before_any_work(tiny_onn
     with pytest.raises(InputError, match=says):
         make_precision_onnx(src, "int8", calib=calib_dir, **kw)
     assert not precision_path(src, "int8").exists()
+
+
+def test_a_degraded_gate_scores_each_image_clean_and_degraded_with_one_native_crop_each(tmp_path, calib_dir):
+    from sr_deploy.metrics import make_lr
+    from sr_deploy.precision.convert import Gate, gate_pairs
+
+    clean, _ = gate_pairs(calib_dir, 2, crop=48)
+    pairs, label = gate_pairs(calib_dir, 2, crop=48, degrade="real:5")
+    n = len(clean)
+    assert len(pairs) == 2 * n and label == f"{calib_dir}; each also degraded (real:5)"
+    for c, p, d in zip(clean, pairs, pairs[n:]):
+        assert np.array_equal(p.lr, c.lr) and d.hr is p.hr  # the clean pairs as before; the copies share the HR
+        assert d.lr.shape == make_lr(d.hr, 2).shape and not np.array_equal(d.lr, p.lr)
+    again, _ = gate_pairs(calib_dir, 2, crop=48, degrade="real:5")
+    other, _ = gate_pairs(calib_dir, 2, crop=48, degrade="real:6")
+    assert all(np.array_equal(a.lr, b.lr) for a, b in zip(pairs, again))  # one draw per (seed, image)
+    assert not all(np.array_equal(a.lr, b.lr) for a, b in zip(pairs[n:], other[n:]))
+    gate = Gate(tmp_path / "unused.onnx", pairs, 2)
+    assert gate.native == n and len(gate.inputs) == 3 * n  # one native crop per picture, then every LR
+
+
+def test_degraded_calibration_degrades_every_second_crop_with_draws_of_its_own(calib_dir):
+    from sr_deploy.precision.int8 import calibration_batches
+
+    clean = calibration_batches(calib_dir, count=6, lr_size=16, scale=2)
+    mixed = calibration_batches(calib_dir, count=6, lr_size=16, scale=2, degrade="real:5")
+    assert [np.array_equal(a, b) for a, b in zip(clean, mixed)] == [True, False] * 3
+    assert all(np.array_equal(a, b) for a, b in
+               zip(mixed, calibration_batches(calib_dir, count=6, lr_size=16, scale=2, degrade="real:5")))
+
+
+def test_build_engine_degrade_gates_an_int8_on_degraded_inputs_too(tiny_onnx, tmp_path, calib_dir):
+    src = _copy(tiny_onnx, tmp_path)
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--calib-count", "4",
+                                 "--calib-size", "16", "--max-delta-db", "5", "--onnx-only", "--degrade", "real:3"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "m.int8.quality.json").read_text())
+    assert saved["gate_data"].endswith("each also degraded (real:3)") and saved["images"] == 2 * 2  # 2 held out
+    r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--onnx-only",
+                                 "--overwrite", "--degrade", "jpeg"])
+    assert r.exit_code != 0 and r.output.startswith("error: --degrade must be bicubic, real or real:SEED"), r.output
+
+
+def test_degraded_calibration_never_draws_a_gate_image_s_degradation(calib_dir, monkeypatch):
+    from sr_deploy import degradations
+    from sr_deploy.precision.convert import gate_pairs
+    from sr_deploy.precision.int8 import calibration_batches
+
+    draws: dict[str, set] = {"calib": set(), "gate": set()}
+    real = degradations.degraded_eval_lr
+    for who in draws:
+        monkeypatch.setattr(degradations, "degraded_eval_lr",
+                            lambda hr, scale, index, seed, who=who: draws[who].add((seed, index)) or real(hr, scale, index, seed))
+        if who == "calib":
+            calibration_batches(calib_dir, count=64, lr_size=16, scale=2, degrade="real:5")
+        else:
+            gate_pairs(calib_dir, 2, crop=48, count=64, degrade="real:5")
+    assert len(draws["calib"]) == 32 and draws["gate"] and not draws["calib"] & draws["gate"]

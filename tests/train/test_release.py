@@ -98,3 +98,52 @@ def test_no_shipped_file_holds_a_path_of_the_release_machine():
         for key in CONFIG_PATH_KEYS:
             for value in config.get(key) if isinstance(config.get(key), list) else [config.get(key)]:
                 assert value is None or not Path(value).is_absolute(), (card, key, value)
+
+
+def test_a_release_with_fp16_weights_describes_the_file_it_ships(tmp_path, monkeypatch):
+    """The safetensors in float16 (half the bytes) and everything after made from them as stored: the ONNX,
+    the card's scores and hashes; the default keeps float32."""
+    import json
+
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from sr_deploy.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from sr_deploy.train import release as rel
+    from tests.conftest import pattern_image, tiny_model
+
+    root = tmp_path / "repo"
+    (root / "sr_deploy" / "weights").mkdir(parents=True)
+    monkeypatch.setattr(rel, "REPO", root)
+    run, val = tmp_path / "run", tmp_path / "val"
+    run.mkdir(), val.mkdir()
+    model = tiny_model(2)
+    with torch.no_grad():  # weights that float16 cannot hold exactly
+        for p in model.parameters():
+            p.add_(torch.rand_like(p) * 1e-3 + 1e-4)
+    save_checkpoint(run / "best.pt", model, extra={"step": 7, "recipe": "srresnet", "config": {}})
+    _write(run / "log.csv", _rows(1, 7, 1, 1.0))
+    for i in range(2):
+        cv2.imwrite(str(val / f"v{i}.png"), pattern_image(24, 24, 3, seed=i))
+    for fp16 in (False, True):
+        card = rel.release(run, "m", val=val, calib=None, fp16_weights=fp16)
+        weights = root / "sr_deploy" / "weights" / "m.safetensors"
+        stored = read_checkpoint(weights)["state_dict"]
+        float_dtypes = {v.dtype for v in stored.values() if v.is_floating_point()}
+        assert float_dtypes == {torch.float16 if fp16 else torch.float32}, float_dtypes
+        assert {v.dtype for k, v in stored.items() if k.endswith("num_batches_tracked")} == {torch.int64}
+        assert card["weights_dtype"] == ("float16" if fp16 else "float32")
+        assert json.loads((root / "sr_deploy" / "weights" / "m.json").read_text())["weights_sha256"] == \
+            card["weights_sha256"]
+        shipped, _ = load_checkpoint(weights)
+        x = np.random.default_rng(0).random((1, 3, 10, 10), dtype=np.float32)
+        sess = ort.InferenceSession(str(root / "export" / "m.onnx"), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            from_file = shipped(torch.from_numpy(x)).numpy()
+            trained = model(torch.from_numpy(x)).numpy()
+        onnx_out = sess.run(None, {"input": x})[0]
+        assert np.abs(onnx_out - from_file).max() < 1e-5  # the ONNX is the shipped file's network
+        assert (np.abs(from_file - trained).max() > 1e-6) == fp16  # rounded only when stored in float16
+    assert weights.stat().st_size < 0.6 * (run / "best.pt").stat().st_size  # the float16 file: about half
