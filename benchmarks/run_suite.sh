@@ -12,4 +12,4 @@ OUT=benchmarks/results/$(basename "${MODEL%%.*}")-cpu
 mkdir -p benchmarks/results
 .venv/bin/srdeploy bench --model "$MODEL" --data "$SET5" --calib "$CALIB" \
     --size 128x128 --size 270x480 --video sr_deploy/assets/sample.mp4 \
-    --json "$OUT.json" --markdown "$OUT.md" --plot "$OUT.png" --montage "$OUT-montage.png"
+    --json "$OUT.json" --markdown "$OUT.md" --plot "$OUT.png" --montage "$OUT-montage.webp"

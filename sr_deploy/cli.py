@@ -572,7 +572,7 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write the Markdown table here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a speed/quality chart (PNG) here."),
-    montage: Optional[Path] = typer.Option(None, "--montage", help="Write a bicubic | models | HR crop montage (PNG)."),
+    montage: Optional[Path] = typer.Option(None, "--montage", help="Write a bicubic | models | HR crop montage (.png, or .webp: lossless, a sixth of the bytes)."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Quality only."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Speed only (e.g. for untrained weights)."),
     min_time: float = typer.Option(3.0, "--min-time", help="Seconds of timed runs per row."),
@@ -635,6 +635,10 @@ def bench(
             raise InputError(f"--outscale must be at least 1, got {outscale}")
         if outscale is not None and montage:
             raise InputError("--montage shows each model at its own scale; run it without --outscale")
+        if montage:
+            from sr_deploy.bench.run import montage_format
+
+            montage_format(montage)  # a format it cannot write: one line, before the bench's work
         from sr_deploy.quality import lr_maker
 
         lr_maker(degrade)  # a spec that does not parse: one line, before anything runs

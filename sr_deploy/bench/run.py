@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sr_deploy.machine import cpu_has_bf16, machine_info, peak_rss_mb, reset_peak_rss
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import InputError, SRDeployError
 from sr_deploy.fsutil import atomic_path
 from sr_deploy.metrics import quantize
 
@@ -598,9 +598,24 @@ def write_montage(models: list, data: str | None, path: Path, *, crop: int = 64,
         rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    ext, params = montage_format(path)
     with atomic_path(path) as tmp:
-        ok, buf = cv2.imencode(".png", np.concatenate(rows, axis=0)[:-4])
+        ok, buf = cv2.imencode(ext, np.concatenate(rows, axis=0)[:-4], params)
         buf.tofile(tmp)
+
+
+def montage_format(path: Path) -> tuple[str, list[int]]:
+    """(extension, OpenCV parameters) of a montage file: PNG, or WebP lossless (quality above 100), about a
+    sixth of PNG's bytes on these nearest-zoomed crops (976 KB → 168 KB), pixel for pixel the same. Both are
+    lossless: a lossy codec would add its own artifacts to a comparison of textures."""
+    import cv2
+
+    ext = Path(path).suffix.lower()
+    if ext == ".png":
+        return ".png", []
+    if ext == ".webp":
+        return ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]
+    raise InputError(f"--montage {path}: name a .png or .webp file (both lossless)")
 
 
 def _most_detailed_crop(hr: np.ndarray, crop: int) -> tuple[int, int, int]:

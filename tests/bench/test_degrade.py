@@ -78,3 +78,14 @@ def test_bench_refuses_a_degradation_it_cannot_read_before_running(tiny_ckpt, hr
     code, out = _bench("--model", tiny_ckpt, "--data", hr_folder, "--degrade", "noise", "--montage", tmp_path / "m.png")
     assert code != 0 and out.startswith("error: --degrade must be") and len(out.strip().splitlines()) == 1, out
     assert not (tmp_path / "m.png").exists()
+
+
+def test_a_montage_in_webp_is_lossless_and_a_format_it_cannot_write_is_refused_first(tiny_ckpt, hr_folder, tmp_path):
+    for name in ("m.png", "m.webp"):
+        code, out = _bench("--model", tiny_ckpt, "--data", hr_folder, "--montage", tmp_path / name)
+        assert code == 0, out
+    png, webp = cv2.imread(str(tmp_path / "m.png")), cv2.imread(str(tmp_path / "m.webp"))
+    assert (tmp_path / "m.webp").read_bytes()[8:12] == b"WEBP" and np.array_equal(png, webp)  # pixel for pixel
+    code, out = _bench("--model", tiny_ckpt, "--data", hr_folder, "--montage", tmp_path / "m.jpg")
+    assert out == f"error: --montage {tmp_path / 'm.jpg'}: name a .png or .webp file (both lossless)\n", out
+    assert code != 0 and not (tmp_path / "m.jpg").exists()
