@@ -174,3 +174,33 @@ def test_auto_trusts_a_report_only_passed_and_faithful(precision):
         assert not report_is_faithful({**ok, **bad}, precision), bad
     assert not report_is_faithful({k: v for k, v in ok.items() if k != "p999_levels"}, precision)
     assert not report_is_faithful(ok, "bf16")  # no gate of its own: never trusted
+
+
+def _overflow_in_the_middle(path, peak: float):
+    """input → times ``peak`` ("big") → identity ("big_again") → divided back: the output stays in [0, 1]
+    while tensors inside the graph reach ``peak`` at an input of 255 levels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["input", "k"], ["big"]), helper.make_node("Identity", ["big"], ["big_again"]),
+             helper.make_node("Div", ["big_again", "k"], ["output"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor("k", TensorProto.FLOAT, [], [peak])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("peak", [1e5, 0.25])
+def test_fp16_headroom_finds_the_largest_activation_inside_the_graph_not_only_at_its_output(tmp_path, peak):
+    from sr_deploy.precision.convert import fp16_headroom
+
+    lr = np.zeros((4, 4, 3), np.uint8)
+    lr[1, 2, 0] = 255  # one full-scale pixel: the peak is exactly peak x 1.0
+    pairs = [EvalPair("dark", np.zeros((8, 8, 3), np.uint8), np.full((4, 4, 3), 3, np.uint8)),
+             EvalPair("bright", np.zeros((8, 8, 3), np.uint8), lr)]
+    worst, where = fp16_headroom(_overflow_in_the_middle(tmp_path / "g.onnx", peak), pairs)
+    if peak > 1:  # inside the graph, past fp16's range; the first tensor to reach it named
+        assert worst == pytest.approx(peak, rel=1e-6) and where == "big"
+    else:  # the output (the input itself, at most 1.0) is the largest
+        assert worst == pytest.approx(1.0, rel=1e-6) and where == "output"

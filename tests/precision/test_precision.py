@@ -415,3 +415,24 @@ def test_degraded_calibration_never_draws_a_gate_image_s_degradation(calib_dir, 
         else:
             gate_pairs(calib_dir, 2, crop=48, count=64, degrade="real:5")
     assert len(draws["calib"]) == 32 and draws["gate"] and not draws["calib"] & draws["gate"]
+
+
+def test_gate_pairs_are_centre_crops_named_in_order_and_an_empty_folder_is_one_line(tmp_path):
+    from sr_deploy.metrics import make_lr
+    from sr_deploy.precision.convert import gate_pairs
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    img = pattern_image(70, 100, 3, seed=4)  # wider than tall: each axis centred on its own
+    cv2.imwrite(str(d / "a.png"), img[..., ::-1])
+    pairs, label = gate_pairs(d, 2, crop=32, degrade="real:1")
+    assert [p.name for p in pairs] == ["0", "0 (real:1)"] and label == f"{d}; each also degraded (real:1)"
+    assert np.array_equal(pairs[0].hr, img[19:51, 34:66]) and np.array_equal(pairs[0].lr, make_lr(pairs[0].hr, 2))
+    small, _ = gate_pairs(d, 2, crop=200)  # a crop larger than the image: the image's shorter side, centred
+    assert np.array_equal(small[0].hr, img[:70, 15:85])
+    bundled, label = gate_pairs(None, 2)
+    assert label == "srdeploy's bundled real photographs" and len(bundled) == 5
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as err:
+        gate_pairs(tmp_path / "empty", 2)
+    assert str(err.value) == f"{tmp_path / 'empty'}: no images for the quality gate"
