@@ -260,22 +260,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     from sr_deploy.descriptor import METADATA_KEY
     from sr_deploy.export.onnx_file import read_descriptor
 
-    if precision not in BUDGETS_DB:
-        raise InputError(f"precision must be fp16 or int8, got {precision!r}")
-    from sr_deploy.precision.int8 import CALIB_METHODS
-
-    if calib_method not in CALIB_METHODS:
-        raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
-    if calib_count is not None and calib_count < 1:
-        raise InputError(f"--calib-count must be at least 1, got {calib_count}")
-    if not 8 <= calib_size <= 4096:
-        raise InputError(f"--calib-size must be from 8 to 4096 pixels, got {calib_size}")
-    bad = [p for p in percentiles if not 50 < p < 100]
-    if bad:
-        raise InputError(f"--percentile must be above 50 and below 100 (for example 99.999), got {bad[0]:g}")
-    from sr_deploy.quality import lr_maker
-
-    lr_maker(degrade)  # a bad spec fails before any work
+    _check_settings(precision, calib_method, calib_count, calib_size, percentiles, degrade)
     desc = read_descriptor(src)
     if desc.precision != "fp32":
         raise InputError(f"{src}: is already {desc.precision}; convert from the fp32 ONNX")
@@ -358,6 +343,26 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
                                    f"loosen with --max-delta-db / --min-fidelity-db)")
         refused.unlink(missing_ok=True)
     return report
+
+
+def _check_settings(precision: str, calib_method: str, calib_count: int | None, calib_size: int,
+                    percentiles: tuple[float, ...], degrade: str | None) -> None:
+    """make_precision_onnx's settings, each refused in one line before any work."""
+    from sr_deploy.precision.int8 import CALIB_METHODS
+    from sr_deploy.quality import lr_maker
+
+    if precision not in BUDGETS_DB:
+        raise InputError(f"precision must be fp16 or int8, got {precision!r}")
+    if calib_method not in CALIB_METHODS:
+        raise InputError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+    if calib_count is not None and calib_count < 1:
+        raise InputError(f"--calib-count must be at least 1, got {calib_count}")
+    if not 8 <= calib_size <= 4096:
+        raise InputError(f"--calib-size must be from 8 to 4096 pixels, got {calib_size}")
+    bad = [p for p in percentiles if not 50 < p < 100]
+    if bad:
+        raise InputError(f"--percentile must be above 50 and below 100 (for example 99.999), got {bad[0]:g}")
+    lr_maker(degrade)  # a degradation that does not parse
 
 
 def _search_percentile(src: Path, tmp: Path, batches, calib: Path, scale: int, candidates: tuple[float, ...],
