@@ -60,9 +60,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, extra: dict[st
     arch = arch_of(_unwrap(model))
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file(state, str(tmp), metadata={"format": FORMAT, "arch": json.dumps(arch)})
+            # the bytes written into atomic_path's file: safetensors' save_file makes a file of its own, 0600
+            tmp.write_bytes(save(state, metadata={"format": FORMAT, "arch": json.dumps(arch)}))
         else:
             payload = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "state_dict": state}
             payload.update(extra or {})

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -44,6 +46,9 @@ def test_checkpoint_roundtrip(tmp_path, suffix):
     p = save_checkpoint(tmp_path / f"m{suffix}", m)
     m2, payload = load_checkpoint(p)
     assert payload["arch"] == m.config.to_dict()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # a file's usual permissions, not a private 0600
     x = torch.rand(1, 3, 9, 9)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
