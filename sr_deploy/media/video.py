@@ -1132,11 +1132,21 @@ def source_colors(frame, width: int, height: int) -> Colors:
 _IDENTITY = [1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]
 
 
+def side_data(frame) -> list:
+    """A frame's side data entries (PyAV SideData objects, each with ``.type`` and its bytes). PyAV 18.1.1 made
+    iterating the container yield the keys (a Mapping's iteration); 18.1.0 and earlier yielded the entries.
+    Each element is taken as it comes where it is an entry and looked up where it is a key, so both read."""
+    container = getattr(frame, "side_data", None)
+    if not container:
+        return []
+    return [x if hasattr(x, "type") else container[x] for x in container]
+
+
 def display_matrix(frame, scale: float) -> list[int] | None:
     """The frame's display matrix (FFmpeg's 3x3 int32 AV_FRAME_DATA_DISPLAYMATRIX: rotation and flips a
     player applies, e.g. a phone's portrait video stored landscape), for an output ``scale`` times larger
     (its translation is in pixels); None without one or for the identity."""
-    for sd in frame.side_data:
+    for sd in side_data(frame):
         if sd.type.name == "DISPLAYMATRIX":
             m = np.frombuffer(bytes(sd), dtype=np.int32)[:9].tolist()
             if len(m) < 9 or m == _IDENTITY:
@@ -1203,7 +1213,7 @@ def read_hdr10(src: Path) -> tuple[str | None, str | None] | None:
     except (av.error.FFmpegError, OSError, SRDeployError):
         return None
     md = cll = None
-    for sd in getattr(frame, "side_data", None) or ():
+    for sd in side_data(frame):
         name, data = getattr(sd.type, "name", ""), bytes(sd)
         if name == "MASTERING_DISPLAY_METADATA" and len(data) >= 88:
             v = struct.unpack_from("<22i", data)

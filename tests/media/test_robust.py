@@ -591,10 +591,12 @@ def _side_data(path: Path) -> dict:
 
     import av
 
+    from sr_deploy.media.video import side_data
+
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
     got = {}
-    for sd in frame.side_data:
+    for sd in side_data(frame):
         if sd.type.name == "MASTERING_DISPLAY_METADATA":
             got["display"] = struct.unpack("<22i", bytes(sd))
         elif sd.type.name == "CONTENT_LIGHT_LEVEL":

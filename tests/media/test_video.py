@@ -10,6 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from sr_deploy.cli import app
+from sr_deploy.media.video import side_data
 from tests.conftest import make_clip, write_clip
 
 
@@ -59,7 +60,7 @@ def test_vfr_timestamps_and_subtitles(tmp_path, tiny_ckpt):
 def _matrix(path):
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
-        return [np.frombuffer(bytes(sd), np.int32).tolist() for sd in frame.side_data if sd.type.name == "DISPLAYMATRIX"]
+        return [np.frombuffer(bytes(sd), np.int32).tolist() for sd in side_data(frame) if sd.type.name == "DISPLAYMATRIX"]
 
 
 def test_rotation_and_flip_of_a_phone_clip_are_kept(tmp_path, tiny_ckpt):
@@ -698,3 +699,24 @@ def test_the_yuv_form_is_made_once_per_runner_not_per_call(monkeypatch):
             outs = [next(runner.stream_yuv(iter([x]), spec, spec)) for _ in range(3)]
         assert all(np.array_equal(o, outs[0]) for o in outs)
     assert made == {"onnx": 1, "torch": 1}
+
+
+def test_side_data_reads_pyav_s_container_whether_it_iterates_entries_or_keys():
+    """PyAV 18.1.0 iterated a frame's side data as its entries, 18.1.1 as their types (a Mapping's keys):
+    both give the entries."""
+    class Entry:
+        def __init__(self, name):
+            self.type = type("T", (), {"name": name})()
+
+    class Frame:
+        def __init__(self, container):
+            self.side_data = container
+
+    a, b = Entry("DISPLAYMATRIX"), Entry("CONTENT_LIGHT_LEVEL")
+
+    class Keyed(dict):  # iterates its keys, as a Mapping does
+        pass
+
+    for container in ([a, b], Keyed({"k1": a, "k2": b})):
+        assert side_data(Frame(container)) == [a, b]
+    assert side_data(Frame(None)) == [] and side_data(object()) == []
