@@ -477,9 +477,10 @@ def build_engine_cmd(
                                              "(default: the --calib folder's held-out files, else srdeploy's bundled photographs)."),
     min_fidelity_db: Optional[float] = typer.Option(None, "--min-fidelity-db", help="Least PSNR of the variant's output "
                                                     "against the fp32 model's own (default 45 fp16, 40 int8)."),
-    degrade: Optional[str] = typer.Option(None, "--degrade", metavar="real[:SEED]",
+    degrade: Optional[str] = typer.Option(None, "--degrade", metavar="real|degraded[:SEED]",
                                           help="For a model made for real footage: calibrate and gate on each image "
-                                               "also degraded (Real-ESRGAN's second order: blur, resize, noise, JPEG)."),
+                                               "also degraded (real: Real-ESRGAN's second order, blur, resize, noise, "
+                                               "JPEG, twice; degraded: one lighter pass)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="LR calibration crops (default 64 percentile/entropy, 256 minmax)."),
     calib_size: int = typer.Option(48, "--calib-size", help="LR calibration crop size in pixels."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax | entropy."),
@@ -581,11 +582,11 @@ def bench(
     outscale: Optional[int] = typer.Option(None, "--outscale", metavar="N", help="Score quality at xN (LR images "
                                            "downscaled by N) with each model's output resized to it, as `run "
                                            "--outscale N` makes it (e.g. a x4 model for x2)."),
-    degrade: str = typer.Option("bicubic", "--degrade", metavar="bicubic|real[:SEED]",
-                                help="How the quality sets' LR images are made: bicubic downscales, or Real-ESRGAN's "
-                                     "second-order degradation (blur, resize, noise, JPEG, twice), one draw per "
-                                     "image from SEED (default 777), the same on every run: scores models for real "
-                                     "footage."),
+    degrade: str = typer.Option("bicubic", "--degrade", metavar="bicubic|real|degraded[:SEED]",
+                                help="How the quality sets' LR images are made: bicubic downscales, Real-ESRGAN's "
+                                     "second order (real: blur, resize, noise, JPEG, twice) or one lighter pass "
+                                     "(degraded: each step only sometimes), one draw per image from SEED (default "
+                                     "777), the same on every run: scores models for real footage."),
     host_io: bool = typer.Option(False, "--host-io", help="Only time the host's share of one frame per --size "
                                                           "(default 270x480 → 1080x1920): float I/O vs pixels in the graph, "
                                                           "RGB vs the YUV graph (also 540x960 → 4K), and the host encoder's "

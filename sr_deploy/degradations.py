@@ -45,12 +45,15 @@ class SecondOrderDegradation:
 
     The ranges follow Real-ESRGAN's x4plus options, narrowed for a 1.5M-parameter generator (noise to 20
     levels and JPEG from 40, isotropic/anisotropic Gaussian kernels only: no sinc or plateau kernels);
-    ``clean_prob`` of the samples stay clean bicubic downscales so that clean inputs keep their quality.
+    ``clean_prob`` of the samples stay clean bicubic downscales so that clean inputs keep their quality, and
+    ``mild_prob`` of them take the one-pass degradation above instead (blur, downscale, light noise, light JPEG,
+    each only sometimes), so that lightly degraded inputs are not smoothed as if they were heavily degraded.
     Written with OpenCV by hand because Real-ESRGAN's pipeline (basicsr) needs torchvision and a GPU
     batch queue; these few operations are all it does per sample.
     """
 
     clean_prob: float = 0.2
+    mild_prob: float = 0.0
     blur_sigma: tuple[tuple[float, float], tuple[float, float]] = ((0.2, 3.0), (0.2, 1.5))
     blur_prob: tuple[float, float] = (1.0, 0.8)
     resize_range: tuple[tuple[float, float], tuple[float, float]] = ((0.15, 1.5), (0.3, 1.2))
@@ -64,8 +67,11 @@ class SecondOrderDegradation:
     _INTERP = (1, 2, 3)  # cv2.INTER_LINEAR, INTER_CUBIC, INTER_AREA, chosen at random as Real-ESRGAN does
 
     def apply(self, hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < self.clean_prob:
+        share = rng.random()  # one draw picks clean, mild or second order (mild_prob 0: the stream as before it)
+        if share < self.clean_prob:
             return make_lr(hr, scale)
+        if share < self.clean_prob + self.mild_prob:
+            return Degradation().apply(hr, scale, rng)
         import cv2
 
         h, w = hr.shape[:2]
@@ -125,18 +131,29 @@ def _jpeg(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -
 DEGRADATIONS = {"bicubic": None, "degraded": Degradation, "real": SecondOrderDegradation}
 
 
-def degradation_for(name: str, clean_prob: float = 0.2) -> Degradation | SecondOrderDegradation | None:
-    """The training degradation a config names (None: clean bicubic); ``clean_prob`` for the second-order one."""
+def degradation_for(name: str, clean_prob: float = 0.2,
+                    mild_prob: float = 0.0) -> Degradation | SecondOrderDegradation | None:
+    """The training degradation a config names (None: clean bicubic); ``clean_prob`` and ``mild_prob`` for the
+    second-order one."""
     kind = DEGRADATIONS[name]
     if kind is SecondOrderDegradation:
-        return SecondOrderDegradation(clean_prob=clean_prob)
+        return SecondOrderDegradation(clean_prob=clean_prob, mild_prob=mild_prob)
     return kind() if kind else None
 
 
 VAL_SEED = 20261206  # the validation draw; the held-out checks (bench --degrade real:SEED) use others
 
 
-def degraded_eval_lr(hr: np.ndarray, scale: int, index: int, seed: int = VAL_SEED) -> np.ndarray:
-    """A fixed second-order degradation of an evaluation image (no clean draws): the same on every call
-    for one (seed, image index)."""
-    return SecondOrderDegradation(clean_prob=0.0).apply(hr, scale, np.random.default_rng([seed, index]))
+EVAL_KINDS = ("real", "degraded")
+
+
+def degraded_eval_lr(hr: np.ndarray, scale: int, index: int, seed: int = VAL_SEED, kind: str = "real") -> np.ndarray:
+    """A fixed degradation of an evaluation image, the same on every call for one (kind, seed, image index):
+    ``real`` the second order (no clean draws), ``degraded`` the one-pass mix (each step only sometimes, so
+    some images come lightly degraded: the inputs a model for heavy degradations must not over-smooth)."""
+    rng = np.random.default_rng([seed, index])
+    if kind == "degraded":
+        return Degradation().apply(hr, scale, rng)
+    if kind != "real":
+        raise ValueError(f"unknown evaluation degradation {kind!r}")
+    return SecondOrderDegradation(clean_prob=0.0).apply(hr, scale, rng)

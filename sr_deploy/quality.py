@@ -62,27 +62,29 @@ def load_eval_set(folder: str | Path, scale: int, say: Callable[[str], None] | N
     return pairs
 
 
-HELD_OUT_SEED = 777  # `real` alone: the first held-out draw of train/README's srresnet_x4_real protocol
+HELD_OUT_SEED = 777  # `real` or `degraded` alone: the first held-out draw of train/README's srresnet_x4_real protocol
 
 
 def lr_maker(spec: str | None) -> tuple[str, Callable[[np.ndarray, int, int], np.ndarray] | None]:
     """(label, ``make_lr`` for load_eval_set) from an evaluation's degradation: ``bicubic`` (None: the clean
-    downscale) or ``real[:SEED]``, Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice;
-    degradations.py), one draw per image from ``[SEED, image index]``, so a set scores the same on every run."""
+    downscale), ``real[:SEED]``, Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice), or
+    ``degraded[:SEED]``, the one-pass mix (blur, downscale, light noise, light JPEG, each only sometimes;
+    degradations.py); one draw per image from ``[SEED, image index]``, so a set scores the same on every run."""
     spec = (spec or "bicubic").strip()
     if spec == "bicubic":
         return "bicubic", None
     kind, _, seed = spec.partition(":")
-    if kind == "real" and (not seed or (seed.isdigit() and seed.isascii() and len(seed) <= 18)):
+    if kind in ("real", "degraded") and (not seed or (seed.isdigit() and seed.isascii() and len(seed) <= 18)):
         n = int(seed) if seed else HELD_OUT_SEED
 
         def make(hr: np.ndarray, scale: int, index: int) -> np.ndarray:
             from sr_deploy.degradations import degraded_eval_lr
 
-            return degraded_eval_lr(hr, scale, index, seed=n)
+            return degraded_eval_lr(hr, scale, index, seed=n, kind=kind)
 
-        return f"real:{n}", make
-    raise InputError(f"--degrade must be bicubic, real or real:SEED (SEED a whole number), got {spec!r}")
+        return f"{kind}:{n}", make
+    raise InputError("--degrade must be bicubic, real[:SEED] or degraded[:SEED] (SEED a whole number), "
+                     f"got {spec!r}")
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:

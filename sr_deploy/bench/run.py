@@ -41,7 +41,7 @@ class BenchConfig:
     speed: bool = True
     ensemble: bool = False  # also score the x8 self-ensemble (rows of their own, precision "P+x8")
     outscale: int | None = None  # score at this factor (LR downscaled by it; the model's output resized to it)
-    degrade: str = "bicubic"  # the quality sets' LR: bicubic, or real[:SEED] (quality.lr_maker)
+    degrade: str = "bicubic"  # the quality sets' LR: bicubic, real[:SEED] or degraded[:SEED] (quality.lr_maker)
 
 
 @dataclass

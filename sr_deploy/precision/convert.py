@@ -74,7 +74,7 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
                degrade: str | None = None):
     """(HR, LR) pairs for the gate: center crops of real images, or the built-in generated set.
 
-    ``degrade`` (``real[:SEED]``, quality.lr_maker): each crop also as a degraded LR (a second pair sharing
+    ``degrade`` (``real[:SEED]`` or ``degraded[:SEED]``, quality.lr_maker): each crop also as a degraded LR (a second pair sharing
     the HR array), for a model made for real footage, whose variant must hold on the noise and JPEG it is
     for; a clean-only gate never feeds it any (bicubic downscales are smooth)."""
     from sr_deploy.metrics import make_lr, mod_crop
@@ -248,7 +248,7 @@ def make_precision_onnx(src: Path, precision: str, *, out: Path | None = None, c
     which percentile clips least harmfully shifts as a model trains (on srresnet_x4, 99.999
     was best at step 7000 and 99.995 at step 10000).
 
-    ``degrade`` (``real[:SEED]``): calibration crops and gate images (the percentile and mixed-precision
+    ``degrade`` (``real[:SEED]`` or ``degraded[:SEED]``): calibration crops and gate images (the percentile and mixed-precision
     searches' too) also come degraded, for a model made for real footage: its activations on noise and
     JPEG blocks are what its ranges must hold, and what its variant must reproduce.
 

@@ -41,7 +41,7 @@ def calibration_batches(folder: Path, *, count: int = 256, lr_size: int = 48, sc
     """Random LR crops (bicubic-downscaled HR crops) from a folder of real images.
 
     The files ``split_holdout`` holds out are left out, so that crops scored after calibration
-    come from images it never saw. ``degrade`` (``real[:SEED]``): every second crop is degraded
+    come from images it never saw. ``degrade`` (``real[:SEED]`` or ``degraded[:SEED]``): every second crop is degraded
     instead (quality.lr_maker), with draws of its own, so the ranges cover noisy and blocky inputs too.
     """
     from sr_deploy.metrics import make_lr

@@ -31,8 +31,9 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     degradation: str = "bicubic"  # bicubic (clean) | degraded (blur, noise, JPEG) | real (second order); see sr_deploy/degradations.py
-    val_degradation: str = "bicubic"  # bicubic | real: validation LR made by degradations.degraded_eval_lr (fixed seeds) | mixed: both, pooled
+    val_degradation: str = "bicubic"  # bicubic | real: validation LR made by degradations.degraded_eval_lr (fixed seeds) | mixed: both, pooled | all: clean, real and degraded, pooled
     clean_prob: float = 0.2  # degradation = real: the share of samples kept as clean bicubic downscales
+    mild_prob: float = 0.0  # degradation = real: the share given the one-pass (degraded) mix instead of the second order
     scale_aug: float = 1.0  # VDSR's scale augmentation: HR downscaled by a factor in [scale_aug, 1] before cropping; 1 = off
     # optimisation
     steps: int = 100_000
@@ -80,10 +81,14 @@ class TrainConfig:
             raise InputError(f"content_loss must be vgg54, vgg22 or mse, got {self.content_loss!r}")
         if self.degradation not in ("bicubic", "degraded", "real"):
             raise InputError(f"degradation must be bicubic, degraded or real, got {self.degradation!r}")
-        if self.val_degradation not in ("bicubic", "real", "mixed"):
-            raise InputError(f"val_degradation must be bicubic, real or mixed, got {self.val_degradation!r}")
+        if self.val_degradation not in ("bicubic", "real", "mixed", "all"):
+            raise InputError(f"val_degradation must be bicubic, real, mixed or all, got {self.val_degradation!r}")
         if not 0.0 <= self.clean_prob <= 1.0:
             raise InputError(f"clean_prob must be between 0 and 1, got {self.clean_prob}")
+        if not 0.0 <= self.mild_prob <= 1.0 - self.clean_prob:
+            raise InputError(f"mild_prob must be between 0 and 1 - clean_prob ({1.0 - self.clean_prob:g}), got {self.mild_prob}")
+        if self.mild_prob and self.degradation != "real":
+            raise InputError(f"mild_prob mixes lighter samples into degradation = \"real\"; this recipe's is {self.degradation!r}")
         if not 0.25 <= self.scale_aug <= 1.0:
             raise InputError(f"scale_aug must be between 0.25 and 1 (1 = off), got {self.scale_aug}")
         if self.schedule not in ("cosine", "step", "constant"):

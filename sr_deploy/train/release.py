@@ -113,7 +113,7 @@ def release(run: Path, name: str, *, val: Path, calib: Path | None, checkpoint: 
     """Ship ``run/checkpoint``: best.pt is the run's best validation (trainer.val_score: Y-PSNR, or for
     srgan the detail ratio closest to HR's).
 
-    ``degrade`` (``real[:SEED]``): a model for real footage; its INT8 is calibrated and gated on degraded
+    ``degrade`` (``real[:SEED]`` or ``degraded[:SEED]``): a model for real footage; its INT8 is calibrated and gated on degraded
     inputs too (make_precision_onnx). ``fp16_weights``: the safetensors stored in float16 (half the bytes);
     everything after (ONNX, scores, variants) is made from the weights as stored, so they all describe
     the file that ships."""
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--data", default="291 images (yang91 + bsd200), validation Set5", help="what it trained on")
     ap.add_argument("--training-machines", help="where the run trained, when not (only) this machine")
-    ap.add_argument("--degrade", metavar="real[:SEED]",
+    ap.add_argument("--degrade", metavar="real|degraded[:SEED]",
                     help="a model for real footage: its INT8 calibrated and gated on degraded inputs too")
     ap.add_argument("--fp16-weights", action="store_true", help="store the safetensors in float16 (half the bytes)")
     args = ap.parse_args()

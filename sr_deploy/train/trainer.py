@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 import math
 import os
@@ -357,11 +358,14 @@ def _inputs(cfg: TrainConfig):
             raise ModelError(f"{cfg.init}: init checkpoint architecture {init_payload['arch']} != recipe {cfg.arch_dict()}"
                              " (an SRResNet may only grow: more --blocks than the checkpoint, all else equal)")
     dataset = CropDataset(cfg.data, scale=cfg.scale, hr_patch=cfg.hr_patch, seed=cfg.seed, scale_aug=cfg.scale_aug,
-                          degradation=degradation_for(cfg.degradation, cfg.clean_prob))
+                          degradation=degradation_for(cfg.degradation, cfg.clean_prob, cfg.mild_prob))
     val_pairs = None
     if cfg.val:
-        # mixed: every validation image twice, clean and degraded, so "best" balances the two
-        makers = {"bicubic": [None], "real": [degraded_eval_lr], "mixed": [None, degraded_eval_lr]}[cfg.val_degradation]
+        # mixed: every validation image twice, clean and degraded, so "best" balances the two (all: three times,
+        # lightly degraded too)
+        mild = functools.partial(degraded_eval_lr, kind="degraded")
+        makers = {"bicubic": [None], "real": [degraded_eval_lr], "mixed": [None, degraded_eval_lr],
+                  "all": [None, degraded_eval_lr, mild]}[cfg.val_degradation]
         val_pairs = [p for make in makers for p in load_eval_set(cfg.val, cfg.scale, say=log.warning, make_lr=make)]
     return resume_payload, init_payload, content, dataset, val_pairs
 

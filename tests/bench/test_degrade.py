@@ -1,4 +1,4 @@
-"""bench --degrade: quality scored on second-order degraded inputs, one seeded draw per image."""
+"""bench --degrade: quality scored on degraded inputs (second order, or one lighter pass), one seeded draw per image."""
 
 import cv2
 import numpy as np
@@ -28,7 +28,20 @@ def test_a_seed_names_one_draw_per_image():
     assert np.array_equal(default(hr, 4, 0), lr_maker(f"real:{HELD_OUT_SEED}")[1](hr, 4, 0))
 
 
-@pytest.mark.parametrize("spec", ["jpeg", "real:x", "real:-1", "real:1.5", "real:٣", "bicubic:2"])
+def test_degraded_is_the_one_pass_mix_with_draws_of_its_own():
+    from sr_deploy.degradations import Degradation
+
+    hr = pattern_image(96, 128)
+    label, make = lr_maker("degraded:5")
+    assert label == "degraded:5" and lr_maker("degraded")[0] == f"degraded:{HELD_OUT_SEED}"
+    for i in range(4):  # the one-pass mix's draw for [SEED, image index], not the second order's
+        assert np.array_equal(make(hr, 4, i), Degradation().apply(hr, 4, np.random.default_rng([5, i])))
+        assert not np.array_equal(make(hr, 4, i), lr_maker("real:5")[1](hr, 4, i))
+    assert np.array_equal(make(hr, 4, 0), make(hr, 4, 0))
+
+
+@pytest.mark.parametrize("spec", ["jpeg", "real:x", "real:-1", "real:1.5", "real:٣", "bicubic:2", "degraded:x",
+                                  "mild:3"])
 def test_a_degradation_that_does_not_parse_is_refused(spec):
     with pytest.raises(InputError, match="--degrade must be"):
         lr_maker(spec)

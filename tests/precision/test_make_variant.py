@@ -247,7 +247,7 @@ def test_a_degradation_reaches_calibration_the_gate_and_both_searches(steps, tmp
 
 
 @pytest.mark.parametrize("kw, says", [
-    ({"degrade": "real:x"}, "--degrade must be bicubic, real or real:SEED (SEED a whole number), got 'real:x'"),
+    ({"degrade": "real:x"}, "--degrade must be bicubic, real[:SEED] or degraded[:SEED] (SEED a whole number), got 'real:x'"),
     ({"precision": "bf16"}, "precision must be fp16 or int8, got 'bf16'"),
     ({"calib_method": "mean"}, "calibration method must be one of percentile, minmax, entropy, got 'mean'"),
     ({"calib_count": 0}, "--calib-count must be at least 1, got 0"),

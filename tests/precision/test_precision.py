@@ -397,7 +397,7 @@ def test_build_engine_degrade_gates_an_int8_on_degraded_inputs_too(tiny_onnx, tm
     assert saved["gate_data"].endswith("each also degraded (real:3)") and saved["images"] == 2 * 2  # 2 held out
     r = CliRunner().invoke(app, ["build-engine", str(src), "--int8", "--calib", str(calib_dir), "--onnx-only",
                                  "--overwrite", "--degrade", "jpeg"])
-    assert r.exit_code != 0 and r.output.startswith("error: --degrade must be bicubic, real or real:SEED"), r.output
+    assert r.exit_code != 0 and r.output.startswith("error: --degrade must be bicubic, real[:SEED] or degraded[:SEED]"), r.output
 
 
 def test_degraded_calibration_never_draws_a_gate_image_s_degradation(calib_dir, monkeypatch):
@@ -409,7 +409,8 @@ def test_degraded_calibration_never_draws_a_gate_image_s_degradation(calib_dir, 
     real = degradations.degraded_eval_lr
     for who in draws:
         monkeypatch.setattr(degradations, "degraded_eval_lr",
-                            lambda hr, scale, index, seed, who=who: draws[who].add((seed, index)) or real(hr, scale, index, seed))
+                            lambda hr, scale, index, seed, kind, who=who: draws[who].add((seed, index))
+                            or real(hr, scale, index, seed, kind))
         if who == "calib":
             calibration_batches(calib_dir, count=64, lr_size=16, scale=2, degrade="real:5")
         else:

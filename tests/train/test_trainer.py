@@ -205,6 +205,10 @@ def test_scale_augmentation_crops_a_downscaled_image(tmp_path):
                                      ({"ema_decay": 1.0}, "ema_decay must be in"),
                                      ({"val_every": 0}, "val_every must be at least 1"),
                                      ({"clean_prob": 1.5}, "clean_prob must be between 0 and 1"),
+                                     ({"degradation": "real", "clean_prob": 0.6, "mild_prob": 0.5},
+                                      r"mild_prob must be between 0 and 1 - clean_prob \(0.4\), got 0.5"),
+                                     ({"degradation": "real", "mild_prob": -0.1}, "mild_prob must be between"),
+                                     ({"mild_prob": 0.2}, "mild_prob mixes lighter samples into degradation"),
                                      ({"val_degradation": "jpeg"}, "val_degradation must be")])
 def test_numbers_out_of_range_are_refused(kw, says):
     with pytest.raises(InputError, match=says):
@@ -456,6 +460,7 @@ def test_clean_prob_reaches_the_second_order_degradation_and_mixed_validation_po
     from sr_deploy.train import trainer
 
     assert data.degradation_for("real", 0.5).clean_prob == 0.5
+    assert data.degradation_for("real", 0.5, 0.25).mild_prob == 0.25
     hr = pattern_image(48, 48, 3, seed=2)
     clean = data.make_lr(hr, 4)
     always = data.degradation_for("real", 1.0).apply(hr, 4, np.random.default_rng(0))
@@ -466,11 +471,63 @@ def test_clean_prob_reaches_the_second_order_degradation_and_mixed_validation_po
     real_evaluate = trainer.evaluate
 
     def spy(pairs, scale, fn):
-        seen.append(len(pairs))
+        seen.append(pairs)
         return real_evaluate(pairs, scale, fn)
 
     monkeypatch.setattr(trainer, "evaluate", spy)
-    for kind, n in (("bicubic", 4), ("real", 4), ("mixed", 8)):
+    for kind, n in (("bicubic", 4), ("real", 4), ("mixed", 8), ("all", 12)):
         seen.clear()
         train(_cfg(hr_dir, tmp_path / kind, degradation="real", clean_prob=0.5, val_degradation=kind), quiet=True)
-        assert seen and set(seen) == {n}, (kind, seen)
+        assert seen and {len(p) for p in seen} == {n}, (kind, [len(p) for p in seen])
+    # all: each image clean, second-order degraded and one-pass degraded (whose steps each come only sometimes,
+    # so an image may draw none of them)
+    pairs = seen[0]
+    clean_draws = 0
+    for i in range(4):
+        first, second, third = (pairs[i + 4 * k].lr for k in range(3))
+        assert np.array_equal(third, data.degraded_eval_lr(pairs[i].hr, 2, i, kind="degraded"))
+        assert np.array_equal(second, data.degraded_eval_lr(pairs[i].hr, 2, i))
+        assert not np.array_equal(second, third) and not np.array_equal(first, second)
+        clean_draws += np.array_equal(first, third)
+    assert clean_draws < 4
+    made = []
+    monkeypatch.setattr(trainer, "degradation_for", lambda *a: made.append(a) or data.degradation_for(*a))
+    train(_cfg(hr_dir, tmp_path / "mild", degradation="real", clean_prob=0.3, mild_prob=0.2), quiet=True)
+    assert made == [("real", 0.3, 0.2)]
+
+
+def test_mild_prob_takes_that_share_from_the_second_order_after_the_clean_one(monkeypatch):
+    """One draw decides each sample: below clean_prob clean, then mild_prob of the one-pass mix, the rest second
+    order; with mild_prob 0 a sample is what it was before mild_prob existed (the held-out draws keep their figures)."""
+    from sr_deploy import degradations as data
+
+    hr = pattern_image(64, 64, 3, seed=4)
+    mild_calls = []
+    one_pass = data.Degradation.apply
+
+    def counted(self, img, scale, rng):
+        mild_calls.append(1)
+        return one_pass(self, img, scale, rng)
+
+    monkeypatch.setattr(data.Degradation, "apply", counted)
+    both = data.SecondOrderDegradation(clean_prob=0.3, mild_prob=0.3)
+    without = data.SecondOrderDegradation(clean_prob=0.3)
+    kinds = {"clean": 0, "mild": 0, "second": 0}
+    for i in range(60):
+        u = np.random.default_rng(i).random()
+        before = len(mild_calls)
+        out = both.apply(hr, 4, np.random.default_rng(i))
+        mild = len(mild_calls) > before
+        if u < 0.3:
+            assert np.array_equal(out, data.make_lr(hr, 4)) and not mild, i
+            kinds["clean"] += 1
+        elif u < 0.6:
+            rng = np.random.default_rng(i)
+            rng.random()
+            assert mild and np.array_equal(out, one_pass(data.Degradation(), hr, 4, rng)), i
+            kinds["mild"] += 1
+        else:
+            assert not mild and np.array_equal(out, without.apply(hr, 4, np.random.default_rng(i))), i
+            kinds["second"] += 1
+    assert min(kinds.values()) >= 10, kinds
+    assert len(mild_calls) == kinds["mild"]
