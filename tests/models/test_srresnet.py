@@ -103,7 +103,7 @@ def test_polyphase_single_slope_prelu_and_bad_kernel():
 
 
 @pytest.mark.parametrize("field, value", [("num_blocks", 3_000_000), ("channels", 10_000_000), ("num_blocks", 1e7),
-                                          ("num_blocks", "16"), ("scale", 0)])
+                                          ("num_blocks", "16"), ("scale", 0), ("num_blocks", 0), ("channels", -8)])
 def test_hyperparameters_beyond_the_weights_are_refused_before_anything_is_built(tmp_path, field, value):
     import json
 
@@ -120,3 +120,48 @@ def test_hyperparameters_beyond_the_weights_are_refused_before_anything_is_built
               metadata={"format": "srdeploy-checkpoint", "arch": json.dumps(arch)})
     with pytest.raises(ModelError, match=field):
         load_checkpoint(path)
+
+
+def _lying_checkpoint(path, state, arch):
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"format": "srdeploy-checkpoint", "arch": json.dumps(arch)})
+    return path
+
+
+def test_every_hyperparameter_is_bounded_whatever_order_the_file_lists_them_in(tmp_path):
+    """A hostile file may put the names that are not numbers (arch, upsampler, mean, std) first: the check
+    goes on past them to every number."""
+
+    model = tiny_model(2)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    good = model.config.to_dict()
+    arch = {"arch": "srresnet", "upsampler": "pixelshuffle", **{k: v for k, v in good.items() if k not in ("arch", "upsampler")}}
+    load_checkpoint(_lying_checkpoint(tmp_path / "ordered.safetensors", state, arch))  # the order alone is fine
+    with pytest.raises(ModelError, match="num_blocks = 500,"):  # beyond the weights, yet cheap to build unchecked
+        load_checkpoint(_lying_checkpoint(tmp_path / "lying.safetensors", state, {**arch, "num_blocks": 500}))
+
+
+def test_the_smallest_architectures_and_the_light_model_s_lists_pass_the_bounds(tmp_path):
+    from sr_deploy.models.light import LightSR, LightSRConfig
+
+    one = SRResNet(scale=2, num_blocks=1, channels=8)  # num_blocks = 1: the least whole number allowed
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "one.safetensors", one))
+    assert loaded.config.num_blocks == 1
+    light = LightSR(LightSRConfig(scale=2, channels=8, mid=4, depth=1))  # mean and std are lists, not counts
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "light.safetensors", light))
+    assert loaded.config.depth == 1 and tuple(loaded.config.mean) == tuple(light.config.mean)
+
+
+def test_a_checkpoint_without_weights_names_what_is_missing(tmp_path):
+    from sr_deploy.models.checkpoint import bound_architecture
+
+    arch = tiny_model(2).config.to_dict()
+    with pytest.raises(ModelError, match="its architecture or weights are missing"):
+        load_checkpoint(_lying_checkpoint(tmp_path / "empty.safetensors", {}, arch))
+    with pytest.raises(ModelError, match="its architecture or weights are missing"):
+        bound_architecture(["srresnet"], {"w": torch.zeros(2)}, "list")
+    with pytest.raises(ModelError, match="its weights hold entries that are not tensors"):
+        bound_architecture(arch, {"w": torch.zeros(2), "step": 3}, "mixed")
