@@ -82,7 +82,7 @@ def gate_pairs(folder: Path | None, scale: int, *, crop: int = 192, count: int =
 
     dlabel, dmake = lr_maker(degrade)
 
-    if folder is None:
+    if folder is None or Path(folder).resolve() == GATE_IMAGES:  # named, not by this machine's path
         imgs, label = bundled_images(count), "srdeploy's bundled real photographs"
     else:
         from sr_deploy.imagefiles import list_images, read_rgb

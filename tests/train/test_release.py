@@ -147,3 +147,51 @@ def test_a_release_with_fp16_weights_describes_the_file_it_ships(tmp_path, monke
         assert np.abs(onnx_out - from_file).max() < 1e-5  # the ONNX is the shipped file's network
         assert (np.abs(from_file - trained).max() > 1e-6) == fp16  # rounded only when stored in float16
     assert weights.stat().st_size < 0.6 * (run / "best.pt").stat().st_size  # the float16 file: about half
+
+
+def test_a_release_gates_its_variants_on_the_real_photographs_and_on_the_validation_set(tmp_path, monkeypatch):
+    """Made against srdeploy's bundled photographs, then scored on val too; a variant that fails either stops
+    the release before any variant or card is written."""
+    import dataclasses
+
+    import cv2
+    import pytest
+
+    from sr_deploy.errors import ModelError
+    from sr_deploy.models.checkpoint import save_checkpoint
+    from sr_deploy.precision import convert
+    from sr_deploy.train import release as rel
+    from tests.conftest import pattern_image, tiny_model
+
+    root = tmp_path / "repo"
+    (root / "sr_deploy" / "weights").mkdir(parents=True)
+    monkeypatch.setattr(rel, "REPO", root)
+    run, val, calib = tmp_path / "run", tmp_path / "val", tmp_path / "calib"
+    for d in (run, val, calib):
+        d.mkdir()
+    save_checkpoint(run / "best.pt", tiny_model(2), extra={"step": 3, "recipe": "srresnet", "config": {}})
+    _write(run / "log.csv", _rows(1, 3, 1, 1.0))
+    for i in range(2):
+        cv2.imwrite(str(val / f"v{i}.png"), pattern_image(40, 40, 3, seed=i))
+    for i in range(6):
+        cv2.imwrite(str(calib / f"c{i}.png"), pattern_image(112, 112, 3, seed=10 + i))
+    card = rel.release(run, "m", val=val, calib=calib)
+    for precision in ("fp16", "int8"):
+        gate = card[f"{precision}_gate"]
+        assert gate["gate_data"] == "srdeploy's bundled real photographs" and gate["passed"], gate
+        assert gate["also_on"]["gate_data"] == str(val) and gate["also_on"]["passed"], gate
+        assert gate["also_on"]["fidelity_db"] >= convert.MIN_FIDELITY_DB[precision]
+    assert (root / "sr_deploy" / "weights" / "m.int8.onnx").is_file()
+
+    for name in ("m.json", "m.int8.onnx", "m.int8.quality.json"):
+        (root / "sr_deploy" / "weights" / name).unlink()
+    real_gate = convert.quality_gate
+
+    def strays_on_val(fp32, candidate, pairs, scale):  # the photographs pass (make_precision_onnx's own gate)
+        g = real_gate(fp32, candidate, pairs, scale)
+        return dataclasses.replace(g, fidelity_db=30.0) if "int8" in str(candidate) else g
+
+    monkeypatch.setattr(convert, "quality_gate", strays_on_val)
+    with pytest.raises(ModelError, match=f"m: its int8 variant fails the quality gate on {val}; no variant or card"):
+        rel.release(run, "m", val=val, calib=calib)
+    assert sorted(p.name for p in (root / "sr_deploy" / "weights").iterdir()) == ["m.safetensors"]
