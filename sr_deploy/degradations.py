@@ -144,7 +144,7 @@ def degradation_for(name: str, clean_prob: float = 0.2,
 VAL_SEED = 20261206  # the validation draw; the held-out checks (bench --degrade real:SEED) use others
 
 
-EVAL_KINDS = ("real", "degraded")
+EVAL_KINDS = ("real", "degraded")  # what bench/build-engine/release --degrade KIND[:SEED] accept (quality.lr_maker)
 
 
 def degraded_eval_lr(hr: np.ndarray, scale: int, index: int, seed: int = VAL_SEED, kind: str = "real") -> np.ndarray:

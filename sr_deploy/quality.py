@@ -73,13 +73,13 @@ def lr_maker(spec: str | None) -> tuple[str, Callable[[np.ndarray, int, int], np
     spec = (spec or "bicubic").strip()
     if spec == "bicubic":
         return "bicubic", None
+    from sr_deploy.degradations import EVAL_KINDS, degraded_eval_lr
+
     kind, _, seed = spec.partition(":")
-    if kind in ("real", "degraded") and (not seed or (seed.isdigit() and seed.isascii() and len(seed) <= 18)):
+    if kind in EVAL_KINDS and (not seed or (seed.isdigit() and seed.isascii() and len(seed) <= 18)):
         n = int(seed) if seed else HELD_OUT_SEED
 
         def make(hr: np.ndarray, scale: int, index: int) -> np.ndarray:
-            from sr_deploy.degradations import degraded_eval_lr
-
             return degraded_eval_lr(hr, scale, index, seed=n, kind=kind)
 
         return f"{kind}:{n}", make

@@ -187,12 +187,12 @@ def _gated_variants(onnx_path: Path, name: str, scale: int, *, val: Path, calib:
     from sr_deploy.precision.int8 import PERCENTILE_CANDIDATES
 
     entries = {}
+    pairs, label = gate_pairs(val, scale, degrade=degrade)  # read (and degraded) once for both variants
     for precision in ("fp16", "int8"):
         # the INT8 keeps the first and last conv in float (quantizing them cost >0.1 dB from step 7000 on)
         # and takes the calibration percentile that did best on held-out calibration crops
         r = make_precision_onnx(onnx_path, precision, calib=calib if precision == "int8" else None,
                                 gate_data=GATE_IMAGES, percentiles=PERCENTILE_CANDIDATES, degrade=degrade)
-        pairs, label = gate_pairs(val, scale, degrade=degrade)
         g = quality_gate(onnx_path, onnx_path.with_name(f"{name}.{precision}.onnx"), pairs, scale)
         also = {"gate_data": label, "delta_psnr_db": round(g.psnr_fp32 - g.psnr_new, 4),
                 "fidelity_db": round(g.fidelity_db, 2), "p999_levels": g.p999_levels,
