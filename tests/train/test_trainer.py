@@ -461,6 +461,10 @@ def test_clean_prob_reaches_the_second_order_degradation_and_mixed_validation_po
 
     assert data.degradation_for("real", 0.5).clean_prob == 0.5
     assert data.degradation_for("real", 0.5, 0.25).mild_prob == 0.25
+    assert data.degradation_for("real", 0.5).mild_prob == 0.0  # no lighter share unless asked
+    assert data.degradation_for("bicubic") is None and type(data.degradation_for("degraded")) is data.Degradation
+    with pytest.raises(ValueError, match="unknown evaluation degradation 'jpeg'"):
+        data.degraded_eval_lr(pattern_image(48, 48, 3, seed=2), 4, 0, kind="jpeg")
     hr = pattern_image(48, 48, 3, seed=2)
     clean = data.make_lr(hr, 4)
     always = data.degradation_for("real", 1.0).apply(hr, 4, np.random.default_rng(0))
