@@ -87,9 +87,12 @@ def _open_log(csv_path: Path, keep: bool, upto: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- setup
-def _distributed() -> tuple[int, int, torch.device]:
+def _distributed() -> tuple[int, int, torch.device, bool]:
+    """This process's rank, the world size, its device, and whether it started the process group (and so
+    must end it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    owned = world > 1 and not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     if torch.cuda.is_available():
@@ -97,7 +100,7 @@ def _distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    return rank, world, device
+    return rank, world, device, owned
 
 
 def _any(flag: bool, world: int, device: torch.device) -> bool:
@@ -386,7 +389,7 @@ def _loader(cfg: TrainConfig, dataset, start: int, rank: int, world: int, device
 def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
     """Run a training recipe; returns the path of the best (or last) checkpoint."""
     resume_payload, init_payload, content, dataset, val_pairs = _inputs(cfg)
-    rank, world, device = _distributed()
+    rank, world, device, owned_group = _distributed()
     main = rank == 0
     out = Path(cfg.out)
     if main:
@@ -499,6 +502,10 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         plot_curves(csv_path, out / "curves.png")
     if world > 1:
         dist.barrier()
+    if owned_group:
+        # Left to the interpreter's exit, the group's gloo pairs are torn down in whatever order the ranks
+        # exit: a rank whose peer has already closed its socket can die in gloo's IoException (SIGABRT).
+        dist.destroy_process_group()
     return out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
 
 

@@ -263,7 +263,7 @@ def test_shipped_recipes_parse_and_train_help_names_each():
 def test_ddp_two_cpu_processes(hr_dir, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "sr_deploy.cli", "train", "--data", str(hr_dir), "--val", str(hr_dir), "--scale", "2",
            "--steps", "2", "--patch", "24", "--blocks", "1", "--channels", "8", "--batch-size", "2", "--workers", "0",
            "--no-bf16", "--out", str(out), "--quiet", "--val-every", "2"]
