@@ -103,6 +103,16 @@ def _distributed() -> tuple[int, int, torch.device, bool]:
     return rank, world, device, owned
 
 
+def _end_distributed(world: int, owned: bool) -> None:
+    """Every rank waits for the others; the group this process started is ended here: left to the
+    interpreter's exit, its gloo pairs are torn down in whatever order the ranks exit, and a rank whose peer
+    has already closed its socket can die in gloo's IoException (SIGABRT)."""
+    if world > 1:
+        dist.barrier()
+    if owned:
+        dist.destroy_process_group()
+
+
 def _any(flag: bool, world: int, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank."""
     if world == 1:
@@ -500,12 +510,7 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> Path:
         if not stop and step % cfg.ckpt_every:
             _save(nets, cfg, out / "last.pt", step, best, bad_vals)
         plot_curves(csv_path, out / "curves.png")
-    if world > 1:
-        dist.barrier()
-    if owned_group:
-        # Left to the interpreter's exit, the group's gloo pairs are torn down in whatever order the ranks
-        # exit: a rank whose peer has already closed its socket can die in gloo's IoException (SIGABRT).
-        dist.destroy_process_group()
+    _end_distributed(world, owned_group)
     return out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
 
 
