@@ -114,7 +114,7 @@ def train(
     pixel_loss: Optional[str] = typer.Option(None, "--pixel-loss", help="srresnet: l1 | mse."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Weight averaging decay (0 disables)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, log.csv, curves.png)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint, with the settings it was trained with (options named again override them)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Weights to start from (srgan: the SRResNet; or shipped weights to continue)."),
     start_step: Optional[int] = typer.Option(None, "--start-step", help="With --init: continue the schedule from this step."),
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="VGG19 ImageNet weights (torchvision layout)."),

@@ -151,25 +151,34 @@ def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **over
     cfg = TrainConfig(**values)
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("resume"):
-        given = _with_checkpoint_schedule(given["resume"], given)
+        return _resumed(given["resume"], cfg, given)
     return replace(cfg, **given)
 
 
-# What a resumed run takes from its checkpoint unless the command line names it again: the LR
-# schedule is a function of these (LambdaLR saves only its step and base rates, not the function),
-# so a resume that re-read them from the recipe would restart at peak LR on another horizon.
-SCHEDULE_KEYS = ("steps", "lr", "schedule", "lr_min", "step_every", "warmup_steps", "init", "start_step")
+# What one invocation bounds, never taken from the checkpoint it resumes: a run stopped by --stop-at N
+# or --time-limit would otherwise stop again at once.
+RUN_CONTROL_KEYS = ("resume", "stop_at", "time_limit_min")
 
 
-def _with_checkpoint_schedule(resume: str, given: dict) -> dict:
+def _resumed(resume: str, recipe_cfg: TrainConfig, given: dict) -> TrainConfig:
+    """The run a ``--resume`` continues: every setting it was trained with, from the checkpoint, then what the
+    command line names again. Not the recipe: the LR schedule is a function of the saved steps, peak and
+    warm-start point (LambdaLR saves only its step and base rates), and a run started with --pixel-loss mse,
+    --patch 192 or another mix would otherwise go on with the recipe's loss, crops or mix, silently (an MSE
+    polish resumed that way went on in L1). Settings newer than the checkpoint take their defaults, which
+    keep the behaviour from before they existed."""
     from sr_deploy.models.checkpoint import read_checkpoint
 
     payload = read_checkpoint(resume)
-    saved = payload.get("config") or {}
-    step = payload.get("step")
-    merged = {k: saved[k] for k in SCHEDULE_KEYS if k in saved}
+    saved = payload.get("config")
+    if not isinstance(saved, dict):  # not a run's checkpoint: the trainer's own check names it
+        return replace(recipe_cfg, **given)
+    known = {f.name for f in fields(TrainConfig)}
+    merged = {k: tuple(v) if k in ("data", "betas") else v
+              for k, v in saved.items() if k in known and k not in RUN_CONTROL_KEYS}
     merged.update(given)
+    step = payload.get("step")
     if step is not None and merged.get("steps") is not None and merged["steps"] <= step:
         raise InputError(f"{resume}: the checkpoint is at step {step}; --steps {merged['steps']} is not beyond it "
                          f"(pass a larger --steps to train on, or nothing to finish its schedule at {saved.get('steps')})")
-    return merged
+    return TrainConfig(**merged)

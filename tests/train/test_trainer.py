@@ -378,6 +378,26 @@ def test_resume_keeps_the_checkpoint_schedule(hr_dir, tmp_path):
     assert r.exit_code != 0 and r.output.strip().startswith("error:") and "step 6" in r.output, r.output
 
 
+def test_resume_continues_the_run_as_it_was_trained(hr_dir, tmp_path):
+    # a run started with a loss and a scale augmentation its recipe does not have, its recipe edited since:
+    # `--resume` goes on with the checkpoint's settings (an MSE polish once went on in the recipe's L1); what
+    # the command line names again wins; the first run's --stop-at is not carried over
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('recipe = "srresnet"\npixel_loss = "l1"\nema_decay = 0.5\nsteps = 6\nlr = 1e-3\n')
+    r = _cli_train(hr_dir, tmp_path / "a", "--recipe", str(recipe), "--pixel-loss", "mse", "--scale-aug", "0.7",
+                   "--stop-at", "2")
+    assert r.exit_code == 0, r.output
+    recipe.write_text('recipe = "srresnet"\npixel_loss = "l1"\nema_decay = 0.9\nsteps = 6\nlr = 1e-3\n')
+    r = _cli_train(hr_dir, tmp_path / "a", "--recipe", str(recipe), "--resume", str(tmp_path / "a" / "last.pt"),
+                   "--freeze-bn")
+    assert r.exit_code == 0, r.output
+    payload = read_checkpoint(tmp_path / "a" / "last.pt")
+    cfg = payload["config"]
+    assert payload["step"] == 6 and cfg["stop_at"] == 0
+    assert (cfg["pixel_loss"], cfg["scale_aug"], cfg["ema_decay"]) == ("mse", 0.7, 0.5)
+    assert cfg["freeze_bn"] is True and (cfg["steps"], cfg["lr"]) == (6, 1e-3)
+
+
 def test_resumed_log_drops_rows_of_a_lost_continuation(tmp_path):
     import csv
 
