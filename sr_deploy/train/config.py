@@ -173,6 +173,9 @@ def _resumed(resume: str, recipe_cfg: TrainConfig, given: dict) -> TrainConfig:
     saved = payload.get("config")
     if not isinstance(saved, dict):  # not a run's checkpoint: the trainer's own check names it
         return replace(recipe_cfg, **given)
+    if saved.get("recipe", recipe_cfg.recipe) != recipe_cfg.recipe:
+        raise InputError(f"{resume}: the checkpoint is from the {saved['recipe']} recipe, not {recipe_cfg.recipe} "
+                         "(pass its --recipe, or start the other from it with --init)")
     known = {f.name for f in fields(TrainConfig)}
     merged = {k: tuple(v) if k in ("data", "betas") else v
               for k, v in saved.items() if k in known and k not in RUN_CONTROL_KEYS}

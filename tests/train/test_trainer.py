@@ -374,8 +374,10 @@ def test_resume_keeps_the_checkpoint_schedule(hr_dir, tmp_path):
     assert a["step"] == 6 and (a["config"]["steps"], a["config"]["lr"]) == (6, 3e-3)
     assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(b["optimizer"]["param_groups"][0]["lr"])
     # a --steps not beyond the checkpoint says so, one line, non-zero
-    r = _cli_train(hr_dir, tmp_path / "a", "--resume", str(tmp_path / "a" / "last.pt"), "--steps", "4")
-    assert r.exit_code != 0 and r.output.strip().startswith("error:") and "step 6" in r.output, r.output
+    for steps in ("4", "6"):
+        r = _cli_train(hr_dir, tmp_path / "a", "--resume", str(tmp_path / "a" / "last.pt"), "--steps", steps)
+        assert r.exit_code != 0 and r.output.strip().startswith("error:") and "step 6" in r.output, r.output
+        assert "its schedule at 6" in r.output, r.output
 
 
 def test_resume_continues_the_run_as_it_was_trained(hr_dir, tmp_path):
@@ -387,6 +389,8 @@ def test_resume_continues_the_run_as_it_was_trained(hr_dir, tmp_path):
     r = _cli_train(hr_dir, tmp_path / "a", "--recipe", str(recipe), "--pixel-loss", "mse", "--scale-aug", "0.7",
                    "--stop-at", "2")
     assert r.exit_code == 0, r.output
+    resumed = load_recipe(recipe, resume=str(tmp_path / "a" / "last.pt"), data=(str(hr_dir),))
+    assert resumed.betas == (0.9, 0.999) and resumed.data == (str(hr_dir),)  # tuples, as a recipe gives them
     recipe.write_text('recipe = "srresnet"\npixel_loss = "l1"\nema_decay = 0.9\nsteps = 6\nlr = 1e-3\n')
     r = _cli_train(hr_dir, tmp_path / "a", "--recipe", str(recipe), "--resume", str(tmp_path / "a" / "last.pt"),
                    "--freeze-bn")
@@ -396,6 +400,27 @@ def test_resume_continues_the_run_as_it_was_trained(hr_dir, tmp_path):
     assert payload["step"] == 6 and cfg["stop_at"] == 0
     assert (cfg["pixel_loss"], cfg["scale_aug"], cfg["ema_decay"]) == ("mse", 0.7, 0.5)
     assert cfg["freeze_bn"] is True and (cfg["steps"], cfg["lr"]) == (6, 1e-3)
+    # a checkpoint of the other recipe kind, or one without a run in it: one line each, nothing trained
+    r = _cli_train(hr_dir, tmp_path / "a", "--recipe", "srgan", "--resume", str(tmp_path / "a" / "last.pt"))
+    assert r.exit_code != 0 and r.output.strip().startswith("error:") and "srresnet recipe, not srgan" in r.output
+    weights = save_checkpoint(tmp_path / "w.safetensors", read_and_build(tmp_path / "a" / "last.pt"))
+    r = _cli_train(hr_dir, tmp_path / "b", "--resume", str(weights))
+    assert r.exit_code != 0 and r.output.strip().startswith("error:") and "use it as --init" in r.output, r.output
+    assert not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_bad_recipes_are_one_line_errors(hr_dir, tmp_path):
+    bad = {"broken.toml": 'recipe = "srresnet"\nsteps = \n', "typo.toml": 'recipe = "srresnet"\nstepz = 5\n'}
+    said = {"broken.toml": "not a valid TOML recipe", "typo.toml": "unknown recipe keys stepz"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        r = _cli_train(hr_dir, tmp_path / "o", "--recipe", str(tmp_path / name))
+        assert r.exit_code != 0 and r.output.strip().startswith("error:") and said[name] in r.output, r.output
+    r = _cli_train(hr_dir, tmp_path / "o", "--recipe", "srresnet_x9")
+    assert r.exit_code != 0 and "recipe 'srresnet_x9' not found" in r.output and "srresnet_x4_real" in r.output
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "b.toml").write_text('recipe = "srresnet"\nbetas = [0.5, 0.9]\n')
+    assert load_recipe(tmp_path / "b.toml").betas == (0.5, 0.9)
 
 
 def test_resumed_log_drops_rows_of_a_lost_continuation(tmp_path):
