@@ -680,7 +680,10 @@ def test_an_interrupt_stops_every_parallel_segment(tmp_path):
     dst = tmp_path / "o.mkv"
     with one.runner, pytest.raises(KeyboardInterrupt):
         upscale_video(one.runner, src, dst, quiet=True, options=VideoOptions(segment_seconds=0.5, parallel_segments=3))
-    assert one.calls < 12  # the three running segments stopped (6 frames each), the others never started
+    # the three running segments stopped before their ends (6 frames each: 18 would be all three finished), the
+    # others never started; how many frames pass between the interrupt and the stop depends on the machine's load
+    # (the main thread wakes every 0.1 s: 10 on a quiet 2-core CPU, 12 seen once under CI's two workers)
+    assert one.calls < 18
     assert not [t for t in threading.enumerate() if t.name.startswith("srdeploy-segment")]
     d = Parts(dst).dir  # kept only with finished segments in it, never a half-written one
     assert not d.exists() or not [p.name for p in d.iterdir() if ".tmp" in p.name]
