@@ -124,6 +124,10 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# Settings the config holds as tuples, which a TOML recipe and a checkpoint's saved config give as lists.
+TUPLE_KEYS = ("data", "betas")
+
+
 def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **overrides) -> TrainConfig:
     """Build a TrainConfig from a recipe (a TOML path or a name in ``search_dir``) and overrides (None = keep)."""
     path = Path(path_or_name)
@@ -145,7 +149,7 @@ def load_recipe(path_or_name: str | Path, search_dir: Path | None = None, **over
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"{path}: unknown recipe keys {', '.join(unknown)}")
-    for key in ("data", "betas"):
+    for key in TUPLE_KEYS:
         if key in values:
             values[key] = tuple(values[key])
     cfg = TrainConfig(**values)
@@ -177,7 +181,7 @@ def _resumed(resume: str, recipe_cfg: TrainConfig, given: dict) -> TrainConfig:
         raise InputError(f"{resume}: the checkpoint is from the {saved['recipe']} recipe, not {recipe_cfg.recipe} "
                          "(pass its --recipe, or start the other from it with --init)")
     known = {f.name for f in fields(TrainConfig)}
-    merged = {k: tuple(v) if k in ("data", "betas") else v
+    merged = {k: tuple(v) if k in TUPLE_KEYS else v
               for k, v in saved.items() if k in known and k not in RUN_CONTROL_KEYS}
     merged.update(given)
     step = payload.get("step")
